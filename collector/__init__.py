@@ -1,0 +1,1 @@
+"""The cryptodata collector: exchange WebSocket/REST feeds -> normalized records -> MongoDB."""

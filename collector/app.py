@@ -1,0 +1,170 @@
+"""The collector program: feeds -> writer -> MongoDB, plus the status document and log lines."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import aiohttp
+from pymongo.errors import PyMongoError
+
+from collector.exchanges import load_feed_class
+from collector.exchanges.base import Feed, FeedContext
+from collector.stats import Stats
+from collector.writer import Writer
+from common import schema
+from common.db import get_database, make_client
+from common.indexes import apply_indexes
+from common.settings import Settings
+
+log = logging.getLogger("collector")
+
+COLLECTION_LABELS = {
+    schema.MARKET_DATA: "MARKET DATA", schema.ORDER_BOOK: "ORDER BOOK", schema.TRADES: "TRADES",
+    schema.OHLCV: "OHLCV", schema.FUNDING_RATES: "FUNDING RATES",
+    schema.OPEN_INTEREST: "OPEN INTEREST", schema.VOLUME_LIQUIDITY: "VOLUME/LIQUIDITY",
+}
+STATUS_ID = "collector"
+
+
+class Collector:
+    def __init__(self, settings: Settings, *, poll_interval_s: float | None = None) -> None:
+        self.settings = settings
+        self.poll_interval_s = poll_interval_s or settings.poll_interval_s
+        self.stats = Stats()
+        self.client = make_client(settings)
+        self.db = get_database(self.client, settings)
+        self.writer = Writer(self.db, batch_size=settings.batch_size,
+                             flush_interval_s=settings.flush_interval_s,
+                             queue_max=settings.queue_max)
+        self.feeds: list[Feed] = []
+        self._tasks: list[asyncio.Task] = []
+        self.stopped = asyncio.Event()
+
+    async def run(self, duration_s: float = 0.0) -> None:
+        try:
+            await apply_indexes(self.db, self.settings.retention)
+        except PyMongoError as exc:
+            # Keep collecting; indexes are applied again on the next start.
+            log.error("could not apply indexes (MongoDB unavailable?): %r", exc)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopped.set)
+        async with aiohttp.ClientSession() as session:
+            ctx = FeedContext(self.settings, self.writer, self.stats, session, self.poll_interval_s)
+            for name in self.settings.enabled_exchanges():
+                feed = load_feed_class(name)(self.settings.exchange(name), ctx)
+                self.feeds.append(feed)
+                self._tasks.append(loop.create_task(self._run_feed(feed)))
+            self._tasks.append(loop.create_task(self.writer.run()))
+            self._tasks.append(loop.create_task(self._status_loop()))
+            self._tasks.append(loop.create_task(self._log_loop()))
+            log.info("collector started: %s", ", ".join(f.name for f in self.feeds))
+            try:
+                if duration_s > 0:
+                    await asyncio.wait_for(self.stopped.wait(), duration_s)
+                else:
+                    await self.stopped.wait()
+            except asyncio.TimeoutError:
+                pass
+            await self.shutdown()
+
+    async def _run_feed(self, feed: Feed) -> None:
+        while True:
+            try:
+                await feed.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug in one feed must not take the others down; restart it after a pause.
+                log.exception("%s feed crashed; restarting in 5s", feed.name)
+                await feed.stop()
+                await asyncio.sleep(5)
+
+    async def shutdown(self) -> None:
+        log.info("stopping: flushing %d pending documents", self.writer.pending)
+        for feed in self.feeds:
+            await feed.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.writer.close()
+        await self._write_status(final=True)
+        log.info("stopped; %d documents stored in total", self.writer.stored)
+        await self.client.close()
+
+    def status_doc(self) -> dict[str, Any]:
+        exchanges = {}
+        for feed in self.feeds:
+            doc = self.stats.exchange(feed.name).as_doc()
+            doc["connections"] = feed.connection_status()
+            doc["last_record_at"] = {
+                coll: {k: schema.s_to_dt(v) for k, v in per.items()}
+                for coll, per in self.stats.exchange(feed.name).last_record_at.items()}
+            exchanges[feed.name] = doc
+        writer = self.writer
+        return {
+            "_id": STATUS_ID, "updated_at": schema.now_utc(),
+            "started_at": schema.s_to_dt(self.stats.started_at),
+            "host": socket.gethostname(), "pid": os.getpid(),
+            "writer": {"stored": writer.stored, "pending": writer.pending,
+                       "duplicates": writer.duplicates, "dropped": writer.dropped,
+                       "write_errors": writer.write_errors, "last_write_ms": writer.last_write_ms,
+                       "db_available": writer.db_available},
+            "exchanges": exchanges,
+        }
+
+    async def _write_status(self, final: bool = False) -> None:
+        doc = self.status_doc()
+        doc["running"] = not final
+        try:
+            await self.db[schema.STATUS].replace_one({"_id": STATUS_ID}, doc, upsert=True)
+        except PyMongoError as exc:
+            log.debug("status write failed: %r", exc)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await self._write_status()
+            await asyncio.sleep(self.settings.status_interval_s)
+
+    async def _log_loop(self) -> None:
+        last_stored = 0
+        last_counts: dict[tuple[str, str], int] = {}
+        while True:
+            await asyncio.sleep(self.settings.log_stats_interval_s)
+            stored = self.writer.stored
+            if stored != last_stored:
+                log.info("Stored %d messages to MongoDB (%d in total, %d pending)",
+                         stored - last_stored, stored, self.writer.pending)
+                last_stored = stored
+            for feed in self.feeds:
+                stats = self.stats.exchange(feed.name)
+                for coll, count in list(stats.records.items()):
+                    key = (feed.name, coll)
+                    if count != last_counts.get(key):
+                        symbols = sorted({k.split(":", 1)[1] for k in stats.last_record_at[coll]})
+                        log.info("📊 %s %s: %s (+%d)", feed.name.capitalize(),
+                                 COLLECTION_LABELS.get(coll, coll), ", ".join(symbols),
+                                 count - last_counts.get(key, 0))
+                        last_counts[key] = count
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def run(duration_s: float = 0.0, poll_interval_s: float | None = None) -> None:
+    import uvloop
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    started = time.monotonic()
+    uvloop.run(Collector(settings, poll_interval_s=poll_interval_s).run(duration_s))
+    log.info("collector ran for %.1fs", time.monotonic() - started)

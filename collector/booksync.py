@@ -1,0 +1,86 @@
+"""Splicing a REST snapshot with a buffered diff stream (Binance spot/USD-M, Gate.io).
+
+The exchanges' documented procedure: buffer diffs, fetch a snapshot with ``lastUpdateId``, drop
+diffs the snapshot already contains, require the first kept diff to straddle the snapshot id, then
+require continuity between consecutive diffs. Continuity is either ``U == previous u + 1``
+(Binance spot, Gate) or ``pu == previous u`` (Binance USD-M, whose ``U`` is not contiguous).
+A break is a gap: the caller discards that symbol's book and resyncs it alone.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import Sequence
+
+from collector.orderbook import OrderBook
+
+
+@dataclass(slots=True)
+class Diff:
+    first_id: int                      # U
+    last_id: int                       # u
+    prev_id: int | None                # pu (USD-M only)
+    bids: Sequence[tuple[float, float]]
+    asks: Sequence[tuple[float, float]]
+
+
+class Outcome(Enum):
+    BUFFERED = "buffered"     # waiting for a snapshot
+    APPLIED = "applied"
+    STALE = "stale"           # already contained in the book; ignored
+    GAP = "gap"               # continuity broken: resync needed
+    SNAPSHOT_TOO_OLD = "snapshot_too_old"  # fetch another snapshot, keep buffering
+    SYNCED = "synced"
+
+
+class SnapshotDiffSync:
+    def __init__(self, book: OrderBook, *, use_prev_id: bool, max_buffer: int = 50_000) -> None:
+        self.book = book
+        self.use_prev_id = use_prev_id
+        self.buffer: deque[Diff] = deque(maxlen=max_buffer)
+        self._first_pending = True   # the first diff after a snapshot must straddle it
+
+    @property
+    def synced(self) -> bool:
+        return self.book.synced
+
+    def reset(self) -> None:
+        self.book.reset()
+        self.buffer.clear()
+        self._first_pending = True
+
+    def on_diff(self, diff: Diff) -> Outcome:
+        if not self.book.synced:
+            self.buffer.append(diff)
+            return Outcome.BUFFERED
+        return self._apply(diff)
+
+    def on_snapshot(self, bids: Sequence[tuple[float, float]], asks: Sequence[tuple[float, float]],
+                    last_update_id: int) -> Outcome:
+        if self.buffer and last_update_id < self.buffer[0].first_id - 1:
+            return Outcome.SNAPSHOT_TOO_OLD
+        self.book.load_snapshot(bids, asks, last_update_id)
+        self._first_pending = True
+        pending, self.buffer = self.buffer, deque(maxlen=self.buffer.maxlen)
+        for diff in pending:
+            if self._apply(diff) is Outcome.GAP:
+                return Outcome.GAP
+        return Outcome.SYNCED
+
+    def _apply(self, diff: Diff) -> Outcome:
+        book = self.book
+        local = book.update_id if book.update_id is not None else -1
+        if diff.last_id < local + (0 if self.use_prev_id else 1):
+            return Outcome.STALE
+        if self._first_pending:
+            if diff.first_id > local + 1:
+                return Outcome.GAP
+            self._first_pending = False
+        elif self.use_prev_id:
+            if diff.prev_id != local:
+                return Outcome.GAP
+        elif diff.first_id != local + 1:
+            return Outcome.GAP
+        book.apply(diff.bids, diff.asks, diff.last_id)
+        return Outcome.APPLIED

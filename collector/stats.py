@@ -1,0 +1,54 @@
+"""Counters the collector keeps for its status document, logs and /health."""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExchangeStats:
+    messages: int = 0
+    malformed: int = 0
+    reconnects: int = 0
+    gaps: int = 0
+    resyncs: int = 0
+    records: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # collection -> symbol -> epoch seconds of the newest record (freshness per stream)
+    last_record_at: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+    unavailable_symbols: dict[str, str] = field(default_factory=dict)   # symbol -> reason
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # message -> count
+    connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def error_once(self, exchange: str, message: str) -> None:
+        """Count an exchange-reported error; log only its first occurrence."""
+        key = message[:300]
+        if key not in self.errors:
+            log.error("%s: %s", exchange, key)
+        self.errors[key] += 1
+
+    def as_doc(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "malformed": self.malformed,
+            "reconnects": self.reconnects,
+            "gaps": self.gaps,
+            "resyncs": self.resyncs,
+            "records": dict(self.records),
+            "unavailable_symbols": dict(self.unavailable_symbols),
+            "errors": dict(self.errors),
+            "connections": self.connections,
+        }
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self.exchanges: dict[str, ExchangeStats] = defaultdict(ExchangeStats)
+
+    def exchange(self, name: str) -> ExchangeStats:
+        return self.exchanges[name]

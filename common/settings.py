@@ -1,0 +1,152 @@
+"""Typed configuration shared by the collector and the API.
+
+Every field can be set from the environment with the ``CRYPTODATA_`` prefix; nested fields use a
+double underscore, e.g. ``CRYPTODATA_BINANCE__SPOT_WS_URL`` or ``CRYPTODATA_RETENTION__TRADES``.
+Lists are JSON (``CRYPTODATA_BINANCE__SPOT_SYMBOLS='["BTCUSDT"]'``). An optional env-style file
+named by ``CRYPTODATA_CONFIG_FILE`` (default ``.env`` in the working directory) is read first;
+real environment variables win over it. ``MONGODB_URI`` is accepted without the prefix because
+it is the name every MongoDB tool uses.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+from pydantic import AliasChoices, BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ExchangeSettings(BaseModel):
+    """Per-exchange switches, symbols and base URLs (the URLs are overridable for tests/proxies)."""
+
+    enabled: bool = True
+    spot_symbols: list[str] = []
+    perp_symbols: list[str] = []
+    spot_ws_url: str = ""
+    spot_rest_url: str = ""
+    perp_ws_url: str = ""
+    perp_rest_url: str = ""
+    # Order-book depth kept in memory (levels per side) and how many levels a stored snapshot keeps.
+    book_depth: int = 1000
+    # Seconds without any data message before a connection is declared dead (the heartbeat is
+    # separate: a connection that answers pings but sends no data is still dead).
+    idle_timeout_s: float = 30.0
+
+
+class BinanceSettings(ExchangeSettings):
+    spot_symbols: list[str] = ["BTCUSDT", "BTCUSDC", "BTCBUSD"]
+    perp_symbols: list[str] = ["BTCUSDT"]
+    spot_ws_url: str = "wss://stream.binance.com:9443"
+    spot_rest_url: str = "https://api.binance.com"
+    # USD-M futures: the /public and /market routes are appended to this base.
+    perp_ws_url: str = "wss://fstream.binance.com"
+    perp_rest_url: str = "https://fapi.binance.com"
+
+
+class BybitSettings(ExchangeSettings):
+    spot_symbols: list[str] = ["BTCUSDT", "BTCUSDC"]
+    perp_symbols: list[str] = ["BTCUSDT"]
+    spot_ws_url: str = "wss://stream.bybit.com/v5/public/spot"
+    perp_ws_url: str = "wss://stream.bybit.com/v5/public/linear"
+    spot_rest_url: str = "https://api.bybit.com"
+    perp_rest_url: str = "https://api.bybit.com"
+    book_depth: int = 200
+
+
+class KrakenSettings(ExchangeSettings):
+    # The seed's names (XBT/USD, XXBTZUSD) are accepted and mapped to the WebSocket v2 name.
+    spot_symbols: list[str] = ["BTC/USD"]
+    perp_symbols: list[str] = ["PF_XBTUSD"]
+    spot_ws_url: str = "wss://ws.kraken.com/v2"
+    spot_rest_url: str = "https://api.kraken.com"
+    perp_ws_url: str = "wss://futures.kraken.com/ws/v1"
+    perp_rest_url: str = "https://futures.kraken.com"
+    book_depth: int = 100
+
+
+class GateioSettings(ExchangeSettings):
+    spot_symbols: list[str] = ["BTC_USDT", "BTC_USDC"]
+    perp_symbols: list[str] = ["BTC_USDT"]
+    spot_ws_url: str = "wss://api.gateio.ws/ws/v4/"
+    spot_rest_url: str = "https://api.gateio.ws/api/v4"
+    perp_ws_url: str = "wss://fx-ws.gateio.ws/v4/ws/usdt"
+    perp_rest_url: str = "https://api.gateio.ws/api/v4"
+    book_depth: int = 100
+
+
+class OkxSettings(ExchangeSettings):
+    spot_symbols: list[str] = ["BTC-USDT", "BTC-USDC"]
+    perp_symbols: list[str] = ["BTC-USDT-SWAP"]
+    # Base of the v5 WebSocket API: /public and /business are appended.
+    spot_ws_url: str = "wss://ws.okx.com:8443/ws/v5"
+    perp_ws_url: str = "wss://ws.okx.com:8443/ws/v5"
+    spot_rest_url: str = "https://www.okx.com"
+    perp_rest_url: str = "https://www.okx.com"
+    book_depth: int = 400
+
+
+class RetentionSettings(BaseModel):
+    """TTL in seconds per collection (MongoDB deletes documents whose ``ts`` is older)."""
+
+    market_data: int = 7 * 86400
+    order_book: int = 2 * 86400
+    trades: int = 7 * 86400
+    ohlcv: int = 365 * 86400
+    funding_rates: int = 365 * 86400
+    open_interest: int = 90 * 86400
+    volume_liquidity: int = 30 * 86400
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CRYPTODATA_",
+        env_nested_delimiter="__",
+        env_file=os.environ.get("CRYPTODATA_CONFIG_FILE", ".env"),
+        extra="ignore",
+    )
+
+    mongodb_uri: str = Field(
+        "mongodb://127.0.0.1:27017",
+        validation_alias=AliasChoices("MONGODB_URI", "CRYPTODATA_MONGODB_URI"),
+    )
+    mongodb_db: str = "cryptodata"
+
+    binance: BinanceSettings = BinanceSettings()
+    bybit: BybitSettings = BybitSettings()
+    kraken: KrakenSettings = KrakenSettings()
+    gateio: GateioSettings = GateioSettings()
+    okx: OkxSettings = OkxSettings()
+    # Comma-free JSON list of exchanges to run; the per-exchange ``enabled`` flag also applies.
+    exchanges: list[str] = ["binance", "bybit", "kraken", "gateio", "okx"]
+
+    retention: RetentionSettings = RetentionSettings()
+
+    # Writer: flush when a collection's batch reaches batch_size or flush_interval_s has passed.
+    batch_size: int = 500
+    flush_interval_s: float = 1.0
+    queue_max: int = 200_000
+    # How often the live book is sampled into order_book snapshots and volume_liquidity records.
+    book_snapshot_interval_s: float = 1.0
+    book_snapshot_levels: int = 20
+    liquidity_interval_s: float = 5.0
+    status_interval_s: float = 5.0
+    log_stats_interval_s: float = 30.0
+    # REST polling cadence (open interest, funding fallback); the CLI's POLL_INTERVAL_S overrides.
+    poll_interval_s: float = 30.0
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 5001
+    log_level: str = "INFO"
+    # Seconds after which a stream with no stored record counts as stale in /health.
+    stale_after_s: float = 120.0
+
+    def exchange(self, name: str) -> ExchangeSettings:
+        return getattr(self, name)
+
+    def enabled_exchanges(self) -> list[str]:
+        return [name for name in self.exchanges if self.exchange(name).enabled]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
