@@ -1,0 +1,81 @@
+"""Pure Binance parsers: a decoded message in, normalized records out (no I/O, no clocks)."""
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from collector.booksync import Diff
+from collector.orderbook import parse_levels
+from common.schema import Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float
+from common.symbols import pair_from_symbol
+
+EXCHANGE = "binance"
+_pair = lru_cache(maxsize=4096)(pair_from_symbol)
+
+
+def _base(symbol: str, market: str, ts: datetime, received_at: datetime) -> tuple:
+    return EXCHANGE, symbol, _pair(symbol), market, ts, received_at
+
+
+def parse_trade(d: dict[str, Any], market: str, received_at: datetime) -> Trade:
+    """``@trade`` (id ``t``) or ``@aggTrade`` (id ``a``). ``m`` = buyer is maker -> taker sold."""
+    trade_id = d["t"] if "t" in d else d["a"]
+    return Trade(*_base(d["s"], market, ms_to_dt(d["T"]), received_at),
+                 trade_id=str(trade_id), price=float(d["p"]), size=float(d["q"]),
+                 side="sell" if d["m"] else "buy")
+
+
+def parse_ticker(d: dict[str, Any], market: str, received_at: datetime) -> Ticker:
+    """``24hrTicker``. The futures ticker has no best bid/ask (``b``/``a`` absent)."""
+    return Ticker(*_base(d["s"], market, ms_to_dt(d["E"]), received_at),
+                  last=float(d["c"]), bid=opt_float(d.get("b")), bid_size=opt_float(d.get("B")),
+                  ask=opt_float(d.get("a")), ask_size=opt_float(d.get("A")),
+                  open_24h=opt_float(d.get("o")), high_24h=opt_float(d.get("h")),
+                  low_24h=opt_float(d.get("l")), volume_24h=opt_float(d.get("v")),
+                  quote_volume_24h=opt_float(d.get("q")), change_pct_24h=opt_float(d.get("P")))
+
+
+def parse_kline(d: dict[str, Any], market: str, received_at: datetime) -> Candle:
+    k = d["k"]
+    return Candle(*_base(d["s"], market, ms_to_dt(k["t"]), received_at),
+                  interval=k["i"], open=float(k["o"]), high=float(k["h"]), low=float(k["l"]),
+                  close=float(k["c"]), volume=float(k["v"]), quote_volume=opt_float(k.get("q")),
+                  trades=k.get("n"), closed=bool(k["x"]))
+
+
+def parse_mark_price(d: dict[str, Any], received_at: datetime) -> Funding:
+    """``markPriceUpdate``: ``r`` current funding rate, ``T`` next funding time."""
+    next_time = d.get("T")
+    return Funding(*_base(d["s"], "perp", ms_to_dt(d["E"]), received_at),
+                   rate=float(d["r"]), next_funding_time=ms_to_dt(next_time) if next_time else None,
+                   mark_price=opt_float(d.get("p")), index_price=opt_float(d.get("i")))
+
+
+def parse_depth(d: dict[str, Any]) -> Diff:
+    """``depthUpdate`` -> Diff (``pu`` present on USD-M only)."""
+    return Diff(first_id=int(d["U"]), last_id=int(d["u"]), prev_id=d.get("pu"),
+                bids=parse_levels(d["b"]), asks=parse_levels(d["a"]))
+
+
+def parse_depth_snapshot(payload: dict[str, Any]):
+    """REST depth -> (bids, asks, lastUpdateId)."""
+    return parse_levels(payload["bids"]), parse_levels(payload["asks"]), int(payload["lastUpdateId"])
+
+
+def parse_open_interest(payload: dict[str, Any], received_at: datetime,
+                        mark_price: float | None = None) -> OpenInterest:
+    """REST ``/fapi/v1/openInterest``: USD-M contracts are base units; value = OI * mark."""
+    oi = float(payload["openInterest"])
+    return OpenInterest(*_base(payload["symbol"], "perp", ms_to_dt(payload["time"]), received_at),
+                        open_interest=oi,
+                        open_interest_value=oi * mark_price if mark_price else None)
+
+
+def parse_premium_index(payload: dict[str, Any], received_at: datetime) -> Funding:
+    next_time = payload.get("nextFundingTime")
+    return Funding(*_base(payload["symbol"], "perp", ms_to_dt(payload["time"]), received_at),
+                   rate=float(payload["lastFundingRate"]),
+                   next_funding_time=ms_to_dt(next_time) if next_time else None,
+                   mark_price=opt_float(payload.get("markPrice")),
+                   index_price=opt_float(payload.get("indexPrice")))
