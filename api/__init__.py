@@ -1,0 +1,1 @@
+"""The cryptodata HTTP API (aiohttp), reading what the collector stored in MongoDB."""

@@ -1,0 +1,151 @@
+"""Thin handlers: validate -> query -> encode."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+from pymongo.errors import PyMongoError
+
+from api.json import json_response
+from api.keys import QUERIES, SETTINGS
+from api.params import EXCHANGES, BadRequest, filters
+from api.queries import Queries
+from common import schema
+from common.settings import Settings
+
+
+def _queries(request: web.Request) -> Queries:
+    return request.app[QUERIES]
+
+
+def _settings(request: web.Request) -> Settings:
+    return request.app[SETTINGS]
+
+
+def _no_params(request: web.Request) -> None:
+    if request.query:
+        raise BadRequest(f"unknown parameter(s): {', '.join(sorted(request.query))}")
+
+
+def history_handler(collection: str, *, interval: bool = False):
+    async def handler(request: web.Request) -> web.Response:
+        f = filters(request, interval=interval)
+        rows = await _queries(request).history(collection, f)
+        return json_response({"data": rows, "count": len(rows)})
+    handler.__name__ = f"history_{collection}"
+    return handler
+
+
+def _exchange_param(request: web.Request) -> str:
+    exchange = request.match_info["exchange"].lower()
+    if exchange not in EXCHANGES:
+        raise BadRequest(f"exchange: must be one of {', '.join(EXCHANGES)}",
+                         allowed=list(EXCHANGES))
+    return exchange
+
+
+def _group_latest(docs: list[dict[str, Any]], stale_after_s: float) -> dict[str, Any]:
+    """exchange -> symbol -> market -> type -> newest record, each marked ``stale`` when old."""
+    now = datetime.now(timezone.utc)
+    grouped: dict[str, Any] = {}
+    for doc in docs:
+        kind = doc.pop("type", "unknown")
+        received = doc.get("received_at")
+        doc["stale"] = bool(received is None or (now - received).total_seconds() > stale_after_s)
+        grouped.setdefault(doc["exchange"], {}).setdefault(doc["symbol"], {}) \
+            .setdefault(doc.get("market", "spot"), {})[kind] = doc
+    return grouped
+
+
+async def realtime(request: web.Request) -> web.Response:
+    _no_params(request)
+    docs = await _queries(request).latest()
+    return json_response({"data": _group_latest(docs, _settings(request).stale_after_s)})
+
+
+async def realtime_exchange(request: web.Request) -> web.Response:
+    _no_params(request)
+    exchange = _exchange_param(request)
+    docs = await _queries(request).latest(exchange)
+    return json_response({"data": _group_latest(docs, _settings(request).stale_after_s)
+                          .get(exchange, {})})
+
+
+async def realtime_symbol(request: web.Request) -> web.Response:
+    _no_params(request)
+    exchange = _exchange_param(request)
+    queries = _queries(request)
+    symbols = await queries.resolve_symbols(exchange, request.match_info["symbol"])
+    docs = await queries.latest(exchange, symbols)
+    grouped = _group_latest(docs, _settings(request).stale_after_s).get(exchange, {})
+    return json_response({"exchange": exchange, "data": grouped})
+
+
+async def exchanges(request: web.Request) -> web.Response:
+    _no_params(request)
+    settings = _settings(request)
+    known = await _queries(request).known_symbols()
+    rows = [{"exchange": name, "enabled": name in settings.enabled_exchanges(),
+             "symbols": known.get(name, [])} for name in EXCHANGES]
+    return json_response({"data": rows})
+
+
+async def symbols(request: web.Request) -> web.Response:
+    exchange = filters(request).exchange
+    known = await _queries(request).known_symbols()
+    data = {exchange: known.get(exchange, [])} if exchange else known
+    return json_response({"data": data})
+
+
+async def health(request: web.Request) -> web.Response:
+    """healthy: database reachable, collector heartbeat recent, every enabled exchange fresh;
+    degraded: reachable but the collector or some exchange is stale; unhealthy: no database."""
+    _no_params(request)
+    settings = _settings(request)
+    queries = _queries(request)
+    started = time.perf_counter()
+    try:
+        await queries.db.command("ping")
+        ping_ms = round((time.perf_counter() - started) * 1000, 2)
+        status_doc = await queries.status()
+    except PyMongoError as exc:
+        return json_response({"status": "unhealthy",
+                              "mongodb": {"reachable": False, "error": type(exc).__name__}},
+                             status=503)
+    now = datetime.now(timezone.utc)
+    body: dict[str, Any] = {"mongodb": {"reachable": True, "ping_ms": ping_ms}}
+    problems: list[str] = []
+    if status_doc is None:
+        body["collector"] = {"heartbeat_age_s": None}
+        problems.append("collector has never reported")
+        exchanges_doc: dict[str, Any] = {}
+    else:
+        age = (now - status_doc["updated_at"]).total_seconds()
+        body["collector"] = {"heartbeat_age_s": round(age, 1),
+                             "running": status_doc.get("running", True),
+                             "writer": status_doc.get("writer", {})}
+        if age > max(30.0, settings.status_interval_s * 4):
+            problems.append(f"collector heartbeat is {age:.0f}s old")
+        exchanges_doc = status_doc.get("exchanges", {})
+    body["exchanges"] = {}
+    for name in settings.enabled_exchanges():
+        info = exchanges_doc.get(name, {})
+        streams = {}
+        for coll, per_symbol in info.get("last_record_at", {}).items():
+            for key, at in per_symbol.items():
+                streams[f"{coll}:{key}"] = round((now - at).total_seconds(), 1)
+        fresh = bool(streams) and min(streams.values()) <= settings.stale_after_s
+        stale_streams = sorted(k for k, v in streams.items() if v > settings.stale_after_s)
+        body["exchanges"][name] = {
+            "fresh": fresh, "stream_age_s": streams, "stale_streams": stale_streams,
+            "unavailable_symbols": info.get("unavailable_symbols", {}),
+            "errors": info.get("errors", {}), "reconnects": info.get("reconnects", 0),
+            "gaps": info.get("gaps", 0), "malformed": info.get("malformed", 0),
+        }
+        if not fresh:
+            problems.append(f"{name}: no fresh data")
+    body["status"] = "degraded" if problems else "healthy"
+    body["problems"] = problems
+    return json_response(body)

@@ -1,0 +1,85 @@
+"""MongoDB reads behind the handlers; each is served by an index from common.indexes."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pymongo import DESCENDING
+
+from api.params import EXCHANGES, Filters, NotFound
+from common import schema
+from common.symbols import symbol_key
+
+NO_ID = {"_id": 0}
+
+
+def comparable(text: str) -> str:
+    """Spelling-independent key: BTC-USDT, BTC_USDT, btcusdt, BTC/USDT -> BTCUSDT; XBT -> BTC."""
+    key = symbol_key(text)
+    if key == "XXBTZUSD":
+        return "BTCUSD"
+    return key.replace("XBT", "BTC")
+
+
+class Queries:
+    def __init__(self, db, symbol_cache_s: float = 10.0) -> None:
+        self.db = db
+        self._symbols: dict[str, list[str]] = {}
+        self._symbols_at = 0.0
+        self._cache_s = symbol_cache_s
+
+    async def known_symbols(self) -> dict[str, list[str]]:
+        """exchange -> native symbols seen (from ``latest``; cached for a few seconds)."""
+        if time.monotonic() - self._symbols_at > self._cache_s:
+            found: dict[str, set[str]] = {}
+            cursor = self.db[schema.LATEST].find({}, {"_id": 0, "exchange": 1, "symbol": 1})
+            async for doc in cursor:
+                found.setdefault(doc["exchange"], set()).add(doc["symbol"])
+            self._symbols = {ex: sorted(found[ex]) for ex in EXCHANGES if ex in found}
+            self._symbols_at = time.monotonic()
+        return self._symbols
+
+    async def resolve_symbols(self, exchange: str | None, symbol: str) -> list[str]:
+        """Native symbols matching what the user typed; 404 with the known list if none."""
+        known = await self.known_symbols()
+        wanted = comparable(symbol)
+        candidates = [known.get(exchange, [])] if exchange else list(known.values())
+        matches = sorted({s for group in candidates for s in group
+                          if s == symbol or comparable(s) == wanted})
+        if not matches:
+            scope = {exchange: known.get(exchange, [])} if exchange else known
+            raise NotFound(f"unknown symbol {symbol!r}", known_symbols=scope)
+        return matches
+
+    async def history(self, collection: str, f: Filters) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {}
+        if f.exchange:
+            query["exchange"] = f.exchange
+        if f.symbol:
+            symbols = await self.resolve_symbols(f.exchange, f.symbol)
+            query["symbol"] = symbols[0] if len(symbols) == 1 else {"$in": symbols}
+        if f.market:
+            query["market"] = f.market
+        if f.interval:
+            query["interval"] = f.interval
+        if f.since or f.until:
+            rng: dict[str, Any] = {}
+            if f.since:
+                rng["$gte"] = f.since
+            if f.until:
+                rng["$lte"] = f.until
+            query["ts"] = rng
+        cursor = self.db[collection].find(query, NO_ID).sort("ts", DESCENDING).limit(f.limit)
+        return await cursor.to_list(f.limit)
+
+    async def latest(self, exchange: str | None = None,
+                     symbols: list[str] | None = None) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {}
+        if exchange:
+            query["exchange"] = exchange
+        if symbols:
+            query["symbol"] = symbols[0] if len(symbols) == 1 else {"$in": symbols}
+        return await self.db[schema.LATEST].find(query, NO_ID).to_list(5000)
+
+    async def status(self) -> dict[str, Any] | None:
+        return await self.db[schema.STATUS].find_one({"_id": "collector"})
