@@ -1,6 +1,7 @@
 """aiohttp application factory."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -13,7 +14,7 @@ from api.params import ApiError
 from api.queries import Queries
 from api.routes import add_routes
 from common.db import get_database, make_client
-from common.indexes import apply_indexes
+from common.indexes import ensure_indexes
 from common.settings import Settings
 
 log = logging.getLogger("api")
@@ -54,12 +55,10 @@ def create_app(settings: Settings | None = None) -> web.Application:
     async def lifecycle(app: web.Application):
         client = make_client(settings)
         db = get_database(client, settings)
-        try:
-            await apply_indexes(db, settings.retention)
-        except PyMongoError as exc:
-            log.error("could not apply indexes (MongoDB unavailable?): %r", exc)
+        indexes = asyncio.get_running_loop().create_task(ensure_indexes(db, settings.retention))
         app[QUERIES] = Queries(db)
         yield
+        indexes.cancel()
         await client.close()
 
     app.cleanup_ctx.append(lifecycle)

@@ -28,9 +28,10 @@ class Queries:
         self._symbols_at = 0.0
         self._cache_s = symbol_cache_s
 
-    async def known_symbols(self) -> dict[str, list[str]]:
+    async def known_symbols(self, max_age_s: float | None = None) -> dict[str, list[str]]:
         """exchange -> native symbols seen (from ``latest``; cached for a few seconds)."""
-        if time.monotonic() - self._symbols_at > self._cache_s:
+        max_age = self._cache_s if max_age_s is None else max_age_s
+        if time.monotonic() - self._symbols_at > max_age:
             found: dict[str, set[str]] = {}
             cursor = self.db[schema.LATEST].find({}, {"_id": 0, "exchange": 1, "symbol": 1})
             async for doc in cursor:
@@ -41,11 +42,17 @@ class Queries:
 
     async def resolve_symbols(self, exchange: str | None, symbol: str) -> list[str]:
         """Native symbols matching what the user typed; 404 with the known list if none."""
-        known = await self.known_symbols()
         wanted = comparable(symbol)
-        candidates = [known.get(exchange, [])] if exchange else list(known.values())
-        matches = sorted({s for group in candidates for s in group
-                          if s == symbol or comparable(s) == wanted})
+        matches: list[str] = []
+        # A miss re-reads the symbol list (at most once a second) before answering 404, so a
+        # symbol that just started streaming is found at once.
+        for max_age in (None, 1.0):
+            known = await self.known_symbols(max_age)
+            candidates = [known.get(exchange, [])] if exchange else list(known.values())
+            matches = sorted({s for group in candidates for s in group
+                              if s == symbol or comparable(s) == wanted})
+            if matches:
+                break
         if not matches:
             scope = {exchange: known.get(exchange, [])} if exchange else known
             raise NotFound(f"unknown symbol {symbol!r}", known_symbols=scope)

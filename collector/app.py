@@ -18,7 +18,7 @@ from collector.stats import Stats
 from collector.writer import Writer
 from common import schema
 from common.db import get_database, make_client
-from common.indexes import apply_indexes
+from common.indexes import ensure_indexes
 from common.settings import Settings
 
 log = logging.getLogger("collector")
@@ -46,12 +46,9 @@ class Collector:
         self.stopped = asyncio.Event()
 
     async def run(self, duration_s: float = 0.0) -> None:
-        try:
-            await apply_indexes(self.db, self.settings.retention)
-        except PyMongoError as exc:
-            # Keep collecting; indexes are applied again on the next start.
-            log.error("could not apply indexes (MongoDB unavailable?): %r", exc)
         loop = asyncio.get_running_loop()
+        # Collect even if MongoDB is not up yet; indexes follow as soon as it is.
+        self._tasks.append(loop.create_task(ensure_indexes(self.db, self.settings.retention)))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
         async with aiohttp.ClientSession() as session:

@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from pymongo import UpdateOne
+from pymongo import ReplaceOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from common import schema
@@ -65,7 +65,10 @@ class Writer:
                 if len(batch) >= self.batch_size:
                     self._wake.set()
         doc["type"] = record.collection
-        self._latest[latest_id(record)] = doc
+        # Whole-document replacement carrying its own _id: a $set of dates on an existing
+        # document, or an upsert that takes _id from the filter, is mis-stored by nx-27017.
+        doc["_id"] = key = latest_id(record)
+        self._latest[key] = doc
 
     async def run(self) -> None:
         while not self._stopping:
@@ -110,8 +113,7 @@ class Writer:
                 latest, self._latest = self._latest, {}
                 try:
                     await self.db[schema.LATEST].bulk_write(
-                        [UpdateOne({"_id": key}, {"$set": doc}, upsert=True)
-                         for key, doc in latest.items()],
+                        [ReplaceOne({"_id": key}, doc, upsert=True) for key, doc in latest.items()],
                         ordered=False)
                 except PyMongoError as exc:
                     # Newer values may have arrived meanwhile; only restore keys not replaced.
@@ -140,8 +142,8 @@ class Writer:
             by_key: dict[tuple, dict[str, Any]] = {}
             for doc in docs:
                 by_key[(doc["exchange"], doc["market"], doc["symbol"], doc["interval"], doc["ts"])] = doc
-            ops = [UpdateOne({"exchange": k[0], "market": k[1], "symbol": k[2], "interval": k[3],
-                              "ts": k[4]}, {"$set": doc}, upsert=True) for k, doc in by_key.items()]
+            ops = [ReplaceOne({"exchange": k[0], "market": k[1], "symbol": k[2], "interval": k[3],
+                               "ts": k[4]}, doc, upsert=True) for k, doc in by_key.items()]
             await coll.bulk_write(ops, ordered=False)
             self.stored += len(docs)
             return

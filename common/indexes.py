@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
-from pymongo.errors import OperationFailure
+from pymongo.errors import OperationFailure, PyMongoError
 
 from common import schema
 from common.settings import RetentionSettings, Settings
@@ -77,6 +77,22 @@ async def apply_indexes(db, retention: RetentionSettings) -> int:
             else:
                 raise
     return len(index_specs(retention))
+
+
+async def ensure_indexes(db, retention: RetentionSettings, retry_s: float = 2.0) -> None:
+    """Apply the indexes, retrying until MongoDB is reachable (programs may start before it)."""
+    logged = False
+    while True:
+        try:
+            await apply_indexes(db, retention)
+            if logged:
+                log.info("indexes applied")
+            return
+        except PyMongoError as exc:
+            if not logged:
+                log.warning("could not apply indexes yet (%r); retrying every %.0fs", exc, retry_s)
+                logged = True
+            await asyncio.sleep(retry_s)
 
 
 async def _main() -> None:

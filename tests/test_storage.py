@@ -47,6 +47,12 @@ async def test_writer_batches_dedupes_and_updates_latest(mongo_db):
     latest = await mongo_db[schema.LATEST].find_one({"_id": "binance:spot:BTCUSDT:trades"})
     assert latest["price"] == 219.0 and latest["type"] == schema.TRADES
     assert latest["ts"].tzinfo is not None
+    # A second flush replaces the same latest document; dates must stay dates.
+    writer.submit(trade("500", price=1.5))
+    assert await writer.flush()
+    latest = await mongo_db[schema.LATEST].find({"type": schema.TRADES}).to_list(None)
+    assert len(latest) == 1 and latest[0]["price"] == 1.5
+    assert hasattr(latest[0]["received_at"], "tzinfo")
 
 
 async def test_candles_are_upserted_on_open_time(mongo_db):
@@ -59,6 +65,7 @@ async def test_candles_are_upserted_on_open_time(mongo_db):
                              volume=1.0, closed=closed))
         assert await writer.flush()
     docs = await mongo_db[schema.OHLCV].find({}).to_list(None)
+    assert hasattr(docs[0]["received_at"], "tzinfo") and docs[0]["ts"] == open_time
     assert len(docs) == 1 and docs[0]["close"] == 12.0 and bool(docs[0]["closed"])  # nx-27017 returns booleans as 1
 
 

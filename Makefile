@@ -1,0 +1,54 @@
+# The two commands a user needs:  `make run`  (whole system)  and  `make test`  (test suite).
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+
+# Embedded MongoDB (nx-27017) unless the caller points MONGODB_URI at a real server.
+ifeq ($(origin MONGODB_URI),undefined)
+export CRYPTODATA_EMBEDDED_DB ?= true
+export CRYPTODATA_EMBEDDED_DB_PORT ?= 27017
+export MONGODB_URI := mongodb://127.0.0.1:$(CRYPTODATA_EMBEDDED_DB_PORT)
+else
+export CRYPTODATA_EMBEDDED_DB ?= false
+export CRYPTODATA_EMBEDDED_DB_PORT ?= 27017
+endif
+export CRYPTODATA_VENV := $(abspath $(VENV))
+
+.PHONY: run run-fg stop status logs test install
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+## Set up and start MongoDB (embedded), the collector and the API under supervisord.
+run: install
+	@mkdir -p var logs
+	@if [ -S var/supervisor.sock ] && $(VENV)/bin/supervisorctl -c supervisord.conf status >/dev/null 2>&1; then \
+	  $(VENV)/bin/supervisorctl -c supervisord.conf restart all; \
+	else \
+	  $(VENV)/bin/supervisord -c supervisord.conf; \
+	fi
+	@sleep 4; $(VENV)/bin/supervisorctl -c supervisord.conf status || true
+	@echo "API: http://127.0.0.1:5001/health   logs: logs/   stop: make stop"
+
+## The same in the foreground (Ctrl-C stops everything).
+run-fg: install
+	@mkdir -p var logs
+	$(VENV)/bin/supervisord -n -c supervisord.conf
+
+stop:
+	-$(VENV)/bin/supervisorctl -c supervisord.conf shutdown
+
+status:
+	$(VENV)/bin/supervisorctl -c supervisord.conf status
+
+logs:
+	tail -n 50 -f logs/data_collection.log logs/api_server.log
+
+## Set up and run the whole test suite.
+test: install
+	$(VENV)/bin/python -m pytest
