@@ -3,16 +3,16 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
 
-# Embedded MongoDB (nx-27017) unless the caller points MONGODB_URI at a real server.
+# Embedded MongoDB (nx-27017) unless the caller points MONGODB_URI at a real server. These
+# variables are given to supervisord only: `make test` starts its own server on a free port.
+EMBEDDED_DB_PORT ?= 27017
 ifeq ($(origin MONGODB_URI),undefined)
-export CRYPTODATA_EMBEDDED_DB ?= true
-export CRYPTODATA_EMBEDDED_DB_PORT ?= 27017
-export MONGODB_URI := mongodb://127.0.0.1:$(CRYPTODATA_EMBEDDED_DB_PORT)
+RUN_ENV := CRYPTODATA_EMBEDDED_DB=true MONGODB_URI=mongodb://127.0.0.1:$(EMBEDDED_DB_PORT)
 else
-export CRYPTODATA_EMBEDDED_DB ?= false
-export CRYPTODATA_EMBEDDED_DB_PORT ?= 27017
+RUN_ENV := CRYPTODATA_EMBEDDED_DB=false
 endif
-export CRYPTODATA_VENV := $(abspath $(VENV))
+RUN_ENV += CRYPTODATA_EMBEDDED_DB_PORT=$(EMBEDDED_DB_PORT) CRYPTODATA_VENV=$(abspath $(VENV))
+CTL := env $(RUN_ENV) $(VENV)/bin/supervisorctl -c supervisord.conf
 
 .PHONY: run run-fg stop status logs test install
 
@@ -27,24 +27,24 @@ $(VENV)/.installed: requirements.txt
 ## Set up and start MongoDB (embedded), the collector and the API under supervisord.
 run: install
 	@mkdir -p var logs
-	@if [ -S var/supervisor.sock ] && $(VENV)/bin/supervisorctl -c supervisord.conf status >/dev/null 2>&1; then \
-	  $(VENV)/bin/supervisorctl -c supervisord.conf restart all; \
+	@if [ -S var/supervisor.sock ] && $(CTL) status >/dev/null 2>&1; then \
+	  $(CTL) restart all; \
 	else \
-	  $(VENV)/bin/supervisord -c supervisord.conf; \
+	  env $(RUN_ENV) $(VENV)/bin/supervisord -c supervisord.conf; \
 	fi
-	@sleep 4; $(VENV)/bin/supervisorctl -c supervisord.conf status || true
+	@sleep 4; $(CTL) status || true
 	@echo "API: http://127.0.0.1:5001/health   logs: logs/   stop: make stop"
 
 ## The same in the foreground (Ctrl-C stops everything).
 run-fg: install
 	@mkdir -p var logs
-	$(VENV)/bin/supervisord -n -c supervisord.conf
+	env $(RUN_ENV) $(VENV)/bin/supervisord -n -c supervisord.conf
 
 stop:
-	-$(VENV)/bin/supervisorctl -c supervisord.conf shutdown
+	-$(CTL) shutdown
 
 status:
-	$(VENV)/bin/supervisorctl -c supervisord.conf status
+	$(CTL) status
 
 logs:
 	tail -n 50 -f logs/data_collection.log logs/api_server.log
