@@ -1,0 +1,1 @@
+"""Gate.io API v4: spot and USDT-margined perpetual futures."""
