@@ -47,7 +47,9 @@ async def test_all_collections_and_checksum_resync_of_one_symbol(mongo_db, fake)
         assert await mongo_db[schema.FUNDING_RATES].find_one(
             {"symbol": "PF_XBTUSD", "pair": "BTC/USD", "rate": 1.0e-05, "interval_hours": 1.0})
         assert await mongo_db[schema.OPEN_INTEREST].find_one({"open_interest": 1234.5})
-        assert await mongo_db[schema.OHLCV].find_one({"symbol": "BTC/USD", "closed": True})
+        async def closed_candle():
+            return await mongo_db[schema.OHLCV].find_one({"symbol": "BTC/USD", "closed": True})
+        await wait_for(closed_candle, timeout_s=5, what="closed candle")
         book = await mongo_db[schema.ORDER_BOOK].find_one({"symbol": "ETH/USD"})
         assert book["bids"][0][0] < book["asks"][0][0]
 

@@ -144,9 +144,10 @@ class GateioFeed(Feed):
         symbols = [s for s in self.spot_symbols if self.is_available(s)]
         if not symbols:
             return
-        await conn.send(self._request(ep.SPOT_TICKERS, symbols))
-        await conn.send(self._request(ep.SPOT_TRADES, symbols))
         for symbol in symbols:
+            # One request per symbol and channel: an error then affects that subscription only.
+            await conn.send(self._request(ep.SPOT_TICKERS, [symbol]))
+            await conn.send(self._request(ep.SPOT_TRADES, [symbol]))
             self._state(SPOT, symbol)
             await conn.send(self._request(ep.SPOT_BOOK, [symbol, ep.BOOK_INTERVAL]))
             # Candles take [interval, pair] - the reverse of the order book's argument order.
@@ -157,9 +158,9 @@ class GateioFeed(Feed):
         symbols = [s for s in self.perp_symbols if self.is_available(s) and s in self.multipliers]
         if not symbols:
             return
-        await conn.send(self._request(ep.FUT_TICKERS, symbols))
-        await conn.send(self._request(ep.FUT_TRADES, symbols))
         for symbol in symbols:
+            await conn.send(self._request(ep.FUT_TICKERS, [symbol]))
+            await conn.send(self._request(ep.FUT_TRADES, [symbol]))
             self._state(PERP, symbol)
             await conn.send(self._request(ep.FUT_BOOK, [symbol, ep.BOOK_INTERVAL, ep.BOOK_LEVEL]))
             await conn.send(self._request(ep.FUT_CANDLES, [ep.CANDLE_INTERVAL, symbol]))
@@ -223,9 +224,12 @@ class GateioFeed(Feed):
         lowered = text.lower()
         if "unknown" in lowered or "invalid" in lowered and ("pair" in lowered or
                                                              "contract" in lowered):
-            for item in payload:
-                if item in self.spot_symbols or item in self.perp_symbols:
-                    self.mark_unavailable(item, text)
+            # Each subscription names one symbol, so only that symbol is affected.
+            symbols = [item for item in payload
+                       if item in self.spot_symbols or item in self.perp_symbols]
+            named = [item for item in symbols if item in text]
+            for item in named or (symbols if len(symbols) == 1 else []):
+                self.mark_unavailable(item, text)
 
     def _funding(self, funding, oi) -> None:
         """Tickers arrive about once a second: store funding / OI on change or once per poll
