@@ -317,12 +317,12 @@ class GateioFeed(Feed):
                 except RestError as exc:
                     self.stats.error_once(self.name, f"order book snapshot {state.symbol}: {exc}")
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 30.0)
+                    delay = min(delay * 2, 5.0)
                     continue
                 except (KeyError, TypeError, ValueError) as exc:
                     self.malformed(body, exc)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 30.0)
+                    delay = min(delay * 2, 5.0)
                     continue
                 state.snapshots += 1
                 if state.sync.synced:
@@ -338,7 +338,7 @@ class GateioFeed(Feed):
                     state.sync.reset()
                 # SNAPSHOT_TOO_OLD (REST lags the stream) or gap: try again shortly.
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 5.0)
         finally:
             if state.fetch is asyncio.current_task():
                 state.fetch = None

@@ -42,6 +42,7 @@ class KrakenFeed(Feed):
         self._last_funding_emit: dict[str, float] = {}
         self._last_funding_rate: dict[str, float | None] = {}
         self._req_id = 0
+        self._consecutive_failures: dict[str, int] = {}
         self.spot_conn: WsConnection | None = None
         self.perp_conn: WsConnection | None = None
         # Counters for tests/status.
@@ -78,11 +79,15 @@ class KrakenFeed(Feed):
         self._req_id += 1
         return self._req_id
 
-    def _send(self, conn: WsConnection, payload: dict) -> None:
+    def _send(self, conn: WsConnection, payload: dict | str, delay_s: float = 0.0) -> None:
         """Fire-and-forget send from the synchronous message handler."""
+        text = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
+
         async def send() -> None:
+            if delay_s:
+                await asyncio.sleep(delay_s)
             try:
-                await conn.send(orjson.dumps(payload).decode())
+                await conn.send(text)
             except Exception as exc:   # connection dropped: on_open resubscribes
                 log.debug("%s: send failed: %r", conn.name, exc)
         asyncio.get_running_loop().create_task(send())
@@ -105,10 +110,10 @@ class KrakenFeed(Feed):
         await conn.send(self._spot_sub(ep.SPOT_TICKER, symbols))
         await conn.send(self._spot_sub(ep.SPOT_TRADE, symbols, snapshot=False))
         await conn.send(self._spot_sub(ep.SPOT_OHLC, symbols, interval=ep.SPOT_OHLC_INTERVAL_MIN))
-        missing = [s for s in symbols if s in self.precision]
-        if missing:   # known from a previous connection: no need to wait for the instrument
-            await conn.send(self._book_request(missing))
-            self._book_subscribed.update(missing)
+        known = [s for s in symbols if s in self.precision]
+        if known:   # precisions known from a previous connection: no need to wait
+            await conn.send(self._book_request(known))
+            self._book_subscribed.update(known)
 
     def _book_request(self, symbols: list[str], method: str = "subscribe") -> str:
         if method == "subscribe":
@@ -156,6 +161,16 @@ class KrakenFeed(Feed):
             if symbol and method == "subscribe" and (
                     "not supported" in error.lower() or "not found" in error.lower()):
                 self.mark_unavailable(symbol, error)
+            if result.get("channel") == ep.SPOT_INSTRUMENT or "instrument" in error.lower():
+                # No precisions: subscribe the books anyway; checksums then use the numbers'
+                # own digits (exact for prices/quantities sent with full precision).
+                ready = [s for s in self.spot_symbols
+                         if self.is_available(s) and s not in self._book_subscribed]
+                if ready:
+                    log.warning("%s: instrument channel unavailable; book checksums use the "
+                                "received digits", self.name)
+                    self._book_subscribed.update(ready)
+                    self._send(conn, self._book_request(ready))
         elif "error" in msg or "Error" in msg:
             self.stats.error_once(self.name, f"spot error: {msg.get('error') or msg.get('Error')}")
         return False   # acks, pongs, errors: control traffic
@@ -174,7 +189,7 @@ class KrakenFeed(Feed):
             ready.append(symbol)
         if ready:
             self._book_subscribed.update(ready)
-            self._send(conn, orjson.loads(self._book_request(ready)))
+            self._send(conn, self._book_request(ready))
 
     def _spot_book(self, conn: WsConnection, kind: str, item: dict) -> None:
         symbol = item["symbol"]
@@ -194,7 +209,9 @@ class KrakenFeed(Feed):
         # Kraken never deletes levels that fall out of the subscribed depth.
         book.truncate(self.book_depth)
         expected = int(item["checksum"])
-        if self.checksum(book) != expected:
+        if self.checksum(book) == expected:
+            self._consecutive_failures.pop(symbol, None)
+        else:
             self.checksum_failures += 1
             self.stats.gaps += 1
             self._resubscribe_book(conn, symbol, f"checksum mismatch (expected {expected})")
@@ -213,8 +230,12 @@ class KrakenFeed(Feed):
         self.stats.resyncs += 1
         self.resubscribes[symbol] = self.resubscribes.get(symbol, 0) + 1
         self.book(SPOT, symbol, keep_text=True).reset()
-        self._send(conn, orjson.loads(self._book_request([symbol], "unsubscribe")))
-        self._send(conn, orjson.loads(self._book_request([symbol])))
+        # Back off when a symbol keeps failing (e.g. unexpected precision): 0, 1, 2, 4 ... 60 s.
+        failures = self._consecutive_failures.get(symbol, 0)
+        self._consecutive_failures[symbol] = failures + 1
+        delay = 0.0 if failures == 0 else min(60.0, 2.0 ** (failures - 1))
+        self._send(conn, self._book_request([symbol], "unsubscribe"), delay)
+        self._send(conn, self._book_request([symbol]), delay)
 
     def _candle(self, candle: Candle) -> None:
         """The running candle is re-sent with the same interval_begin; it is closed once a later

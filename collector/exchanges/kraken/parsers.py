@@ -48,7 +48,7 @@ def _f(value: Any) -> float | None:
 # ---- spot v2 -------------------------------------------------------------------------------------
 def parse_instrument_pairs(msg: dict) -> dict[str, tuple[int, int]]:
     """``instrument`` snapshot/update -> {symbol: (price_precision, qty_precision)}."""
-    pairs = msg["data"]["pairs"]
+    pairs = msg["data"].get("pairs") or []
     return {p["symbol"]: (int(p["price_precision"]), int(p["qty_precision"])) for p in pairs}
 
 
