@@ -113,3 +113,21 @@ async def test_silent_connection_is_reconnected_by_idle_watchdog(mongo_db, fake)
         async def data():
             return await mongo_db[schema.TRADES].count_documents({"exchange": "kraken"})
         await wait_for(data, timeout_s=8, what="data after the server talks again")
+
+
+async def test_depth_10_book_truncation_keeps_checksums_valid(mongo_db, fake):
+    """At depth 10, levels pushed out of scope are never deleted by Kraken: the feed must truncate
+    after every update or the next checksum fails."""
+    settings = settings_for(fake, book_depth=10, perp_symbols=[])
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
+        assert feed.book_depth == 10
+
+        async def many_updates():
+            book = feed.books.get(("spot", "BTC/USD"))
+            return book is not None and book.synced and feed.stats.messages > 400
+        await wait_for(many_updates, timeout_s=10, what="many book updates")
+        assert feed.checksum_failures == 0
+        book = feed.books[("spot", "BTC/USD")]
+        assert len(book.bids) == 10 and len(book.asks) == 10
+        assert [r["params"].get("depth") for r in fake.requests
+                if r.get("params", {}).get("channel") == "book"] == [10]

@@ -22,7 +22,7 @@ from tests.helpers import free_port
 # symbol -> (price_precision, qty_precision, mid)
 INSTRUMENTS = {"BTC/USD": (1, 8, 50000.0), "ETH/USD": (2, 8, 3000.0)}
 FUT_PRODUCTS = {"PF_XBTUSD": 50000.0}
-LEVELS = 15
+LEVELS = 25
 
 
 def rfc3339(dt: datetime, ns: bool = False) -> str:
@@ -42,6 +42,7 @@ class SpotBook:
         self.pp, self.qp, mid = INSTRUMENTS[symbol]
         tick = 10 ** -self.pp
         self.tick = tick
+        self.depth = 10
         self.bids = {round(mid - tick * (i + 1), self.pp): self.qty() for i in range(LEVELS)}
         self.asks = {round(mid + tick * (i + 1), self.pp): self.qty() for i in range(LEVELS)}
 
@@ -61,34 +62,55 @@ class SpotBook:
         text += "".join(fmt(p, self.pp) + fmt(self.bids[p], self.qp) for p in bids)
         return zlib.crc32(text.encode()) & 0xFFFFFFFF
 
-    def snapshot(self) -> str:
-        bids = self.levels(self.bids, sorted(self.bids, reverse=True))
-        asks = self.levels(self.asks, sorted(self.asks))
+    def window(self, depth: int) -> tuple[set[float], set[float]]:
+        return (set(sorted(self.bids, reverse=True)[:depth]), set(sorted(self.asks)[:depth]))
+
+    def snapshot(self, depth: int) -> str:
+        self.depth = depth
+        bids = self.levels(self.bids, sorted(self.bids, reverse=True)[:depth])
+        asks = self.levels(self.asks, sorted(self.asks)[:depth])
         return ('{"channel":"book","type":"snapshot","data":[{"symbol":"%s","bids":[%s],'
                 '"asks":[%s],"checksum":%d,"timestamp":"%s"}]}'
                 % (self.symbol, ",".join(bids), ",".join(asks), self.checksum(),
                    rfc3339(datetime.now(timezone.utc))))
 
     def update(self, corrupt: bool = False) -> str:
+        """Mutate the server book like the exchange does and send what a depth-``depth``
+        subscriber sees: changed levels inside its window and levels entering the window; levels
+        pushed out of the window are NOT deleted (the client truncates)."""
+        depth = self.depth
+        before = self.window(depth)
         side_name = random.choice(["bids", "asks"])
+        is_bid = side_name == "bids"
         side = getattr(self, side_name)
-        changed = []
-        price = random.choice(sorted(side, reverse=side_name == "bids")[:8])
-        if random.random() < 0.3 and len(side) > 12:
+        changed: list[float] = []
+        roll = random.random()
+        best_bid, best_ask = max(self.bids), min(self.asks)
+        if roll < 0.25 and len(side) > 12:
+            price = random.choice(sorted(side, reverse=is_bid)[:8])
             side.pop(price)
-            changed.append((price, 0.0))
-            # a new level at the far end keeps the depth
-            far = max(side) + self.tick if side_name == "asks" else min(side) - self.tick
-            far = round(far, self.pp)
+            changed.append(price)
+            far = round(min(side) - self.tick if is_bid else max(side) + self.tick, self.pp)
             side[far] = self.qty()
-            changed.append((far, side[far]))
-        else:
+        elif roll < 0.45 and best_ask - best_bid > 1.5 * self.tick:
+            # a better price: pushes the last level of the window out
+            price = round(best_bid + self.tick if is_bid else best_ask - self.tick, self.pp)
             side[price] = self.qty()
-            changed.append((price, side[price]))
+            changed.append(price)
+        else:
+            price = random.choice(sorted(side, reverse=is_bid)[:8])
+            side[price] = self.qty()
+            changed.append(price)
+        after = self.window(depth)
+        entered = (after[0] - before[0]) if is_bid else (after[1] - before[1])
+        inside = after[0] if is_bid else after[1]
+        send = [p for p in changed if p in inside or p not in side] + \
+            [p for p in sorted(entered) if p not in changed]
         checksum = self.checksum() ^ (0x5A5A if corrupt else 0)
-        levels = [f'{{"price":{num(p, self.pp)},"qty":{num(q, self.qp)}}}' for p, q in changed]
-        bids = ",".join(levels) if side_name == "bids" else ""
-        asks = ",".join(levels) if side_name == "asks" else ""
+        levels = [f'{{"price":{num(p, self.pp)},"qty":{num(side.get(p, 0.0), self.qp)}}}'
+                  for p in send]
+        bids = ",".join(levels) if is_bid else ""
+        asks = ",".join(levels) if not is_bid else ""
         return ('{"channel":"book","type":"update","data":[{"symbol":"%s","bids":[%s],'
                 '"asks":[%s],"checksum":%d,"timestamp":"%s"}]}'
                 % (self.symbol, bids, asks, checksum, rfc3339(datetime.now(timezone.utc))))
@@ -167,7 +189,7 @@ class FakeKraken:
                         if method == "subscribe":
                             self.book_subscribes[symbol] += 1
                             books[symbol] = SpotBook(symbol)
-                            await ws.send(books[symbol].snapshot())
+                            await ws.send(books[symbol].snapshot(params.get("depth", 10)))
                         else:
                             self.book_unsubscribes[symbol] += 1
                             books.pop(symbol, None)
