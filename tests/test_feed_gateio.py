@@ -159,13 +159,33 @@ async def test_contract_size_default_when_rest_unavailable(mongo_db, fake):
 async def test_silent_connection_is_reconnected_by_idle_watchdog(mongo_db, fake):
     fake.silent = True
     settings = settings_for(fake, idle_timeout_s=0.5, perp_symbols=[])
-    async with running_feed(GateioFeed, mongo_db, settings, "gateio") as feed:
+
+    def configure(feed):
+        feed.ping_interval_s = 0.1   # spot.pong keeps arriving but is control traffic
+    async with running_feed(GateioFeed, mongo_db, settings, "gateio", configure) as feed:
         async def reconnected():
             return fake.connects["spot"] >= 2
         await wait_for(reconnected, timeout_s=8, what="reconnect after silence")
         assert feed.stats.reconnects >= 1
+        assert fake.pings["spot"] >= 2
         fake.silent = False
 
         async def data():
             return book_matches_server(feed, fake, "spot", "BTC_USDT")
         await wait_for(data, timeout_s=8, what="book synced after the server talks again")
+
+
+async def test_upgrade_notice_reconnects_and_resyncs(mongo_db, fake):
+    settings = settings_for(fake, perp_symbols=[], spot_symbols=["BTC_USDT"])
+    async with running_feed(GateioFeed, mongo_db, settings, "gateio") as feed:
+        async def ready():
+            return book_matches_server(feed, fake, "spot", "BTC_USDT")
+        await wait_for(ready, timeout_s=10, what="book synced")
+        requests = fake.snapshot_requests[("spot", "BTC_USDT")]
+        await fake.push_upgrade("spot")
+
+        async def resynced():
+            return fake.connects["spot"] == 2 and \
+                fake.snapshot_requests[("spot", "BTC_USDT")] > requests and \
+                book_matches_server(feed, fake, "spot", "BTC_USDT")
+        await wait_for(resynced, timeout_s=8, what="reconnect + resync after upgrade notice")

@@ -84,6 +84,7 @@ class FakeGate:
         self.pings = Counter()
         self.books: dict[tuple[str, str], ServerBook] = {}
         self.full_books: dict[tuple[str, str], dict] = {}
+        self.sockets: dict = {}
         self._servers = []
         self._runner: web.AppRunner | None = None
 
@@ -111,6 +112,12 @@ class FakeGate:
             await server.wait_closed()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def push_upgrade(self, market: str) -> None:
+        """The service-upgrade notice Gate sends before closing a connection."""
+        await self.sockets[market].send(json.dumps({
+            "type": "upgrade",
+            "msg": "The connection will soon be closed for a service upgrade. Please reconnect."}))
 
     # ---- REST --------------------------------------------------------------------------------
     def _label(self, label: str, message: str, status: int = 400) -> web.Response:
@@ -148,6 +155,7 @@ class FakeGate:
     # ---- WebSocket ---------------------------------------------------------------------------
     async def _ws(self, ws, market: str) -> None:
         self.connects[market] += 1
+        self.sockets[market] = ws
         prefix = "spot" if market == "spot" else "futures"
         subs: dict[str, set] = {}
         pump = asyncio.get_running_loop().create_task(self._pump(ws, market, prefix, subs))

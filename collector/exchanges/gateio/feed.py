@@ -44,6 +44,7 @@ class GateioFeed(Feed):
     backoff_max_s = ep.BACKOFF_MAX_S
     # Gate public REST: 200 requests / 10 s per endpoint; stay far below.
     rest_weight_per_window = 300.0
+    ping_interval_s = ep.PING_INTERVAL_S
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)
@@ -105,13 +106,13 @@ class GateioFeed(Feed):
             self.spot_conn = self.connection(
                 "spot", self.cfg.spot_ws_url, on_message=self._on_message, on_open=self._open_spot,
                 heartbeat=HeartbeatPolicy(app_ping=_pinger(ep.SPOT_PING),
-                                          app_ping_interval_s=ep.PING_INTERVAL_S))
+                                          app_ping_interval_s=self.ping_interval_s))
             conns.append(self.spot_conn)
         if self.perp_symbols and self.cfg.perp_ws_url:
             self.perp_conn = self.connection(
                 "perp", self.cfg.perp_ws_url, on_message=self._on_message, on_open=self._open_perp,
                 heartbeat=HeartbeatPolicy(app_ping=_pinger(ep.FUT_PING),
-                                          app_ping_interval_s=ep.PING_INTERVAL_S))
+                                          app_ping_interval_s=self.ping_interval_s))
             conns.append(self.perp_conn)
         return conns
 

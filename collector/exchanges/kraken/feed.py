@@ -27,6 +27,7 @@ class KrakenFeed(Feed):
     connect_interval_s = ep.CONNECT_INTERVAL_S
     backoff_max_s = ep.BACKOFF_MAX_S
     rest_weight_per_window = 60.0
+    ping_interval_s = ep.SPOT_PING_INTERVAL_S
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)
@@ -56,7 +57,7 @@ class KrakenFeed(Feed):
             self.spot_conn = self.connection(
                 "spot", self.cfg.spot_ws_url, on_message=self._on_spot, on_open=self._open_spot,
                 heartbeat=HeartbeatPolicy(app_ping=_ping,
-                                          app_ping_interval_s=ep.SPOT_PING_INTERVAL_S))
+                                          app_ping_interval_s=self.ping_interval_s))
             conns.append(self.spot_conn)
         if self.perp_symbols and self.cfg.perp_ws_url:
             self.perp_conn = self.connection(
