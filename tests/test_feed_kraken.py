@@ -22,7 +22,8 @@ async def fake():
 
 def settings_for(fake: FakeKraken, **kraken) -> Settings:
     cfg = dict(spot_symbols=["XBT/USD", "ETH/USD"], perp_symbols=["PF_XBTUSD"],
-               spot_ws_url=fake.spot_url, perp_ws_url=fake.perp_url, book_depth=100)
+               spot_ws_url=fake.spot_url, perp_ws_url=fake.perp_url,
+               perp_rest_url=fake.perp_rest_url, book_depth=100)
     cfg.update(kraken)
     return Settings(kraken=KrakenSettings(**cfg), exchanges=["kraken"],
                     book_snapshot_interval_s=0.1, liquidity_interval_s=0.2, poll_interval_s=1.0)

@@ -117,3 +117,12 @@ def test_futures_trade_and_book():
     bids, asks, seq = p.parse_futures_book_snapshot(snap)
     assert seq == 326072249 and bids[0] == (34892.5, 6385.0) and asks[0] == (34911.5, 20598.0)
     assert p.parse_futures_book_delta(delta) == ("sell", 34981.0, 0.0, 326094134)
+
+
+def test_futures_instruments():
+    body = {"result": "success", "instruments": [
+        {"symbol": "pi_xbtusd", "tradeable": True}, {"symbol": "PF_XBTUSD", "tradeable": True},
+        {"symbol": "PF_OLDUSD", "tradeable": False}]}
+    assert p.parse_futures_instruments(body) == {"PI_XBTUSD", "PF_XBTUSD"}
+    with pytest.raises(ValueError):
+        p.parse_futures_instruments({"result": "error", "error": "x"})

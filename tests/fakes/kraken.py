@@ -14,6 +14,7 @@ import zlib
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
+from aiohttp import web
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
@@ -123,6 +124,9 @@ class FakeKraken:
         self.perp_port = free_port()
         self.spot_url = f"ws://127.0.0.1:{self.spot_port}/v2"
         self.perp_url = f"ws://127.0.0.1:{self.perp_port}/ws/v1"
+        self.rest_port = free_port()
+        self.perp_rest_url = f"http://127.0.0.1:{self.rest_port}"
+        self._runner: web.AppRunner | None = None
         self.silent = False
         self.corrupt_next: set[str] = set()
         self.fut_gap_next = False
@@ -138,12 +142,25 @@ class FakeKraken:
     async def start(self) -> "FakeKraken":
         self._servers.append(await serve(self._spot, "127.0.0.1", self.spot_port))
         self._servers.append(await serve(self._perp, "127.0.0.1", self.perp_port))
+        app = web.Application()
+        app.router.add_get("/derivatives/api/v3/instruments", self._instruments)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.rest_port).start()
         return self
+
+    async def _instruments(self, request: web.Request) -> web.Response:
+        return web.json_response({"result": "success", "instruments": [
+            {"symbol": s.lower() if s.startswith("PI_") else s, "type": "flexible_futures",
+             "tradeable": True, "contractSize": 1, "tickSize": 0.5} for s in FUT_PRODUCTS]
+            + [{"symbol": "PI_XBTUSD", "type": "futures_inverse", "tradeable": True}]})
 
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
             await server.wait_closed()
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     # ---- spot v2 -----------------------------------------------------------------------------
     async def _spot(self, ws) -> None:

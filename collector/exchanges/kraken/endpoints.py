@@ -17,6 +17,9 @@ CHECKSUM_LEVELS = 10
 # v2 application ping; the server closes connections idle for ~1 minute.
 SPOT_PING_INTERVAL_S = 20.0
 
+# Futures REST (relative to perp_rest_url): instrument list used to validate symbols.
+FUT_INSTRUMENTS_REST = "/derivatives/api/v3/instruments"
+
 # Futures WebSocket v1 feeds.
 FUT_TICKER = "ticker"
 FUT_TRADE = "trade"

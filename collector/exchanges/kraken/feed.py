@@ -13,6 +13,7 @@ from collector.connection import HeartbeatPolicy, WsConnection
 from collector.exchanges.base import Feed
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken import parsers as p
+from collector.rest import RestError
 from common.schema import PERP, SPOT, Candle, now_utc
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,22 @@ class KrakenFeed(Feed):
         # Counters for tests/status.
         self.checksum_failures = 0
         self.resubscribes: dict[str, int] = {}
+
+    async def prepare(self) -> None:
+        """Validate the futures symbols against the instrument list (spot symbols are checked
+        against the WebSocket ``instrument`` channel). If the list is unreachable, go ahead."""
+        if not self.perp_symbols or not self.cfg.perp_rest_url:
+            return
+        try:
+            body = await self.rest(self.cfg.perp_rest_url).get(ep.FUT_INSTRUMENTS_REST)
+            listed = p.parse_futures_instruments(body)
+        except (RestError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("%s: futures instrument list unavailable (%s); symbols not validated",
+                        self.name, exc)
+            return
+        for symbol in self.perp_symbols:
+            if symbol not in listed:
+                self.mark_unavailable(symbol, "not in the futures instrument list")
 
     # ---- wiring ------------------------------------------------------------------------------
     def build_connections(self) -> list[WsConnection]:
@@ -258,9 +275,11 @@ class KrakenFeed(Feed):
         for symbol in symbols:
             self.book(PERP, symbol).reset()
         await conn.send(orjson.dumps({"event": "subscribe", "feed": ep.FUT_HEARTBEAT}).decode())
-        for feed in (ep.FUT_TICKER, ep.FUT_TRADE, ep.FUT_BOOK):
-            await conn.send(orjson.dumps({"event": "subscribe", "feed": feed,
-                                          "product_ids": symbols}).decode())
+        # One request per product and feed: an error then concerns that subscription only.
+        for symbol in symbols:
+            for feed in (ep.FUT_TICKER, ep.FUT_TRADE, ep.FUT_BOOK):
+                await conn.send(orjson.dumps({"event": "subscribe", "feed": feed,
+                                              "product_ids": [symbol]}).decode())
 
     def _on_perp(self, conn: WsConnection, raw: str | bytes) -> bool | None:
         self.stats.messages += 1

@@ -166,6 +166,14 @@ def parse_futures_ticker(msg: dict, received_at: datetime
     return ticker, funding, oi
 
 
+def parse_futures_instruments(body: dict) -> set[str]:
+    """REST ``/derivatives/api/v3/instruments`` -> upper-case tradeable symbols."""
+    if body.get("result") != "success":
+        raise ValueError(f"instruments request failed: {body.get('error')!r}")
+    return {item["symbol"].upper() for item in body["instruments"]
+            if item.get("tradeable", True)}
+
+
 def parse_futures_trade(msg: dict, received_at: datetime) -> Trade:
     symbol = msg["product_id"]
     side = msg["side"]
