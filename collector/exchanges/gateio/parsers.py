@@ -1,0 +1,185 @@
+"""Pure Gate.io v4 parsers: decoded message (+ receive time) -> normalized records.
+
+Futures sizes arrive as integer contract counts; every function that returns a size takes the
+contract's ``multiplier`` (``quanto_multiplier``) and returns base units. Malformed input raises.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from common.schema import PERP, SPOT, Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, \
+    opt_float, s_to_dt
+from common.symbols import pair_from_symbol
+
+EXCHANGE = "gateio"
+
+Levels = list[tuple[float, float]]
+
+
+def msg_time(msg: dict, received_at: datetime) -> datetime:
+    if msg.get("time_ms"):
+        return ms_to_dt(msg["time_ms"])
+    if msg.get("time"):
+        return s_to_dt(msg["time"])
+    return received_at
+
+
+# ---- spot ----------------------------------------------------------------------------------------
+def parse_spot_ticker(msg: dict, received_at: datetime) -> Ticker:
+    r = msg["result"]
+    symbol = r["currency_pair"]
+    return Ticker(EXCHANGE, symbol, pair_from_symbol(symbol), SPOT, msg_time(msg, received_at),
+                  received_at, last=opt_float(r.get("last")), bid=opt_float(r.get("highest_bid")),
+                  ask=opt_float(r.get("lowest_ask")), high_24h=opt_float(r.get("high_24h")),
+                  low_24h=opt_float(r.get("low_24h")), volume_24h=opt_float(r.get("base_volume")),
+                  quote_volume_24h=opt_float(r.get("quote_volume")),
+                  change_pct_24h=opt_float(r.get("change_percentage")))
+
+
+def parse_spot_trade(msg: dict, received_at: datetime) -> Trade:
+    r = msg["result"]
+    symbol = r["currency_pair"]
+    side = r["side"]
+    if side not in ("buy", "sell"):
+        raise ValueError(f"bad side {side!r}")
+    ts = ms_to_dt(float(r["create_time_ms"])) if r.get("create_time_ms") else \
+        s_to_dt(r["create_time"])
+    return Trade(EXCHANGE, symbol, pair_from_symbol(symbol), SPOT, ts, received_at,
+                 trade_id=str(int(r["id"])), price=float(r["price"]), size=float(r["amount"]),
+                 side=side)
+
+
+def parse_spot_candle(msg: dict, received_at: datetime) -> Candle:
+    """``n`` = ``<interval>_<pair>``; ``a`` = base amount, ``v`` = total (quote) volume;
+    ``w`` = window closed (may be missing)."""
+    r = msg["result"]
+    interval, symbol = r["n"].split("_", 1)
+    return Candle(EXCHANGE, symbol, pair_from_symbol(symbol), SPOT, s_to_dt(int(r["t"])),
+                  received_at, interval=interval, open=float(r["o"]), high=float(r["h"]),
+                  low=float(r["l"]), close=float(r["c"]), volume=opt_float(r.get("a")),
+                  quote_volume=opt_float(r.get("v")), closed=bool(r.get("w", False)))
+
+
+def parse_spot_levels(levels: list) -> Levels:
+    return [(float(level[0]), float(level[1])) for level in levels]
+
+
+def parse_spot_book_update(msg: dict) -> tuple[str, int, int, Levels, Levels, bool]:
+    """-> (symbol, U, u, bids, asks, full)."""
+    r = msg["result"]
+    return (r["s"], int(r["U"]), int(r["u"]), parse_spot_levels(r.get("b") or []),
+            parse_spot_levels(r.get("a") or []), bool(r.get("full", False)))
+
+
+def parse_spot_book_snapshot(body: dict) -> tuple[int, Levels, Levels]:
+    """REST ``/spot/order_book?with_id=true`` -> (id, bids, asks)."""
+    return int(body["id"]), parse_spot_levels(body["bids"]), parse_spot_levels(body["asks"])
+
+
+# ---- futures -------------------------------------------------------------------------------------
+def parse_futures_levels(levels: list, multiplier: float) -> Levels:
+    return [(float(level["p"]), float(level["s"]) * multiplier) for level in levels]
+
+
+def parse_futures_book_update(msg: dict, multiplier: float
+                              ) -> tuple[str, int, int, Levels, Levels, bool]:
+    r = msg["result"]
+    return (r["s"], int(r["U"]), int(r["u"]), parse_futures_levels(r.get("b") or [], multiplier),
+            parse_futures_levels(r.get("a") or [], multiplier), bool(r.get("full", False)))
+
+
+def parse_futures_book_snapshot(body: dict, multiplier: float) -> tuple[int, Levels, Levels]:
+    return (int(body["id"]), parse_futures_levels(body["bids"], multiplier),
+            parse_futures_levels(body["asks"], multiplier))
+
+
+def parse_futures_tickers(msg: dict, received_at: datetime, multipliers: dict[str, float],
+                          funding_info: dict[str, dict[str, Any]] | None = None
+                          ) -> list[tuple[Ticker, Funding, OpenInterest | None]]:
+    """``futures.tickers`` (result is a list) -> ticker, funding (``funding_rate`` = current
+    period rate, a fraction) and open interest (``total_size`` contracts x multiplier)."""
+    ts = msg_time(msg, received_at)
+    out = []
+    for r in msg["result"]:
+        symbol = r["contract"]
+        pair = pair_from_symbol(symbol)
+        mult = multipliers[symbol]
+        mark, index = opt_float(r.get("mark_price")), opt_float(r.get("index_price"))
+        volume = opt_float(r.get("volume_24h_base"))
+        if volume is None and r.get("volume_24h") not in (None, ""):
+            volume = float(r["volume_24h"]) * mult
+        ticker = Ticker(EXCHANGE, symbol, pair, PERP, ts, received_at,
+                        last=opt_float(r.get("last")), high_24h=opt_float(r.get("high_24h")),
+                        low_24h=opt_float(r.get("low_24h")), volume_24h=volume,
+                        quote_volume_24h=opt_float(r.get("volume_24h_quote")),
+                        change_pct_24h=opt_float(r.get("change_percentage")),
+                        mark_price=mark, index_price=index)
+        info = (funding_info or {}).get(symbol, {})
+        funding = Funding(EXCHANGE, symbol, pair, PERP, ts, received_at,
+                          rate=float(r["funding_rate"]),
+                          next_funding_time=info.get("next_funding_time"),
+                          mark_price=mark, index_price=index,
+                          interval_hours=info.get("interval_hours"))
+        oi = None
+        if r.get("total_size") not in (None, ""):
+            amount = float(r["total_size"]) * mult
+            oi = OpenInterest(EXCHANGE, symbol, pair, PERP, ts, received_at,
+                              open_interest=amount,
+                              open_interest_value=amount * mark if mark is not None else None)
+        out.append((ticker, funding, oi))
+    return out
+
+
+def parse_futures_trades(msg: dict, received_at: datetime,
+                         multipliers: dict[str, float]) -> list[Trade]:
+    """``size`` sign is the taker side (+ buy, - sell); |size| x multiplier = base units."""
+    out = []
+    for r in msg["result"]:
+        symbol = r["contract"]
+        size = float(r["size"])
+        if size == 0:
+            raise ValueError("zero trade size")
+        ts = ms_to_dt(float(r["create_time_ms"])) if r.get("create_time_ms") else \
+            s_to_dt(r["create_time"])
+        out.append(Trade(EXCHANGE, symbol, pair_from_symbol(symbol), PERP, ts, received_at,
+                         trade_id=str(int(r["id"])), price=float(r["price"]),
+                         size=abs(size) * multipliers[symbol], side="buy" if size > 0 else "sell"))
+    return out
+
+
+def parse_futures_candles(msg: dict, received_at: datetime,
+                          multipliers: dict[str, float]) -> list[Candle]:
+    out = []
+    for r in msg["result"]:
+        interval, symbol = r["n"].split("_", 1)
+        if symbol.startswith(("mark_", "index_")):
+            continue
+        out.append(Candle(EXCHANGE, symbol, pair_from_symbol(symbol), PERP, s_to_dt(int(r["t"])),
+                          received_at, interval=interval, open=float(r["o"]), high=float(r["h"]),
+                          low=float(r["l"]), close=float(r["c"]),
+                          volume=float(r["v"]) * multipliers[symbol],
+                          closed=bool(r.get("w", False))))
+    return out
+
+
+def parse_contract_stats(msg: dict, received_at: datetime,
+                         multipliers: dict[str, float]) -> list[OpenInterest]:
+    out = []
+    for r in msg["result"]:
+        symbol = r["contract"]
+        out.append(OpenInterest(EXCHANGE, symbol, pair_from_symbol(symbol), PERP,
+                                s_to_dt(r["time"]), received_at,
+                                open_interest=float(r["open_interest"]) * multipliers[symbol],
+                                open_interest_value=opt_float(r.get("open_interest_usd"))))
+    return out
+
+
+def parse_contract(body: dict) -> dict[str, Any]:
+    """REST ``/futures/usdt/contracts/{c}`` -> multiplier and funding schedule."""
+    info: dict[str, Any] = {"multiplier": float(body["quanto_multiplier"])}
+    if body.get("funding_interval"):
+        info["interval_hours"] = float(body["funding_interval"]) / 3600.0
+    if body.get("funding_next_apply"):
+        info["next_funding_time"] = s_to_dt(body["funding_next_apply"])
+    return info

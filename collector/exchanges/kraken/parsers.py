@@ -1,0 +1,201 @@
+"""Pure Kraken parsers: decoded message (+ local receive time) -> normalized records.
+
+Spot v2 sends numbers as JSON numbers "with the engine's precision"; ``decode`` keeps them as
+``Decimal`` so order-book checksums can be computed from exact values. Every function raises
+(KeyError/TypeError/ValueError/...) on malformed input; the feed counts and skips such messages.
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Iterable
+
+from common.schema import PERP, SPOT, Candle, Funding, OpenInterest, Ticker, Trade, UTC, \
+    ms_to_dt
+from common.symbols import pair_from_symbol
+
+EXCHANGE = "kraken"
+
+
+def decode(raw: str | bytes) -> Any:
+    """JSON with floats as Decimal (exact engine precision, trailing zeros kept)."""
+    return json.loads(raw, parse_float=Decimal)
+
+
+def v2_symbol(configured: str) -> str:
+    """Configured spot symbol (``BTC/USD``, ``XBT/USD``, ``XXBTZUSD``) -> WebSocket v2 name."""
+    return pair_from_symbol(configured)
+
+
+def parse_time(text: str) -> datetime:
+    """RFC 3339 with up to nanosecond digits (``2023-10-04T16:25:00.000000000Z``) -> UTC."""
+    text = text.strip()
+    if text.endswith("Z"):
+        text = text[:-1]
+    if "." in text:
+        head, frac = text.split(".", 1)
+        text = f"{head}.{(frac + '000000')[:6]}"
+    dt = datetime.fromisoformat(text)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def _f(value: Any) -> float | None:
+    return None if value is None or value == "" else float(value)
+
+
+# ---- spot v2 -------------------------------------------------------------------------------------
+def parse_instrument_pairs(msg: dict) -> dict[str, tuple[int, int]]:
+    """``instrument`` snapshot/update -> {symbol: (price_precision, qty_precision)}."""
+    pairs = msg["data"].get("pairs") or []
+    return {p["symbol"]: (int(p["price_precision"]), int(p["qty_precision"])) for p in pairs}
+
+
+def parse_ticker(item: dict, received_at: datetime) -> Ticker:
+    symbol = item["symbol"]
+    last = _f(item.get("last"))
+    volume = _f(item.get("volume"))
+    vwap = _f(item.get("vwap"))
+    change = _f(item.get("change"))
+    ts = parse_time(item["timestamp"]) if item.get("timestamp") else received_at
+    return Ticker(
+        EXCHANGE, symbol, pair_from_symbol(symbol), SPOT, ts, received_at,
+        last=last, bid=_f(item["bid"]), bid_size=_f(item.get("bid_qty")),
+        ask=_f(item["ask"]), ask_size=_f(item.get("ask_qty")),
+        open_24h=(last - change) if last is not None and change is not None else None,
+        high_24h=_f(item.get("high")), low_24h=_f(item.get("low")),
+        volume_24h=volume,
+        # Kraken has no quote-volume field: 24 h volume x 24 h VWAP is the quote volume.
+        quote_volume_24h=volume * vwap if volume is not None and vwap is not None else None,
+        change_pct_24h=_f(item.get("change_pct")))
+
+
+def parse_trades(msg: dict, received_at: datetime) -> list[Trade]:
+    out = []
+    for item in msg["data"]:
+        symbol = item["symbol"]
+        side = item["side"]
+        if side not in ("buy", "sell"):
+            raise ValueError(f"bad side {side!r}")
+        out.append(Trade(EXCHANGE, symbol, pair_from_symbol(symbol), SPOT,
+                         parse_time(item["timestamp"]), received_at,
+                         trade_id=str(int(item["trade_id"])), price=float(item["price"]),
+                         size=float(item["qty"]), side=side))
+    return out
+
+
+def parse_candle(item: dict, received_at: datetime) -> Candle:
+    symbol = item["symbol"]
+    return Candle(EXCHANGE, symbol, pair_from_symbol(symbol), SPOT,
+                  parse_time(item["interval_begin"]), received_at,
+                  interval=f"{int(item['interval'])}m", open=float(item["open"]),
+                  high=float(item["high"]), low=float(item["low"]), close=float(item["close"]),
+                  volume=float(item["volume"]),
+                  quote_volume=float(item["volume"]) * float(item["vwap"])
+                  if item.get("vwap") is not None else None,
+                  trades=int(item["trades"]) if item.get("trades") is not None else None,
+                  closed=False)
+
+
+def checksum_text(value: Decimal | int | float | str, precision: int | None) -> str:
+    """One number as the checksum wants it: fixed to the pair's precision, '.' removed, leading
+    zeros stripped (``45285.2`` -> ``452852``; ``0.00100000`` -> ``100000``)."""
+    dec = value if isinstance(value, Decimal) else Decimal(str(value))
+    if precision is not None:
+        dec = dec.quantize(Decimal(1).scaleb(-precision))
+    return format(dec, "f").replace(".", "").lstrip("0")
+
+
+Level = tuple[float, float, str, str]   # price, qty, price checksum text, qty checksum text
+
+
+def parse_levels(levels: Iterable[dict], price_precision: int | None,
+                 qty_precision: int | None) -> list[Level]:
+    out = []
+    for level in levels:
+        price, qty = level["price"], level["qty"]
+        out.append((float(price), float(qty), checksum_text(price, price_precision),
+                    checksum_text(qty, qty_precision)))
+    return out
+
+
+def book_checksum(asks: Iterable[tuple[str, str]], bids: Iterable[tuple[str, str]]) -> int:
+    """CRC32 over the top 10 asks (ascending) then top 10 bids (descending), each level as
+    price text + qty text (already in checksum form)."""
+    text = "".join(p + q for p, q in asks) + "".join(p + q for p, q in bids)
+    return zlib.crc32(text.encode()) & 0xFFFFFFFF
+
+
+# ---- futures v1 ----------------------------------------------------------------------------------
+def parse_futures_ticker(msg: dict, received_at: datetime
+                         ) -> tuple[Ticker, Funding | None, OpenInterest | None]:
+    """Futures ``ticker`` -> ticker, funding and open interest.
+
+    Funding: ``relative_funding_rate`` is the dimensionless rate comparable to other venues and is
+    stored as ``rate``; ``funding_rate`` is Kraken's *absolute* rate (USD per contract per period,
+    e.g. 0.0327 on PF_ETHUSD vs a relative 0.0000187) and is not comparable, so it is not stored.
+    Funding fields are omitted by Kraken when zero.
+    """
+    symbol = msg["product_id"]
+    pair = pair_from_symbol(symbol)
+    ts = ms_to_dt(msg["time"])
+    mark, index = _f(msg.get("markPrice")), _f(msg.get("index"))
+    last = _f(msg.get("last"))
+    ticker = Ticker(EXCHANGE, symbol, pair, PERP, ts, received_at, last=last,
+                    bid=_f(msg.get("bid")), bid_size=_f(msg.get("bid_size")),
+                    ask=_f(msg.get("ask")), ask_size=_f(msg.get("ask_size")),
+                    open_24h=_f(msg.get("open")), high_24h=_f(msg.get("high")),
+                    low_24h=_f(msg.get("low")), volume_24h=_f(msg.get("volume")),
+                    quote_volume_24h=_f(msg.get("volumeQuote")),
+                    change_pct_24h=_f(msg.get("change")), mark_price=mark, index_price=index)
+    funding = None
+    if msg.get("tag", "perpetual") == "perpetual":
+        nxt = msg.get("next_funding_rate_time")
+        funding = Funding(EXCHANGE, symbol, pair, PERP, ts, received_at,
+                          rate=float(msg.get("relative_funding_rate") or 0.0),
+                          next_funding_time=ms_to_dt(nxt) if nxt else None,
+                          predicted_rate=_f(msg.get("relative_funding_rate_prediction")),
+                          mark_price=mark, index_price=index, interval_hours=1.0)
+    oi = None
+    if msg.get("openInterest") is not None:
+        amount = float(msg["openInterest"])
+        # PF_ (linear) contracts are 1 unit of base; the value uses the mark price.
+        oi = OpenInterest(EXCHANGE, symbol, pair, PERP, ts, received_at, open_interest=amount,
+                          open_interest_value=amount * mark if mark is not None else None)
+    return ticker, funding, oi
+
+
+def parse_futures_instruments(body: dict) -> set[str]:
+    """REST ``/derivatives/api/v3/instruments`` -> upper-case tradeable symbols."""
+    if body.get("result") != "success":
+        raise ValueError(f"instruments request failed: {body.get('error')!r}")
+    return {item["symbol"].upper() for item in body["instruments"]
+            if item.get("tradeable", True)}
+
+
+def parse_futures_trade(msg: dict, received_at: datetime) -> Trade:
+    symbol = msg["product_id"]
+    side = msg["side"]
+    if side not in ("buy", "sell"):
+        raise ValueError(f"bad side {side!r}")
+    return Trade(EXCHANGE, symbol, pair_from_symbol(symbol), PERP, ms_to_dt(msg["time"]),
+                 received_at, trade_id=str(msg.get("uid") or msg["seq"]),
+                 price=float(msg["price"]), size=float(msg["qty"]), side=side)
+
+
+def parse_futures_book_snapshot(msg: dict) -> tuple[list[tuple[float, float]],
+                                                    list[tuple[float, float]], int]:
+    bids = [(float(l["price"]), float(l["qty"])) for l in msg["bids"] if float(l["qty"]) > 0]
+    asks = [(float(l["price"]), float(l["qty"])) for l in msg["asks"] if float(l["qty"]) > 0]
+    return bids, asks, int(msg["seq"])
+
+
+def parse_futures_book_delta(msg: dict) -> tuple[str, float, float, int]:
+    side = msg["side"]
+    if side not in ("buy", "sell"):
+        raise ValueError(f"bad side {side!r}")
+    qty = float(msg["qty"])
+    if qty < 0:
+        raise ValueError("negative qty")
+    return side, float(msg["price"]), qty, int(msg["seq"])

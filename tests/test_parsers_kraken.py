@@ -1,0 +1,128 @@
+"""Kraken parsers against documented payloads (tests/fixtures/kraken), incl. checksum vectors."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from collector.exchanges.kraken import parsers as p
+from collector.exchanges.kraken.feed import KrakenFeed
+from collector.orderbook import OrderBook
+
+FIX = Path(__file__).parent / "fixtures" / "kraken"
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def lines(name: str) -> list:
+    return [p.decode(line) for line in (FIX / name).read_text().splitlines() if line.strip()]
+
+
+def load_book(msg, price_prec, qty_prec, book=None):
+    book = book or OrderBook(100, keep_text=True)
+    item = msg["data"][0]
+    if msg["type"] == "snapshot":
+        book.load_snapshot((), ())
+    for price, qty, pt, qt in p.parse_levels(item["asks"], price_prec, qty_prec):
+        book.asks.set(price, qty, pt, qt)
+    for price, qty, pt, qt in p.parse_levels(item["bids"], price_prec, qty_prec):
+        book.bids.set(price, qty, pt, qt)
+    book.truncate(10)
+    return book, item["checksum"]
+
+
+def test_checksum_guide_btc_usd():
+    (msg,) = lines("v2_book_checksum_guide.jsonl")
+    book, expected = load_book(msg, 1, 8)
+    assert expected == 3310070434
+    assert KrakenFeed.checksum(book) == 3310070434
+    assert p.checksum_text(p.decode("45285.2"), 1) == "452852"
+    assert p.checksum_text(p.decode("0.00100000"), 8) == "100000"
+
+
+def test_checksum_matic_snapshot_and_update_need_instrument_precision():
+    snapshot, update = lines("v2_book.jsonl")
+    book, expected = load_book(snapshot, 4, 8)
+    assert expected == 2439117997 and KrakenFeed.checksum(book) == 2439117997
+    book, expected = load_book(update, 4, 8, book)
+    assert expected == 2114181697 and KrakenFeed.checksum(book) == 2114181697
+    assert book.bids.top(10)[-1] == [0.5657, 1098.3947558]
+    # Without padding to the instrument precision the documented checksum is not reproduced.
+    raw, _ = load_book(snapshot, None, None)
+    assert KrakenFeed.checksum(raw) == 3830085102
+
+
+def test_ticker():
+    snap, _ = lines("v2_ticker.jsonl")
+    t = p.parse_ticker(snap["data"][0], NOW)
+    assert (t.symbol, t.pair, t.market) == ("ALGO/USD", "ALGO/USD", "spot")
+    assert (t.bid, t.bid_size, t.ask, t.ask_size, t.last) == (0.10025, 740.0, 0.10036,
+                                                              1361.44813783, 0.10035)
+    assert t.volume_24h == 997038.98383185
+    assert t.quote_volume_24h == pytest.approx(997038.98383185 * 0.10148)
+    assert (t.high_24h, t.low_24h, t.change_pct_24h) == (0.10285, 0.09979, -0.17)
+    assert t.ts == datetime(2023, 9, 25, 9, 4, 31, 742648, tzinfo=timezone.utc)
+
+
+def test_trades():
+    snap, upd = lines("v2_trade.jsonl")
+    trades = p.parse_trades(snap, NOW)
+    assert [t.trade_id for t in trades] == ["4665846", "4665847"]
+    (t,) = p.parse_trades(upd, NOW)
+    assert (t.symbol, t.side, t.price, t.size, t.trade_id) == ("MATIC/USD", "sell", 0.5117, 40.0,
+                                                               "4665906")
+    assert t.ts == datetime(2023, 9, 25, 7, 49, 37, 708706, tzinfo=timezone.utc)
+    with pytest.raises(Exception):
+        p.parse_trades({"data": [{"symbol": "X/Y", "side": "b"}]}, NOW)
+
+
+def test_ohlc_nanosecond_interval_begin():
+    _, upd = lines("v2_ohlc.jsonl")
+    c = p.parse_candle(upd["data"][0], NOW)
+    assert c.ts == datetime(2023, 10, 4, 16, 25, tzinfo=timezone.utc)
+    assert (c.interval, c.open, c.high, c.low, c.close, c.volume, c.trades) == (
+        "5m", 0.5624, 0.5628, 0.5622, 0.5627, 30927.68066226, 12)
+    assert c.closed is False
+
+
+def test_symbol_aliases():
+    assert p.v2_symbol("XBT/USD") == "BTC/USD"
+    assert p.v2_symbol("XXBTZUSD") == "BTC/USD"
+    assert p.v2_symbol("BTC/USD") == "BTC/USD"
+
+
+def test_futures_ticker_funding_and_oi():
+    _, eth = lines("futures_ticker.jsonl")
+    eth = {k: float(v) if hasattr(v, "as_tuple") else v for k, v in eth.items()}
+    ticker, funding, oi = p.parse_futures_ticker(eth, NOW)
+    assert (ticker.symbol, ticker.pair, ticker.market) == ("PF_ETHUSD", "ETH/USD", "perp")
+    assert (ticker.bid, ticker.ask, ticker.mark_price, ticker.index_price) == (
+        1751.6, 1751.7, 1751.97553924942, 1751.75)
+    assert ticker.quote_volume_24h == 99424431.8132
+    # The relative rate is the comparable one; the absolute funding_rate (0.0327) is not stored.
+    assert funding.rate == 1.86711875e-05
+    assert funding.predicted_rate == 1.783425e-05
+    assert funding.next_funding_time == datetime.fromtimestamp(1783591200, tz=timezone.utc)
+    assert oi.open_interest == 24085.822
+    assert funding.ts == datetime.fromtimestamp(1783587648.112, tz=timezone.utc)
+
+
+def test_futures_trade_and_book():
+    msg = lines("futures_trade.jsonl")[-1]
+    msg = {k: float(v) if hasattr(v, "as_tuple") else v for k, v in msg.items()}
+    t = p.parse_futures_trade(msg, NOW)
+    assert (t.trade_id, t.side, t.size, t.price) == ("05af78ac-a774-478c-a50c-8b9c234e071e",
+                                                     "sell", 15000.0, 34969.5)
+    snap, delta = lines("futures_book_doc.jsonl")
+    bids, asks, seq = p.parse_futures_book_snapshot(snap)
+    assert seq == 326072249 and bids[0] == (34892.5, 6385.0) and asks[0] == (34911.5, 20598.0)
+    assert p.parse_futures_book_delta(delta) == ("sell", 34981.0, 0.0, 326094134)
+
+
+def test_futures_instruments():
+    body = {"result": "success", "instruments": [
+        {"symbol": "pi_xbtusd", "tradeable": True}, {"symbol": "PF_XBTUSD", "tradeable": True},
+        {"symbol": "PF_OLDUSD", "tradeable": False}]}
+    assert p.parse_futures_instruments(body) == {"PI_XBTUSD", "PF_XBTUSD"}
+    with pytest.raises(ValueError):
+        p.parse_futures_instruments({"result": "error", "error": "x"})
