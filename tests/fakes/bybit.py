@@ -3,7 +3,8 @@
 Messages are the documented samples (tests/fixtures/bybit) with symbol, ids, update ids and
 timestamps filled in. On subscribe the order-book snapshot is sent *before* the ack (as Bybit
 does sometimes). Topics of symbols in ``bad_symbols`` make the request fail with the real error
-ack. Spot requests with more than 10 args are recorded in ``violations``.
+ack; like the real server (pessimistically) the whole request then fails and none of its
+topics is served. Spot requests with more than 10 args are recorded in ``violations``.
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ class FakeBybit(FakeExchange):
             await self.send(ws, ack)
             return
         bad = [t for t in args if t.rsplit(".", 1)[1] in self.bad_symbols]
-        good = [t for t in args if t not in bad]
+        good = [] if bad else args
         if not self.snapshot_before_ack:
             await self.send(ws, ack)
         for topic in good:

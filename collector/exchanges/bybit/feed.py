@@ -33,6 +33,7 @@ class BybitFeed(Feed):
     # many seconds while the value changes, and at least one per ``derived_max_interval_s``.
     derived_min_interval_s = 1.0
     derived_max_interval_s = 60.0
+    resync_cooldown_s = 1.0
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)
@@ -46,6 +47,11 @@ class BybitFeed(Feed):
         self.last_ws_funding_at: dict[str, float] = {}
         self.rest_polls = 0
         self._bg: set[asyncio.Task] = set()
+        # req_id -> (market, args) of subscribe requests awaiting their ack
+        self._requests: dict[str, tuple[str, list[str]]] = {}
+        self._req_seq = 0
+        self._last_resync: dict[tuple[str, str], float] = {}
+        self._pending_resync: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     # ---- connections -------------------------------------------------------------------------
     def symbols(self, market: str) -> list[str]:
@@ -82,8 +88,11 @@ class BybitFeed(Feed):
             else endpoints.LINEAR_MAX_ARGS_PER_REQUEST
         for i in range(0, len(args), chunk):
             part = args[i:i + chunk]
-            await conn.send(orjson.dumps({"req_id": f"{op}-{i // chunk}", "op": op,
-                                          "args": part}).decode())
+            self._req_seq += 1
+            req_id = f"{op[:5]}{self._req_seq}"
+            if op == "subscribe":
+                self._requests[req_id] = (market, part)
+            await conn.send(orjson.dumps({"req_id": req_id, "op": op, "args": part}).decode())
 
     def on_disconnect(self, conn: WsConnection, reason: str) -> None:
         for market, c in self.market_conn.items():
@@ -94,6 +103,9 @@ class BybitFeed(Feed):
                 for key in [k for k in self.ticker_state if k[0] == market]:
                     del self.ticker_state[key]
                 self._resyncing = {k for k in self._resyncing if k[0] != market}
+                for key in [k for k in self._pending_resync if k[0] == market]:
+                    self._pending_resync.pop(key).cancel()
+                self._requests = {k: v for k, v in self._requests.items() if v[0] != market}
 
     # ---- messages ----------------------------------------------------------------------------
     def on_message(self, market: str, conn: WsConnection, raw: str | bytes) -> bool:
@@ -127,9 +139,31 @@ class BybitFeed(Feed):
         return True
 
     def _on_control(self, market: str, msg: dict[str, Any]) -> None:
-        if msg.get("success") is False:
-            self.stats.error_once(self.name, f"{market} {msg.get('op')} failed: "
-                                             f"{msg.get('ret_msg')}")
+        request = self._requests.pop(str(msg.get("req_id", "")), None)
+        if msg.get("success") is not False:
+            return
+        reason = str(msg.get("ret_msg"))
+        if "already subscribed" in reason:
+            return
+        self.stats.error_once(self.name, f"{market} {msg.get('op')} failed: {reason}")
+        # One bad topic may fail its whole request: retry the request's topics one by one so
+        # the valid ones are not lost (a topic failing alone is only reported).
+        if request is not None and len(request[1]) > 1:
+            conn = self.market_conn.get(market)
+            if conn is not None:
+                self._spawn(self._retry_singly(conn, market, request[1]))
+
+    async def _retry_singly(self, conn: WsConnection, market: str, args: list[str]) -> None:
+        try:
+            for topic in args:
+                await self._send_op(conn, market, "subscribe", [topic])
+        except Exception as exc:   # connection dropped: on_open subscribes everything again
+            log.info("bybit: retrying topics failed: %r", exc)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
 
     def _on_ticker(self, market: str, msg: dict[str, Any], received_at) -> None:
         _, symbol = topic_parts(msg)
@@ -196,13 +230,29 @@ class BybitFeed(Feed):
         book.truncate(self.depth)
 
     def resync(self, market: str, symbol: str, reason: str) -> None:
-        """Drop one symbol's book and resubscribe its order-book topic only."""
+        """Drop one symbol's book and resubscribe its order-book topic only (at most once per
+        ``resync_cooldown_s`` per symbol)."""
         key = (market, symbol)
         log.warning("bybit %s %s: resync (%s)", market, symbol, reason)
         self.stats.gaps += 1
-        self.stats.resyncs += 1
         self.book(market, symbol).reset()
         self._resyncing.add(key)
+        if key in self._pending_resync:
+            return
+        wait = self._last_resync.get(key, -1e9) + self.resync_cooldown_s - time.monotonic()
+        if wait > 0:
+            self._pending_resync[key] = asyncio.get_running_loop().call_later(
+                wait, self._resubscribe_book, market, symbol)
+        else:
+            self._resubscribe_book(market, symbol)
+
+    def _resubscribe_book(self, market: str, symbol: str) -> None:
+        key = (market, symbol)
+        self._pending_resync.pop(key, None)
+        if key not in self._resyncing:
+            return
+        self._last_resync[key] = time.monotonic()
+        self.stats.resyncs += 1
         conn = self.market_conn.get(market)
         if conn is None:
             return
@@ -215,9 +265,12 @@ class BybitFeed(Feed):
             except Exception as exc:  # connection dropped: on_open resubscribes everything
                 log.info("bybit resubscribe of %s failed: %r", symbol, exc)
 
-        task = asyncio.get_running_loop().create_task(resubscribe())
-        self._bg.add(task)
-        task.add_done_callback(self._bg.discard)
+        self._spawn(resubscribe())
+
+    async def stop(self) -> None:
+        for handle in self._pending_resync.values():
+            handle.cancel()
+        await super().stop()
 
     # ---- REST fallback -----------------------------------------------------------------------
     def pollers(self) -> list[Coroutine[Any, Any, None]]:
