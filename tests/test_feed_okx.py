@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import pytest_asyncio
@@ -186,3 +187,17 @@ async def test_ctval_default_when_rest_fails(mongo_db):
         await wait_for(lambda: _async(_synced(feed, "BTC-USDT-SWAP", "perp")), what="swap book")
     finally:
         await stop(feed, writer, session, tasks, fake)
+
+
+async def test_resync_reconnects_when_subscribe_budget_is_exhausted(env):
+    fake, feed, db = env
+    await wait_for(lambda: _async(_synced(feed, "BTC-USDT")), what="book synced")
+    public = feed.book_conn["BTC-USDT"]
+    feed._sub_requests[public].extend([time.monotonic()] * 470)
+    ws = fake.public_ws()
+    last = ws.state_dict["books"]["BTC-USDT"]["seq"]
+    await fake.send(ws, fake.book_update(ws.state_dict, "BTC-USDT", prev=last + 1, seq=last + 2))
+    await wait_for(lambda: _async(public.connects >= 2 and _synced(feed, "BTC-USDT")),
+                   timeout_s=8, what="reconnect instead of resubscribe")
+    assert not fake.sent_ops("unsubscribe")
+    assert feed.subscribe_budget_left(public) == 479

@@ -29,6 +29,11 @@ PING_INTERVAL_S = 25.0
 # 3 connection attempts per second per IP.
 CONNECT_INTERVAL_S = 0.4
 
+# 480 subscribe/unsubscribe/login requests per connection per hour (token bucket); we keep a margin
+# and reconnect (a fresh bucket) instead of exceeding it.
+SUBSCRIBE_REQUESTS_PER_HOUR = 480
+SUBSCRIBE_BUDGET_MARGIN = 20
+
 # REST
 REST_INSTRUMENTS = "/api/v5/public/instruments"   # ?instType=SWAP&instId=
 REST_OPEN_INTEREST = "/api/v5/public/open-interest"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import orjson
@@ -50,6 +51,8 @@ class OkxFeed(Feed):
         self._pending_resync: dict[str, asyncio.TimerHandle] = {}
         self._bg: set[asyncio.Task] = set()
         self.checksum_checked = 0
+        # connection -> monotonic times of its subscribe/unsubscribe requests in the last hour
+        self._sub_requests: dict[WsConnection, deque[float]] = {}
         self.notices = 0
 
     def symbols(self, market: str) -> list[str]:
@@ -109,7 +112,7 @@ class OkxFeed(Feed):
                 name = f"{name}{len(used_names)}"
             used_names.add(name)
             conn = self.connection(name, url, on_message=self.on_message,
-                                   on_open=lambda c, a=args: self.subscribe(c, a),
+                                   on_open=lambda c, a=args: self._on_open(c, a),
                                    heartbeat=heartbeat)
             self.conn_symbols[conn] = sorted({inst for _, inst in args})
             for channel, inst in args:
@@ -118,8 +121,20 @@ class OkxFeed(Feed):
             conns.append(conn)
         return conns
 
+    async def _on_open(self, conn: WsConnection, args: list[tuple[str, str]]) -> None:
+        self._sub_requests[conn] = deque()      # a new connection has a fresh request bucket
+        await self.subscribe(conn, args)
+
+    def subscribe_budget_left(self, conn: WsConnection) -> int:
+        stamps = self._sub_requests.setdefault(conn, deque())
+        now = time.monotonic()
+        while stamps and now - stamps[0] > 3600:
+            stamps.popleft()
+        return endpoints.SUBSCRIBE_REQUESTS_PER_HOUR - len(stamps)
+
     async def subscribe(self, conn: WsConnection, args: list[tuple[str, str]],
                         op: str = "subscribe") -> None:
+        self._sub_requests.setdefault(conn, deque()).append(time.monotonic())
         await conn.send(orjson.dumps({"op": op, "args": [{"channel": ch, "instId": inst}
                                                          for ch, inst in args]}).decode())
 
@@ -249,6 +264,11 @@ class OkxFeed(Feed):
         self._last_resync[inst] = time.monotonic()
         self.stats.resyncs += 1
         args = [(endpoints.BOOKS, inst)]
+        if self.subscribe_budget_left(conn) < 2 + endpoints.SUBSCRIBE_BUDGET_MARGIN:
+            # Out of subscribe requests for this hour: a new connection gets a fresh bucket and
+            # fresh snapshots of every book on it.
+            conn.reconnect("subscribe request budget exhausted")
+            return
 
         async def resubscribe() -> None:
             try:
