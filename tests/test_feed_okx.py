@@ -26,7 +26,7 @@ def _synced(feed, inst, market="spot"):
     return book is not None and book.synced
 
 
-async def start(mongo_db, fake: FakeOkx):
+async def start(mongo_db, fake: FakeOkx, poll_interval_s: float = 1.0):
     await fake.start()
     settings = Settings(
         okx=OkxSettings(spot_ws_url=f"{fake.ws_base}/ws/v5", perp_ws_url=f"{fake.ws_base}/ws/v5",
@@ -36,7 +36,7 @@ async def start(mongo_db, fake: FakeOkx):
     writer = Writer(mongo_db, flush_interval_s=0.1)
     session = aiohttp.ClientSession()
     ctx = FeedContext(settings=settings, writer=writer, stats=Stats(), session=session,
-                      poll_interval_s=1.0)
+                      poll_interval_s=poll_interval_s)
     feed = OkxFeed(settings.okx, ctx)
     feed.resync_cooldown_s = 0.3
     tasks = [asyncio.create_task(writer.run()), asyncio.create_task(feed.run())]
@@ -201,3 +201,21 @@ async def test_resync_reconnects_when_subscribe_budget_is_exhausted(env):
                    timeout_s=8, what="reconnect instead of resubscribe")
     assert not fake.sent_ops("unsubscribe")
     assert feed.subscribe_budget_left(public) == 479
+
+
+async def test_rest_fallback_for_funding_and_open_interest(mongo_db):
+    fake = FakeOkx()
+    fake.ws_rejects = {"funding-rate", "open-interest"}
+    feed, writer, session, tasks = await start(mongo_db, fake, poll_interval_s=1.0)
+    try:
+        async def both():
+            return (await mongo_db[schema.FUNDING_RATES].find_one({"exchange": "okx"}) and
+                    await mongo_db[schema.OPEN_INTEREST].find_one({"exchange": "okx"}))
+        await wait_for(both, timeout_s=8, what="funding + open interest from REST")
+        assert any(r.startswith("/api/v5/public/funding-rate") for r in fake.rest_requests)
+        assert any("instType=SWAP" in r and "open-interest" in r for r in fake.rest_requests)
+        assert any("60018" in key for key in feed.stats.errors)
+        oi = await mongo_db[schema.OPEN_INTEREST].find_one({})
+        assert oi["open_interest"] == 5654.74 and oi["symbol"] == "BTC-USDT-SWAP"
+    finally:
+        await stop(feed, writer, session, tasks, fake)

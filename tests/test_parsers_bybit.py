@@ -174,3 +174,17 @@ async def test_spot_ticker_filled_from_live_book():
     f._on_ticker("spot", load_jsonl("bybit/tickers.jsonl")[1], NOW)
     [ticker] = f.writer.of(Ticker)
     assert (ticker.bid, ticker.bid_size, ticker.ask, ticker.ask_size) == (21109.5, 0.7, 21110, 0.2)
+
+
+def test_heartbeat_policy_and_urls():
+    f = feed()
+    conns = f.build_connections()
+    assert [c.url for c in conns] == ["wss://stream.bybit.com/v5/public/spot",
+                                      "wss://stream.bybit.com/v5/public/linear"]
+    for conn in conns:
+        assert conn.heartbeat.app_ping() == '{"op":"ping"}'
+        assert conn.heartbeat.app_ping_interval_s == 20
+    pong = load_jsonl("bybit/pong.jsonl")[0]
+    import orjson
+    assert f.on_message("spot", conns[0], orjson.dumps(pong)) is False
+    assert f.on_message("spot", conns[0], b"not json") is False and f.stats.malformed == 1

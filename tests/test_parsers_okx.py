@@ -218,3 +218,15 @@ async def test_swap_book_in_base_units():
                    inst="BTC-USDT-SWAP"))
     book = f.books[("perp", "BTC-USDT-SWAP")]
     assert book.best_bid() == (100.0, 2.5) and book.best_ask() == (101.0, 0.07)
+
+
+def test_heartbeat_policy_and_urls():
+    f = feed()
+    conns = f.build_connections()
+    urls = sorted(c.url for c in conns)
+    assert urls == ["wss://ws.okx.com:8443/ws/v5/business", "wss://ws.okx.com:8443/ws/v5/public"]
+    for conn in conns:
+        hb = conn.heartbeat
+        assert hb.app_ping() == "ping" and hb.ping_only_when_quiet and hb.app_ping_interval_s < 30
+    assert OkxFeed.connect_interval_s >= 0.35
+    assert f.on_message(conns[0], "pong") is False

@@ -43,6 +43,8 @@ class FakeOkx(FakeExchange):
     def __init__(self) -> None:
         super().__init__()
         self.instruments_fail = False
+        # channels answered with the real "doesn't exist" error instead of data
+        self.ws_rejects: set[str] = set()
         self.samples = {
             "books": fixture("okx/books_doc.jsonl")[0],
             "tickers": fixture("okx/tickers.jsonl")[2],
@@ -58,6 +60,21 @@ class FakeOkx(FakeExchange):
     # ---- REST --------------------------------------------------------------------------------
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v5/public/instruments", self._instruments)
+        app.router.add_get("/api/v5/public/funding-rate", self._funding)
+        app.router.add_get("/api/v5/public/open-interest", self._open_interest)
+
+    def _rest_item(self, request: web.Request, sample: str) -> web.Response:
+        self.rest_requests.append(str(request.rel_url))
+        item = copy.deepcopy(self.samples[sample]["data"][0])
+        item.update(instId=request.query["instId"], ts=str(now_ms()))
+        return web.Response(body=orjson.dumps({"code": "0", "msg": "", "data": [item]}),
+                            content_type="application/json")
+
+    async def _funding(self, request: web.Request) -> web.Response:
+        return self._rest_item(request, "funding")
+
+    async def _open_interest(self, request: web.Request) -> web.Response:
+        return self._rest_item(request, "oi")
 
     async def _instruments(self, request: web.Request) -> web.Response:
         self.rest_requests.append(str(request.rel_url))
@@ -91,6 +108,13 @@ class FakeOkx(FakeExchange):
                 await self.send(ws, {"event": "error", "code": "64001", "connId": "a4d3ae55",
                                      "msg": "This channel has been migrated to the '/business' "
                                             "URL. Please subscribe using the new URL."})
+                continue
+            if arg["channel"] in self.ws_rejects:
+                await self.send(ws, {"event": "error", "code": "60018", "connId": "a4d3ae55",
+                                     "msg": f"Wrong URL or channel:{arg['channel']},instId:"
+                                            f"{arg['instId']} doesn't exist. Please use the "
+                                            f"correct URL, channel and parameters referring to "
+                                            f"API document."})
                 continue
             ack = {"event": "subscribe", "arg": arg, "connId": "a4d3ae55"}
             await self.send(ws, ack)

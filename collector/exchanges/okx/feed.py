@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Coroutine
 
 import orjson
 
@@ -54,6 +54,9 @@ class OkxFeed(Feed):
         # connection -> monotonic times of its subscribe/unsubscribe requests in the last hour
         self._sub_requests: dict[WsConnection, deque[float]] = {}
         self.notices = 0
+        # instId -> monotonic time of the last WS funding / open-interest push
+        self.last_ws_at: dict[tuple[str, str], float] = {}
+        self.rest_polls = 0
 
     def symbols(self, market: str) -> list[str]:
         names = self.cfg.spot_symbols if market == "spot" else self.cfg.perp_symbols
@@ -184,9 +187,11 @@ class OkxFeed(Feed):
             elif channel == endpoints.FUNDING:
                 for record in parse_funding(msg, received_at):
                     self.emit(record)
+                self.last_ws_at[(channel, inst)] = time.monotonic()
             elif channel == endpoints.OPEN_INTEREST:
                 for record in parse_open_interest(msg, received_at, self.ct(inst)):
                     self.emit(record)
+                self.last_ws_at[(channel, inst)] = time.monotonic()
         except PARSE_ERRORS as exc:
             self.malformed(raw, exc)
         return True
@@ -280,6 +285,44 @@ class OkxFeed(Feed):
         task = asyncio.get_running_loop().create_task(resubscribe())
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
+
+    # ---- REST fallback -----------------------------------------------------------------------
+    def pollers(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._poll_derivatives()] if self.symbols("perp") else []
+
+    async def _poll_derivatives(self) -> None:
+        """Funding rate and open interest from REST for any SWAP whose WS channel has been silent
+        for a poll interval (funding pushes every 30-90 s; both are documented on /public)."""
+        client = self.rest(self.cfg.perp_rest_url)
+        interval = max(self.ctx.poll_interval_s, 1.0)
+        # Give the WebSocket a head start before falling back.
+        await asyncio.sleep(interval)
+        polls = ((endpoints.FUNDING, endpoints.REST_FUNDING, parse_funding),
+                 (endpoints.OPEN_INTEREST, endpoints.REST_OPEN_INTEREST, parse_open_interest))
+        while True:
+            for inst in self.symbols("perp"):
+                for channel, path, parse in polls:
+                    last = self.last_ws_at.get((channel, inst))
+                    if last is not None and time.monotonic() - last < 2 * interval:
+                        continue
+                    params = {"instId": inst}
+                    if channel == endpoints.OPEN_INTEREST:
+                        params["instType"] = "SWAP"
+                    payload: Any = None
+                    try:
+                        payload = await client.get(path, params)
+                        if str(payload.get("code")) != "0":
+                            raise RestError(200, payload, path)
+                        self.rest_polls += 1
+                        args = (payload, now_utc()) if parse is parse_funding else \
+                            (payload, now_utc(), self.ct(inst))
+                        for record in parse(*args):
+                            self.emit(record)
+                    except RestError as exc:
+                        self.stats.error_once(self.name, f"REST {path} failed: {exc}")
+                    except PARSE_ERRORS as exc:
+                        self.malformed(payload, exc)
+            await asyncio.sleep(interval)
 
     async def stop(self) -> None:
         for handle in self._pending_resync.values():
