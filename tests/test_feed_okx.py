@@ -26,7 +26,7 @@ def _synced(feed, inst, market="spot"):
     return book is not None and book.synced
 
 
-async def start(mongo_db, fake: FakeOkx, poll_interval_s: float = 1.0):
+async def start(mongo_db, fake: FakeOkx, poll_interval_s: float = 1.0, **feed_attrs):
     await fake.start()
     settings = Settings(
         okx=OkxSettings(spot_ws_url=f"{fake.ws_base}/ws/v5", perp_ws_url=f"{fake.ws_base}/ws/v5",
@@ -39,6 +39,8 @@ async def start(mongo_db, fake: FakeOkx, poll_interval_s: float = 1.0):
                       poll_interval_s=poll_interval_s)
     feed = OkxFeed(settings.okx, ctx)
     feed.resync_cooldown_s = 0.3
+    for name, value in feed_attrs.items():
+        setattr(feed, name, value)
     tasks = [asyncio.create_task(writer.run()), asyncio.create_task(feed.run())]
     return feed, writer, session, tasks
 
@@ -217,5 +219,21 @@ async def test_rest_fallback_for_funding_and_open_interest(mongo_db):
         assert any("60018" in key for key in feed.stats.errors)
         oi = await mongo_db[schema.OPEN_INTEREST].find_one({})
         assert oi["open_interest"] == 5654.74 and oi["symbol"] == "BTC-USDT-SWAP"
+    finally:
+        await stop(feed, writer, session, tasks, fake)
+
+
+async def test_quiet_connection_pings_and_pongs_do_not_count_as_data(mongo_db):
+    fake = FakeOkx()
+    feed, writer, session, tasks = await start(mongo_db, fake, ping_interval_s=0.3)
+    try:
+        await wait_for(lambda: _async(len(feed.connections) == 2 and
+                                      all(c.connects >= 1 for c in feed.connections)),
+                       what="connected")
+        fake.silent = True       # only "pong" answers from now on
+        await wait_for(lambda: _async(any(t == "ping" for _, t in fake.received)),
+                       what="text ping sent when quiet")
+        await wait_for(lambda: _async(all(c.connects >= 2 for c in feed.connections)),
+                       timeout_s=8, what="idle reconnect despite pongs")
     finally:
         await stop(feed, writer, session, tasks, fake)

@@ -39,6 +39,7 @@ class OkxFeed(Feed):
     rest_weight_per_window = endpoints.REST_WEIGHT_PER_WINDOW
     rest_window_s = endpoints.REST_WINDOW_S
     resync_cooldown_s = endpoints.RESYNC_COOLDOWN_S
+    ping_interval_s = endpoints.PING_INTERVAL_S
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)
@@ -92,7 +93,7 @@ class OkxFeed(Feed):
     # ---- connections -------------------------------------------------------------------------
     def build_connections(self) -> list[WsConnection]:
         heartbeat = HeartbeatPolicy(app_ping=lambda: endpoints.PING_TEXT,
-                                    app_ping_interval_s=endpoints.PING_INTERVAL_S,
+                                    app_ping_interval_s=self.ping_interval_s,
                                     ping_only_when_quiet=True)
         # url -> list of (channel, instId); spot and swap share a connection when URLs match.
         plan: dict[str, list[tuple[str, str]]] = {}
