@@ -1,0 +1,182 @@
+"""Pure Bybit v5 parsers: decoded message (+ receive time) -> normalized records.
+
+No sockets, clocks or I/O. Malformed input raises KeyError/ValueError/TypeError.
+Bybit BTCUSDT spot and linear sizes are already in base units (BTC).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from common.schema import Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float
+from common.symbols import pair_from_symbol
+
+from collector.exchanges.bybit import endpoints
+
+EXCHANGE = "bybit"
+
+
+def topic_parts(msg: dict[str, Any]) -> tuple[str, str]:
+    """``orderbook.200.BTCUSDT`` -> ("orderbook", "BTCUSDT")."""
+    topic = msg["topic"]
+    if not isinstance(topic, str) or "." not in topic:
+        raise ValueError(f"bad topic {topic!r}")
+    return topic.split(".", 1)[0], topic.rsplit(".", 1)[1]
+
+
+# ---- tickers ---------------------------------------------------------------------------------
+def merge_ticker(previous: dict[str, Any] | None, msg: dict[str, Any]) -> dict[str, Any]:
+    """Linear tickers are a snapshot followed by partial deltas: fields absent from a delta are
+    unchanged. Returns the merged field dict (a new dict; ``previous`` is not modified).
+    A delta without a previous snapshot raises ValueError (caller waits for a snapshot)."""
+    data = msg["data"]
+    if not isinstance(data, dict):
+        raise TypeError("ticker data is not an object")
+    kind = msg.get("type", "snapshot")
+    if kind == "snapshot" or previous is None:
+        if kind == "delta":
+            raise ValueError("ticker delta before any snapshot")
+        merged = dict(data)
+    else:
+        merged = dict(previous)
+        merged.update(data)
+    merged["_ts"] = int(msg["ts"])
+    return merged
+
+
+def _pct(value: Any) -> float | None:
+    v = opt_float(value)
+    return None if v is None else v * 100.0
+
+
+def ticker_from_fields(fields: dict[str, Any], market: str, received_at: datetime) -> Ticker:
+    symbol = fields["symbol"]
+    return Ticker(
+        EXCHANGE, symbol, pair_from_symbol(symbol), market, ms_to_dt(fields["_ts"]), received_at,
+        last=opt_float(fields.get("lastPrice")),
+        bid=opt_float(fields.get("bid1Price")), bid_size=opt_float(fields.get("bid1Size")),
+        ask=opt_float(fields.get("ask1Price")), ask_size=opt_float(fields.get("ask1Size")),
+        open_24h=opt_float(fields.get("prevPrice24h")),
+        high_24h=opt_float(fields.get("highPrice24h")),
+        low_24h=opt_float(fields.get("lowPrice24h")),
+        volume_24h=opt_float(fields.get("volume24h")),
+        quote_volume_24h=opt_float(fields.get("turnover24h")),
+        change_pct_24h=_pct(fields.get("price24hPcnt")),
+        mark_price=opt_float(fields.get("markPrice")),
+        index_price=opt_float(fields.get("indexPrice")),
+    )
+
+
+def funding_from_fields(fields: dict[str, Any], received_at: datetime) -> Funding | None:
+    rate = opt_float(fields.get("fundingRate"))
+    if rate is None:
+        return None
+    symbol = fields["symbol"]
+    nft = fields.get("nextFundingTime")
+    return Funding(
+        EXCHANGE, symbol, pair_from_symbol(symbol), "perp", ms_to_dt(fields["_ts"]), received_at,
+        rate=rate,
+        next_funding_time=ms_to_dt(nft) if nft not in (None, "", "0") else None,
+        mark_price=opt_float(fields.get("markPrice")),
+        index_price=opt_float(fields.get("indexPrice")),
+        interval_hours=opt_float(fields.get("fundingIntervalHour")),
+    )
+
+
+def open_interest_from_fields(fields: dict[str, Any],
+                              received_at: datetime) -> OpenInterest | None:
+    oi = opt_float(fields.get("openInterest"))
+    if oi is None:
+        return None
+    symbol = fields["symbol"]
+    return OpenInterest(EXCHANGE, symbol, pair_from_symbol(symbol), "perp",
+                        ms_to_dt(fields["_ts"]), received_at, open_interest=oi,
+                        open_interest_value=opt_float(fields.get("openInterestValue")))
+
+
+def parse_ticker(msg: dict[str, Any], market: str, received_at: datetime,
+                 previous: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Any]]:
+    """-> (merged fields, [Ticker] + [Funding, OpenInterest] for linear)."""
+    fields = merge_ticker(previous, msg)
+    records: list[Any] = [ticker_from_fields(fields, market, received_at)]
+    if market == "perp":
+        for record in (funding_from_fields(fields, received_at),
+                       open_interest_from_fields(fields, received_at)):
+            if record is not None:
+                records.append(record)
+    return fields, records
+
+
+def parse_rest_ticker(payload: dict[str, Any], market: str,
+                      received_at: datetime) -> list[Any]:
+    """``GET /v5/market/tickers`` -> [Ticker, Funding?, OpenInterest?] per listed symbol."""
+    if payload.get("retCode") != 0:
+        raise ValueError(f"retCode {payload.get('retCode')}: {payload.get('retMsg')}")
+    records: list[Any] = []
+    ts = int(payload["time"])
+    for item in payload["result"]["list"]:
+        fields = dict(item)
+        fields["_ts"] = ts
+        records.append(ticker_from_fields(fields, market, received_at))
+        if market == "perp":
+            for record in (funding_from_fields(fields, received_at),
+                           open_interest_from_fields(fields, received_at)):
+                if record is not None:
+                    records.append(record)
+    return records
+
+
+# ---- trades ----------------------------------------------------------------------------------
+_SIDES = {"Buy": "buy", "Sell": "sell"}
+
+
+def parse_trades(msg: dict[str, Any], market: str, received_at: datetime) -> list[Trade]:
+    out = []
+    for item in msg["data"]:
+        symbol = item["s"]
+        out.append(Trade(EXCHANGE, symbol, pair_from_symbol(symbol), market, ms_to_dt(item["T"]),
+                         received_at, trade_id=str(item["i"]), price=float(item["p"]),
+                         size=float(item["v"]), side=_SIDES[item["S"]]))
+    return out
+
+
+# ---- klines ----------------------------------------------------------------------------------
+def parse_kline(msg: dict[str, Any], market: str, received_at: datetime) -> list[Candle]:
+    _, symbol = topic_parts(msg)
+    out = []
+    for item in msg["data"]:
+        out.append(Candle(
+            EXCHANGE, symbol, pair_from_symbol(symbol), market, ms_to_dt(item["start"]),
+            received_at, interval=endpoints.KLINE_INTERVALS[str(item["interval"])],
+            open=float(item["open"]), high=float(item["high"]), low=float(item["low"]),
+            close=float(item["close"]), volume=float(item["volume"]),
+            quote_volume=opt_float(item.get("turnover")), closed=bool(item["confirm"])))
+    return out
+
+
+# ---- order book ------------------------------------------------------------------------------
+@dataclass(slots=True)
+class BookMessage:
+    symbol: str
+    snapshot: bool
+    bids: list[tuple[float, float]]
+    asks: list[tuple[float, float]]
+    update_id: int
+    seq: int | None
+    ts: datetime
+
+
+def _levels(levels: Any) -> list[tuple[float, float]]:
+    return [(float(price), float(size)) for price, size in levels]
+
+
+def parse_orderbook(msg: dict[str, Any]) -> BookMessage:
+    kind = msg["type"]
+    if kind not in ("snapshot", "delta"):
+        raise ValueError(f"unknown orderbook type {kind!r}")
+    data = msg["data"]
+    seq = data.get("seq")
+    return BookMessage(symbol=data["s"], snapshot=kind == "snapshot", bids=_levels(data["b"]),
+                       asks=_levels(data["a"]), update_id=int(data["u"]),
+                       seq=int(seq) if seq is not None else None, ts=ms_to_dt(msg["ts"]))

@@ -1,0 +1,1 @@
+"""OKX v5 public market data (spot + USDT-margined SWAP)."""

@@ -1,0 +1,45 @@
+"""OKX v5 public WebSocket/REST facts (data only). Sources: OKX docs v5 (see shared notes)."""
+from __future__ import annotations
+
+# Paths appended to the v5 WebSocket base URL.
+PUBLIC_PATH = "/public"
+BUSINESS_PATH = "/business"      # candle channels migrated here (error 64001 on /public)
+
+TICKERS = "tickers"
+TRADES = "trades"
+BOOKS = "books"                  # 400 levels, snapshot + incremental, 100 ms
+BOOK_DEPTH = 400
+CANDLE = "candle1m"
+FUNDING = "funding-rate"
+OPEN_INTEREST = "open-interest"
+
+PUBLIC_CHANNELS_SPOT = (TICKERS, TRADES, BOOKS)
+PUBLIC_CHANNELS_SWAP = (TICKERS, TRADES, BOOKS, FUNDING, OPEN_INTEREST)
+BUSINESS_CHANNELS = (CANDLE,)
+
+# Checksum: best 25 levels per side (deprecated by OKX: always 0 since 2026-06-23).
+CHECKSUM_LEVELS = 25
+# Per-symbol cool-down between book resubscriptions.
+RESYNC_COOLDOWN_S = 2.0
+
+# No server pings: send the text "ping" after 25 s of silence (server drops after 30 s).
+PING_TEXT = "ping"
+PONG_TEXT = "pong"
+PING_INTERVAL_S = 25.0
+# 3 connection attempts per second per IP.
+CONNECT_INTERVAL_S = 0.4
+
+# 480 subscribe/unsubscribe/login requests per connection per hour (token bucket); we keep a margin
+# and reconnect (a fresh bucket) instead of exceeding it.
+SUBSCRIBE_REQUESTS_PER_HOUR = 480
+SUBSCRIBE_BUDGET_MARGIN = 20
+
+# REST
+REST_INSTRUMENTS = "/api/v5/public/instruments"   # ?instType=SWAP&instId=
+REST_OPEN_INTEREST = "/api/v5/public/open-interest"
+REST_FUNDING = "/api/v5/public/funding-rate"
+DEFAULT_CT_VAL = {"BTC-USDT-SWAP": 0.01}
+REST_WEIGHT_PER_WINDOW = 10.0
+REST_WINDOW_S = 2.0
+
+SWAP_SUFFIX = "-SWAP"

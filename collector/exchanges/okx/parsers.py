@@ -1,0 +1,214 @@
+"""Pure OKX v5 parsers: decoded message (+ receive time, contract value) -> normalized records.
+
+No sockets, clocks or I/O. Malformed input raises KeyError/ValueError/TypeError.
+SWAP sizes are contracts on the wire; they are multiplied by ``ct_val`` (ctVal, base units per
+contract; 0.01 BTC for BTC-USDT-SWAP) so that every record holds base units.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable
+
+from common.schema import Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float
+from common.symbols import pair_from_symbol
+
+from collector.exchanges.okx import endpoints
+
+EXCHANGE = "okx"
+
+
+def market_of(inst_id: str) -> str:
+    return "perp" if inst_id.endswith(endpoints.SWAP_SUFFIX) else "spot"
+
+
+def _mul(value: Any, factor: float) -> float | None:
+    v = opt_float(value)
+    return None if v is None else v * factor
+
+
+def _data(msg: dict[str, Any]) -> list[Any]:
+    data = msg["data"]
+    if not isinstance(data, list):
+        raise TypeError("data is not an array")
+    return data
+
+
+# ---- tickers ---------------------------------------------------------------------------------
+def parse_tickers(msg: dict[str, Any], received_at: datetime, ct_val: float = 1.0) -> list[Ticker]:
+    out = []
+    for item in _data(msg):
+        inst = item["instId"]
+        market = market_of(inst)
+        factor = ct_val if market == "perp" else 1.0
+        last = opt_float(item.get("last"))
+        open_24h = opt_float(item.get("open24h"))
+        if market == "perp":
+            # SWAP: vol24h in contracts, volCcy24h in base coin; quote volume = base * price.
+            volume = opt_float(item.get("volCcy24h"))
+            if volume is None:
+                volume = _mul(item.get("vol24h"), factor)
+            quote = volume * last if volume is not None and last is not None else None
+        else:
+            volume = opt_float(item.get("vol24h"))
+            quote = opt_float(item.get("volCcy24h"))
+        change = (last - open_24h) / open_24h * 100.0 if last is not None and open_24h else None
+        out.append(Ticker(
+            EXCHANGE, inst, pair_from_symbol(inst), market, ms_to_dt(item["ts"]), received_at,
+            last=last, bid=opt_float(item.get("bidPx")), bid_size=_mul(item.get("bidSz"), factor),
+            ask=opt_float(item.get("askPx")), ask_size=_mul(item.get("askSz"), factor),
+            open_24h=open_24h, high_24h=opt_float(item.get("high24h")),
+            low_24h=opt_float(item.get("low24h")), volume_24h=volume, quote_volume_24h=quote,
+            change_pct_24h=change))
+    return out
+
+
+# ---- trades ----------------------------------------------------------------------------------
+def parse_trades(msg: dict[str, Any], received_at: datetime, ct_val: float = 1.0) -> list[Trade]:
+    out = []
+    for item in _data(msg):
+        inst = item["instId"]
+        market = market_of(inst)
+        side = item["side"]
+        if side not in ("buy", "sell"):
+            raise ValueError(f"unknown side {side!r}")
+        size = float(item["sz"]) * (ct_val if market == "perp" else 1.0)
+        out.append(Trade(EXCHANGE, inst, pair_from_symbol(inst), market, ms_to_dt(item["ts"]),
+                         received_at, trade_id=str(item["tradeId"]), price=float(item["px"]),
+                         size=size, side=side))
+    return out
+
+
+# ---- candles ---------------------------------------------------------------------------------
+def candle_interval(channel: str) -> str:
+    """``candle1m`` -> ``1m``; ``candle1H`` -> ``1h``; ``candle1D`` -> ``1d``; ``candle1M`` stays."""
+    if not channel.startswith("candle"):
+        raise ValueError(f"not a candle channel: {channel!r}")
+    bar = channel[len("candle"):]
+    if bar[-1:] in ("H", "D", "W"):
+        return bar.lower()
+    return bar
+
+
+def parse_candles(msg: dict[str, Any], received_at: datetime, ct_val: float = 1.0) -> list[Candle]:
+    arg = msg["arg"]
+    inst = arg["instId"]
+    market = market_of(inst)
+    interval = candle_interval(arg["channel"])
+    out = []
+    for row in _data(msg):
+        ts, o, h, low, c, vol, vol_ccy = row[:7]
+        vol_quote = row[7] if len(row) > 8 else None
+        confirm = row[-1]
+        if market == "perp":
+            volume = opt_float(vol_ccy)           # base coin for derivatives
+            if volume is None:
+                volume = _mul(vol, ct_val)
+            quote = opt_float(vol_quote)
+        else:
+            volume = float(vol)                   # base for spot
+            quote = opt_float(vol_quote)
+            if quote is None:
+                quote = opt_float(vol_ccy)        # quote for spot
+        out.append(Candle(EXCHANGE, inst, pair_from_symbol(inst), market, ms_to_dt(ts),
+                          received_at, interval=interval, open=float(o), high=float(h),
+                          low=float(low), close=float(c), volume=volume, quote_volume=quote,
+                          closed=str(confirm) == "1"))
+    return out
+
+
+# ---- funding / open interest -----------------------------------------------------------------
+def parse_funding(msg: dict[str, Any], received_at: datetime) -> list[Funding]:
+    out = []
+    for item in _data(msg):
+        inst = item["instId"]
+        funding_time = opt_float(item.get("fundingTime"))
+        next_time = opt_float(item.get("nextFundingTime"))
+        interval = (next_time - funding_time) / 3_600_000 if funding_time and next_time else None
+        out.append(Funding(
+            EXCHANGE, inst, pair_from_symbol(inst), "perp", ms_to_dt(item["ts"]), received_at,
+            rate=float(item["fundingRate"]),
+            # fundingTime is the settlement time of the current period's rate.
+            next_funding_time=ms_to_dt(int(funding_time)) if funding_time else None,
+            predicted_rate=opt_float(item.get("nextFundingRate")),
+            interval_hours=interval))
+    return out
+
+
+def parse_open_interest(msg: dict[str, Any], received_at: datetime,
+                        ct_val: float = 1.0) -> list[OpenInterest]:
+    out = []
+    for item in _data(msg):
+        inst = item["instId"]
+        oi = opt_float(item.get("oiCcy"))          # coin (base) units
+        if oi is None:
+            oi = float(item["oi"]) * ct_val        # contracts -> base
+        out.append(OpenInterest(EXCHANGE, inst, pair_from_symbol(inst), "perp",
+                                ms_to_dt(item["ts"]), received_at, open_interest=oi,
+                                open_interest_value=opt_float(item.get("oiUsd"))))
+    return out
+
+
+# ---- order book ------------------------------------------------------------------------------
+# (price, size in base units, price text, size text)
+Level = tuple[float, float, str, str]
+
+
+@dataclass(slots=True)
+class BookMessage:
+    inst_id: str
+    snapshot: bool
+    bids: list[Level]
+    asks: list[Level]
+    seq_id: int
+    prev_seq_id: int
+    checksum: int
+    ts: datetime
+
+
+def _levels(levels: Any, factor: float) -> list[Level]:
+    return [(float(level[0]), float(level[1]) * factor, level[0], level[1]) for level in levels]
+
+
+def parse_books(msg: dict[str, Any], ct_val: float = 1.0) -> list[BookMessage]:
+    inst = msg["arg"]["instId"]
+    action = msg.get("action", "snapshot")
+    if action not in ("snapshot", "update"):
+        raise ValueError(f"unknown book action {action!r}")
+    factor = ct_val if market_of(inst) == "perp" else 1.0
+    out = []
+    for item in _data(msg):
+        out.append(BookMessage(
+            inst_id=inst, snapshot=action == "snapshot", bids=_levels(item["bids"], factor),
+            asks=_levels(item["asks"], factor), seq_id=int(item["seqId"]),
+            prev_seq_id=int(item.get("prevSeqId", -1)), checksum=int(item.get("checksum") or 0),
+            ts=ms_to_dt(item["ts"])))
+    return out
+
+
+def sequence_ok(last_seq_id: int | None, prev_seq_id: int, seq_id: int) -> bool:
+    """OKX rule for an *update*: its prevSeqId must equal the last applied seqId. This accepts the
+    no-change heartbeat (seqId == prevSeqId == last) and the post-maintenance reset
+    (seqId < prevSeqId while prevSeqId == last)."""
+    return last_seq_id is not None and prev_seq_id == last_seq_id
+
+
+def checksum_string(bids: Iterable[tuple[str, str]], asks: Iterable[tuple[str, str]]) -> str:
+    """Interleave the best 25 bids/asks as ``bidPx:bidSz:askPx:askSz:...`` (raw strings); a side
+    with fewer levels simply contributes nothing for the missing indexes."""
+    bids = list(bids)[: endpoints.CHECKSUM_LEVELS]
+    asks = list(asks)[: endpoints.CHECKSUM_LEVELS]
+    parts: list[str] = []
+    for i in range(max(len(bids), len(asks))):
+        if i < len(bids):
+            parts += bids[i]
+        if i < len(asks):
+            parts += asks[i]
+    return ":".join(parts)
+
+
+def checksum(bids: Iterable[tuple[str, str]], asks: Iterable[tuple[str, str]]) -> int:
+    """CRC-32 (IEEE) of the checksum string as a signed 32-bit integer."""
+    crc = zlib.crc32(checksum_string(bids, asks).encode())
+    return crc - (1 << 32) if crc >= (1 << 31) else crc

@@ -1,0 +1,232 @@
+"""OKX v5 parsers against documented payloads, plus the feed's book sequence/checksum rules."""
+from __future__ import annotations
+
+import zlib
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from collector.exchanges.okx import parsers
+from collector.exchanges.okx.feed import OkxFeed
+from common.schema import ms_to_dt
+from common.settings import Settings
+from tests.conftest import load_jsonl
+from tests.feed_helpers import offline_context
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def test_spot_ticker_units():
+    msg = load_jsonl("okx/tickers.jsonl")[2]
+    [t] = parsers.parse_tickers(msg, NOW)
+    assert (t.exchange, t.symbol, t.pair, t.market) == ("okx", "BTC-USDT", "BTC/USDT", "spot")
+    assert t.last == 30236 and t.bid == 30228.6 and t.bid_size == 0.23393
+    assert t.ask == 30228.7 and t.ask_size == 1.55896972
+    assert t.volume_24h == 17602.13085371 and t.quote_volume_24h == 525802090.62716611
+    assert t.open_24h == 29700.4 and t.high_24h == 31073 and t.low_24h == 28020.3
+    assert t.change_pct_24h == pytest.approx((30236 - 29700.4) / 29700.4 * 100)
+    assert t.ts == ms_to_dt(1652459224956)
+
+
+def test_swap_ticker_contracts_to_base():
+    msg = load_jsonl("okx/tickers.jsonl")[1]          # UNI-USD-SWAP, sizes in contracts
+    [t] = parsers.parse_tickers(msg, NOW, ct_val=10.0)
+    assert t.market == "perp" and t.pair == "UNI/USD"
+    assert t.bid_size == 960.0 and t.ask_size == 250.0
+    assert t.volume_24h == 577730.7823                  # volCcy24h: base coin for SWAP
+    assert t.quote_volume_24h == pytest.approx(577730.7823 * 5.123)
+
+
+def test_trades_spot_and_swap():
+    [spot] = parsers.parse_trades(load_jsonl("okx/trades.jsonl")[2], NOW)
+    assert spot.trade_id == "338476307" and spot.price == 30236 and spot.size == 0.0002
+    assert spot.side == "buy" and spot.market == "spot" and spot.ts == ms_to_dt(1652459224818)
+    msg = load_jsonl("okx/trades.jsonl")[1]
+    msg["arg"]["instId"] = msg["data"][0]["instId"] = "BTC-USDT-SWAP"
+    msg["data"][0]["sz"] = "123"
+    [swap] = parsers.parse_trades(msg, NOW, ct_val=0.01)
+    assert swap.market == "perp" and swap.size == pytest.approx(1.23) and swap.side == "sell"
+
+
+def test_candle():
+    msg = load_jsonl("okx/candle.jsonl")[0]
+    msg["arg"]["channel"] = "candle1m"
+    [c] = parsers.parse_candles(msg, NOW)
+    assert c.interval == "1m" and c.ts == ms_to_dt(1597026383085) and c.closed is True
+    assert (c.open, c.high, c.low, c.close) == (8533.02, 8553.74, 8527.17, 8548.26)
+    assert c.volume == 45247 and c.quote_volume == 5529.5858061
+    msg["arg"]["instId"] = "BTC-USDT-SWAP"
+    msg["data"][0][8] = "0"
+    [c] = parsers.parse_candles(msg, NOW, ct_val=0.01)
+    assert c.market == "perp" and c.volume == 529.5858061 and c.closed is False
+    assert parsers.candle_interval("candle1H") == "1h"
+    assert parsers.candle_interval("candle1D") == "1d"
+
+
+def test_funding_rate():
+    [f] = parsers.parse_funding(load_jsonl("okx/funding-rate.jsonl")[0], NOW)
+    assert f.symbol == "BTC-USD-SWAP" and f.market == "perp"
+    assert f.rate == 0.0001875391284828 and f.predicted_rate is None
+    assert f.next_funding_time == ms_to_dt(1700726400000) and f.interval_hours == 8
+    assert f.ts == ms_to_dt(1700724675402)
+    [f] = parsers.parse_funding(load_jsonl("okx/funding-rate.jsonl")[1], NOW)
+    assert f.rate == 0.0001 and f.predicted_rate == 0.0002 and f.interval_hours == 8
+
+
+def test_open_interest():
+    msg = load_jsonl("okx/open-interest.constructed.jsonl")[0]
+    [oi] = parsers.parse_open_interest(msg, NOW, ct_val=0.01)
+    assert oi.open_interest == 5654.74 and oi.ts == ms_to_dt(1630338003010)
+    del msg["data"][0]["oiCcy"]
+    [oi] = parsers.parse_open_interest(msg, NOW, ct_val=0.01)
+    assert oi.open_interest == pytest.approx(5654.74)
+
+
+def test_books_parse_keeps_text_and_converts_contracts():
+    msg = load_jsonl("okx/books_doc.jsonl")[0]
+    [b] = parsers.parse_books(msg)
+    assert b.snapshot and b.prev_seq_id == -1 and b.seq_id == 123456 and b.checksum == 0
+    assert b.asks[1] == (8477.0, 7.0, "8477", "7")
+    msg["arg"]["instId"] = "BTC-USDT-SWAP"
+    [b] = parsers.parse_books(msg, ct_val=0.01)
+    assert b.bids[0][:2] == (8476.97, 2.56) and b.bids[0][3] == "256"
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda m: m.pop("arg"),
+    lambda m: m["data"][0].pop("seqId"),
+    lambda m: m.__setitem__("action", "weird"),
+    lambda m: m.__setitem__("data", {"asks": []}),
+    lambda m: m["data"][0]["asks"].append(["nan?", "1", "0", "1"]),
+])
+def test_malformed_books_raise(mutate):
+    msg = load_jsonl("okx/books_doc.jsonl")[0]
+    mutate(msg)
+    with pytest.raises((KeyError, ValueError, TypeError)):
+        parsers.parse_books(msg)
+
+
+def test_malformed_trade_raises():
+    msg = load_jsonl("okx/trades.jsonl")[2]
+    msg["data"][0]["side"] = "up"
+    with pytest.raises(ValueError):
+        parsers.parse_trades(msg, NOW)
+
+
+def test_checksum_doc_example():
+    assert parsers.checksum_string([("3366.1", "7"), ("3366", "6")],
+                                   [("3366.8", "9"), ("3368", "8")]) == \
+        "3366.1:7:3366.8:9:3366:6:3368:8"
+    value = parsers.checksum([("3366.1", "7"), ("3366", "6")], [("3366.8", "9"), ("3368", "8")])
+    crc = zlib.crc32(b"3366.1:7:3366.8:9:3366:6:3368:8")
+    assert value == (crc - 2 ** 32 if crc >= 2 ** 31 else crc)
+    assert -2 ** 31 <= value < 2 ** 31
+
+
+def test_sequence_rule():
+    assert parsers.sequence_ok(10, 10, 15)
+    assert parsers.sequence_ok(15, 15, 15)        # no-change heartbeat
+    assert parsers.sequence_ok(15, 15, 3)         # reset after maintenance
+    assert not parsers.sequence_ok(15, 14, 16)    # gap
+    assert not parsers.sequence_ok(None, 1, 2)
+
+
+# ---- books in the feed -----------------------------------------------------------------------
+def reference_checksum(bids: dict[str, str], asks: dict[str, str]) -> int:
+    """Independent implementation (as verified against the 2022 capture): Decimal sort."""
+    b = sorted(bids.items(), key=lambda kv: -Decimal(kv[0]))[:25]
+    a = sorted(asks.items(), key=lambda kv: Decimal(kv[0]))[:25]
+    parts = []
+    for i in range(max(len(a), len(b))):
+        if i < len(b):
+            parts += b[i]
+        if i < len(a):
+            parts += a[i]
+    crc = zlib.crc32(":".join(parts).encode())
+    return crc - 2 ** 32 if crc >= 2 ** 31 else crc
+
+
+def books(action, prev, seq, bids=(), asks=(), inst="BTC-USDT", checksum=0):
+    return {"arg": {"channel": "books", "instId": inst}, "action": action,
+            "data": [{"asks": [list(a) for a in asks], "bids": [list(b) for b in bids],
+                      "ts": "1597026383085", "checksum": checksum, "prevSeqId": prev,
+                      "seqId": seq}]}
+
+
+def feed() -> OkxFeed:
+    return OkxFeed(Settings().okx, offline_context())
+
+
+def apply(f: OkxFeed, msg) -> None:
+    for update in parsers.parse_books(msg, f.ct(msg["arg"]["instId"])):
+        f._on_book(update)
+
+
+async def test_doc_sequence_example():
+    f = feed()
+    apply(f, books("snapshot", -1, 10, [("100", "1", "0", "1")], [("101", "1", "0", "1")]))
+    book = f.books[("spot", "BTC-USDT")]
+    assert book.synced and book.update_id == 10
+    apply(f, books("update", 10, 15, [("100.5", "2", "0", "1")]))
+    apply(f, books("update", 15, 15))                        # no-change heartbeat
+    apply(f, books("update", 15, 3, [], [("100.9", "4", "0", "1")]))   # sequence reset
+    apply(f, books("update", 3, 5, [("100", "0", "0", "0")]))
+    assert book.synced and book.update_id == 5 and f.stats.gaps == 0
+    assert book.bids.top(5) == [[100.5, 2.0]] and book.best_ask() == (100.9, 4.0)
+    # a gap resyncs this instrument only
+    apply(f, books("snapshot", -1, 7, [("200", "1", "0", "1")], [("201", "1", "0", "1")],
+                   inst="BTC-USDC"))
+    apply(f, books("update", 4, 9, [("100.1", "1", "0", "1")]))
+    assert not book.synced and f.stats.gaps == 1
+    assert f.books[("spot", "BTC-USDC")].synced
+    apply(f, books("update", 9, 10))                          # ignored while resyncing
+    assert not book.synced
+    apply(f, books("snapshot", -1, 20, [("99", "1", "0", "1")], [("101", "1", "0", "1")]))
+    assert book.synced and book.update_id == 20
+
+
+async def test_checksum_pass_and_mismatch_with_real_sample():
+    f = feed()
+    snapshot = load_jsonl("okx/books_doc.jsonl")[0]
+    data = snapshot["data"][0]
+    bids = {lvl[0]: lvl[1] for lvl in data["bids"]}
+    asks = {lvl[0]: lvl[1] for lvl in data["asks"]}
+    data["checksum"] = reference_checksum(bids, asks)
+    apply(f, snapshot)
+    book = f.books[("spot", "BTC-USDT")]
+    assert book.synced and f.checksum_checked == 1 and f.stats.gaps == 0
+    # an update: the checksum is over the book *after* applying it, with raw strings
+    update = books("update", 123456, 123457, [("8476.97", "0", "0", "0"), ("8476.99", "3.10", "0", "1")],
+                   [("8477", "8", "0", "2")])
+    del bids["8476.97"]
+    bids["8476.99"] = "3.10"
+    asks["8477"] = "8"
+    update["data"][0]["checksum"] = reference_checksum(bids, asks)
+    apply(f, update)
+    assert book.synced and f.checksum_checked == 2 and f.stats.gaps == 0
+    assert book.best_bid() == (8476.99, 3.1)
+    bad = books("update", 123457, 123458, [("8476.99", "3", "0", "1")], checksum=12345)
+    apply(f, bad)
+    assert not book.synced and f.stats.gaps == 1
+
+
+async def test_swap_book_in_base_units():
+    f = feed()
+    f.ct_val["BTC-USDT-SWAP"] = 0.01
+    apply(f, books("snapshot", -1, 1, [("100", "250", "0", "3")], [("101", "7", "0", "1")],
+                   inst="BTC-USDT-SWAP"))
+    book = f.books[("perp", "BTC-USDT-SWAP")]
+    assert book.best_bid() == (100.0, 2.5) and book.best_ask() == (101.0, 0.07)
+
+
+def test_heartbeat_policy_and_urls():
+    f = feed()
+    conns = f.build_connections()
+    urls = sorted(c.url for c in conns)
+    assert urls == ["wss://ws.okx.com:8443/ws/v5/business", "wss://ws.okx.com:8443/ws/v5/public"]
+    for conn in conns:
+        hb = conn.heartbeat
+        assert hb.app_ping() == "ping" and hb.ping_only_when_quiet and hb.app_ping_interval_s < 30
+    assert OkxFeed.connect_interval_s >= 0.35
+    assert f.on_message(conns[0], "pong") is False
