@@ -120,6 +120,19 @@ def check_api(api: str, timeout: float, args: argparse.Namespace) -> list[Check]
     return checks
 
 
+def _stale_flags(value: Any, prefix: str = "") -> list[str]:
+    """Paths of every nested ``stale: true`` flag (per stream / symbol entries)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key == "stale" and item is True:
+                found.append(prefix or "stale")
+            else:
+                found.extend(_stale_flags(item, path))
+    return found
+
+
 def check_exchange(name: str, info: Any, args: argparse.Namespace) -> Check:
     """Freshness of one exchange: the worst ``*age_s`` found, plus an explicit status/stale flag."""
     component = f"freshness:{name}"
@@ -131,14 +144,17 @@ def check_exchange(name: str, info: Any, args: argparse.Namespace) -> Check:
     if worst is not None:
         sev = CRITICAL if worst > args.stale_crit else WARNING if worst > args.stale_warn else OK
     flag = str(info.get("status", "")).lower()
-    if info.get("stale") is True or flag in ("stale", "degraded", "warning"):
+    stale = _stale_flags(info)
+    if stale or flag in ("stale", "degraded", "warning"):
         sev = max(sev, WARNING)
     if flag in ("down", "unhealthy", "critical", "dead"):
         sev = CRITICAL
-    if worst is None and not flag and "stale" not in info:
+    if worst is None and not flag and not stale and "stale" not in info:
         return Check(component, WARNING, f"{name}: no freshness data", {"exchange": info})
-    text = f"{name}: oldest stream {worst:.0f}s ({worst_path})" if worst is not None else f"{name}: {flag}"
-    return Check(component, sev, text, {"ages": ages, "status": flag or None})
+    text = f"{name}: oldest stream {worst:.0f}s ({worst_path})" if worst is not None else f"{name}: {flag or 'no ages'}"
+    if stale:
+        text += f"; stale: {', '.join(stale)}"
+    return Check(component, sev, text, {"ages": ages, "status": flag or None, "stale": stale})
 
 
 # --------------------------------------------------------------------------------- supervisord

@@ -76,8 +76,7 @@ def scrub(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
-            if isinstance(key, str) and _SECRET_KEY.search(key) and isinstance(item, (str, bytes, int)) \
-                    and item not in ("", None):
+            if isinstance(key, str) and _SECRET_KEY.search(key) and isinstance(item, (str, bytes)) and item:
                 out[key] = FILTERED
             else:
                 out[key] = scrub(item, _depth + 1)

@@ -90,6 +90,15 @@ async def test_freshness_and_heartbeat_thresholds(api, age, heartbeat, code, com
     assert bad == [component]
 
 
+async def test_nested_stale_flag_warns(api):
+    url, state = api
+    doc = health_doc("healthy")
+    doc["exchanges"]["kraken"] = {"trades": {"BTC/USD": {"age_s": None, "stale": True}}}
+    state["doc"] = doc
+    rc, out = await run_check("--api", url, "--no-sentry")
+    assert rc == 1 and "kraken" in out and "stale: trades.BTC/USD" in out
+
+
 async def test_unhealthy_api_reported_to_sentry_with_checkin(api):
     url, state = api
     state.update(doc=health_doc("unhealthy"), http=503)

@@ -94,7 +94,9 @@ def test_listener_reports_fatal_and_unexpected_exit(supervised):
     assert exited["tags"]["supervisor.event"] == "PROCESS_STATE_EXITED"
     assert exited["contexts"]["supervisor"]["expected"] == "0"
     assert fatal["environment"] == "test"
-    assert b"hunter2" not in fake.raw()      # the log tail is scrubbed too
+    # The program's stderr tail (read over supervisord's XML-RPC) is attached, scrubbed.
+    assert "boom mongodb://[Filtered]@db/x" in fatal["contexts"]["supervisor"]["log_tail"]
+    assert b"hunter2" not in fake.raw()
     # The listener keeps the protocol channel clean: its log lines go to stderr only.
     assert "crashy FATAL" in (d / "listener.err.log").read_text()
 
