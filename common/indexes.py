@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +96,20 @@ async def ensure_indexes(db, retention: RetentionSettings, retry_s: float = 2.0)
             await asyncio.sleep(retry_s)
 
 
+async def _index_state(db, retention: RetentionSettings) -> set:
+    """Comparable snapshot of the indexes on every collection the spec touches (for change counts)."""
+    state = set()
+    for coll in sorted({spec.collection for spec in index_specs(retention)}):
+        try:
+            info = await db[coll].index_information()
+        except OperationFailure:
+            info = {}
+        for name, meta in info.items():
+            state.add((coll, name, tuple((k, int(v)) for k, v in meta.get("key", [])),
+                       meta.get("expireAfterSeconds"), bool(meta.get("unique", False))))
+    return state
+
+
 async def _main() -> None:
     from common.db import get_database, make_client
 
@@ -107,8 +122,12 @@ async def _main() -> None:
     client = make_client(settings)
     try:
         db = get_database(client, settings)
+        before = await _index_state(db, settings.retention)
         count = await apply_indexes(db, settings.retention)
+        after = await _index_state(db, settings.retention)
         print(f"applied {count} index specs to {settings.mongodb_db}")
+        # Machine-readable line for Ansible's changed_when: indexes created or modified by this run.
+        print(json.dumps({"applied": count, "changed": len(after - before)}))
     finally:
         await client.close()
 
