@@ -14,7 +14,7 @@ endif
 RUN_ENV += CRYPTODATA_EMBEDDED_DB_PORT=$(EMBEDDED_DB_PORT) CRYPTODATA_VENV=$(abspath $(VENV))
 CTL := env $(RUN_ENV) $(VENV)/bin/supervisorctl -c supervisord.conf
 
-.PHONY: run run-fg stop status logs test install
+.PHONY: run run-fg stop status logs test install check-deploy
 
 install: $(VENV)/.installed
 
@@ -52,3 +52,10 @@ logs:
 ## Set up and run the whole test suite.
 test: install
 	$(VENV)/bin/python -m pytest
+
+## Static checks of the deployment: systemd units (systemd-analyze) and the Ansible playbook
+## (syntax, ansible-lint, a real index/TTL provisioning run against a test database).
+check-deploy: install
+	$(VENV)/bin/pip install --quiet -r deploy/requirements-ci.txt
+	PYTHON=$(abspath $(VENV))/bin/python deploy/systemd/check.sh
+	PYTHON=$(abspath $(VENV))/bin/python deploy/ansible/check.sh

@@ -20,6 +20,10 @@ def main() -> None:
     logging.basicConfig(level="DEBUG" if args.debug else settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvloop
+    from sentry_sdk.integrations.aiohttp import AioHttpIntegration
+
+    from common.sentry import init_sentry
+    init_sentry("api", [AioHttpIntegration()])
     web.run_app(create_app(settings), host=args.host, port=args.port,
                 loop=uvloop.new_event_loop(), access_log=None if not args.debug else
                 logging.getLogger("aiohttp.access"), print=None)

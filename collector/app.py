@@ -12,6 +12,8 @@ from typing import Any
 import aiohttp
 from pymongo.errors import PyMongoError
 
+from sentry_sdk.integrations.asyncio import AsyncioIntegration
+
 from collector.exchanges import load_feed_class
 from collector.exchanges.base import Feed, FeedContext
 from collector.stats import Stats
@@ -19,6 +21,7 @@ from collector.writer import Writer
 from common import schema
 from common.db import get_database, make_client
 from common.indexes import ensure_indexes
+from common.sentry import init_sentry
 from common.settings import Settings
 
 log = logging.getLogger("collector")
@@ -46,6 +49,8 @@ class Collector:
         self.stopped = asyncio.Event()
 
     async def run(self, duration_s: float = 0.0) -> None:
+        # Inside the running loop, so unhandled task exceptions reach Sentry (when a DSN is set).
+        init_sentry("collector", [AsyncioIntegration()])
         loop = asyncio.get_running_loop()
         # Collect even if MongoDB is not up yet; indexes follow as soon as it is.
         self._tasks.append(loop.create_task(ensure_indexes(self.db, self.settings.retention)))

@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_sentry:
         if args.sentry_dsn is not None:
             os.environ["CRYPTODATA_SENTRY_DSN"] = args.sentry_dsn
-        from monitoring.sentry import init_sentry
+        from common.sentry import init_sentry
         sentry_on = init_sentry("healthcheck", [], default_integrations=False)
         if sentry_on:
             from sentry_sdk.crons import capture_checkin

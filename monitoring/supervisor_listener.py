@@ -102,7 +102,7 @@ def run(stdin: IO[str] = sys.stdin, stdout: IO[str] = sys.stdout, sentry_on: boo
 def main() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from monitoring.sentry import init_sentry
+    from common.sentry import init_sentry
 
     # No logging integration: our own warnings must not become duplicate events.
     sentry_on = init_sentry("supervisor_listener", [], default_integrations=False)

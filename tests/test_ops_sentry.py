@@ -1,4 +1,4 @@
-"""monitoring.sentry: real envelopes from subprocesses that simulate the API and the collector."""
+"""common.sentry: real envelopes from subprocesses that simulate the API and the collector."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from monitoring import sentry as ops_sentry
+from common import sentry as ops_sentry
 from tests.conftest import ROOT
 from tests.helpers import free_port, wait_until
 from tests.ops_fake_sentry import FakeSentry
@@ -20,7 +20,7 @@ API_PROGRAM = textwrap.dedent("""
     import aiohttp
     from aiohttp import web
     from sentry_sdk.integrations.aiohttp import AioHttpIntegration
-    from monitoring.sentry import init_sentry
+    from common.sentry import init_sentry
     import sentry_sdk
 
     assert init_sentry("api", [AioHttpIntegration()])
@@ -46,7 +46,7 @@ API_PROGRAM = textwrap.dedent("""
 COLLECTOR_PROGRAM = textwrap.dedent("""
     import asyncio
     from sentry_sdk.integrations.asyncio import AsyncioIntegration
-    from monitoring.sentry import init_sentry
+    from common.sentry import init_sentry
     import sentry_sdk
 
     async def feed():
@@ -63,7 +63,7 @@ COLLECTOR_PROGRAM = textwrap.dedent("""
 """)
 
 CRASH_PROGRAM = textwrap.dedent("""
-    from monitoring.sentry import init_sentry
+    from common.sentry import init_sentry
     init_sentry("api", [])
     raise SystemError("unhandled at startup " + {uri!r})
 """)
@@ -124,7 +124,7 @@ def test_unhandled_startup_exception_arrives():
 
 def test_nothing_sent_without_dsn():
     with FakeSentry() as fake:
-        code = "from monitoring.sentry import init_sentry; import sys; sys.exit(0 if init_sentry('api', []) is False else 5)"
+        code = "from common.sentry import init_sentry; import sys; sys.exit(0 if init_sentry('api', []) is False else 5)"
         proc = run_program(code, None)
         assert proc.returncode == 0, proc.stderr
         proc = run_program(CRASH_PROGRAM.format(uri=SECRET_URI), None)
