@@ -6,7 +6,7 @@ from typing import Any
 
 from pymongo import DESCENDING
 
-from api.params import EXCHANGES, Filters, NotFound
+from api.params import EXCHANGES, Filters, NotFound, encode_cursor
 from common import schema
 from common.symbols import symbol_key
 
@@ -51,7 +51,9 @@ class Queries:
             raise NotFound(f"unknown symbol {symbol!r}", known_symbols=scope)
         return matches
 
-    async def history(self, collection: str, f: Filters) -> list[dict[str, Any]]:
+    async def history(self, collection: str, f: Filters) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first; a full page also returns the cursor of its last row (keyset paging on
+        ``(ts, _id)``: the next page is ``ts < last_ts or (ts == last_ts and _id < last_id)``)."""
         query: dict[str, Any] = {}
         if f.exchange:
             query["exchange"] = f.exchange
@@ -69,8 +71,28 @@ class Queries:
             if f.until:
                 rng["$lte"] = f.until
             query["ts"] = rng
-        cursor = self.db[collection].find(query, NO_ID).sort("ts", DESCENDING).limit(f.limit)
-        return await cursor.to_list(f.limit)
+        if f.cursor:
+            last_ts, last_id = f.cursor
+            query = {"$and": [query, {"$or": [{"ts": {"$lt": last_ts}},
+                                              {"ts": last_ts, "_id": {"$lt": last_id}}]}]}
+        cursor = self.db[collection].find(query).sort(
+            [("ts", DESCENDING), ("_id", DESCENDING)]).limit(f.limit)
+        rows = await cursor.to_list(f.limit)
+        next_cursor = None
+        if len(rows) == f.limit and rows:
+            next_cursor = encode_cursor(rows[-1]["ts"], rows[-1]["_id"])
+        for row in rows:
+            row.pop("_id", None)
+        return rows, next_cursor
+
+    async def latest_of_type(self, kind: str, exchange: str | None = None,
+                             symbols: list[str] | None = None) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"type": kind}
+        if exchange:
+            query["exchange"] = exchange
+        if symbols:
+            query["symbol"] = symbols[0] if len(symbols) == 1 else {"$in": symbols}
+        return await self.db[schema.LATEST].find(query, NO_ID).to_list(5000)
 
     async def latest(self, exchange: str | None = None,
                      symbols: list[str] | None = None) -> list[dict[str, Any]]:
