@@ -193,6 +193,7 @@ P_UNTIL = _q("until", {"type": "string"}, "ISO 8601 or epoch ms, inclusive")
 P_CURSOR = _q("cursor", {"type": "string"}, "the 'next' value of the previous page")
 P_INTERVAL = _q("interval", {"type": "string", "enum": list(INTERVALS)}, "candle interval")
 HISTORY_PARAMS = [P_EXCHANGE, P_SYMBOL, P_MARKET, P_LIMIT, P_SINCE, P_UNTIL, P_CURSOR]
-PATH_EXCHANGE = _p("exchange", {"type": "string", "enum": list(EXCHANGES)}, "exchange id")
-PATH_SYMBOL = _p("symbol", {"type": "string", "minLength": 1, "maxLength": 40},
-                 "symbol, any spelling")
+PATH_EXCHANGE = {**_p("exchange", {"type": "string", "enum": list(EXCHANGES)}, "exchange id"),
+                 "example": "binance"}
+PATH_SYMBOL = {**_p("symbol", {"type": "string", "minLength": 1, "maxLength": 40},
+                    "symbol, any spelling"), "example": "BTCUSDT"}

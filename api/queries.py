@@ -1,6 +1,7 @@
 """MongoDB reads behind the handlers; each is served by an index from common.indexes."""
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -22,8 +23,14 @@ def comparable(text: str) -> str:
 
 
 class Queries:
-    def __init__(self, db, symbol_cache_s: float = 10.0) -> None:
+    def __init__(self, db, symbol_cache_s: float = 10.0, latest_cache_s: float = 0.25) -> None:
         self.db = db
+        # ``latest`` is small (one document per key) and read by every /realtime request: it is
+        # read once per ``latest_cache_s`` (single flight: concurrent requests share one read).
+        self._latest_cache_s = latest_cache_s
+        self._latest_docs: list[dict[str, Any]] = []
+        self._latest_at = -1e9
+        self._latest_inflight: asyncio.Future | None = None
         self._symbols: dict[str, list[str]] = {}
         self._symbols_at = 0.0
         self._cache_s = symbol_cache_s
@@ -94,14 +101,32 @@ class Queries:
             query["symbol"] = symbols[0] if len(symbols) == 1 else {"$in": symbols}
         return await self.db[schema.LATEST].find(query, NO_ID).to_list(5000)
 
+    async def _all_latest(self) -> list[dict[str, Any]]:
+        if time.monotonic() - self._latest_at <= self._latest_cache_s:
+            return self._latest_docs
+        if self._latest_inflight is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._latest_inflight = fut
+            try:
+                docs = await self.db[schema.LATEST].find({}, NO_ID).to_list(5000)
+                self._latest_docs, self._latest_at = docs, time.monotonic()
+                fut.set_result(docs)
+            except BaseException as exc:
+                fut.set_exception(exc)
+                fut.exception()          # retrieved: no "never retrieved" warning
+                raise
+            finally:
+                self._latest_inflight = None
+            return docs
+        return await asyncio.shield(self._latest_inflight)
+
     async def latest(self, exchange: str | None = None,
                      symbols: list[str] | None = None) -> list[dict[str, Any]]:
-        query: dict[str, Any] = {}
-        if exchange:
-            query["exchange"] = exchange
-        if symbols:
-            query["symbol"] = symbols[0] if len(symbols) == 1 else {"$in": symbols}
-        return await self.db[schema.LATEST].find(query, NO_ID).to_list(5000)
+        """Newest record per key (copies: callers may mutate them)."""
+        wanted = set(symbols or ())
+        return [dict(d) for d in await self._all_latest()
+                if (not exchange or d.get("exchange") == exchange)
+                and (not wanted or d.get("symbol") in wanted)]
 
     async def status(self) -> dict[str, Any] | None:
         return await self.db[schema.STATUS].find_one({"_id": "collector"})
