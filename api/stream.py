@@ -101,7 +101,11 @@ class Hub:
         if self._task is None or self._task.done():
             self._ready.clear()
             self._task = asyncio.get_running_loop().create_task(self._run())
-        await self._ready.wait()
+        try:
+            # The baseline (what exists now) is taken before the subscription is acknowledged.
+            await asyncio.wait_for(asyncio.shield(self._ready.wait()), 5.0)
+        except asyncio.TimeoutError:
+            log.warning("ws poller: no baseline yet (database slow or unavailable)")
 
     async def _poll_once(self, emit: bool) -> None:
         docs = await self.db[schema.LATEST].find({}).to_list(None)
