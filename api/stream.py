@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -90,6 +91,9 @@ class Hub:
         self.poll_s = poll_s
         self.max_queue = max_queue
         self.slow_after_s = slow_after_s
+        # Kernel send buffer per WebSocket (fixed, so a stuck peer holds bounded kernel memory
+        # and is detected as slow instead of hiding megabytes in an autotuned buffer).
+        self.sndbuf = 256 * 1024
         self.clients: set[Client] = set()
         self._seen: dict[str, tuple[Any, Any]] = {}
         self._task: asyncio.Task | None = None
@@ -103,7 +107,7 @@ class Hub:
             self._task = asyncio.get_running_loop().create_task(self._run())
         try:
             # The baseline (what exists now) is taken before the subscription is acknowledged.
-            await asyncio.wait_for(asyncio.shield(self._ready.wait()), 5.0)
+            await asyncio.wait_for(self._ready.wait(), 5.0)
         except asyncio.TimeoutError:
             log.warning("ws poller: no baseline yet (database slow or unavailable)")
 
@@ -228,6 +232,12 @@ class Hub:
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024)
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None and self.sndbuf:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+            except OSError:
+                pass
         await ws.prepare(request)
         client = Client(ws, self.max_queue)
         sender = asyncio.get_running_loop().create_task(self._sender(client))

@@ -372,3 +372,52 @@ async def test_schemathesis_finds_no_server_errors(mongo_uri, seeded, tmp_path):
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-4000:]
     assert "Server error" not in text
+
+
+async def test_ws_peer_that_never_reads_real_socket_stays_bounded(client, seeded):
+    """A real TCP peer with a tiny receive window that never reads: the server's per-client
+    queue stays within max_queue while records keep arriving, and the client is dropped."""
+    import socket
+    hub = client.app[HUB]
+    hub.max_queue, hub.slow_after_s, hub.sndbuf = 30, 1.5, 8192
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", client.server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(sock, (
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await loop.sock_recv(sock, 1)
+    assert head.startswith(b"HTTP/1.1 101")
+    payload = orjson.dumps({"op": "subscribe", "exchange": "binance"})
+    mask = os.urandom(4)
+    frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(
+        b ^ mask[i % 4] for i, b in enumerate(payload))
+    await loop.sock_sendall(sock, frame)
+    await wait_for(lambda: len(hub.clients) == 1)
+    (server_client,) = hub.clients
+    writer = Writer(seeded, batch_size=1000)
+    high = 0
+    try:
+        for round_ in range(40):                 # ~400 bytes per record, 200 keys per round
+            ts = now_utc()
+            for i in range(200):
+                writer.submit(Ticker("binance", f"S{i}USDT", f"S{i}/USDT", "spot", ts, ts,
+                                     last=float(round_), bid=1.0, ask=2.0, volume_24h=3.0,
+                                     quote_volume_24h=4.0, high_24h=5.0, low_24h=0.5),
+                              history=False)
+            assert await writer.flush()
+            polls = hub.polls
+            await wait_for(lambda: hub.polls > polls or server_client not in hub.clients)
+            high = max(high, len(server_client.queue))
+            assert len(server_client.queue) <= hub.max_queue
+            if server_client not in hub.clients:
+                break
+        assert server_client.max_seen <= hub.max_queue and high <= hub.max_queue
+        assert server_client not in hub.clients          # dropped as too slow
+    finally:
+        sock.close()
