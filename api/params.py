@@ -172,28 +172,28 @@ def only(query, allowed: set[str]) -> None:
 
 
 # OpenAPI parameter objects, used by the route table (api.routes) and so by /openapi.json.
-def _q(name: str, schema: dict, description: str) -> dict:
+def query_param(name: str, schema: dict, description: str) -> dict:
     return {"name": name, "in": "query", "required": False, "schema": schema,
             "description": description}
 
 
-def _p(name: str, schema: dict, description: str) -> dict:
+def path_param(name: str, schema: dict, description: str) -> dict:
     return {"name": name, "in": "path", "required": True, "schema": schema,
             "description": description}
 
 
-P_EXCHANGE = _q("exchange", {"type": "string", "enum": list(EXCHANGES)}, "exchange id")
-P_SYMBOL = _q("symbol", {"type": "string", "minLength": 1, "maxLength": 40},
+P_EXCHANGE = query_param("exchange", {"type": "string", "enum": list(EXCHANGES)}, "exchange id")
+P_SYMBOL = query_param("symbol", {"type": "string", "minLength": 1, "maxLength": 40},
               "native (BTC-USDT) or any spelling (btcusdt, BTC/USDT); unknown -> 404")
-P_MARKET = _q("market", {"type": "string", "enum": list(MARKETS)}, "spot or perp")
-P_LIMIT = _q("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+P_MARKET = query_param("market", {"type": "string", "enum": list(MARKETS)}, "spot or perp")
+P_LIMIT = query_param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
                        "default": DEFAULT_LIMIT}, "rows per page")
-P_SINCE = _q("since", {"type": "string"}, "ISO 8601 or epoch ms, inclusive")
-P_UNTIL = _q("until", {"type": "string"}, "ISO 8601 or epoch ms, inclusive")
-P_CURSOR = _q("cursor", {"type": "string"}, "the 'next' value of the previous page")
-P_INTERVAL = _q("interval", {"type": "string", "enum": list(INTERVALS)}, "candle interval")
+P_SINCE = query_param("since", {"type": "string"}, "ISO 8601 or epoch ms, inclusive")
+P_UNTIL = query_param("until", {"type": "string"}, "ISO 8601 or epoch ms, inclusive")
+P_CURSOR = query_param("cursor", {"type": "string"}, "the 'next' value of the previous page")
+P_INTERVAL = query_param("interval", {"type": "string", "enum": list(INTERVALS)}, "candle interval")
 HISTORY_PARAMS = [P_EXCHANGE, P_SYMBOL, P_MARKET, P_LIMIT, P_SINCE, P_UNTIL, P_CURSOR]
-PATH_EXCHANGE = {**_p("exchange", {"type": "string", "enum": list(EXCHANGES)}, "exchange id"),
+PATH_EXCHANGE = {**path_param("exchange", {"type": "string", "enum": list(EXCHANGES)}, "exchange id"),
                  "example": "binance"}
-PATH_SYMBOL = {**_p("symbol", {"type": "string", "minLength": 1, "maxLength": 40},
+PATH_SYMBOL = {**path_param("symbol", {"type": "string", "minLength": 1, "maxLength": 40},
                     "symbol, any spelling"), "example": "BTCUSDT"}

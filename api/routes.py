@@ -9,7 +9,7 @@ from aiohttp import web
 
 from api import handlers
 from api.params import (HISTORY_PARAMS, P_EXCHANGE, P_INTERVAL, P_MARKET, PATH_EXCHANGE,
-                        PATH_SYMBOL, _q)
+                        PATH_SYMBOL, query_param)
 from common import schema
 
 
@@ -24,7 +24,7 @@ class Route:
     content_type: str = "application/json"
 
 
-P_DEPTH = _q("depth", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20},
+P_DEPTH = query_param("depth", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20},
              "levels per side")
 
 ROUTES = [
