@@ -9,10 +9,14 @@ from aiohttp import web
 from pymongo.errors import PyMongoError
 
 from api.json import json_response
-from api.keys import QUERIES, REQUEST_ID, SETTINGS
+from api.keys import HUB, METRICS, QUERIES, REQUEST_ID, SETTINGS, SPEC
+from api.metrics import Metrics
+from api.openapi import build_spec
 from api.params import ApiError
 from api.queries import Queries
-from api.routes import add_routes
+from api.routes import ROUTES, add_routes
+from api.security import auth_required, security_middleware
+from api.stream import Hub
 from common.db import get_database, make_client
 from common.indexes import ensure_indexes
 from common.settings import Settings
@@ -49,16 +53,22 @@ async def errors_middleware(request: web.Request, handler):
 
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
-    app = web.Application(middlewares=[errors_middleware])
+    metrics = Metrics()
+    app = web.Application(middlewares=[metrics.middleware(), errors_middleware,
+                                       security_middleware(settings)])
     app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[SPEC] = build_spec(ROUTES, auth_required(settings))
 
     async def lifecycle(app: web.Application):
         client = make_client(settings)
         db = get_database(client, settings)
         indexes = asyncio.get_running_loop().create_task(ensure_indexes(db, settings.retention))
         app[QUERIES] = Queries(db)
+        app[HUB] = Hub(db)
         yield
         indexes.cancel()
+        await app[HUB].close()
         await client.close()
 
     app.cleanup_ctx.append(lifecycle)

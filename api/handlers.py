@@ -8,9 +8,11 @@ from typing import Any
 from aiohttp import web
 from pymongo.errors import PyMongoError
 
+from api import analysis
 from api.json import json_response
-from api.keys import QUERIES, SETTINGS
-from api.params import EXCHANGES, BadRequest, filters
+from api.keys import HUB, METRICS, QUERIES, SETTINGS, SPEC
+from api.openapi import render_docs
+from api.params import EXCHANGES, MARKETS, BadRequest, NotFound, choice, filters, int_param, only
 from api.queries import Queries
 from common import schema
 from common.settings import Settings
@@ -32,8 +34,8 @@ def _no_params(request: web.Request) -> None:
 def history_handler(collection: str, *, interval: bool = False):
     async def handler(request: web.Request) -> web.Response:
         f = filters(request, interval=interval)
-        rows = await _queries(request).history(collection, f)
-        return json_response({"data": rows, "count": len(rows)})
+        rows, next_cursor = await _queries(request).history(collection, f)
+        return json_response({"data": rows, "count": len(rows), "next": next_cursor})
     handler.__name__ = f"history_{collection}"
     return handler
 
@@ -149,3 +151,78 @@ async def health(request: web.Request) -> web.Response:
     body["status"] = "degraded" if problems else "healthy"
     body["problems"] = problems
     return json_response(body)
+
+
+async def orderbook(request: web.Request) -> web.Response:
+    """Latest top-N book per market from ``latest`` (type order_book), with its update_id and a
+    sync state: ``live`` when the snapshot is fresh, ``stale`` when older than stale_after_s."""
+    only(request.query, {"market", "depth"})
+    market = choice(request.query, "market", MARKETS)
+    depth = int_param(request.query, "depth", 20, 1, 1000)
+    exchange = _exchange_param(request)
+    queries = _queries(request)
+    symbols = await queries.resolve_symbols(exchange, request.match_info["symbol"])
+    docs = await queries.latest_of_type(schema.ORDER_BOOK, exchange, symbols)
+    status_doc = await queries.status()
+    ex_status = ((status_doc or {}).get("exchanges") or {}).get(exchange, {})
+    stale_after = _settings(request).stale_after_s
+    now = datetime.now(timezone.utc)
+    books = []
+    for doc in sorted(docs, key=lambda d: (d.get("market", ""), d["symbol"])):
+        if market and doc.get("market") != market:
+            continue
+        received = doc.get("received_at")
+        age = (now - received).total_seconds() if received else None
+        books.append({
+            "exchange": exchange, "symbol": doc["symbol"], "pair": doc.get("pair"),
+            "market": doc.get("market"), "ts": doc.get("ts"), "received_at": received,
+            "update_id": doc.get("update_id"), "depth": min(depth, max(
+                len(doc.get("bids") or []), len(doc.get("asks") or []))),
+            "bids": (doc.get("bids") or [])[:depth], "asks": (doc.get("asks") or [])[:depth],
+            "sync": {"state": "live" if age is not None and age <= stale_after else "stale",
+                     "age_s": round(age, 3) if age is not None else None,
+                     "resyncs": ex_status.get("resyncs", 0), "gaps": ex_status.get("gaps", 0)},
+        })
+    if not books:
+        raise NotFound("no order book stored for this symbol"
+                       + (f" on {market}" if market else ""), symbols=symbols)
+    return json_response({"exchange": exchange, "data": books})
+
+
+async def data_check(request: web.Request) -> web.Response:
+    _no_params(request)
+    return json_response(await analysis.data_check(_queries(request).db))
+
+
+async def bitcoin(request: web.Request) -> web.Response:
+    _no_params(request)
+    return json_response(await analysis.bitcoin(_queries(request).db,
+                                                _settings(request).stale_after_s))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    _no_params(request)
+    m = request.app[METRICS]
+    try:
+        m.update_collector(await _queries(request).status())
+    except PyMongoError:
+        m.reported.set(0)
+    m.ws_clients.set(len(request.app[HUB].clients))
+    return m.render()
+
+
+async def openapi(request: web.Request) -> web.Response:
+    _no_params(request)
+    return json_response(request.app[SPEC])
+
+
+async def docs(request: web.Request) -> web.Response:
+    _no_params(request)
+    return web.Response(text=render_docs(request.app[SPEC]), content_type="text/html")
+
+
+async def ws(request: web.Request) -> web.StreamResponse:
+    _no_params(request)
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        raise BadRequest("this endpoint speaks WebSocket (send Upgrade: websocket)")
+    return await request.app[HUB].handle(request)

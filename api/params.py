@@ -2,8 +2,14 @@
 never a client-supplied document or operator. Errors are ``BadRequest`` (400, JSON body)."""
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+from bson import ObjectId
 
 from aiohttp import web
 
@@ -12,6 +18,10 @@ MARKETS = ("spot", "perp")
 INTERVALS = ("1m",)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+# Longest since..until window one request may scan; longer ranges are walked with ``cursor``.
+MAX_RANGE = timedelta(days=31)
+TYPES = ("market_data", "order_book", "trades", "ohlcv", "funding_rates", "open_interest",
+         "volume_liquidity")
 
 
 class ApiError(Exception):
@@ -72,11 +82,43 @@ class Filters:
     since: datetime | None
     until: datetime | None
     interval: str | None = None
+    # (ts, _id) of the last row of the previous page: the next page is strictly older.
+    cursor: tuple[datetime, Any] | None = None
+
+
+def encode_cursor(ts: datetime, _id: Any) -> str:
+    """Opaque cursor: urlsafe base64 of ``[epoch_ms, id_kind, id]``."""
+    if isinstance(_id, ObjectId):
+        ident = ["o", str(_id)]
+    elif isinstance(_id, int):
+        ident = ["i", _id]
+    else:
+        ident = ["s", str(_id)]
+    raw = orjson.dumps([int(ts.timestamp() * 1000), *ident])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[datetime, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        ms, kind, ident = orjson.loads(raw)
+        ts = datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
+        if kind == "o":
+            return ts, ObjectId(str(ident))
+        if kind == "i" and isinstance(ident, int) and not isinstance(ident, bool):
+            return ts, ident
+        if kind == "s" and isinstance(ident, str):
+            return ts, ident
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError, OverflowError, OSError):
+        pass
+    except Exception:   # noqa: BLE001  (bson.errors.InvalidId and friends)
+        pass
+    raise BadRequest("cursor: invalid; pass the 'next' value of the previous page unchanged")
 
 
 def filters(request: web.Request, *, interval: bool = False) -> Filters:
     query = request.query
-    known = {"exchange", "symbol", "market", "limit", "since", "until"} | ({"interval"} if interval else set())
+    known = {"exchange", "symbol", "market", "limit", "since", "until", "cursor"} | ({"interval"} if interval else set())
     unknown = sorted(set(query) - known)
     if unknown:
         raise BadRequest(f"unknown parameter(s): {', '.join(unknown)}", allowed=sorted(known))
@@ -94,6 +136,13 @@ def filters(request: web.Request, *, interval: bool = False) -> Filters:
     until = parse_time("until", until_text) if until_text else None
     if since and until and since > until:
         raise BadRequest("since must not be after until")
+    cursor_text = _single(query, "cursor")
+    cursor = decode_cursor(cursor_text) if cursor_text else None
+    if since and cursor is None:
+        end = until or datetime.now(timezone.utc)
+        if end - since > MAX_RANGE:
+            raise BadRequest(f"since..until spans more than {MAX_RANGE.days} days; narrow it "
+                             "or page through it with 'cursor'")
     symbol = _single(query, "symbol")
     if symbol is not None and not (0 < len(symbol) <= 40 and symbol.isprintable()):
         raise BadRequest("symbol: 1 to 40 printable characters")
@@ -103,4 +152,48 @@ def filters(request: web.Request, *, interval: bool = False) -> Filters:
         market=choice(query, "market", MARKETS),
         limit=limit, since=since, until=until,
         interval=(choice(query, "interval", INTERVALS) or "1m") if interval else None,
+        cursor=cursor,
     )
+
+
+def int_param(query, name: str, default: int, low: int, high: int) -> int:
+    text = _single(query, name)
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise BadRequest(f"{name}: must be an integer between {low} and {high}")
+    return int(text)
+
+
+def only(query, allowed: set[str]) -> None:
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown parameter(s): {', '.join(unknown)}", allowed=sorted(allowed))
+
+
+# OpenAPI parameter objects, used by the route table (api.routes) and so by /openapi.json.
+def query_param(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def path_param(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": schema,
+            "description": description}
+
+
+P_EXCHANGE = query_param("exchange", {"type": "string", "enum": list(EXCHANGES)}, "exchange id")
+P_SYMBOL = query_param("symbol", {"type": "string", "minLength": 1, "maxLength": 40},
+              "native (BTC-USDT) or any spelling (btcusdt, BTC/USDT); unknown -> 404")
+P_MARKET = query_param("market", {"type": "string", "enum": list(MARKETS)}, "spot or perp")
+P_LIMIT = query_param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                       "default": DEFAULT_LIMIT}, "rows per page")
+P_SINCE = query_param("since", {"type": "string"}, "ISO 8601 or epoch ms, inclusive")
+P_UNTIL = query_param("until", {"type": "string"}, "ISO 8601 or epoch ms, inclusive")
+P_CURSOR = query_param("cursor", {"type": "string"}, "the 'next' value of the previous page")
+P_INTERVAL = query_param("interval", {"type": "string", "enum": list(INTERVALS)}, "candle interval")
+HISTORY_PARAMS = [P_EXCHANGE, P_SYMBOL, P_MARKET, P_LIMIT, P_SINCE, P_UNTIL, P_CURSOR]
+PATH_EXCHANGE = {**path_param("exchange", {"type": "string", "enum": list(EXCHANGES)}, "exchange id"),
+                 "example": "binance"}
+PATH_SYMBOL = {**path_param("symbol", {"type": "string", "minLength": 1, "maxLength": 40},
+                    "symbol, any spelling"), "example": "BTCUSDT"}

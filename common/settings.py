@@ -139,6 +139,13 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Seconds after which a stream with no stored record counts as stale in /health.
     stale_after_s: float = 120.0
+    # API keys accepted in the X-API-Key header (JSON list in CRYPTODATA_API_KEYS).
+    api_keys: list[str] = []
+    # "auto": keys required when api_host is not a loopback address; "on" / "off" force it.
+    api_auth: str = "auto"
+    # Token-bucket rate limit per API key (or per client IP without auth); 0 disables it.
+    api_rate_per_s: float = 20.0
+    api_rate_burst: int = 40
 
     def exchange(self, name: str) -> ExchangeSettings:
         return getattr(self, name)
