@@ -32,6 +32,8 @@ COLLECTION_LABELS = {
     schema.OPEN_INTEREST: "OPEN INTEREST", schema.VOLUME_LIQUIDITY: "VOLUME/LIQUIDITY",
 }
 STATUS_ID = "collector"
+DISPLAY_NAMES = {"binance": "Binance", "bybit": "Bybit", "kraken": "Kraken", "gateio": "Gate.io",
+                 "okx": "OKX"}
 
 
 class Collector:
@@ -150,7 +152,7 @@ class Collector:
                     key = (feed.name, coll)
                     if count != last_counts.get(key):
                         symbols = sorted({k.split(":", 1)[1] for k in stats.last_record_at[coll]})
-                        log.info("📊 %s %s: %s (+%d)", feed.name.capitalize(),
+                        log.info("📊 %s %s: %s (+%d)", DISPLAY_NAMES.get(feed.name, feed.name),
                                  COLLECTION_LABELS.get(coll, coll), ", ".join(symbols),
                                  count - last_counts.get(key, 0))
                         last_counts[key] = count
