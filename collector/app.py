@@ -14,6 +14,8 @@ from pymongo.errors import PyMongoError
 
 from collector.exchanges import load_feed_class
 from collector.exchanges.base import Feed, FeedContext
+from collector.gaps import GapLedger
+from collector.spool import Spool
 from collector.stats import Stats
 from collector.writer import Writer
 from common import schema
@@ -40,7 +42,12 @@ class Collector:
         self.db = get_database(self.client, settings)
         self.writer = Writer(self.db, batch_size=settings.batch_size,
                              flush_interval_s=settings.flush_interval_s,
-                             queue_max=settings.queue_max)
+                             queue_max=settings.queue_max,
+                             spool=Spool(settings.spool_dir,
+                                         max_bytes=int(settings.spool_max_mb * 2 ** 20),
+                                         policy=settings.spool_full_policy))
+        self.gaps = GapLedger(self.writer)
+        self.writer.outage_listeners.append(self.gaps.on_db_availability)
         self.feeds: list[Feed] = []
         self._tasks: list[asyncio.Task] = []
         self.stopped = asyncio.Event()
@@ -51,13 +58,19 @@ class Collector:
         except PyMongoError as exc:
             # Keep collecting; indexes are applied again on the next start.
             log.error("could not apply indexes (MongoDB unavailable?): %r", exc)
+        previous = await self._previous_heartbeat()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
         async with aiohttp.ClientSession() as session:
-            ctx = FeedContext(self.settings, self.writer, self.stats, session, self.poll_interval_s)
+            ctx = FeedContext(self.settings, self.writer, self.stats, session, self.poll_interval_s,
+                              self.gaps)
             for name in self.settings.enabled_exchanges():
                 feed = load_feed_class(name)(self.settings.exchange(name), ctx)
+                if previous is not None:
+                    # Down since the last heartbeat: a restart gap until this feed's first data.
+                    feed.await_data(self.gaps.open(name, "*", "*", "collector", "restart",
+                                                   start=previous))
                 self.feeds.append(feed)
                 self._tasks.append(loop.create_task(self._run_feed(feed)))
             self._tasks.append(loop.create_task(self.writer.run()))
@@ -72,6 +85,15 @@ class Collector:
             except asyncio.TimeoutError:
                 pass
             await self.shutdown()
+
+    async def _previous_heartbeat(self):
+        """``updated_at`` of the previous run's status document (None on a first start)."""
+        try:
+            doc = await self.db[schema.STATUS].find_one({"_id": STATUS_ID}, {"updated_at": 1})
+        except PyMongoError as exc:
+            log.error("could not read the previous status (restart gap unknown): %r", exc)
+            return None
+        return doc.get("updated_at") if doc else None
 
     async def _run_feed(self, feed: Feed) -> None:
         while True:
@@ -115,7 +137,9 @@ class Collector:
             "writer": {"stored": writer.stored, "pending": writer.pending,
                        "duplicates": writer.duplicates, "dropped": writer.dropped,
                        "write_errors": writer.write_errors, "last_write_ms": writer.last_write_ms,
-                       "db_available": writer.db_available},
+                       "db_available": writer.db_available,
+                       "spool": writer.spool_status()},
+            "gaps": self.gaps.status(),
             "exchanges": exchanges,
         }
 
