@@ -20,6 +20,7 @@ ROUTES = [
     ("GET", "/open-interest", handlers.history_handler(schema.OPEN_INTEREST)),
     ("GET", "/volume-liquidity", handlers.history_handler(schema.VOLUME_LIQUIDITY)),
     ("GET", "/orderbook-snapshots", handlers.history_handler(schema.ORDER_BOOK)),
+    ("GET", "/gaps", handlers.gaps),
 ]
 
 

@@ -121,16 +121,19 @@ class GapLedger:
         key = ("*", "*", "*", "mongodb")
         if not available:
             gap = self.open("*", "*", "*", "mongodb", "db_outage")
-            spool = getattr(self.writer, "spool", None)
-            gap.extra["spool_dropped_before"] = spool.dropped if spool is not None else 0
+            self._lost_before = self._lost_so_far()
             return
         gap = self.open_gaps.get(key)
         if gap is None:
             return
+        lost = self._lost_so_far() - getattr(self, "_lost_before", 0)
+        gap.extra["records_lost"] = lost
+        # Nothing lost: the spool took everything and replayed it (backfilled = complete).
+        self.close(gap, backfilled=getattr(self.writer, "spool", None) is not None and lost == 0)
+
+    def _lost_so_far(self) -> int:
         spool = getattr(self.writer, "spool", None)
-        lost = (spool.dropped - gap.extra.get("spool_dropped_before", 0)) if spool else None
-        # Nothing was lost if a spool took everything (writer drops count too).
-        self.close(gap, backfilled=bool(spool is not None and lost == 0))
+        return getattr(self.writer, "dropped", 0) + (spool.dropped if spool is not None else 0)
 
     def status(self) -> dict[str, Any]:
         return {"open": len(self.open_gaps), "opened": self.opened, "closed": self.closed}
