@@ -255,8 +255,9 @@ class Feed:
         await asyncio.gather(*self._tasks)
 
     async def stop(self) -> None:
-        for conn in list(self.connections):
-            await conn.stop()
+        # Concurrently: each close waits for the closing handshake (up to close_timeout).
+        await asyncio.gather(*(conn.stop() for conn in list(self.connections)),
+                             return_exceptions=True)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
