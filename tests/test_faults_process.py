@@ -246,6 +246,13 @@ async def test_mongodb_outage_loses_nothing(fake, nx, db, collector_factory):
            recovery_s=recovery_s, trades_sent_in_outage=sent_in_outage,
            trades_lost=0, duplicates=duplicates, gap_backfilled=str(gap["backfilled"]))
     assert duplicates == 0 and gap["backfilled"] is True
+
+    async def status_spool():
+        doc = await db[schema.STATUS].find_one({"_id": "collector"})
+        spool = doc["writer"]["spool"] if doc else None
+        return spool if spool and spool["replayed"] > 0 else None
+    spool = await wait_for(status_spool, timeout_s=10, what="spool figures in the status doc")
+    assert spool["records"] == 0 and spool["dropped"] == 0
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0
 

@@ -186,7 +186,7 @@ class Feed:
             log.exception("%s: backfill of %s failed", self.name, gap.id)
             return
         if done:
-            self.stats.backfills = getattr(self.stats, "backfills", 0) + 1
+            self.stats.backfills += 1
             self.gaps.mark_backfilled(gap)
 
     async def backfill(self, gap: Gap) -> bool:

@@ -275,8 +275,8 @@ class BinanceFeed(Feed):
         returned trade is not newer than the gap start), closed 1m candles since the gap start,
         and on perps funding + open interest. Everything goes through the feed's RestClients
         (shared RateBudget) and ``emit`` (unique keys make overlaps harmless)."""
-        if gap.stream == "depth":
-            return False
+        if gap.stream == "depth" or gap.stream.endswith("perp-public"):
+            return False        # books are not backfilled: they resync from a snapshot
         markets = [SPOT, PERP] if gap.market == "*" else [gap.market]
         complete = True
         since_ms = int(gap.start.timestamp() * 1000)
@@ -284,8 +284,6 @@ class BinanceFeed(Feed):
             symbols = self.spot_symbols() if market == SPOT else self.perp_symbols()
             if gap.symbol != "*":
                 symbols = [s for s in symbols if s == gap.symbol]
-            if gap.stream.endswith("perp-public"):
-                continue        # depth only: books resync, nothing to fetch
             for symbol in symbols:
                 try:
                     complete &= await self._backfill_trades(market, symbol, since_ms)
@@ -318,7 +316,7 @@ class BinanceFeed(Feed):
         fresh = [t for t in trades if t.ts >= since]
         for trade in fresh:
             self.emit(trade)
-        self.stats.backfilled_trades = getattr(self.stats, "backfilled_trades", 0) + len(fresh)
+        self.stats.backfilled_trades += len(fresh)
         # Complete if the page reaches back to (or before) the gap start.
         return bool(trades) and (len(fresh) < len(trades) or len(trades) < ep.BACKFILL_LIMIT)
 
