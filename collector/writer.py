@@ -49,7 +49,6 @@ class Writer:
         self._flush_lock = asyncio.Lock()
         self._stopping = False
         self._next_probe = 0.0
-        self.spool_dropped_at_outage = 0
         # Counters for logs, status and metrics.
         self.stored = 0
         self.duplicates = 0
@@ -111,7 +110,15 @@ class Writer:
         if self.spool is not None:
             # One attempt if the database looked healthy, else straight to the spool: SIGTERM
             # must not wait out an outage (supervisors kill after a grace period).
-            if not (self.db_available and await self.flush()):
+            # Bounded: a cancelled drain/write leaves its documents spooled or pending (they
+            # carry an _id by then, so a later replay cannot duplicate them).
+            ok = False
+            if self.db_available:
+                try:
+                    ok = await asyncio.wait_for(self.flush(), timeout_s)
+                except asyncio.TimeoutError:
+                    log.error("shutdown: flush did not finish in %.0fs; spooling", timeout_s)
+            if not ok:
                 self.spool_pending()
             self.spool.close()
             return
