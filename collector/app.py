@@ -93,7 +93,19 @@ class Collector:
         except PyMongoError as exc:
             log.error("could not read the previous status (restart gap unknown): %r", exc)
             return None
-        return doc.get("updated_at") if doc else None
+        previous = doc.get("updated_at") if doc else None
+        if previous is not None:
+            # Gaps the previous run left open end at its last heartbeat; the restart gap
+            # covers the time after that.
+            try:
+                async for gap in self.db[schema.GAPS].find({"end": None}):
+                    end = max(previous, gap["start"])
+                    await self.db[schema.GAPS].update_one({"_id": gap["_id"]}, {"$set": {
+                        "end": end, "duration_s": round((end - gap["start"]).total_seconds(), 3),
+                        "detail": (gap.get("detail") or "") + " [closed at restart]"}})
+            except PyMongoError as exc:
+                log.error("could not close the previous run's open gaps: %r", exc)
+        return previous
 
     async def _run_feed(self, feed: Feed) -> None:
         while True:

@@ -165,6 +165,7 @@ class Writer:
         async with self._flush_lock:
             started = time.perf_counter()
             if self.spool is not None and self.spool:
+                log.warning("spool: replaying %d documents", self.spool.records)
                 try:
                     replayed = await self.spool.drain(self._write)
                     if replayed:

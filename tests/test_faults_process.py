@@ -198,6 +198,7 @@ async def test_kill9_restart_recovers_and_records_restart_gap(fake, db, collecto
     report("kill9", recovery_s=recovery_s, restart_gap_s=float(gap["duration_s"]),
            downtime_trades=down_until_id - killed_at_id, trades_lost=len(lost))
     assert gap["exchange"] == "binance" and gap["end"] is not None
+    assert await db[schema.GAPS].count_documents({"end": None}) == 0
     assert not lost, lost[:20]
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0
