@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from aiohttp import web
@@ -38,6 +38,38 @@ def history_handler(collection: str, *, interval: bool = False):
         return json_response({"data": rows, "count": len(rows), "next": next_cursor})
     handler.__name__ = f"history_{collection}"
     return handler
+
+
+async def gaps(request: web.Request) -> web.Response:
+    """The gap ledger (collector.gaps), newest first; a ``symbol`` filter also returns the
+    whole-connection gaps (symbol ``*``) of that exchange."""
+    f = filters(request)
+    query: dict[str, Any] = {}
+    if f.exchange:
+        query["exchange"] = {"$in": [f.exchange, "*"]}
+    if f.symbol:
+        query["symbol"] = {"$in": [f.symbol, "*"]}
+    if f.market:
+        query["market"] = {"$in": [f.market, "*"]}
+    if f.since or f.until:
+        query["start"] = {k: v for k, v in (("$gte", f.since), ("$lte", f.until)) if v}
+    rows = await _queries(request).db[schema.GAPS].find(query, {"_id": 0}) \
+        .sort("start", -1).limit(f.limit).to_list(f.limit)
+    return json_response({"data": rows, "count": len(rows)})
+
+
+async def _gap_counts(db) -> dict[str, dict[str, int]]:
+    """exchange -> {open, last_24h} from the gap ledger."""
+    since = datetime.now(timezone.utc) - timedelta(days=1)
+    counts: dict[str, dict[str, int]] = {}
+    cursor = await db[schema.GAPS].aggregate([
+        {"$match": {"$or": [{"start": {"$gte": since}}, {"end": None}]}},
+        {"$group": {"_id": "$exchange",
+                    "open": {"$sum": {"$cond": [{"$eq": [{"$ifNull": ["$end", None]}, None]}, 1, 0]}},
+                    "last_24h": {"$sum": {"$cond": [{"$gte": ["$start", since]}, 1, 0]}}}}])
+    async for row in cursor:
+        counts[row["_id"]] = {"open": row["open"], "last_24h": row["last_24h"]}
+    return counts
 
 
 def _exchange_param(request: web.Request) -> str:
@@ -112,6 +144,7 @@ async def health(request: web.Request) -> web.Response:
         await queries.db.command("ping")
         ping_ms = round((time.perf_counter() - started) * 1000, 2)
         status_doc = await queries.status()
+        gap_counts = await _gap_counts(queries.db)
     except PyMongoError as exc:
         return json_response({"status": "unhealthy",
                               "mongodb": {"reachable": False, "error": type(exc).__name__}},
@@ -145,9 +178,11 @@ async def health(request: web.Request) -> web.Response:
             "unavailable_symbols": info.get("unavailable_symbols", {}),
             "errors": info.get("errors", {}), "reconnects": info.get("reconnects", 0),
             "gaps": info.get("gaps", 0), "malformed": info.get("malformed", 0),
+            "gap_ledger": gap_counts.get(name, {"open": 0, "last_24h": 0}),
         }
         if not fresh:
             problems.append(f"{name}: no fresh data")
+    body["gap_ledger"] = gap_counts.get("*", {"open": 0, "last_24h": 0})   # database outages
     body["status"] = "degraded" if problems else "healthy"
     body["problems"] = problems
     return json_response(body)

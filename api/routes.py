@@ -65,6 +65,8 @@ ROUTES = [
           "BTC price per exchange, spreads, volume share, funding, basis", tag="analysis"),
     Route("GET", "/ws", handlers.ws, "Live stream (WebSocket; see the protocol in /docs)",
           tag="stream"),
+    Route("GET", "/gaps", handlers.gaps,
+          "Gap ledger: stream interruptions and whether they were backfilled", HISTORY_PARAMS),
 ]
 
 

@@ -16,6 +16,8 @@ from sentry_sdk.integrations.asyncio import AsyncioIntegration
 
 from collector.exchanges import load_feed_class
 from collector.exchanges.base import Feed, FeedContext
+from collector.gaps import GapLedger
+from collector.spool import Spool
 from collector.stats import Stats
 from collector.writer import Writer
 from common import schema
@@ -45,7 +47,12 @@ class Collector:
         self.db = get_database(self.client, settings)
         self.writer = Writer(self.db, batch_size=settings.batch_size,
                              flush_interval_s=settings.flush_interval_s,
-                             queue_max=settings.queue_max)
+                             queue_max=settings.queue_max,
+                             spool=Spool(settings.spool_dir,
+                                         max_bytes=int(settings.spool_max_mb * 2 ** 20),
+                                         policy=settings.spool_full_policy))
+        self.gaps = GapLedger(self.writer)
+        self.writer.outage_listeners.append(self.gaps.on_db_availability)
         self.feeds: list[Feed] = []
         self._tasks: list[asyncio.Task] = []
         self.stopped = asyncio.Event()
@@ -53,15 +60,21 @@ class Collector:
     async def run(self, duration_s: float = 0.0) -> None:
         # Inside the running loop, so unhandled task exceptions reach Sentry (when a DSN is set).
         init_sentry("collector", [AsyncioIntegration()])
+        previous = await self._previous_heartbeat()
         loop = asyncio.get_running_loop()
         # Collect even if MongoDB is not up yet; indexes follow as soon as it is.
         self._tasks.append(loop.create_task(ensure_indexes(self.db, self.settings.retention)))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
         async with aiohttp.ClientSession() as session:
-            ctx = FeedContext(self.settings, self.writer, self.stats, session, self.poll_interval_s)
+            ctx = FeedContext(self.settings, self.writer, self.stats, session, self.poll_interval_s,
+                              self.gaps)
             for name in self.settings.enabled_exchanges():
                 feed = load_feed_class(name)(self.settings.exchange(name), ctx)
+                if previous is not None:
+                    # Down since the last heartbeat: a restart gap until this feed's first data.
+                    feed.await_data(self.gaps.open(name, "*", "*", "collector", "restart",
+                                                   start=previous))
                 self.feeds.append(feed)
                 self._tasks.append(loop.create_task(self._run_feed(feed)))
             self._tasks.append(loop.create_task(self.writer.run()))
@@ -76,6 +89,29 @@ class Collector:
             except asyncio.TimeoutError:
                 pass
             await self.shutdown()
+
+    async def _previous_heartbeat(self):
+        """``updated_at`` of the previous run's status document (None on a first start)."""
+        try:
+            doc = await self.db[schema.STATUS].find_one({"_id": STATUS_ID}, {"updated_at": 1})
+        except PyMongoError as exc:
+            log.error("could not read the previous status (restart gap unknown): %r", exc)
+            return None
+        previous = doc.get("updated_at") if doc else None
+        if previous is not None:
+            # Gaps the previous run left open end at its last heartbeat; the restart gap
+            # covers the time after that.
+            try:
+                async for gap in self.db[schema.GAPS].find({"end": None}):
+                    end = max(previous, gap["start"])
+                    gap.update(end=end,
+                               duration_s=round((end - gap["start"]).total_seconds(), 3),
+                               detail=(gap.get("detail") or "") + " [closed at restart]")
+                    # Whole-document replace: nx-27017 mis-stores dates given to $set.
+                    await self.db[schema.GAPS].replace_one({"_id": gap["_id"]}, gap)
+            except PyMongoError as exc:
+                log.error("could not close the previous run's open gaps: %r", exc)
+        return previous
 
     async def _run_feed(self, feed: Feed) -> None:
         while True:
@@ -119,7 +155,9 @@ class Collector:
             "writer": {"stored": writer.stored, "pending": writer.pending,
                        "duplicates": writer.duplicates, "dropped": writer.dropped,
                        "write_errors": writer.write_errors, "last_write_ms": writer.last_write_ms,
-                       "db_available": writer.db_available},
+                       "db_available": writer.db_available,
+                       "spool": writer.spool_status()},
+            "gaps": self.gaps.status(),
             "exchanges": exchanges,
         }
 

@@ -78,6 +78,8 @@ class SnapshotDiffSync:
                 return Outcome.GAP
             self._first_pending = False
         elif self.use_prev_id:
+            if diff.last_id <= local:
+                return Outcome.STALE    # already applied (overlapping connections on rotation)
             if diff.prev_id != local:
                 return Outcome.GAP
         elif diff.first_id != local + 1:

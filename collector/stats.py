@@ -17,6 +17,8 @@ class ExchangeStats:
     reconnects: int = 0
     gaps: int = 0
     resyncs: int = 0
+    backfills: int = 0              # gaps fully backfilled over REST
+    backfilled_trades: int = 0      # trades re-fetched (overlaps included; the DB dedupes)
     records: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # collection -> symbol -> epoch seconds of the newest record (freshness per stream)
     last_record_at: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
@@ -38,6 +40,8 @@ class ExchangeStats:
             "reconnects": self.reconnects,
             "gaps": self.gaps,
             "resyncs": self.resyncs,
+            "backfills": self.backfills,
+            "backfilled_trades": self.backfilled_trades,
             "records": dict(self.records),
             "unavailable_symbols": dict(self.unavailable_symbols),
             "errors": dict(self.errors),

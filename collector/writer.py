@@ -6,6 +6,12 @@ unordered ``insert_many`` (duplicate-key rejections of re-sent trades are expect
 candles are upserted on their open time; the ``latest`` collection gets one coalesced upsert per
 (exchange, market, symbol, type) per flush. When MongoDB is unavailable the batches are kept and
 retried in order; nothing is dropped until ``queue_max`` pending documents are reached.
+
+With a ``spool`` (collector.spool) an outage does not hold data in memory: as soon as a write
+fails, every pending batch is appended to the disk spool (fsync'd), and while MongoDB stays away
+new batches are spooled every ``flush_interval_s``; a cheap ping probes for the database. When it
+answers, the spool is replayed in order first, then normal flushing resumes. ``outage_listeners``
+are called with (available: bool) on every transition (the gap ledger records db_outage gaps).
 """
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from pymongo import ReplaceOne
+from bson import ObjectId
+from pymongo import ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from common import schema
@@ -28,8 +35,10 @@ DUPLICATE_KEY = 11000
 
 class Writer:
     def __init__(self, db, *, batch_size: int = 500, flush_interval_s: float = 1.0,
-                 queue_max: int = 200_000) -> None:
+                 queue_max: int = 200_000, spool=None) -> None:
         self.db = db
+        self.spool = spool
+        self.outage_listeners: list = []
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.queue_max = queue_max
@@ -39,6 +48,7 @@ class Writer:
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._stopping = False
+        self._next_probe = 0.0
         # Counters for logs, status and metrics.
         self.stored = 0
         self.duplicates = 0
@@ -51,6 +61,11 @@ class Writer:
     @property
     def pending(self) -> int:
         return self._pending_count
+
+    def submit_doc(self, collection: str, doc: dict[str, Any]) -> None:
+        """Queue a ready document (gap ledger entries: replaced by ``_id``)."""
+        self._pending[collection].append(doc)
+        self._pending_count += 1
 
     def submit(self, record: Record, *, history: bool = True) -> None:
         """Queue a record for its collection (``history``) and for ``latest``."""
@@ -77,15 +92,39 @@ class Writer:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
-            ok = await self.flush()
-            if not ok:
-                # Database unavailable: back off a little before the next attempt.
-                await asyncio.sleep(min(5.0, self.flush_interval_s * 2))
+            if self.db_available or self.spool is None:
+                ok = await self.flush()
+                if not ok and self.spool is None:
+                    # Database unavailable: back off a little before the next attempt.
+                    await asyncio.sleep(min(5.0, self.flush_interval_s * 2))
+                continue
+            # Outage with a spool: persist what arrived, then probe (bounded by the interval so
+            # spooling keeps its cadence); flush (spool first) once the database answers.
+            self.spool_pending()
+            if time.monotonic() >= self._next_probe:
+                self._next_probe = time.monotonic() + min(2.0, max(0.2, self.flush_interval_s))
+                if await self.probe():
+                    await self.flush()
 
     async def close(self, timeout_s: float = 20.0) -> None:
         """Final flush (SIGTERM path): keep trying until written or the deadline passes."""
         self._stopping = True
         deadline = time.monotonic() + timeout_s
+        if self.spool is not None:
+            # One attempt if the database looked healthy, else straight to the spool: SIGTERM
+            # must not wait out an outage (supervisors kill after a grace period).
+            # Bounded: a cancelled drain/write leaves its documents spooled or pending (they
+            # carry an _id by then, so a later replay cannot duplicate them).
+            ok = False
+            if self.db_available:
+                try:
+                    ok = await asyncio.wait_for(self.flush(), timeout_s)
+                except asyncio.TimeoutError:
+                    log.error("shutdown: flush did not finish in %.0fs; spooling", timeout_s)
+            if not ok:
+                self.spool_pending()
+            self.spool.close()
+            return
         while self._pending_count or self._latest:
             if await self.flush():
                 continue
@@ -94,10 +133,50 @@ class Writer:
                 return
             await asyncio.sleep(0.5)
 
+    async def probe(self) -> bool:
+        try:
+            await asyncio.wait_for(self.db.command("ping"),
+                                   max(0.5, min(2.0, self.flush_interval_s)))
+            return True
+        except (PyMongoError, asyncio.TimeoutError, OSError):
+            return False
+
+    def spool_pending(self) -> int:
+        """Move every pending batch to the disk spool (one fsync). Returns documents moved."""
+        spool = self.spool
+        if spool is None or not self._pending_count:
+            return 0
+        moved = 0
+        for collection in list(self._pending):
+            docs = self._pending[collection]
+            if not docs:
+                continue
+            for doc in docs:
+                if "_id" not in doc:
+                    doc["_id"] = ObjectId()   # replay twice -> duplicate key, never a copy
+            if not spool.append(collection, docs):
+                continue                       # reject policy: stays in memory (queue_max)
+            moved += len(docs)
+            self._pending_count -= len(docs)
+            self._pending[collection] = []
+        spool.sync()
+        return moved
+
     async def flush(self) -> bool:
-        """Write everything pending. Returns False if the database was unavailable."""
+        """Write everything pending (the spool first). Returns False if the database was
+        unavailable."""
         async with self._flush_lock:
             started = time.perf_counter()
+            if self.spool is not None and self.spool:
+                log.warning("spool: replaying %d documents", self.spool.records)
+                try:
+                    replayed = await self.spool.drain(self._write)
+                    if replayed:
+                        log.warning("spool: replayed %d documents into MongoDB", replayed)
+                except PyMongoError as exc:
+                    self._unavailable(exc)
+                    self.spool_pending()
+                    return False
             for collection in list(self._pending):
                 docs = self._pending[collection]
                 while docs:
@@ -106,6 +185,7 @@ class Writer:
                         await self._write(collection, chunk)
                     except PyMongoError as exc:
                         self._unavailable(exc)
+                        self.spool_pending()
                         return False
                     del docs[: len(chunk)]
                     self._pending_count -= len(chunk)
@@ -120,30 +200,54 @@ class Writer:
                     for key, doc in latest.items():
                         self._latest.setdefault(key, doc)
                     self._unavailable(exc)
+                    self.spool_pending()
                     return False
             if not self.db_available:
                 log.warning("MongoDB available again")
-            self.db_available = True
+                self.db_available = True
+                self._notify(True)
             self.last_write_ms = (time.perf_counter() - started) * 1000
             return True
+
+    def _notify(self, available: bool) -> None:
+        for listener in self.outage_listeners:
+            try:
+                listener(available)
+            except Exception:  # noqa: BLE001 - a listener bug must not stop the writer
+                log.exception("outage listener failed")
+
+    def spool_status(self) -> dict[str, Any] | None:
+        return None if self.spool is None else self.spool.status()
 
     def _unavailable(self, exc: Exception) -> None:
         self.write_errors += 1
         self.last_error = repr(exc)[:300]
         if self.db_available:
-            log.error("MongoDB write failed, keeping %d documents pending: %s",
+            log.error("MongoDB write failed, %s %d documents: %s",
+                      "spooling" if self.spool is not None else "keeping",
                       self._pending_count, self.last_error)
+            self.db_available = False
+            self._notify(False)
         self.db_available = False
 
     async def _write(self, collection: str, docs: list[dict[str, Any]]) -> None:
         coll = self.db[collection]
+        if collection == schema.GAPS:
+            # Ledger entries are written when opened and again when closed: last one wins.
+            by_id = {doc["_id"]: doc for doc in docs}
+            await coll.bulk_write([ReplaceOne({"_id": k}, d, upsert=True)
+                                   for k, d in by_id.items()], ordered=False)
+            return
         if collection == schema.OHLCV:
             # Later updates of the same candle win; one upsert per candle per batch.
             by_key: dict[tuple, dict[str, Any]] = {}
             for doc in docs:
                 by_key[(doc["exchange"], doc["market"], doc["symbol"], doc["interval"], doc["ts"])] = doc
+            # Whole-document replacement (nx-27017 mis-stores dates given to $set on an existing
+            # document); a spooled document's own _id must not replace the stored one's.
             ops = [ReplaceOne({"exchange": k[0], "market": k[1], "symbol": k[2], "interval": k[3],
-                               "ts": k[4]}, doc, upsert=True) for k, doc in by_key.items()]
+                               "ts": k[4]}, {f: v for f, v in doc.items() if f != "_id"},
+                              upsert=True) for k, doc in by_key.items()]
             await coll.bulk_write(ops, ordered=False)
             self.stored += len(docs)
             return

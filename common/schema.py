@@ -50,12 +50,19 @@ GAPS = "gaps"
 
 
 def ms_to_dt(ms: int | float | str) -> datetime:
-    """Epoch milliseconds (number or numeric string) -> aware UTC datetime."""
-    return datetime.fromtimestamp(int(ms) / 1000.0, tz=UTC)
+    """Epoch milliseconds (number or numeric string) -> aware UTC datetime. Out-of-range values
+    raise ValueError (not OverflowError/OSError), like every other malformed field."""
+    try:
+        return datetime.fromtimestamp(int(ms) / 1000.0, tz=UTC)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(f"timestamp out of range: {ms!r}") from exc
 
 
 def s_to_dt(seconds: int | float | str) -> datetime:
-    return datetime.fromtimestamp(float(seconds), tz=UTC)
+    try:
+        return datetime.fromtimestamp(float(seconds), tz=UTC)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(f"timestamp out of range: {seconds!r}") from exc
 
 
 def now_utc() -> datetime:

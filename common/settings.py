@@ -31,6 +31,11 @@ class ExchangeSettings(BaseModel):
     # Seconds without any data message before a connection is declared dead (the heartbeat is
     # separate: a connection that answers pings but sends no data is still dead).
     idle_timeout_s: float = 30.0
+    # Make-before-break rotation of every connection after this many seconds (0 = off); Binance
+    # cuts connections at 24 h.
+    rotate_after_s: float = 0.0
+    # REST backfill of trades/candles after a disconnect, restart or trade-id hole.
+    backfill: bool = True
 
 
 class BinanceSettings(ExchangeSettings):
@@ -41,6 +46,7 @@ class BinanceSettings(ExchangeSettings):
     # USD-M futures: the /public and /market routes are appended to this base.
     perp_ws_url: str = "wss://fstream.binance.com"
     perp_rest_url: str = "https://fapi.binance.com"
+    rotate_after_s: float = 23.5 * 3600
 
 
 class BybitSettings(ExchangeSettings):
@@ -125,6 +131,12 @@ class Settings(BaseSettings):
     batch_size: int = 500
     flush_interval_s: float = 1.0
     queue_max: int = 200_000
+    # Disk spool for MongoDB outages (collector/RELIABILITY.md): directory, size limit and what
+    # happens when it is full: "drop_oldest" (default) or "reject" (keep in memory up to
+    # queue_max, then drop new documents).
+    spool_dir: str = "var/spool"
+    spool_max_mb: float = 512.0
+    spool_full_policy: str = "drop_oldest"
     # How often the live book is sampled into order_book snapshots and volume_liquidity records.
     book_snapshot_interval_s: float = 1.0
     book_snapshot_levels: int = 20

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import pytest
@@ -14,6 +15,7 @@ from common import schema
 from common.indexes import apply_indexes
 from common.settings import BinanceSettings, Settings
 from tests.fakes.binance import FakeBinance
+from tests.faultlog import report
 from tests.helpers import wait_for
 
 
@@ -79,7 +81,12 @@ async def test_gap_resyncs_only_that_symbol(running, fake):
     requests_before, gaps_before = fake.depth_requests, feed.stats.gaps
     fake.inject_gap("spot", "BTCUSDT")
     await wait_for(lambda: _value(feed.stats.gaps > gaps_before), what="gap detected")
+    started = time.monotonic()
     await wait_for(lambda: _synced(feed, ("spot", "BTCUSDT")), what="resynced")
+    report("sequence_gap", resync_s=time.monotonic() - started, symbols_reset=1,
+           other_symbols_reset=0)
+    gap = next(g for g in feed.gaps.recent if g.cause == "sequence_gap")
+    assert gap.symbol == "BTCUSDT" and gap.stream == "depth" and gap.end is not None
     assert fake.depth_requests == requests_before + 1    # one snapshot, for that symbol only
     other = feed.books[("spot", "BTCUSDC")]
     assert other.synced and other.update_id > other_id_before   # never reset
@@ -106,15 +113,21 @@ async def test_silent_connection_is_replaced_by_the_idle_watchdog(running, fake)
     await wait_for(lambda: _value(fake.connections >= 3), what="connected")
     connections_before = fake.connections
     fake.stall()
+    stalled_at = time.monotonic()
     await wait_for(lambda: _value(feed.stats.reconnects >= 3), timeout_s=10,
                    what="idle reconnects")
+    detect_s = time.monotonic() - stalled_at
     fake.stall(False)
     await wait_for(lambda: _value(fake.connections >= connections_before + 3), timeout_s=15,
                    what="reconnected")
     before = feed.stats.records[schema.TRADES]
+    resumed_at = time.monotonic()
     await wait_for(lambda: _value(feed.stats.records[schema.TRADES] > before), what="data again")
     await wait_for(lambda: _synced(feed, ("spot", "BTCUSDT"), ("perp", "BTCUSDT")),
                    what="books resynced after reconnect")
+    report("stall", idle_detect_s=detect_s, recovery_after_unstall_s=time.monotonic() - resumed_at,
+           idle_timeout_s=1.5)
+    assert {g.cause for g in feed.gaps.recent} >= {"idle"}
 
 
 async def _value(result):

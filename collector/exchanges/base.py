@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Coroutine
 
 import aiohttp
 
+from collector.gaps import Gap, GapLedger
 from collector.connection import Backoff, ConnectThrottle, HeartbeatPolicy, MessageHandler, \
     OpenHandler, WsConnection
 from collector.liquidity import compute_liquidity
@@ -31,6 +32,13 @@ class FeedContext:
     stats: Stats
     session: aiohttp.ClientSession
     poll_interval_s: float
+    gaps: GapLedger | None = None
+
+
+# Expected worst-case silence per stream kind (seconds) -> the idle watchdog of a connection uses
+# the shortest among its streams: books/tickers push every 100 ms-1 s, mark price every 1-3 s,
+# candles every ~2 s, while trades on a quiet symbol can pause for minutes.
+STREAM_IDLE_S = {"book": 10.0, "ticker": 20.0, "funding": 15.0, "kline": 30.0, "trades": 300.0}
 
 
 class Feed:
@@ -58,6 +66,10 @@ class Feed:
         self._pairs: dict[str, str] = {}
         self._tasks: list[asyncio.Task] = []
         self._malformed_logged_at = 0.0
+        self.gaps = ctx.gaps if ctx.gaps is not None else GapLedger(ctx.writer)
+        # Gaps that close when data flows again: connection -> its gap; "*" -> restart gap.
+        self._awaiting_data: dict[Any, Gap] = {}
+        self.rotations = 0
 
     # ---- helpers for subclasses -------------------------------------------------------------
     def pair(self, symbol: str) -> str:
@@ -103,24 +115,119 @@ class Feed:
     def is_available(self, symbol: str) -> bool:
         return symbol not in self.stats.unavailable_symbols
 
+    def idle_timeout_for(self, kinds: list[str] | None) -> float:
+        """Idle threshold of a connection: an explicitly configured ``idle_timeout_s`` wins,
+        else the shortest expected silence among its stream kinds (STREAM_IDLE_S)."""
+        if not kinds or "idle_timeout_s" in self.cfg.model_fields_set:
+            return self.cfg.idle_timeout_s
+        return min(STREAM_IDLE_S.get(k, self.cfg.idle_timeout_s) for k in kinds)
+
     def connection(self, name: str, url: str, *, on_message: MessageHandler,
                    on_open: OpenHandler | None = None,
                    heartbeat: HeartbeatPolicy = HeartbeatPolicy(),
-                   idle_timeout_s: float | None = None) -> WsConnection:
+                   idle_timeout_s: float | None = None,
+                   kinds: list[str] | None = None, market: str = "*") -> WsConnection:
+        feed = self
+
+        def tracked(conn: WsConnection, raw: str | bytes) -> bool | None:
+            result = on_message(conn, raw)
+            if feed._awaiting_data and result is not False:
+                feed._data_resumed(conn)
+            return result
+
         conn = WsConnection(
-            f"{self.name}:{name}", url, on_message=on_message, on_open=on_open,
+            f"{self.name}:{name}", url, on_message=tracked, on_open=on_open,
             on_close=self._on_close, heartbeat=heartbeat,
-            idle_timeout_s=idle_timeout_s or self.cfg.idle_timeout_s,
+            idle_timeout_s=idle_timeout_s or self.idle_timeout_for(kinds),
             backoff=Backoff(max_s=self.backoff_max_s), throttle=self.throttle)
+        conn.market = market  # type: ignore[attr-defined]
+        conn.label = name  # type: ignore[attr-defined]
+        conn.spec = (name, url, tracked, on_open, heartbeat,  # type: ignore[attr-defined]
+                     conn.idle_timeout_s)
         self.connections.append(conn)
         return conn
 
     def _on_close(self, conn: WsConnection, reason: str) -> None:
         self.stats.reconnects += 1
+        cause = "idle" if reason.startswith("no data") else "disconnect"
+        stream = f"{self.name}:{getattr(conn, 'label', conn.name)}"
+        gap = self.gaps.open(self.name, "*", getattr(conn, "market", "*"), stream, cause,
+                             detail=reason)
+        self._awaiting_data[conn] = gap
         self.on_disconnect(conn, reason)
 
     def on_disconnect(self, conn: WsConnection, reason: str) -> None:
         """Hook: a connection dropped (books on it must resync)."""
+
+    def await_data(self, gap: Gap) -> None:
+        """Close ``gap`` (and backfill it) when the first data message arrives on any
+        connection (collector restart)."""
+        self._awaiting_data["*"] = gap
+
+    def _data_resumed(self, conn: WsConnection) -> None:
+        for key in (conn, "*"):
+            gap = self._awaiting_data.pop(key, None)
+            if gap is not None:
+                self.gaps.close(gap)
+                if self.cfg.backfill:
+                    self._spawn(self._run_backfill(gap))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+
+    async def _run_backfill(self, gap: Gap) -> None:
+        try:
+            done = await self.backfill(gap)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a failed backfill leaves the gap marked not backfilled
+            log.exception("%s: backfill of %s failed", self.name, gap.id)
+            return
+        if done:
+            self.stats.backfills += 1
+            self.gaps.mark_backfilled(gap)
+
+    async def backfill(self, gap: Gap) -> bool:
+        """Hook: fetch what the gap missed over REST (through ``self.rest``/RateBudget) and
+        ``emit`` it; unique keys make overlaps harmless. Return True if the gap is fully
+        covered. Default: nothing to backfill."""
+        return False
+
+    # ---- make-before-break rotation ----------------------------------------------------------
+    async def _rotate_loop(self, conn: WsConnection, task: asyncio.Task) -> None:
+        """Before the exchange's forced cut: open a replacement connection, wait until it
+        delivers data, then stop the old one (no disconnect, no gap). Overlapping messages are
+        harmless: trades/candles dedupe on unique keys, stale book diffs are ignored."""
+        every = self.cfg.rotate_after_s
+        while True:
+            await asyncio.sleep(every)
+            name, url, handler, on_open, heartbeat, idle = conn.spec  # type: ignore[attr-defined]
+            new = WsConnection(conn.name, url, on_message=handler, on_open=on_open,
+                               on_close=self._on_close, heartbeat=heartbeat, idle_timeout_s=idle,
+                               backoff=Backoff(max_s=self.backoff_max_s), throttle=self.throttle)
+            for attr in ("market", "label", "spec", "book_market"):
+                if hasattr(conn, attr):
+                    setattr(new, attr, getattr(conn, attr))
+            new_task = asyncio.get_running_loop().create_task(new.run())
+            self._tasks.append(new_task)
+            self.connections.append(new)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (
+                    new.connected.is_set() and new.last_data_at > 0 and
+                    asyncio.get_running_loop().time() - new.last_data_at < 1.0):
+                await asyncio.sleep(0.05)
+            if not new.connected.is_set():
+                log.warning("%s: rotation failed (replacement not connected); retrying", conn.name)
+                await new.stop()       # its run() returns on its own (never cancel: gathered)
+                self.connections.remove(new)
+                continue
+            await conn.stop()           # stopping: no on_close, hence no gap; run() returns
+            self.connections.remove(conn)
+            self.rotations += 1
+            log.info("%s rotated (make-before-break)", conn.name)
+            conn, task = new, new_task
 
     # ---- to implement ------------------------------------------------------------------------
     async def prepare(self) -> None:
@@ -137,18 +244,24 @@ class Feed:
     async def run(self) -> None:
         await self.prepare()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(conn.run()) for conn in self.build_connections()]
+        conns = self.build_connections()
+        self._tasks = [loop.create_task(conn.run()) for conn in conns]
+        if self.cfg.rotate_after_s > 0:
+            self._tasks += [loop.create_task(self._rotate_loop(conn, task))
+                            for conn, task in zip(conns, list(self._tasks))]
         self._tasks += [loop.create_task(coro) for coro in self.pollers()]
         self._tasks.append(loop.create_task(self._sample_books()))
         self._tasks.append(loop.create_task(self._sample_liquidity()))
         await asyncio.gather(*self._tasks)
 
     async def stop(self) -> None:
-        for conn in self.connections:
-            await conn.stop()
-        for task in self._tasks:
+        # Concurrently: each close waits for the closing handshake (up to close_timeout).
+        await asyncio.gather(*(conn.stop() for conn in list(self.connections)),
+                             return_exceptions=True)
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def connection_status(self) -> dict[str, dict[str, Any]]:
         return {conn.name: {"connected": conn.connected.is_set(), "connects": conn.connects,

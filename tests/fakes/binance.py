@@ -4,13 +4,20 @@ order (see tests/fixtures/binance). It generates a consistent market: every dept
 the previous one (``U = prev u + 1`` on spot, ``pu = prev u`` on USD-M) and the REST depth snapshot
 is the book as of the newest diff, so a client following Binance's sync procedure stays in sync.
 
-Test controls: ``inject_gap``, ``drop_connections``, ``stall`` (socket open, no data), and
+Test controls: ``inject_gap``, ``drop_connections``, ``stall`` (socket open, no data),
+``lose_trades`` (trades happen but are not pushed: a trade-id hole), and
 ``python -m tests.fakes.binance --port N`` to run it standalone.
+
+Backfill REST (documented shapes): ``GET /api/v3/trades`` (newest ``limit`` spot trades,
+``[{id, price, qty, quoteQty, time, isBuyerMaker, isBestMatch}]``), ``GET /fapi/v1/aggTrades``
+(``[{a, p, q, f, l, T, m}]``), ``GET /api/v3/klines`` and ``/fapi/v1/klines`` (``startTime``,
+``limit``; rows as in tests/fixtures/binance/rest_klines.jsonl), built from the trades generated.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import random
 import time
@@ -32,6 +39,9 @@ class SymbolState:
     trade_id: int = 5000
     bids: dict[str, str] = field(default_factory=dict)
     asks: dict[str, str] = field(default_factory=dict)
+    # Newest trades (REST /trades, /aggTrades) and 1m candles built from every trade.
+    recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
+    candles: dict[int, list] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for i in range(1, 21):
@@ -53,6 +63,8 @@ class FakeBinance:
         self.trades_sent: dict[tuple[str, str], list[str]] = {}
         self.depth_requests = 0
         self._gap: set[tuple[str, str]] = set()
+        self._lose: dict[tuple[str, str], int] = {}
+        self.rest_requests: collections.Counter = collections.Counter()
         self._runner: web.AppRunner | None = None
         self._pump: asyncio.Task | None = None
         self.port = 0
@@ -61,6 +73,10 @@ class FakeBinance:
     def inject_gap(self, market: str, symbol: str) -> None:
         """The next diff for this symbol skips update ids (as if one was lost)."""
         self._gap.add((market, symbol))
+
+    def lose_trades(self, market: str, symbol: str, count: int) -> None:
+        """The next ``count`` trades happen (REST shows them) but are never pushed."""
+        self._lose[(market, symbol)] = count
 
     async def drop_connections(self) -> None:
         for ws in list(self.sockets):
@@ -86,6 +102,10 @@ class FakeBinance:
         app.router.add_get("/fapi/v1/depth", self._depth_perp)
         app.router.add_get("/fapi/v1/openInterest", self._open_interest)
         app.router.add_get("/fapi/v1/premiumIndex", self._premium_index)
+        app.router.add_get("/api/v3/trades", self._rest_trades)
+        app.router.add_get("/fapi/v1/aggTrades", self._rest_trades)
+        app.router.add_get("/api/v3/klines", self._rest_klines)
+        app.router.add_get("/fapi/v1/klines", self._rest_klines)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -163,6 +183,10 @@ class FakeBinance:
                 route = state.market
                 low = state.symbol.lower()
                 await self._broadcast(route, f"{low}@depth@100ms", self._diff(state, now_ms))
+                lost = self._lose.pop((state.market, state.symbol), 0)
+                for _ in range(lost):
+                    state.trade_id += 1
+                    self._trade(state, now_ms)
                 state.trade_id += 1
                 state.price += self.rng.choice((-0.5, 0.5))
                 await self._broadcast(route, f"{low}@trade" if state.market == "spot"
@@ -212,6 +236,19 @@ class FakeBinance:
         qty = f"{self.rng.randint(1, 100) * 0.001:.3f}"
         key = (state.market, state.symbol)
         self.trades_sent.setdefault(key, []).append(str(state.trade_id))
+        state.recent.append((state.trade_id, f"{state.price:.2f}", qty, now_ms,
+                             bool(state.trade_id % 2)))
+        minute = now_ms - now_ms % 60_000
+        price = state.price
+        c = state.candles.get(minute)
+        if c is None:
+            c = state.candles[minute] = [price, price, price, price, 0.0, 0.0, 0]
+            for old in [m for m in state.candles if m < minute - 600 * 60_000]:
+                del state.candles[old]
+        c[1], c[2], c[3] = max(c[1], price), min(c[2], price), price
+        c[4] += float(qty)
+        c[5] += float(qty) * price
+        c[6] += 1
         if state.market == "spot":
             return {"e": "trade", "E": now_ms, "s": state.symbol, "t": state.trade_id,
                     "p": f"{state.price:.2f}", "q": qty, "T": now_ms,
@@ -303,6 +340,40 @@ class FakeBinance:
             "indexPrice": f"{state.price - 3:.8f}", "estimatedSettlePrice": f"{state.price:.8f}",
             "lastFundingRate": "0.00010000", "nextFundingTime": now - now % 28_800_000 + 28_800_000,
             "interestRate": "0.00010000", "time": now})
+
+
+    async def _rest_trades(self, request: web.Request) -> web.Response:
+        futures = request.path.startswith("/fapi")
+        self.rest_requests[request.path] += 1
+        state = (self.perp if futures else self.spot).get(request.query.get("symbol", ""))
+        if state is None:
+            return self._error(-1121, "Invalid symbol.")
+        limit = min(int(request.query.get("limit", 500)), 1000)
+        rows = list(state.recent)[-limit:]
+        if futures:
+            body = [{"a": i, "p": p, "q": q, "f": i * 2, "l": i * 2, "T": t, "m": m}
+                    for i, p, q, t, m in rows]
+        else:
+            body = [{"id": i, "price": p, "qty": q, "quoteQty": f"{float(p) * float(q):.8f}",
+                     "time": t, "isBuyerMaker": m, "isBestMatch": True} for i, p, q, t, m in rows]
+        return web.json_response(body)
+
+    async def _rest_klines(self, request: web.Request) -> web.Response:
+        futures = request.path.startswith("/fapi")
+        self.rest_requests[request.path] += 1
+        state = (self.perp if futures else self.spot).get(request.query.get("symbol", ""))
+        if state is None:
+            return self._error(-1121, "Invalid symbol.")
+        if request.query.get("interval") != "1m":
+            return self._error(-1120, "Invalid interval.")
+        start = int(request.query.get("startTime", 0))
+        limit = min(int(request.query.get("limit", 500)), 1000)
+        rows = []
+        for minute in sorted(m for m in state.candles if m >= start - start % 60_000)[:limit]:
+            o, h, lo, c, v, q, n = state.candles[minute]
+            rows.append([minute, f"{o:.2f}", f"{h:.2f}", f"{lo:.2f}", f"{c:.2f}", f"{v:.8f}",
+                         minute + 59_999, f"{q:.8f}", n, f"{v / 2:.8f}", f"{q / 2:.8f}", "0"])
+        return web.json_response(rows)
 
 
 async def _serve(port: int) -> None:

@@ -32,3 +32,13 @@ PERP_WEIGHT_PER_MINUTE = 1920
 MAX_PARAMS_PER_SUBSCRIBE = 200
 # Error code for an unknown symbol.
 INVALID_SYMBOL = -1121
+# Backfill (no API key needed): the newest 1000 spot trades, the newest aggregate futures trades,
+# closed candles from a start time.
+SPOT_TRADES_PATH = "/api/v3/trades"
+SPOT_TRADES_WEIGHT = 25
+PERP_AGG_TRADES_PATH = "/fapi/v1/aggTrades"
+PERP_AGG_TRADES_WEIGHT = 20
+SPOT_KLINES_PATH = "/api/v3/klines"
+PERP_KLINES_PATH = "/fapi/v1/klines"
+KLINES_WEIGHT = 2
+BACKFILL_LIMIT = 1000

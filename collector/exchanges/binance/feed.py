@@ -11,10 +11,11 @@ import orjson
 from collector.booksync import Outcome, SnapshotDiffSync
 from collector.connection import WsConnection
 from collector.exchanges.base import Feed, FeedContext
+from collector.gaps import Gap
 from collector.exchanges.binance import endpoints as ep
 from collector.exchanges.binance import parsers
 from collector.rest import RateBudget, RestClient, RestError
-from common.schema import PERP, SPOT, now_utc
+from common.schema import PERP, SPOT, ms_to_dt, now_utc
 from common.settings import ExchangeSettings
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class BinanceFeed(Feed):
         self._funding_history_at: dict[str, float] = {}
         self._last_rate: dict[str, float] = {}
         self._subscribe_id = 0
+        # Spot trade ids are sequential per symbol: symbol -> (last id, its time ms).
+        self._last_trade: dict[str, tuple[int, int]] = {}
 
     # ---- setup -------------------------------------------------------------------------------
     async def prepare(self) -> None:
@@ -85,19 +88,21 @@ class BinanceFeed(Feed):
         if spot:
             streams = [t.format(s=s.lower()) for s in spot for t in ep.SPOT_STREAMS]
             conns.append(self._stream_connection("spot", self.cfg.spot_ws_url + ep.SPOT_WS_PATH,
-                                                 streams, SPOT))
+                                                 streams, SPOT,
+                                                 kinds=["ticker", "trades", "book", "kline"]))
         if perp:
             streams = [t.format(s=s.lower()) for s in perp for t in ep.PERP_PUBLIC_STREAMS]
             conns.append(self._stream_connection(
-                "perp-public", self.cfg.perp_ws_url + ep.PERP_PUBLIC_WS_PATH, streams, PERP))
+                "perp-public", self.cfg.perp_ws_url + ep.PERP_PUBLIC_WS_PATH, streams, PERP,
+                kinds=["book"]))
             streams = [t.format(s=s.lower()) for s in perp for t in ep.PERP_MARKET_STREAMS]
             conns.append(self._stream_connection(
                 "perp-market", self.cfg.perp_ws_url + ep.PERP_MARKET_WS_PATH, streams, PERP,
-                books=False))
+                books=False, kinds=["ticker", "trades", "funding", "kline"]))
         return conns
 
     def _stream_connection(self, label: str, url: str, streams: list[str], market: str,
-                           books: bool = True) -> WsConnection:
+                           books: bool = True, kinds: list[str] | None = None) -> WsConnection:
         async def on_open(conn: WsConnection) -> None:
             for start in range(0, len(streams), ep.MAX_PARAMS_PER_SUBSCRIBE):
                 self._subscribe_id += 1
@@ -109,7 +114,8 @@ class BinanceFeed(Feed):
         def on_message(conn: WsConnection, raw: str | bytes) -> bool | None:
             return self._on_message(conn, raw, market)
 
-        conn = self.connection(label, url, on_message=on_message, on_open=on_open)
+        conn = self.connection(label, url, on_message=on_message, on_open=on_open, kinds=kinds,
+                               market=market)
         conn.book_market = market if books else None  # type: ignore[attr-defined]
         return conn
 
@@ -134,6 +140,8 @@ class BinanceFeed(Feed):
             if event == "trade" or event == "aggTrade":
                 if data.get("X") == "INSURANCE_FUND":   # off-book liquidation fills
                     return True
+                if "t" in data:
+                    self._check_trade_id(data)
                 self.emit(parsers.parse_trade(data, market, received_at))
             elif event == "depthUpdate":
                 self._on_depth(market, data)
@@ -190,6 +198,8 @@ class BinanceFeed(Feed):
         outcome = sync.on_diff(parsers.parse_depth(data))
         if outcome is Outcome.GAP:
             self.stats.gaps += 1
+            self.gaps.open(self.name, symbol, market, "depth", "sequence_gap",
+                           detail=f"U={data.get('U')} pu={data.get('pu')}")
             log.warning("binance %s %s: depth gap at U=%s; resyncing this symbol",
                         market, symbol, data.get("U"))
             sync.reset()
@@ -233,6 +243,9 @@ class BinanceFeed(Feed):
                 outcome = sync.on_snapshot(bids, asks, last_id)
                 if outcome is Outcome.SYNCED:
                     self.stats.resyncs += 1
+                    gap = self.gaps.find_open(self.name, market, symbol, "depth")
+                    if gap is not None:
+                        self.gaps.close(gap)     # a book cannot be backfilled: resynced only
                     log.info("binance %s %s: book synced at update id %d", market, symbol,
                              sync.book.update_id)
                     return
@@ -242,6 +255,90 @@ class BinanceFeed(Feed):
         finally:
             if self._snapshot_tasks.get(key) is asyncio.current_task():
                 del self._snapshot_tasks[key]
+
+    # ---- trade-id continuity and backfill ----------------------------------------------------
+    def _check_trade_id(self, data: dict[str, Any]) -> None:
+        """Spot trade ids are consecutive per symbol: a hole is a gap (backfilled over REST)."""
+        symbol, trade_id, at = data["s"], int(data["t"]), int(data["T"])
+        last = self._last_trade.get(symbol)
+        self._last_trade[symbol] = (trade_id, at)
+        if last is not None and trade_id > last[0] + 1:
+            gap = self.gaps.record(self.name, symbol, SPOT, "trade", "sequence_gap",
+                                   start=ms_to_dt(last[1]), end=ms_to_dt(at),
+                                   detail=f"trade ids {last[0] + 1}..{trade_id - 1} missing")
+            gap.extra["missing_ids"] = [last[0] + 1, trade_id - 1]
+            if self.cfg.backfill:
+                self._spawn(self._run_backfill(gap))
+
+    async def backfill(self, gap: Gap) -> bool:
+        """Re-fetch what ``gap`` missed: trades (newest 1000 per symbol; complete when the oldest
+        returned trade is not newer than the gap start), closed 1m candles since the gap start,
+        and on perps funding + open interest. Everything goes through the feed's RestClients
+        (shared RateBudget) and ``emit`` (unique keys make overlaps harmless)."""
+        if gap.stream == "depth" or gap.stream.endswith("perp-public"):
+            return False        # books are not backfilled: they resync from a snapshot
+        markets = [SPOT, PERP] if gap.market == "*" else [gap.market]
+        complete = True
+        since_ms = int(gap.start.timestamp() * 1000)
+        for market in markets:
+            symbols = self.spot_symbols() if market == SPOT else self.perp_symbols()
+            if gap.symbol != "*":
+                symbols = [s for s in symbols if s == gap.symbol]
+            for symbol in symbols:
+                try:
+                    complete &= await self._backfill_trades(market, symbol, since_ms)
+                    if gap.stream != "trade":
+                        await self._backfill_klines(market, symbol, since_ms)
+                        if market == PERP:
+                            await self._repoll(symbol)
+                except RestError as exc:
+                    log.warning("binance: backfill %s %s failed: %s", market, symbol, exc)
+                    complete = False
+                except (KeyError, TypeError, ValueError, IndexError) as exc:
+                    self.malformed(exc, exc)
+                    complete = False
+        log.info("binance: backfill of %s %s", gap.id, "complete" if complete else "partial")
+        return complete
+
+    async def _backfill_trades(self, market: str, symbol: str, since_ms: int) -> bool:
+        received_at = now_utc()
+        if market == SPOT:
+            rows = await self.spot_rest.get(ep.SPOT_TRADES_PATH,
+                                            {"symbol": symbol, "limit": ep.BACKFILL_LIMIT},
+                                            weight=ep.SPOT_TRADES_WEIGHT)
+            trades = [parsers.parse_rest_trade(r, symbol, received_at) for r in rows]
+        else:
+            rows = await self.perp_rest.get(ep.PERP_AGG_TRADES_PATH,
+                                            {"symbol": symbol, "limit": ep.BACKFILL_LIMIT},
+                                            weight=ep.PERP_AGG_TRADES_WEIGHT)
+            trades = [parsers.parse_rest_agg_trade(r, symbol, received_at) for r in rows]
+        since = ms_to_dt(since_ms - 1000)
+        fresh = [t for t in trades if t.ts >= since]
+        for trade in fresh:
+            self.emit(trade)
+        self.stats.backfilled_trades += len(fresh)
+        # Complete if the page reaches back to (or before) the gap start.
+        return bool(trades) and (len(fresh) < len(trades) or len(trades) < ep.BACKFILL_LIMIT)
+
+    async def _backfill_klines(self, market: str, symbol: str, since_ms: int) -> None:
+        rest, path = (self.spot_rest, ep.SPOT_KLINES_PATH) if market == SPOT else \
+            (self.perp_rest, ep.PERP_KLINES_PATH)
+        rows = await rest.get(path, {"symbol": symbol, "interval": "1m",
+                                     "startTime": since_ms - since_ms % 60_000,
+                                     "limit": ep.BACKFILL_LIMIT}, weight=ep.KLINES_WEIGHT)
+        received_at = now_utc()
+        for row in rows:
+            candle = parsers.parse_rest_kline(row, symbol, market, received_at)
+            if candle.closed:
+                self.emit(candle)
+
+    async def _repoll(self, symbol: str) -> None:
+        received_at = now_utc()
+        payload = await self.perp_rest.get(ep.PREMIUM_INDEX_PATH, {"symbol": symbol}, weight=1)
+        self._on_funding(parsers.parse_premium_index(payload, received_at))
+        payload = await self.perp_rest.get(ep.OPEN_INTEREST_PATH, {"symbol": symbol}, weight=1)
+        mark = self.tickers.get((PERP, symbol))
+        self.emit(parsers.parse_open_interest(payload, received_at, mark.last if mark else None))
 
     # ---- REST polling ------------------------------------------------------------------------
     def pollers(self) -> list[Coroutine[Any, Any, None]]:

@@ -79,3 +79,28 @@ def parse_premium_index(payload: dict[str, Any], received_at: datetime) -> Fundi
                    next_funding_time=ms_to_dt(next_time) if next_time else None,
                    mark_price=opt_float(payload.get("markPrice")),
                    index_price=opt_float(payload.get("indexPrice")))
+
+
+def parse_rest_trade(row: dict[str, Any], symbol: str, received_at: datetime) -> Trade:
+    """``GET /api/v3/trades`` row: {id, price, qty, quoteQty, time, isBuyerMaker, isBestMatch}."""
+    return Trade(*_base(symbol, "spot", ms_to_dt(row["time"]), received_at),
+                 trade_id=str(row["id"]), price=float(row["price"]), size=float(row["qty"]),
+                 side="sell" if row["isBuyerMaker"] else "buy")
+
+
+def parse_rest_agg_trade(row: dict[str, Any], symbol: str, received_at: datetime) -> Trade:
+    """``GET /fapi/v1/aggTrades`` row: {a, p, q, f, l, T, m} (the id the stream's ``a`` uses)."""
+    return Trade(*_base(symbol, "perp", ms_to_dt(row["T"]), received_at),
+                 trade_id=str(row["a"]), price=float(row["p"]), size=float(row["q"]),
+                 side="sell" if row["m"] else "buy")
+
+
+def parse_rest_kline(row: list[Any], symbol: str, market: str, received_at: datetime,
+                     interval: str = "1m") -> Candle:
+    """``GET /api/v3/klines`` / ``/fapi/v1/klines`` row: [open time, o, h, l, c, volume, close
+    time, quote volume, trades, taker buy base, taker buy quote, ignore]. ``closed`` when the
+    close time has passed."""
+    return Candle(*_base(symbol, market, ms_to_dt(row[0]), received_at),
+                  interval=interval, open=float(row[1]), high=float(row[2]), low=float(row[3]),
+                  close=float(row[4]), volume=float(row[5]), quote_volume=opt_float(row[7]),
+                  trades=int(row[8]), closed=int(row[6]) < received_at.timestamp() * 1000)

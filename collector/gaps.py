@@ -1,0 +1,139 @@
+"""The gap ledger: every interruption of a stream, as a document in the ``gaps`` collection.
+
+    {_id, exchange, symbol, market, stream, start, end, cause, backfilled, duration_s, detail}
+
+- ``symbol`` is ``"*"`` when a whole connection (or the whole collector / database) was affected.
+- ``market``: spot | perp | ``"*"``; ``stream``: the connection name (``binance:spot``), a data
+  stream (``depth``, ``trade``), ``collector`` (restart) or ``mongodb`` (db_outage).
+- ``cause``: disconnect | idle | sequence_gap | checksum | restart | db_outage.
+- ``end`` is None while the gap is open; ``duration_s`` is set when it closes.
+- ``backfilled``: True once the missed data was fetched again (REST backfill), or for a
+  ``db_outage`` when the spool replayed everything (nothing was lost).
+
+A gap is written when it opens and again when it closes / is marked backfilled (same ``_id``,
+replaced). The documents go through the writer, so during a MongoDB outage they are spooled to
+disk like market data and reach the database when it returns.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from common import schema
+from common.schema import now_utc
+
+log = logging.getLogger(__name__)
+
+CAUSES = ("disconnect", "idle", "sequence_gap", "checksum", "restart", "db_outage")
+
+
+@dataclass
+class Gap:
+    exchange: str
+    symbol: str
+    market: str
+    stream: str
+    cause: str
+    start: datetime
+    end: datetime | None = None
+    backfilled: bool = False
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.exchange, self.market, self.symbol, self.stream)
+
+    @property
+    def id(self) -> str:
+        return (f"{self.exchange}:{self.market}:{self.symbol}:{self.stream}:"
+                f"{int(self.start.timestamp() * 1000)}")
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.end is None else round((self.end - self.start).total_seconds(), 3)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"_id": self.id, "exchange": self.exchange, "symbol": self.symbol,
+                "market": self.market, "stream": self.stream, "start": self.start,
+                "end": self.end, "cause": self.cause, "backfilled": self.backfilled,
+                "duration_s": self.duration_s, "detail": self.detail[:300], **self.extra}
+
+
+class GapLedger:
+    """Open/close bookkeeping; one per collector, shared by every feed and the writer."""
+
+    def __init__(self, writer) -> None:
+        self.writer = writer
+        self.open_gaps: dict[tuple[str, str, str, str], Gap] = {}
+        self.opened = 0
+        self.closed = 0
+        self.recent: list[Gap] = []       # the last closed gaps (tests, status)
+
+    def _save(self, gap: Gap) -> None:
+        self.writer.submit_doc(schema.GAPS, gap.to_doc())
+
+    def open(self, exchange: str, symbol: str, market: str, stream: str, cause: str, *,
+             start: datetime | None = None, detail: str = "") -> Gap:
+        """Open a gap (idempotent: an already open gap on the same stream is kept)."""
+        gap = Gap(exchange, symbol, market, stream, cause, start or now_utc(), detail=detail)
+        existing = self.open_gaps.get(gap.key)
+        if existing is not None:
+            return existing
+        self.open_gaps[gap.key] = gap
+        self.opened += 1
+        self._save(gap)
+        log.info("gap opened: %s %s %s %s (%s)", exchange, market, symbol, stream, cause)
+        return gap
+
+    def close(self, gap: Gap, *, end: datetime | None = None, backfilled: bool | None = None) -> Gap:
+        if gap.end is None:
+            gap.end = end or now_utc()
+            self.closed += 1
+            self.recent = (self.recent + [gap])[-100:]
+        if backfilled is not None:
+            gap.backfilled = backfilled
+        self.open_gaps.pop(gap.key, None)
+        self._save(gap)
+        log.info("gap closed: %s %s %s %s (%s) %.3fs%s", gap.exchange, gap.market, gap.symbol,
+                 gap.stream, gap.cause, gap.duration_s or 0.0,
+                 " backfilled" if gap.backfilled else "")
+        return gap
+
+    def record(self, exchange: str, symbol: str, market: str, stream: str, cause: str, *,
+               start: datetime, end: datetime, detail: str = "") -> Gap:
+        """A gap already over when detected (e.g. a hole in trade ids)."""
+        gap = Gap(exchange, symbol, market, stream, cause, start, detail=detail)
+        self.opened += 1
+        return self.close(gap, end=end)
+
+    def mark_backfilled(self, gap: Gap, backfilled: bool = True) -> None:
+        gap.backfilled = backfilled
+        self._save(gap)
+
+    def find_open(self, exchange: str, market: str, symbol: str, stream: str) -> Gap | None:
+        return self.open_gaps.get((exchange, market, symbol, stream))
+
+    # ---- database outages (writer listener) --------------------------------------------------
+    def on_db_availability(self, available: bool) -> None:
+        key = ("*", "*", "*", "mongodb")
+        if not available:
+            gap = self.open("*", "*", "*", "mongodb", "db_outage")
+            self._lost_before = self._lost_so_far()
+            return
+        gap = self.open_gaps.get(key)
+        if gap is None:
+            return
+        lost = self._lost_so_far() - getattr(self, "_lost_before", 0)
+        gap.extra["records_lost"] = lost
+        # Nothing lost: the spool took everything and replayed it (backfilled = complete).
+        self.close(gap, backfilled=getattr(self.writer, "spool", None) is not None and lost == 0)
+
+    def _lost_so_far(self) -> int:
+        spool = getattr(self.writer, "spool", None)
+        return getattr(self.writer, "dropped", 0) + (spool.dropped if spool is not None else 0)
+
+    def status(self) -> dict[str, Any]:
+        return {"open": len(self.open_gaps), "opened": self.opened, "closed": self.closed}

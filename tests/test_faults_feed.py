@@ -1,0 +1,168 @@
+"""Connection-level faults on the real Binance feed against the fake: drop, garbage, trade-id
+hole, make-before-break rotation. Each prints its figures (``FAULT ...``; run with -s)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiohttp
+import pytest
+
+from collector.exchanges.base import FeedContext
+from collector.exchanges.binance.feed import BinanceFeed
+from collector.gaps import GapLedger
+from collector.stats import Stats
+from collector.writer import Writer
+from common import schema
+from common.indexes import apply_indexes
+from common.settings import BinanceSettings, Settings
+from tests.fakes.binance import FakeBinance
+from tests.faultlog import report
+from tests.helpers import wait_for
+
+
+@pytest.fixture
+async def fake():
+    server = FakeBinance()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_feed(fake, db, **cfg_kw):
+    base, ws = f"http://127.0.0.1:{fake.port}", f"ws://127.0.0.1:{fake.port}"
+    cfg = BinanceSettings(spot_ws_url=ws, perp_ws_url=ws, spot_rest_url=base, perp_rest_url=base,
+                          spot_symbols=["BTCUSDT", "BTCUSDC"], **cfg_kw)
+    settings = Settings(binance=cfg, book_snapshot_interval_s=0.2, liquidity_interval_s=0.3)
+    await apply_indexes(db, settings.retention)
+    writer = Writer(db, batch_size=200, flush_interval_s=0.1)
+    ledger = GapLedger(writer)
+    async with aiohttp.ClientSession() as session:
+        feed = BinanceFeed(cfg, FeedContext(settings, writer, Stats(), session, 0.5, ledger))
+        tasks = [asyncio.create_task(feed.run()), asyncio.create_task(writer.run())]
+        try:
+            yield feed, writer
+        finally:
+            await feed.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await writer.close()
+
+
+async def _stored_ids(db, market: str, symbol: str) -> set[str]:
+    return {d["trade_id"] async for d in db[schema.TRADES].find(
+        {"market": market, "symbol": symbol}, {"trade_id": 1})}
+
+
+async def _missing(db, fake, market: str, symbol: str, upto: int) -> list[str]:
+    """Trades the fake generated (first ``upto``... after the first stored one) not in the DB."""
+    stored = await _stored_ids(db, market, symbol)
+    sent = fake.trades_sent[(market, symbol)][:upto]
+    first = min(int(i) for i in stored)
+    return [i for i in sent if int(i) >= first and i not in stored]
+
+
+async def _count(feed, coll=schema.TRADES):
+    return feed.stats.records[coll]
+
+
+async def test_drop_reconnects_and_backfills_what_was_missed(fake, mongo_db):
+    async with running_feed(fake, mongo_db) as (feed, writer):
+        await wait_for(lambda: _synced(feed, ("spot", "BTCUSDT"), ("perp", "BTCUSDT")),
+                       what="books synced")
+        await wait_for(lambda: _value(all(c.connected.is_set() for c in feed.connections)),
+                       what="all three connections up")
+        await fake.drop_connections()
+        dropped_at = time.monotonic()
+        cut = {k: len(v) for k, v in fake.trades_sent.items()}
+        before = feed.stats.records[schema.TRADES]
+        await wait_for(lambda: _value(feed.stats.records[schema.TRADES] > before + 5),
+                       what="trades again")
+        data_s = time.monotonic() - dropped_at
+        await wait_for(lambda: _synced(feed, ("spot", "BTCUSDT"), ("spot", "BTCUSDC"),
+                                       ("perp", "BTCUSDT")), what="books resynced")
+        books_s = time.monotonic() - dropped_at
+        await wait_for(lambda: _value(sum(g.backfilled for g in feed.gaps.recent) >= 2),
+                       timeout_s=10, what="gaps backfilled")
+        upto = {k: n + 20 for k, n in cut.items()}
+        await asyncio.sleep(0.5)
+        assert await writer.flush()
+        lost = 0
+        for market, symbol in (("spot", "BTCUSDT"), ("spot", "BTCUSDC"), ("perp", "BTCUSDT")):
+            lost += len(await _missing(mongo_db, fake, market, symbol, upto[(market, symbol)]))
+        gaps = [g for g in feed.gaps.recent if g.cause == "disconnect"]
+        assert len(gaps) == 3 and all(g.end is not None for g in gaps)
+        report("drop", data_again_s=data_s, books_resynced_s=books_s,
+               gaps_recorded=len(gaps), backfilled=sum(g.backfilled for g in gaps),
+               trades_lost=lost)
+        assert lost == 0
+        stored = await mongo_db[schema.GAPS].count_documents({"cause": "disconnect"})
+        assert stored == 3
+
+
+async def test_garbage_does_not_disconnect_or_stop_other_data(fake, mongo_db):
+    async with running_feed(fake, mongo_db) as (feed, _):
+        await wait_for(lambda: _value(feed.stats.records[schema.TRADES] > 10), what="trades")
+        reconnects = feed.stats.reconnects
+        started = time.monotonic()
+        for junk in ("\x00\xff garbage", "[]", "{}", '{"data": 5}', "null", '"x"',
+                     '{"stream":"x","data":{"e":"depthUpdate","s":"BTCUSDT","U":"a"}}'):
+            await fake.send_raw(junk)
+        before = feed.stats.records[schema.TRADES]
+        await wait_for(lambda: _value(feed.stats.records[schema.TRADES] > before + 10),
+                       what="trades keep flowing")
+        report("garbage", data_continues_s=time.monotonic() - started,
+               malformed=feed.stats.malformed, reconnects=feed.stats.reconnects - reconnects)
+        assert feed.stats.reconnects == reconnects and feed.stats.malformed >= 5
+
+
+async def test_trade_id_hole_is_a_gap_and_is_backfilled(fake, mongo_db):
+    async with running_feed(fake, mongo_db) as (feed, writer):
+        await wait_for(lambda: _value(feed.stats.records[schema.TRADES] > 10), what="trades")
+        fake.lose_trades("spot", "BTCUSDT", 7)
+        started = time.monotonic()
+
+        async def hole_backfilled():
+            return any(g.cause == "sequence_gap" and g.stream == "trade" and g.backfilled
+                       for g in feed.gaps.recent)
+        await wait_for(hole_backfilled, timeout_s=10, what="hole backfilled")
+        gap = next(g for g in feed.gaps.recent if g.stream == "trade")
+        first, last = gap.extra["missing_ids"]
+        assert last - first + 1 == 7
+        await wait_for(lambda: _writer_flushed(writer), what="flushed")
+        stored = await _stored_ids(mongo_db, "spot", "BTCUSDT")
+        missing = [i for i in range(first, last + 1) if str(i) not in stored]
+        report("trade_id_hole", backfill_s=time.monotonic() - started, hole=7,
+               trades_lost=len(missing))
+        assert not missing
+
+
+async def test_make_before_break_rotation_loses_nothing(fake, mongo_db):
+    async with running_feed(fake, mongo_db, rotate_after_s=1.5) as (feed, writer):
+        await wait_for(lambda: _value(feed.rotations >= 3), timeout_s=15, what="rotations")
+        await wait_for(lambda: _value(feed.rotations >= 6), timeout_s=15, what="second round")
+        upto = len(fake.trades_sent[("spot", "BTCUSDT")])
+        await asyncio.sleep(0.3)
+        assert await writer.flush()
+        lost = len(await _missing(mongo_db, fake, "spot", "BTCUSDT", upto))
+        report("rotation", rotations=feed.rotations, disconnect_gaps=feed.stats.reconnects,
+               trades_lost=lost, duplicates_rejected=writer.duplicates)
+        assert feed.stats.reconnects == 0 and not feed.gaps.recent and lost == 0
+        assert len(feed.connections) == 3
+
+
+async def _writer_flushed(writer):
+    return await writer.flush() and writer.pending == 0
+
+
+async def _value(result):
+    return result
+
+
+def _synced(feed, *keys):
+    async def check():
+        return all(k in feed.books and feed.books[k].synced for k in keys)
+    return check()
