@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Seconds after which a stream with no stored record counts as stale in /health.
     stale_after_s: float = 120.0
+    # Scale-out: "i/N" = this process owns partition i of N of the (exchange, market, symbol,
+    # stream) subscriptions (stable crc32 split, see collector/partition.py); "" = all of them.
+    partition: str = ""
 
     def exchange(self, name: str) -> ExchangeSettings:
         return getattr(self, name)

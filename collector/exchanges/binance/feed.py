@@ -8,6 +8,7 @@ from typing import Any, Coroutine
 
 import orjson
 
+from collector import partition
 from collector.booksync import Outcome, SnapshotDiffSync
 from collector.connection import WsConnection
 from collector.exchanges.base import Feed, FeedContext
@@ -79,18 +80,25 @@ class BinanceFeed(Feed):
     def perp_symbols(self) -> list[str]:
         return [s for s in self.cfg.perp_symbols if self.is_available(f"perp:{s}")]
 
+    def _streams(self, market: str, symbols: list[str], templates: tuple[str, ...]) -> list[str]:
+        """Stream names for these symbols, limited to this process's partition (if any)."""
+        spec = self.ctx.settings.partition
+        return partition.select(spec, self.name, market, (
+            (s, t.split("@", 1)[1], t.format(s=s.lower())) for s in symbols for t in templates))
+
     def build_connections(self) -> list[WsConnection]:
         conns = []
         spot, perp = self.spot_symbols(), self.perp_symbols()
-        if spot:
-            streams = [t.format(s=s.lower()) for s in spot for t in ep.SPOT_STREAMS]
+        streams = self._streams(SPOT, spot, ep.SPOT_STREAMS)
+        if streams:
             conns.append(self._stream_connection("spot", self.cfg.spot_ws_url + ep.SPOT_WS_PATH,
                                                  streams, SPOT))
-        if perp:
-            streams = [t.format(s=s.lower()) for s in perp for t in ep.PERP_PUBLIC_STREAMS]
+        streams = self._streams(PERP, perp, ep.PERP_PUBLIC_STREAMS)
+        if streams:
             conns.append(self._stream_connection(
                 "perp-public", self.cfg.perp_ws_url + ep.PERP_PUBLIC_WS_PATH, streams, PERP))
-            streams = [t.format(s=s.lower()) for s in perp for t in ep.PERP_MARKET_STREAMS]
+        streams = self._streams(PERP, perp, ep.PERP_MARKET_STREAMS)
+        if streams:
             conns.append(self._stream_connection(
                 "perp-market", self.cfg.perp_ws_url + ep.PERP_MARKET_WS_PATH, streams, PERP,
                 books=False))
@@ -245,12 +253,17 @@ class BinanceFeed(Feed):
 
     # ---- REST polling ------------------------------------------------------------------------
     def pollers(self) -> list[Coroutine[Any, Any, None]]:
-        return [self._poll_derivatives()] if self.cfg.perp_symbols else []
+        return [self._poll_derivatives()] if self._polled_symbols(self.cfg.perp_symbols) else []
+
+    def _polled_symbols(self, symbols: list[str]) -> list[str]:
+        """REST-polled perp data (open interest, initial funding) is partitioned like a stream."""
+        spec = self.ctx.settings.partition
+        return [s for s in symbols if partition.owns(spec, self.name, PERP, s, "openInterest")]
 
     async def _poll_derivatives(self) -> None:
         first = True
         while True:
-            for symbol in self.perp_symbols():
+            for symbol in self._polled_symbols(self.perp_symbols()):
                 received_at = now_utc()
                 try:
                     if first:   # funding is known before the first mark-price push
