@@ -43,8 +43,25 @@ class BookSide:
                 self.text[price] = (price_text, size_text)
 
     def apply(self, levels: Iterable[tuple[float, float]]) -> None:
+        if self.text is not None:
+            for price, size in levels:
+                self.set(price, size)
+            return
+        # Hot path (diff streams): inlined set(). A size change of an existing level (the most
+        # common update) is a plain dict store: the sorted key list does not change.
+        book = self.levels
+        contains = book.__contains__
+        dict_set = dict.__setitem__
+        sign = -1.0 if self.is_bid else 1.0
         for price, size in levels:
-            self.set(price, size)
+            key = sign * price
+            if size == 0.0:
+                if contains(key):
+                    del book[key]
+            elif contains(key):
+                dict_set(book, key, size)
+            else:
+                book[key] = size
 
     def best(self) -> tuple[float, float] | None:
         if not self.levels:

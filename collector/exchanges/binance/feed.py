@@ -15,7 +15,7 @@ from collector.exchanges.base import Feed, FeedContext
 from collector.exchanges.binance import endpoints as ep
 from collector.exchanges.binance import parsers
 from collector.rest import RateBudget, RestClient, RestError
-from common.schema import PERP, SPOT, now_utc
+from common.schema import PERP, SPOT, now_utc, received_now
 from common.settings import ExchangeSettings
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class BinanceFeed(Feed):
             msg = orjson.loads(raw)
             data = msg.get("data", msg)
             event = data.get("e")
-            received_at = now_utc()
+            received_at = received_now()
             if event == "trade" or event == "aggTrade":
                 if data.get("X") == "INSURANCE_FUND":   # off-book liquidation fills
                     return True
