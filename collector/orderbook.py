@@ -1,25 +1,32 @@
 """Price-level (L2) order book shared by every exchange.
 
-Levels are kept in sorted maps so the best N levels, depth truncation and checksums cost
-O(N log n) rather than a full sort. Quantities are absolute; a zero quantity deletes the level and
+Levels are kept in a dict plus a sorted key list so the best N levels, depth truncation and
+checksums cost O(N) list reads rather than a full sort. Quantities are absolute; a zero quantity deletes the level and
 deleting an absent level is a no-op (exchanges document that it happens). Where an exchange's
 checksum is computed over its own text, the book can also keep each level's original strings.
 """
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from typing import Iterable, Iterator
-
-from sortedcontainers import SortedDict
 
 
 class BookSide:
-    """One side of the book. Bids are keyed by -price so both sides iterate best-first."""
+    """One side of the book. Bids are keyed by -price so both sides iterate best-first.
 
-    __slots__ = ("is_bid", "levels", "text")
+    Representation (chosen for the diff hot path): ``levels`` is a plain dict key -> size and
+    ``keys`` the same keys in ascending order (a Python list maintained with ``bisect``). A size
+    change of an existing level, the most common update, is one dict store; only inserting or
+    deleting a level touches the sorted list (a C-level memmove, cheap for the few thousand
+    levels a book holds). Best level and top-N are list reads.
+    """
+
+    __slots__ = ("is_bid", "levels", "keys", "text")
 
     def __init__(self, is_bid: bool, keep_text: bool = False) -> None:
         self.is_bid = is_bid
-        self.levels: SortedDict = SortedDict()
+        self.levels: dict[float, float] = {}
+        self.keys: list[float] = []
         # price -> (price text, size text), only for checksum protocols that need the raw strings.
         self.text: dict[float, tuple[str, str]] | None = {} if keep_text else None
 
@@ -28,17 +35,24 @@ class BookSide:
 
     def clear(self) -> None:
         self.levels.clear()
+        self.keys.clear()
         if self.text is not None:
             self.text.clear()
 
     def set(self, price: float, size: float, price_text: str = "", size_text: str = "") -> None:
         key = -price if self.is_bid else price
+        levels = self.levels
         if size == 0.0:
-            self.levels.pop(key, None)
+            if key in levels:
+                del levels[key]
+                keys = self.keys
+                del keys[bisect_left(keys, key)]
             if self.text is not None:
                 self.text.pop(price, None)
         else:
-            self.levels[key] = size
+            if key not in levels:
+                insort(self.keys, key)
+            levels[key] = size
             if self.text is not None:
                 self.text[price] = (price_text, size_text)
 
@@ -47,45 +61,50 @@ class BookSide:
             for price, size in levels:
                 self.set(price, size)
             return
-        # Hot path (diff streams): inlined set(). A size change of an existing level (the most
-        # common update) is a plain dict store: the sorted key list does not change.
+        # Hot path (diff streams): set() inlined.
         book = self.levels
-        contains = book.__contains__
-        dict_set = dict.__setitem__
+        keys = self.keys
         sign = -1.0 if self.is_bid else 1.0
         for price, size in levels:
             key = sign * price
             if size == 0.0:
-                if contains(key):
+                if key in book:
                     del book[key]
-            elif contains(key):
-                dict_set(book, key, size)
+                    del keys[bisect_left(keys, key)]
             else:
+                if key not in book:
+                    insort(keys, key)
                 book[key] = size
 
     def best(self) -> tuple[float, float] | None:
-        if not self.levels:
+        if not self.keys:
             return None
-        key, size = self.levels.peekitem(0)
-        return (-key if self.is_bid else key), size
+        key = self.keys[0]
+        return (-key if self.is_bid else key), self.levels[key]
 
     def top(self, n: int) -> list[list[float]]:
         sign = -1.0 if self.is_bid else 1.0
         levels = self.levels
-        return [[sign * key, levels[key]] for key in levels.islice(0, n)]
+        return [[sign * key, levels[key]] for key in self.keys[:n]]
 
     def iter_levels(self) -> Iterator[tuple[float, float]]:
         sign = -1.0 if self.is_bid else 1.0
-        for key, size in self.levels.items():
-            yield sign * key, size
+        levels = self.levels
+        for key in self.keys:
+            yield sign * key, levels[key]
 
     def truncate(self, depth: int) -> None:
         """Drop levels beyond ``depth`` (exchanges such as Kraken/Bybit never delete them)."""
-        levels = self.levels
-        while len(levels) > depth:
-            key, _ = levels.popitem(-1)
-            if self.text is not None:
-                self.text.pop(-key if self.is_bid else key, None)
+        keys = self.keys
+        if len(keys) <= depth:
+            return
+        dropped = keys[depth:]
+        del keys[depth:]
+        levels, text = self.levels, self.text
+        for key in dropped:
+            del levels[key]
+            if text is not None:
+                text.pop(-key if self.is_bid else key, None)
 
 
 class OrderBook:

@@ -67,11 +67,11 @@ async def run_floor(args) -> dict[str, Any]:
 
     meter = Meter(args.warmup + 1, args.count)
     loads = orjson.loads
-    if args.kind in ("depth", "mix"):
-        await fetch_snapshots(args)
     async with connect(args.ws_url + "/stream", max_size=2 ** 24, max_queue=256,
                        ping_interval=None) as ws:
         await ws.send(orjson.dumps({"method": "SUBSCRIBE", "params": ["x@trade"], "id": 1}).decode())
+        if args.kind in ("depth", "mix"):
+            await fetch_snapshots(args)
         async for raw in ws:
             msg = loads(raw)
             if "data" in msg:
@@ -121,7 +121,8 @@ def make_feed(args, writer, session, meter: Meter | None):
 
                     def counted(c, raw, inner=inner, tick=meter.tick):
                         result = inner(c, raw)
-                        tick()
+                        if result is not False:     # data only (acks return False)
+                            tick()
                         return result
                     conn.on_message = counted
             return conns
@@ -193,15 +194,23 @@ async def fresh_db(uri: str, name: str):
     return client, db
 
 
+def production_writer(db):
+    """The real Writer configured exactly as collector/app.py does (Settings defaults)."""
+    from collector.writer import Writer
+    from common.settings import Settings
+
+    settings = Settings(_env_file=None)
+    return Writer(db, batch_size=settings.batch_size, flush_interval_s=settings.flush_interval_s,
+                  queue_max=settings.queue_max)
+
+
 async def run_store(args) -> dict[str, Any]:
     """Real feed + real Writer: time from the first message to all trades acknowledged."""
     import aiohttp
 
-    from collector.writer import Writer
-
     client, db = await fresh_db(args.mongodb_uri, f"bench_store_{args.tag}")
     meter = Meter(1, args.count)
-    writer = Writer(db)     # production defaults: batch_size 500, flush_interval_s 1.0
+    writer = production_writer(db)
     start = cpu_s()
     async with aiohttp.ClientSession() as session:
         feed, _ = make_feed(args, writer, session, meter)
@@ -231,7 +240,7 @@ async def run_ceiling(args) -> dict[str, Any]:
     from datetime import datetime, timedelta, timezone
 
     client, db = await fresh_db(args.mongodb_uri, f"bench_ceiling_{args.tag}")
-    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    base = datetime.now(timezone.utc)      # younger than the TTL retention
     docs = [{"exchange": "binance", "symbol": "BTCUSDT", "pair": "BTC/USDT", "market": "spot",
              "ts": base + timedelta(milliseconds=i), "received_at": base + timedelta(milliseconds=i),
              "trade_id": str(1_000_000 + i), "price": 65000.0 + (i % 100) * 0.01,
@@ -251,17 +260,17 @@ async def run_latency(args) -> dict[str, Any]:
     """Fixed-rate trades through the real feed and Writer; per-document receive -> ack latency."""
     import aiohttp
 
-    from collector.writer import Writer
-
     client, db = await fresh_db(args.mongodb_uri, f"bench_latency_{args.tag}")
-    writer = Writer(db)     # production defaults
-    latencies: list[float] = []
+    writer = production_writer(db)
+    samples: list[tuple[float, float]] = []
     original = writer._write
 
     async def timed_write(collection: str, docs: list[dict[str, Any]]) -> None:
         await original(collection, docs)
         acked = time.time()
-        latencies.extend(acked - d["received_at"].timestamp() for d in docs)
+        for d in docs:
+            received = d["received_at"].timestamp()
+            samples.append((received, acked - received))
     writer._write = timed_write          # instrumentation only; the real write still happens
 
     meter = Meter(1, args.count)
@@ -269,18 +278,23 @@ async def run_latency(args) -> dict[str, Any]:
         feed, _ = make_feed(args, writer, session, meter)
         tasks = [asyncio.create_task(feed.run()), asyncio.create_task(writer.run())]
         await wait_or_fail(meter.done, tasks[0], args.timeout)
-        deadline = time.monotonic() + 10
-        while len(latencies) < args.count and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        # Everything received is acknowledged within two flush intervals plus the write time.
+        await asyncio.sleep(writer.flush_interval_s * 2 + 1.0)
         await feed.stop()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     await client.drop_database(db.name)
     await client.close()
-    lat = sorted(latencies[args.warmup:]) or [float("nan")]
+    # Steady state only: drop the first and the last second of receive times (start-up, and the
+    # tail of a finite run, which waits for the timer flush instead of a full batch).
+    if samples:
+        first, last = samples[0][0], max(r for r, _ in samples)
+        latencies = [lat for r, lat in samples if first + 1.0 <= r <= last - 1.0]
+    lat = sorted(latencies) or [float("nan")]
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]  # noqa: E731
-    return {"docs": len(latencies), "rate": args.rate, "p50_ms": q(0.50) * 1000,
+    return {"docs": len(samples), "measured_docs": len(latencies), "rate": args.rate,
+            "kind": args.kind, "flush_interval_s": writer.flush_interval_s, "p50_ms": q(0.50) * 1000,
             "p99_ms": q(0.99) * 1000, "max_ms": lat[-1] * 1000,
             "achieved_msgs_per_s": meter.result()["msgs_per_s"]}
 

@@ -54,9 +54,18 @@ def parse_mark_price(d: dict[str, Any], received_at: datetime) -> Funding:
                    mark_price=opt_float(d.get("p")), index_price=opt_float(d.get("i")))
 
 
+def _levels(raw: list) -> list[tuple[float, float]]:
+    """Binance levels are exactly ``[price, qty]``: unpacking beats indexing; anything else
+    falls back to the generic parser (which raises for malformed input)."""
+    try:
+        return [(float(p), float(q)) for p, q in raw]
+    except (ValueError, TypeError):
+        return parse_levels(raw)
+
+
 def parse_depth(d: dict[str, Any]) -> Diff:
     """``depthUpdate`` -> Diff (``pu`` present on USD-M only)."""
-    return Diff(int(d["U"]), int(d["u"]), d.get("pu"), parse_levels(d["b"]), parse_levels(d["a"]))
+    return Diff(int(d["U"]), int(d["u"]), d.get("pu"), _levels(d["b"]), _levels(d["a"]))
 
 
 def parse_depth_snapshot(payload: dict[str, Any]):
