@@ -8,7 +8,7 @@ checksum is computed over its own text, the book can also keep each level's orig
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 
 class BookSide:
@@ -67,6 +67,28 @@ class BookSide:
         sign = -1.0 if self.is_bid else 1.0
         for price, size in levels:
             key = sign * price
+            if size == 0.0:
+                if key in book:
+                    del book[key]
+                    del keys[bisect_left(keys, key)]
+            else:
+                if key not in book:
+                    insort(keys, key)
+                book[key] = size
+
+    def apply_text(self, levels: Iterable[Sequence[str]]) -> None:
+        """Like ``apply`` for levels still in wire form (``[["price", "qty", ...], ...]``):
+        converts while applying, without building intermediate tuples."""
+        if self.text is not None:
+            for level in levels:
+                self.set(float(level[0]), float(level[1]), level[0], level[1])
+            return
+        book = self.levels
+        keys = self.keys
+        sign = -1.0 if self.is_bid else 1.0
+        for level in levels:
+            key = sign * float(level[0])
+            size = float(level[1])
             if size == 0.0:
                 if key in book:
                     del book[key]
@@ -142,6 +164,16 @@ class OrderBook:
               update_id: int | None = None) -> None:
         self.bids.apply(bids)
         self.asks.apply(asks)
+        if update_id is not None:
+            self.update_id = update_id
+        self.changed = True
+
+    def apply_text(self, bids: Iterable[Sequence[str]], asks: Iterable[Sequence[str]],
+                   update_id: int | None = None) -> None:
+        """``apply`` for wire-form levels. A malformed level raises ValueError/TypeError with
+        the book partly updated: the caller must then resync the book."""
+        self.bids.apply_text(bids)
+        self.asks.apply_text(asks)
         if update_id is not None:
             self.update_id = update_id
         self.changed = True

@@ -195,7 +195,22 @@ class BinanceFeed(Feed):
         if sync is None:
             sync = self.syncs[key] = SnapshotDiffSync(self.book(market, symbol),
                                                       use_prev_id=(market == PERP))
-        outcome = sync.on_diff(parsers.parse_depth(data))
+        book = sync.book
+        if book.synced:
+            # Hot path: sequence check, then apply straight from the decoded message.
+            last_id = int(data["u"])
+            outcome = sync.admit(int(data["U"]), last_id, data.get("pu"))
+            if outcome is Outcome.APPLIED:
+                try:
+                    book.apply_text(data["b"], data["a"], last_id)
+                except (KeyError, IndexError, TypeError, ValueError):
+                    # A malformed level may have been half applied: rebuild this book.
+                    self._cancel_snapshot(key)
+                    sync.reset()
+                    raise
+                return
+        else:
+            outcome = sync.on_diff(parsers.parse_depth(data))
         if outcome is Outcome.GAP:
             self.stats.gaps += 1
             log.warning("binance %s %s: depth gap at U=%s; resyncing this symbol",

@@ -31,11 +31,15 @@ def parse_ticker(d: dict[str, Any], market: str, received_at: datetime) -> Ticke
     """``24hrTicker``. The futures ticker has no best bid/ask (``b``/``a`` absent)."""
     symbol = d["s"]
     get = d.get
+    # Binance sends these as decimal strings: absent (None) and "" both mean "not provided",
+    # exactly opt_float's rule, inlined (11 calls per ticker).
     return Ticker(EXCHANGE, symbol, _pair(symbol), market, ms_to_dt(d["E"]), received_at,
-                  float(d["c"]), opt_float(get("b")), opt_float(get("B")), opt_float(get("a")),
-                  opt_float(get("A")), opt_float(get("o")), opt_float(get("h")),
-                  opt_float(get("l")), opt_float(get("v")), opt_float(get("q")),
-                  opt_float(get("P")))
+                  float(d["c"]),
+                  float(b) if (b := get("b")) else None, float(b) if (b := get("B")) else None,
+                  float(b) if (b := get("a")) else None, float(b) if (b := get("A")) else None,
+                  float(b) if (b := get("o")) else None, float(b) if (b := get("h")) else None,
+                  float(b) if (b := get("l")) else None, float(b) if (b := get("v")) else None,
+                  float(b) if (b := get("q")) else None, float(b) if (b := get("P")) else None)
 
 
 def parse_kline(d: dict[str, Any], market: str, received_at: datetime) -> Candle:
