@@ -21,12 +21,13 @@ class BookSide:
     levels a book holds). Best level and top-N are list reads.
     """
 
-    __slots__ = ("is_bid", "levels", "keys", "text")
+    __slots__ = ("is_bid", "levels", "keys", "text", "_key_cache")
 
     def __init__(self, is_bid: bool, keep_text: bool = False) -> None:
         self.is_bid = is_bid
         self.levels: dict[float, float] = {}
         self.keys: list[float] = []
+        self._key_cache: dict[str, float] = {}
         # price -> (price text, size text), only for checksum protocols that need the raw strings.
         self.text: dict[float, tuple[str, str]] | None = {} if keep_text else None
 
@@ -76,7 +77,7 @@ class BookSide:
                     insort(keys, key)
                 book[key] = size
 
-    def apply_text(self, levels: Iterable[Sequence[str]]) -> None:
+    def apply_text(self, levels: Sequence[Sequence[str]]) -> None:
         """Like ``apply`` for levels still in wire form (``[["price", "qty", ...], ...]``):
         converts while applying, without building intermediate tuples."""
         if self.text is not None:
@@ -86,9 +87,19 @@ class BookSide:
         book = self.levels
         keys = self.keys
         sign = -1.0 if self.is_bid else 1.0
-        for level in levels:
-            key = sign * float(level[0])
-            size = float(level[1])
+        # Price text -> key: the same few hundred price strings recur in every diff, and a dict
+        # hit is cheaper than float() + sign. Pure mapping, so it never goes stale; bounded.
+        cache = self._key_cache
+        if len(cache) > 16384:
+            cache.clear()
+        get = cache.get
+        # [price, qty] pairs (Binance) unpack faster than indexing; longer levels are sliced.
+        pairs = levels if levels and len(levels[0]) == 2 else [lv[:2] for lv in levels]
+        for price, qty in pairs:
+            key = get(price)
+            if key is None:
+                key = cache[price] = sign * float(price)
+            size = float(qty)
             if size == 0.0:
                 if key in book:
                     del book[key]
@@ -168,7 +179,7 @@ class OrderBook:
             self.update_id = update_id
         self.changed = True
 
-    def apply_text(self, bids: Iterable[Sequence[str]], asks: Iterable[Sequence[str]],
+    def apply_text(self, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]],
                    update_id: int | None = None) -> None:
         """``apply`` for wire-form levels. A malformed level raises ValueError/TypeError with
         the book partly updated: the caller must then resync the book."""

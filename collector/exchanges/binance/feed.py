@@ -138,22 +138,21 @@ class BinanceFeed(Feed):
             msg = orjson.loads(raw)
             data = msg.get("data", msg)
             event = data.get("e")
-            received_at = received_now()
             if event == "trade" or event == "aggTrade":
                 if data.get("X") == "INSURANCE_FUND":   # off-book liquidation fills
                     return True
-                self.emit(parsers.parse_trade(data, market, received_at))
+                self.emit(parsers.parse_trade(data, market, received_now()))
             elif event == "depthUpdate":
                 self._on_depth(market, data)
             elif event == "24hrTicker":
-                ticker = parsers.parse_ticker(data, market, received_at)
+                ticker = parsers.parse_ticker(data, market, received_now())
                 if ticker.bid is None:
                     self._fill_bbo(ticker)
                 self.emit(ticker)
             elif event == "kline":
-                self.emit(parsers.parse_kline(data, market, received_at))
+                self.emit(parsers.parse_kline(data, market, received_now()))
             elif event == "markPriceUpdate":
-                self._on_funding(parsers.parse_mark_price(data, received_at))
+                self._on_funding(parsers.parse_mark_price(data, received_now()))
             elif event == "serverShutdown":
                 conn.reconnect("server shutdown notice")
                 return False
