@@ -93,7 +93,8 @@ class BookSide:
         if len(cache) > 16384:
             cache.clear()
         get = cache.get
-        # [price, qty] pairs (Binance) unpack faster than indexing; longer levels are sliced.
+        # [price, qty] pairs (Binance) unpack faster than indexing; longer levels (OKX-style
+        # [price, qty, ...]) are sliced. All levels of one message must have the same shape.
         pairs = levels if levels and len(levels[0]) == 2 else [lv[:2] for lv in levels]
         for price, qty in pairs:
             key = get(price)
