@@ -68,21 +68,33 @@ class SnapshotDiffSync:
                 return Outcome.GAP
         return Outcome.SYNCED
 
-    def _apply(self, diff: Diff) -> Outcome:
+    def admit(self, first_id: int, last_id: int, prev_id: int | None) -> Outcome:
+        """Sequence check of a diff against the synced book, without touching the levels.
+
+        ``APPLIED`` means the diff continues the book and the caller must apply it now (then
+        ``book.update_id`` must become ``last_id``); ``STALE``/``GAP`` as for ``on_diff``. This
+        lets a feed apply a synced diff straight from the decoded message (no Diff object, no
+        intermediate level tuples): the hot path of every depth stream.
+        """
         book = self.book
         local = book.update_id if book.update_id is not None else -1
-        if diff.last_id < local + (0 if self.use_prev_id else 1):
+        if last_id < local + (0 if self.use_prev_id else 1):
             return Outcome.STALE
         if self._first_pending:
-            if diff.first_id > local + 1:
+            if first_id > local + 1:
                 return Outcome.GAP
             self._first_pending = False
         elif self.use_prev_id:
-            if diff.last_id <= local:
+            if last_id <= local:
                 return Outcome.STALE    # already applied (overlapping connections on rotation)
-            if diff.prev_id != local:
+            if prev_id != local:
                 return Outcome.GAP
-        elif diff.first_id != local + 1:
+        elif first_id != local + 1:
             return Outcome.GAP
-        book.apply(diff.bids, diff.asks, diff.last_id)
         return Outcome.APPLIED
+
+    def _apply(self, diff: Diff) -> Outcome:
+        outcome = self.admit(diff.first_id, diff.last_id, diff.prev_id)
+        if outcome is Outcome.APPLIED:
+            self.book.apply(diff.bids, diff.asks, diff.last_id)
+        return outcome

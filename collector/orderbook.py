@@ -1,25 +1,33 @@
 """Price-level (L2) order book shared by every exchange.
 
-Levels are kept in sorted maps so the best N levels, depth truncation and checksums cost
-O(N log n) rather than a full sort. Quantities are absolute; a zero quantity deletes the level and
+Levels are kept in a dict plus a sorted key list so the best N levels, depth truncation and
+checksums cost O(N) list reads rather than a full sort. Quantities are absolute; a zero quantity deletes the level and
 deleting an absent level is a no-op (exchanges document that it happens). Where an exchange's
 checksum is computed over its own text, the book can also keep each level's original strings.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
-
-from sortedcontainers import SortedDict
+from bisect import bisect_left, insort
+from typing import Iterable, Iterator, Sequence
 
 
 class BookSide:
-    """One side of the book. Bids are keyed by -price so both sides iterate best-first."""
+    """One side of the book. Bids are keyed by -price so both sides iterate best-first.
 
-    __slots__ = ("is_bid", "levels", "text")
+    Representation (chosen for the diff hot path): ``levels`` is a plain dict key -> size and
+    ``keys`` the same keys in ascending order (a Python list maintained with ``bisect``). A size
+    change of an existing level, the most common update, is one dict store; only inserting or
+    deleting a level touches the sorted list (a C-level memmove, cheap for the few thousand
+    levels a book holds). Best level and top-N are list reads.
+    """
+
+    __slots__ = ("is_bid", "levels", "keys", "text", "_key_cache")
 
     def __init__(self, is_bid: bool, keep_text: bool = False) -> None:
         self.is_bid = is_bid
-        self.levels: SortedDict = SortedDict()
+        self.levels: dict[float, float] = {}
+        self.keys: list[float] = []
+        self._key_cache: dict[str, float] = {}
         # price -> (price text, size text), only for checksum protocols that need the raw strings.
         self.text: dict[float, tuple[str, str]] | None = {} if keep_text else None
 
@@ -28,47 +36,109 @@ class BookSide:
 
     def clear(self) -> None:
         self.levels.clear()
+        self.keys.clear()
         if self.text is not None:
             self.text.clear()
 
     def set(self, price: float, size: float, price_text: str = "", size_text: str = "") -> None:
         key = -price if self.is_bid else price
+        levels = self.levels
         if size == 0.0:
-            self.levels.pop(key, None)
+            if key in levels:
+                del levels[key]
+                keys = self.keys
+                del keys[bisect_left(keys, key)]
             if self.text is not None:
                 self.text.pop(price, None)
         else:
-            self.levels[key] = size
+            if key not in levels:
+                insort(self.keys, key)
+            levels[key] = size
             if self.text is not None:
                 self.text[price] = (price_text, size_text)
 
     def apply(self, levels: Iterable[tuple[float, float]]) -> None:
+        if self.text is not None:
+            for price, size in levels:
+                self.set(price, size)
+            return
+        # Hot path (diff streams): set() inlined.
+        book = self.levels
+        keys = self.keys
+        sign = -1.0 if self.is_bid else 1.0
         for price, size in levels:
-            self.set(price, size)
+            key = sign * price
+            if size == 0.0:
+                if key in book:
+                    del book[key]
+                    del keys[bisect_left(keys, key)]
+            else:
+                if key not in book:
+                    insort(keys, key)
+                book[key] = size
+
+    def apply_text(self, levels: Sequence[Sequence[str]]) -> None:
+        """Like ``apply`` for levels still in wire form (``[["price", "qty", ...], ...]``):
+        converts while applying, without building intermediate tuples."""
+        if self.text is not None:
+            for level in levels:
+                self.set(float(level[0]), float(level[1]), level[0], level[1])
+            return
+        book = self.levels
+        keys = self.keys
+        sign = -1.0 if self.is_bid else 1.0
+        # Price text -> key: the same few hundred price strings recur in every diff, and a dict
+        # hit is cheaper than float() + sign. Pure mapping, so it never goes stale; bounded.
+        cache = self._key_cache
+        if len(cache) > 16384:
+            cache.clear()
+        get = cache.get
+        # [price, qty] pairs (Binance) unpack faster than indexing; longer levels (OKX-style
+        # [price, qty, ...]) are sliced. All levels of one message must have the same shape.
+        pairs = levels if levels and len(levels[0]) == 2 else [lv[:2] for lv in levels]
+        for price, qty in pairs:
+            key = get(price)
+            if key is None:
+                key = cache[price] = sign * float(price)
+            size = float(qty)
+            if size == 0.0:
+                if key in book:
+                    del book[key]
+                    del keys[bisect_left(keys, key)]
+            else:
+                if key not in book:
+                    insort(keys, key)
+                book[key] = size
 
     def best(self) -> tuple[float, float] | None:
-        if not self.levels:
+        if not self.keys:
             return None
-        key, size = self.levels.peekitem(0)
-        return (-key if self.is_bid else key), size
+        key = self.keys[0]
+        return (-key if self.is_bid else key), self.levels[key]
 
     def top(self, n: int) -> list[list[float]]:
         sign = -1.0 if self.is_bid else 1.0
         levels = self.levels
-        return [[sign * key, levels[key]] for key in levels.islice(0, n)]
+        return [[sign * key, levels[key]] for key in self.keys[:n]]
 
     def iter_levels(self) -> Iterator[tuple[float, float]]:
         sign = -1.0 if self.is_bid else 1.0
-        for key, size in self.levels.items():
-            yield sign * key, size
+        levels = self.levels
+        for key in self.keys:
+            yield sign * key, levels[key]
 
     def truncate(self, depth: int) -> None:
         """Drop levels beyond ``depth`` (exchanges such as Kraken/Bybit never delete them)."""
-        levels = self.levels
-        while len(levels) > depth:
-            key, _ = levels.popitem(-1)
-            if self.text is not None:
-                self.text.pop(-key if self.is_bid else key, None)
+        keys = self.keys
+        if len(keys) <= depth:
+            return
+        dropped = keys[depth:]
+        del keys[depth:]
+        levels, text = self.levels, self.text
+        for key in dropped:
+            del levels[key]
+            if text is not None:
+                text.pop(-key if self.is_bid else key, None)
 
 
 class OrderBook:
@@ -106,6 +176,16 @@ class OrderBook:
               update_id: int | None = None) -> None:
         self.bids.apply(bids)
         self.asks.apply(asks)
+        if update_id is not None:
+            self.update_id = update_id
+        self.changed = True
+
+    def apply_text(self, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]],
+                   update_id: int | None = None) -> None:
+        """``apply`` for wire-form levels. A malformed level raises ValueError/TypeError with
+        the book partly updated: the caller must then resync the book."""
+        self.bids.apply_text(bids)
+        self.asks.apply_text(asks)
         if update_id is not None:
             self.update_id = update_id
         self.changed = True

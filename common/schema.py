@@ -21,6 +21,7 @@ Sides: ``side`` on a trade is the **taker** (aggressor) side, ``buy`` or ``sell`
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
@@ -49,11 +50,14 @@ STATUS = "status"
 GAPS = "gaps"
 
 
+_fromtimestamp = datetime.fromtimestamp     # positional tz: ~2x cheaper than tz=UTC
+
+
 def ms_to_dt(ms: int | float | str) -> datetime:
     """Epoch milliseconds (number or numeric string) -> aware UTC datetime. Out-of-range values
     raise ValueError (not OverflowError/OSError), like every other malformed field."""
     try:
-        return datetime.fromtimestamp(int(ms) / 1000.0, tz=UTC)
+        return _fromtimestamp(int(ms) / 1000.0, UTC)
     except (OverflowError, OSError) as exc:
         raise ValueError(f"timestamp out of range: {ms!r}") from exc
 
@@ -66,7 +70,26 @@ def s_to_dt(seconds: int | float | str) -> datetime:
 
 
 def now_utc() -> datetime:
-    return datetime.now(tz=UTC)
+    return datetime.now(UTC)
+
+
+_received_ms = -1
+_received_dt = datetime.fromtimestamp(0, UTC)
+
+
+def received_now(_time=time.time) -> datetime:
+    """Receive timestamp for the message hot path: now, truncated to the millisecond.
+
+    BSON dates hold milliseconds, so truncating loses nothing that is stored; the datetime is
+    built once per millisecond and shared by every message received in it (a burst read from one
+    socket buffer), instead of once per message.
+    """
+    global _received_ms, _received_dt
+    ms = int(_time() * 1000)
+    if ms != _received_ms:
+        _received_ms = ms
+        _received_dt = _fromtimestamp(ms / 1000.0, UTC)
+    return _received_dt
 
 
 def opt_float(value: Any) -> float | None:
@@ -250,9 +273,25 @@ RECORD_TYPES: tuple[type[Record], ...] = (
 FIELDS: dict[type[Record], tuple[str, ...]] = {cls: _all_slots(cls) for cls in RECORD_TYPES}
 
 
+def _compile_to_doc(cls: type[Record]):
+    """A per-class ``record -> dict`` function with the field names unrolled (one dict display,
+    no getattr loop): about 2x cheaper than the generic comprehension on the hot path."""
+    fields = FIELDS[cls]
+    body = ", ".join(f"{name!r}: r.{name}" for name in fields)
+    namespace: dict[str, Any] = {}
+    exec(f"def to_doc_{cls.__name__}(r):\n    return {{{body}}}\n", namespace)  # noqa: S102
+    return namespace[f"to_doc_{cls.__name__}"]
+
+
+_TO_DOC = {cls: _compile_to_doc(cls) for cls in RECORD_TYPES}
+
+
 def to_doc(record: Record) -> dict[str, Any]:
     """Record -> MongoDB document (a flat dict of its fields)."""
-    return {name: getattr(record, name) for name in FIELDS[type(record)]}
+    convert = _TO_DOC.get(type(record))
+    if convert is None:
+        return {name: getattr(record, name) for name in _all_slots(type(record))}
+    return convert(record)
 
 
 def latest_id(record: Record) -> str:

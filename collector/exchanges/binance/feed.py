@@ -8,6 +8,7 @@ from typing import Any, Coroutine
 
 import orjson
 
+from collector import partition
 from collector.booksync import Outcome, SnapshotDiffSync
 from collector.connection import WsConnection
 from collector.exchanges.base import Feed, FeedContext
@@ -15,7 +16,7 @@ from collector.gaps import Gap
 from collector.exchanges.binance import endpoints as ep
 from collector.exchanges.binance import parsers
 from collector.rest import RateBudget, RestClient, RestError
-from common.schema import PERP, SPOT, ms_to_dt, now_utc
+from common.schema import PERP, SPOT, ms_to_dt, now_utc, received_now
 from common.settings import ExchangeSettings
 
 log = logging.getLogger(__name__)
@@ -82,20 +83,27 @@ class BinanceFeed(Feed):
     def perp_symbols(self) -> list[str]:
         return [s for s in self.cfg.perp_symbols if self.is_available(f"perp:{s}")]
 
+    def _streams(self, market: str, symbols: list[str], templates: tuple[str, ...]) -> list[str]:
+        """Stream names for these symbols, limited to this process's partition (if any)."""
+        spec = self.ctx.settings.partition
+        return partition.select(spec, self.name, market, (
+            (s, t.split("@", 1)[1], t.format(s=s.lower())) for s in symbols for t in templates))
+
     def build_connections(self) -> list[WsConnection]:
         conns = []
         spot, perp = self.spot_symbols(), self.perp_symbols()
-        if spot:
-            streams = [t.format(s=s.lower()) for s in spot for t in ep.SPOT_STREAMS]
+        streams = self._streams(SPOT, spot, ep.SPOT_STREAMS)
+        if streams:
             conns.append(self._stream_connection("spot", self.cfg.spot_ws_url + ep.SPOT_WS_PATH,
                                                  streams, SPOT,
                                                  kinds=["ticker", "trades", "book", "kline"]))
-        if perp:
-            streams = [t.format(s=s.lower()) for s in perp for t in ep.PERP_PUBLIC_STREAMS]
+        streams = self._streams(PERP, perp, ep.PERP_PUBLIC_STREAMS)
+        if streams:
             conns.append(self._stream_connection(
                 "perp-public", self.cfg.perp_ws_url + ep.PERP_PUBLIC_WS_PATH, streams, PERP,
                 kinds=["book"]))
-            streams = [t.format(s=s.lower()) for s in perp for t in ep.PERP_MARKET_STREAMS]
+        streams = self._streams(PERP, perp, ep.PERP_MARKET_STREAMS)
+        if streams:
             conns.append(self._stream_connection(
                 "perp-market", self.cfg.perp_ws_url + ep.PERP_MARKET_WS_PATH, streams, PERP,
                 books=False, kinds=["ticker", "trades", "funding", "kline"]))
@@ -136,24 +144,23 @@ class BinanceFeed(Feed):
             msg = orjson.loads(raw)
             data = msg.get("data", msg)
             event = data.get("e")
-            received_at = now_utc()
             if event == "trade" or event == "aggTrade":
                 if data.get("X") == "INSURANCE_FUND":   # off-book liquidation fills
                     return True
                 if "t" in data:
                     self._check_trade_id(data)
-                self.emit(parsers.parse_trade(data, market, received_at))
+                self.emit(parsers.parse_trade(data, market, received_now()))
             elif event == "depthUpdate":
                 self._on_depth(market, data)
             elif event == "24hrTicker":
-                ticker = parsers.parse_ticker(data, market, received_at)
+                ticker = parsers.parse_ticker(data, market, received_now())
                 if ticker.bid is None:
                     self._fill_bbo(ticker)
                 self.emit(ticker)
             elif event == "kline":
-                self.emit(parsers.parse_kline(data, market, received_at))
+                self.emit(parsers.parse_kline(data, market, received_now()))
             elif event == "markPriceUpdate":
-                self._on_funding(parsers.parse_mark_price(data, received_at))
+                self._on_funding(parsers.parse_mark_price(data, received_now()))
             elif event == "serverShutdown":
                 conn.reconnect("server shutdown notice")
                 return False
@@ -195,7 +202,22 @@ class BinanceFeed(Feed):
         if sync is None:
             sync = self.syncs[key] = SnapshotDiffSync(self.book(market, symbol),
                                                       use_prev_id=(market == PERP))
-        outcome = sync.on_diff(parsers.parse_depth(data))
+        book = sync.book
+        if book.synced:
+            # Hot path: sequence check, then apply straight from the decoded message.
+            last_id = int(data["u"])
+            outcome = sync.admit(int(data["U"]), last_id, data.get("pu"))
+            if outcome is Outcome.APPLIED:
+                try:
+                    book.apply_text(data["b"], data["a"], last_id)
+                except (KeyError, IndexError, TypeError, ValueError):
+                    # A malformed level may have been half applied: rebuild this book.
+                    self._cancel_snapshot(key)
+                    sync.reset()
+                    raise
+                return
+        else:
+            outcome = sync.on_diff(parsers.parse_depth(data))
         if outcome is Outcome.GAP:
             self.stats.gaps += 1
             self.gaps.open(self.name, symbol, market, "depth", "sequence_gap",
@@ -342,12 +364,17 @@ class BinanceFeed(Feed):
 
     # ---- REST polling ------------------------------------------------------------------------
     def pollers(self) -> list[Coroutine[Any, Any, None]]:
-        return [self._poll_derivatives()] if self.cfg.perp_symbols else []
+        return [self._poll_derivatives()] if self._polled_symbols(self.cfg.perp_symbols) else []
+
+    def _polled_symbols(self, symbols: list[str]) -> list[str]:
+        """REST-polled perp data (open interest, initial funding) is partitioned like a stream."""
+        spec = self.ctx.settings.partition
+        return [s for s in symbols if partition.owns(spec, self.name, PERP, s, "openInterest")]
 
     async def _poll_derivatives(self) -> None:
         first = True
         while True:
-            for symbol in self.perp_symbols():
+            for symbol in self._polled_symbols(self.perp_symbols()):
                 received_at = now_utc()
                 try:
                     if first:   # funding is known before the first mark-price push

@@ -1,0 +1,50 @@
+"""Smoke test of the benchmark harness: ``--quick`` runs end to end and produces every figure.
+
+Deliberately no wall-clock thresholds (CI machines are shared and noisy): only that each figure
+was measured, is a positive number and that ratios were computed.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(300)
+def test_quick_benchmark_produces_all_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "tests.bench.collector_bench", "--quick",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=280)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    res = orjson.loads(out.read_bytes())
+
+    def positive(x):
+        return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+    for kind in ("trade", "ticker", "depth", "kline", "trade_wss"):
+        t = res["throughput"][kind]
+        for key in ("ours_msgs_per_s", "floor_msgs_per_s", "ratio", "cpu_ratio",
+                    "ours_cpu_us_per_msg", "floor_cpu_us_per_msg", "ours_peak_rss_mb"):
+            assert positive(t[key]), (kind, key, t)
+    s = res["storage"]
+    assert positive(s["ours_docs_per_s"]) and positive(s["ceiling_docs_per_s"])
+    assert positive(s["ratio"]) and s["docs_in_db"] >= s["docs"] > 0
+    lat = res["latency"]
+    assert positive(lat["p50_ms"]) and positive(lat["p99_ms"]) and lat["measured_docs"] > 0
+    growth = res["growth"]
+    assert set(growth["symbols"]) == {"1", "10", "100"}
+    assert set(growth["levels"]) == {"20", "400", "1000"}
+    for rows in growth.values():
+        for row in rows.values():
+            assert positive(row["cpu_us_per_msg"]) and positive(row["peak_rss_mb"])
+    assert growth["symbols"]["100"]["synced_books"] == 100
+    assert growth["levels"]["1000"]["book_levels"] > 400
+    figures = {row["figure"] for row in res["table"]}
+    assert len(figures) == 8 and all(row["ratio"] not in ("", None) for row in res["table"])
