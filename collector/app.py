@@ -17,6 +17,7 @@ from sentry_sdk.integrations.asyncio import AsyncioIntegration
 from collector.exchanges import load_feed_class
 from collector.exchanges.base import Feed, FeedContext
 from collector.gaps import GapLedger
+from collector.partition import parse_partition
 from collector.spool import Spool
 from collector.stats import Stats
 from collector.writer import Writer
@@ -33,7 +34,20 @@ COLLECTION_LABELS = {
     schema.OHLCV: "OHLCV", schema.FUNDING_RATES: "FUNDING RATES",
     schema.OPEN_INTEREST: "OPEN INTEREST", schema.VOLUME_LIQUIDITY: "VOLUME/LIQUIDITY",
 }
-STATUS_ID = "collector"
+
+
+def status_id(partition_spec: str) -> str:
+    """``_id`` of this process's status document: ``collector``, or ``collector-<i>-of-<N>``
+    for partition i of N (each process reports its own; the API merges them)."""
+    index, count = parse_partition(partition_spec)
+    return "collector" if count == 1 else f"collector-{index}-of-{count}"
+
+
+def spool_dir(settings: Settings) -> str:
+    """One spool directory per partition: processes must never replay each other's segments."""
+    index, count = parse_partition(settings.partition)
+    return settings.spool_dir if count == 1 else os.path.join(settings.spool_dir,
+                                                              f"{index}-of-{count}")
 DISPLAY_NAMES = {"binance": "Binance", "bybit": "Bybit", "kraken": "Kraken", "gateio": "Gate.io",
                  "okx": "OKX"}
 
@@ -43,15 +57,16 @@ class Collector:
         self.settings = settings
         self.poll_interval_s = poll_interval_s or settings.poll_interval_s
         self.stats = Stats()
+        self.status_id = status_id(settings.partition)
         self.client = make_client(settings)
         self.db = get_database(self.client, settings)
         self.writer = Writer(self.db, batch_size=settings.batch_size,
                              flush_interval_s=settings.flush_interval_s,
                              queue_max=settings.queue_max,
-                             spool=Spool(settings.spool_dir,
+                             spool=Spool(spool_dir(settings),
                                          max_bytes=int(settings.spool_max_mb * 2 ** 20),
                                          policy=settings.spool_full_policy))
-        self.gaps = GapLedger(self.writer)
+        self.gaps = GapLedger(self.writer, owner=self.status_id)
         self.writer.outage_listeners.append(self.gaps.on_db_availability)
         self.feeds: list[Feed] = []
         self._tasks: list[asyncio.Task] = []
@@ -93,7 +108,7 @@ class Collector:
     async def _previous_heartbeat(self):
         """``updated_at`` of the previous run's status document (None on a first start)."""
         try:
-            doc = await self.db[schema.STATUS].find_one({"_id": STATUS_ID}, {"updated_at": 1})
+            doc = await self.db[schema.STATUS].find_one({"_id": self.status_id}, {"updated_at": 1})
         except PyMongoError as exc:
             log.error("could not read the previous status (restart gap unknown): %r", exc)
             return None
@@ -102,7 +117,8 @@ class Collector:
             # Gaps the previous run left open end at its last heartbeat; the restart gap
             # covers the time after that.
             try:
-                async for gap in self.db[schema.GAPS].find({"end": None}):
+                async for gap in self.db[schema.GAPS].find({"end": None,
+                                                            "collector": self.status_id}):
                     end = max(previous, gap["start"])
                     gap.update(end=end,
                                duration_s=round((end - gap["start"]).total_seconds(), 3),
@@ -143,13 +159,15 @@ class Collector:
         for feed in self.feeds:
             doc = self.stats.exchange(feed.name).as_doc()
             doc["connections"] = feed.connection_status()
+            doc["books"] = feed.book_states()
             doc["last_record_at"] = {
                 coll: {k: schema.s_to_dt(v) for k, v in per.items()}
                 for coll, per in self.stats.exchange(feed.name).last_record_at.items()}
             exchanges[feed.name] = doc
         writer = self.writer
         return {
-            "_id": STATUS_ID, "updated_at": schema.now_utc(),
+            "_id": self.status_id, "partition": self.settings.partition or None,
+            "updated_at": schema.now_utc(),
             "started_at": schema.s_to_dt(self.stats.started_at),
             "host": socket.gethostname(), "pid": os.getpid(),
             "writer": {"stored": writer.stored, "pending": writer.pending,
@@ -165,7 +183,7 @@ class Collector:
         doc = self.status_doc()
         doc["running"] = not final
         try:
-            await self.db[schema.STATUS].replace_one({"_id": STATUS_ID}, doc, upsert=True)
+            await self.db[schema.STATUS].replace_one({"_id": self.status_id}, doc, upsert=True)
         except PyMongoError as exc:
             log.debug("status write failed: %r", exc)
 

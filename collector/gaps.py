@@ -1,11 +1,14 @@
 """The gap ledger: every interruption of a stream, as a document in the ``gaps`` collection.
 
-    {_id, exchange, symbol, market, stream, start, end, cause, backfilled, duration_s, detail}
+    {_id, exchange, symbol, market, stream, start, end, cause, backfilled, duration_s, detail,
+     collector}
 
 - ``symbol`` is ``"*"`` when a whole connection (or the whole collector / database) was affected.
 - ``market``: spot | perp | ``"*"``; ``stream``: the connection name (``binance:spot``), a data
   stream (``depth``, ``trade``), ``collector`` (restart) or ``mongodb`` (db_outage).
 - ``cause``: disconnect | idle | sequence_gap | checksum | restart | db_outage.
+- ``collector``: the status-document id of the recording process (``collector`` or
+  ``collector-<i>-of-<N>`` when partitioned).
 - ``end`` is None while the gap is open; ``duration_s`` is set when it closes.
 - ``backfilled``: True once the missed data was fetched again (REST backfill), or for a
   ``db_outage`` when the spool replayed everything (nothing was lost).
@@ -65,15 +68,20 @@ class Gap:
 class GapLedger:
     """Open/close bookkeeping; one per collector, shared by every feed and the writer."""
 
-    def __init__(self, writer) -> None:
+    def __init__(self, writer, owner: str = "collector") -> None:
         self.writer = writer
+        # The status-document id of the process that records these gaps (partitions): on a
+        # restart a process closes only the gaps it left open itself.
+        self.owner = owner
         self.open_gaps: dict[tuple[str, str, str, str], Gap] = {}
         self.opened = 0
         self.closed = 0
         self.recent: list[Gap] = []       # the last closed gaps (tests, status)
 
     def _save(self, gap: Gap) -> None:
-        self.writer.submit_doc(schema.GAPS, gap.to_doc())
+        doc = gap.to_doc()
+        doc["collector"] = self.owner
+        self.writer.submit_doc(schema.GAPS, doc)
 
     def open(self, exchange: str, symbol: str, market: str, stream: str, cause: str, *,
              start: datetime | None = None, detail: str = "") -> Gap:

@@ -11,9 +11,13 @@ class ListWriter:
 
     def __init__(self) -> None:
         self.records = []
+        self.docs: list[tuple[str, dict]] = []     # ready documents (gap ledger entries)
 
     def submit(self, record, *, history: bool = True) -> None:
         self.records.append(record)
+
+    def submit_doc(self, collection: str, doc: dict) -> None:
+        self.docs.append((collection, doc))
 
     def of(self, cls):
         return [r for r in self.records if isinstance(r, cls)]

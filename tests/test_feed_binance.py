@@ -86,7 +86,7 @@ async def test_gap_resyncs_only_that_symbol(running, fake):
     report("sequence_gap", resync_s=time.monotonic() - started, symbols_reset=1,
            other_symbols_reset=0)
     gap = next(g for g in feed.gaps.recent if g.cause == "sequence_gap")
-    assert gap.symbol == "BTCUSDT" and gap.stream == "depth" and gap.end is not None
+    assert gap.symbol == "BTCUSDT" and gap.stream == "book" and gap.end is not None
     assert fake.depth_requests == requests_before + 1    # one snapshot, for that symbol only
     other = feed.books[("spot", "BTCUSDC")]
     assert other.synced and other.update_id > other_id_before   # never reset

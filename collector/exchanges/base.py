@@ -10,15 +10,16 @@ from typing import Any, ClassVar, Coroutine
 
 import aiohttp
 
+from collector import partition
 from collector.gaps import Gap, GapLedger
 from collector.connection import Backoff, ConnectThrottle, HeartbeatPolicy, MessageHandler, \
     OpenHandler, WsConnection
 from collector.liquidity import compute_liquidity
 from collector.orderbook import OrderBook
-from collector.rest import RateBudget, RestClient
+from collector.rest import RateBudget, RestClient, RestError
 from collector.stats import Stats
 from collector.writer import Writer
-from common.schema import BookSnapshot, Record, Ticker, now_utc
+from common.schema import PERP, SPOT, BookSnapshot, Record, Ticker, now_utc, s_to_dt
 from common.settings import ExchangeSettings, Settings
 from common.symbols import pair_from_symbol
 
@@ -70,6 +71,8 @@ class Feed:
         # Gaps that close when data flows again: connection -> its gap; "*" -> restart gap.
         self._awaiting_data: dict[Any, Gap] = {}
         self.rotations = 0
+        # Books that lost integrity and are resyncing: (market, symbol) -> epoch seconds since.
+        self._books_resyncing: dict[tuple[str, str], float] = {}
 
     # ---- helpers for subclasses -------------------------------------------------------------
     def pair(self, symbol: str) -> str:
@@ -77,6 +80,16 @@ class Feed:
         if pair is None:
             pair = self._pairs[symbol] = pair_from_symbol(symbol)
         return pair
+
+    def owns(self, market: str, symbol: str, stream: str) -> bool:
+        """Whether this process's partition owns the (market, symbol, stream) subscription
+        (always true without ``CRYPTODATA_PARTITION``); see collector/partition.py."""
+        return partition.owns(self.ctx.settings.partition, self.name, market, symbol, stream)
+
+    def symbols(self, market: str) -> list[str]:
+        """Configured native symbols of ``market`` that are not marked unavailable."""
+        configured = self.cfg.spot_symbols if market == SPOT else self.cfg.perp_symbols
+        return [s for s in configured if self.is_available(s)]
 
     def rest(self, base_url: str) -> RestClient:
         return RestClient(self.ctx.session, base_url, self.rest_budget)
@@ -151,13 +164,58 @@ class Feed:
         self.stats.reconnects += 1
         cause = "idle" if reason.startswith("no data") else "disconnect"
         stream = f"{self.name}:{getattr(conn, 'label', conn.name)}"
+        # The gap starts at the last data message, not at the detection: an idle watchdog
+        # notices a silent connection only after its threshold, and backfill must cover that.
+        start = None
+        if conn.last_data_at:
+            silent_s = asyncio.get_running_loop().time() - conn.last_data_at
+            start = s_to_dt(time.time() - max(0.0, silent_s))
         gap = self.gaps.open(self.name, "*", getattr(conn, "market", "*"), stream, cause,
-                             detail=reason)
+                             start=start, detail=reason)
         self._awaiting_data[conn] = gap
         self.on_disconnect(conn, reason)
 
     def on_disconnect(self, conn: WsConnection, reason: str) -> None:
         """Hook: a connection dropped (books on it must resync)."""
+
+    # ---- book integrity (every exchange) -----------------------------------------------------
+    def book_lost_sync(self, market: str, symbol: str, cause: str, detail: str = "") -> None:
+        """A book can no longer be trusted (sequence gap, checksum mismatch, crossed book):
+        count it, mark it resyncing (``/realtime`` and ``/orderbook`` show that) and open its
+        ledger gap; ``book_in_sync`` closes it. Snapshots are not sampled meanwhile."""
+        self.stats.gaps += 1
+        key = (market, symbol)
+        self._books_resyncing.setdefault(key, time.time())
+        book = self.books.get(key)
+        if book is not None:
+            book.synced = False
+        self.gaps.open(self.name, symbol, market, "book", cause, detail=detail)
+        log.warning("%s %s %s: book resync (%s: %s)", self.name, market, symbol, cause, detail)
+
+    def book_in_sync(self, market: str, symbol: str) -> None:
+        """The book of (market, symbol) was rebuilt from a fresh snapshot."""
+        if self._books_resyncing.pop((market, symbol), None) is not None:
+            self.stats.resyncs += 1
+        gap = self.gaps.find_open(self.name, market, symbol, "book")
+        if gap is not None:
+            self.gaps.close(gap)        # a book cannot be backfilled: it is resynced
+
+    def book_states(self) -> dict[str, dict[str, Any]]:
+        """Per book ``market:symbol``: state live | syncing (first snapshot pending) |
+        resyncing (lost integrity or its connection), since when, and the last update id."""
+        states = {}
+        for (market, symbol), book in self.books.items():
+            since = self._books_resyncing.get((market, symbol))
+            if book.synced:
+                state = "live"
+            elif since is not None or book.update_id is not None:
+                state = "resyncing"
+            else:
+                state = "syncing"
+            states[f"{market}:{symbol}"] = {
+                "state": state, "since": s_to_dt(since) if since else None,
+                "update_id": book.update_id}
+        return states
 
     def await_data(self, gap: Gap) -> None:
         """Close ``gap`` (and backfill it) when the first data message arrives on any
@@ -190,10 +248,59 @@ class Feed:
             self.gaps.mark_backfilled(gap)
 
     async def backfill(self, gap: Gap) -> bool:
-        """Hook: fetch what the gap missed over REST (through ``self.rest``/RateBudget) and
-        ``emit`` it; unique keys make overlaps harmless. Return True if the gap is fully
-        covered. Default: nothing to backfill."""
+        """Re-fetch over REST what ``gap`` missed and ``emit`` it (unique keys make overlaps
+        harmless): trades since the gap start, closed candles since then, and on perps funding
+        and open interest re-polled. Books are not backfilled (they resync from a snapshot).
+        Everything goes through the feed's RestClients, i.e. its shared RateBudget. Returns
+        True if the gap is fully covered."""
+        if gap.stream == "book":
+            return False
+        markets = [SPOT, PERP] if gap.market == "*" else [gap.market]
+        since = s_to_dt(gap.start.timestamp() - 1.0)
+        complete = True
+        for market in markets:
+            symbols = [s for s in self.symbols(market) if gap.symbol in ("*", s)
+                       and self.owns_trades(market, s)]
+            for symbol in symbols:
+                try:
+                    complete &= await self.backfill_trades(market, symbol, since)
+                    if gap.stream != "trade":
+                        await self.backfill_candles(market, symbol, since)
+                        if market == PERP:
+                            await self.repoll_derivatives(symbol)
+                except RestError as exc:
+                    log.warning("%s: backfill %s %s failed: %s", self.name, market, symbol, exc)
+                    complete = False
+                except (KeyError, TypeError, ValueError, IndexError) as exc:
+                    self.malformed(exc, exc)
+                    complete = False
+        log.info("%s: backfill of %s %s", self.name, gap.id, "complete" if complete else "partial")
+        return complete
+
+    def owns_trades(self, market: str, symbol: str) -> bool:
+        """Whether this partition collects the trades of (market, symbol) (and so backfills
+        that symbol)."""
+        return self.owns(market, symbol, "trades")
+
+    async def backfill_trades(self, market: str, symbol: str, since) -> bool:
+        """Hook: emit the trades of (market, symbol) since ``since`` (aware datetime) from the
+        exchange's REST API; True if the fetched page reaches back to ``since``."""
         return False
+
+    async def backfill_candles(self, market: str, symbol: str, since) -> None:
+        """Hook: emit the closed 1m candles of (market, symbol) since ``since``."""
+
+    async def repoll_derivatives(self, symbol: str) -> None:
+        """Hook: re-poll funding and open interest of a perpetual over REST."""
+
+    def emit_backfilled_trades(self, trades: list, since, page_limit: int) -> bool:
+        """Emit the trades of one REST page at or after ``since``; True if the page reaches
+        back to ``since`` (it held older trades, or fewer than a full page)."""
+        fresh = [t for t in trades if t.ts >= since]
+        for trade in fresh:
+            self.emit(trade)
+        self.stats.backfilled_trades += len(fresh)
+        return bool(trades) and (len(fresh) < len(trades) or len(trades) < page_limit)
 
     # ---- make-before-break rotation ----------------------------------------------------------
     async def _rotate_loop(self, conn: WsConnection, task: asyncio.Task) -> None:

@@ -12,7 +12,6 @@ from collector import partition
 from collector.booksync import Outcome, SnapshotDiffSync
 from collector.connection import WsConnection
 from collector.exchanges.base import Feed, FeedContext
-from collector.gaps import Gap
 from collector.exchanges.binance import endpoints as ep
 from collector.exchanges.binance import parsers
 from collector.rest import RateBudget, RestClient, RestError
@@ -219,11 +218,8 @@ class BinanceFeed(Feed):
         else:
             outcome = sync.on_diff(parsers.parse_depth(data))
         if outcome is Outcome.GAP:
-            self.stats.gaps += 1
-            self.gaps.open(self.name, symbol, market, "depth", "sequence_gap",
-                           detail=f"U={data.get('U')} pu={data.get('pu')}")
-            log.warning("binance %s %s: depth gap at U=%s; resyncing this symbol",
-                        market, symbol, data.get("U"))
+            self.book_lost_sync(market, symbol, "sequence_gap",
+                                f"depth gap at U={data.get('U')} pu={data.get('pu')}")
             sync.reset()
             sync.on_diff(parsers.parse_depth(data))
             outcome = Outcome.BUFFERED
@@ -264,10 +260,7 @@ class BinanceFeed(Feed):
                     continue
                 outcome = sync.on_snapshot(bids, asks, last_id)
                 if outcome is Outcome.SYNCED:
-                    self.stats.resyncs += 1
-                    gap = self.gaps.find_open(self.name, market, symbol, "depth")
-                    if gap is not None:
-                        self.gaps.close(gap)     # a book cannot be backfilled: resynced only
+                    self.book_in_sync(market, symbol)
                     log.info("binance %s %s: book synced at update id %d", market, symbol,
                              sync.book.update_id)
                     return
@@ -292,37 +285,16 @@ class BinanceFeed(Feed):
             if self.cfg.backfill:
                 self._spawn(self._run_backfill(gap))
 
-    async def backfill(self, gap: Gap) -> bool:
-        """Re-fetch what ``gap`` missed: trades (newest 1000 per symbol; complete when the oldest
-        returned trade is not newer than the gap start), closed 1m candles since the gap start,
-        and on perps funding + open interest. Everything goes through the feed's RestClients
-        (shared RateBudget) and ``emit`` (unique keys make overlaps harmless)."""
-        if gap.stream == "depth" or gap.stream.endswith("perp-public"):
-            return False        # books are not backfilled: they resync from a snapshot
-        markets = [SPOT, PERP] if gap.market == "*" else [gap.market]
-        complete = True
-        since_ms = int(gap.start.timestamp() * 1000)
-        for market in markets:
-            symbols = self.spot_symbols() if market == SPOT else self.perp_symbols()
-            if gap.symbol != "*":
-                symbols = [s for s in symbols if s == gap.symbol]
-            for symbol in symbols:
-                try:
-                    complete &= await self._backfill_trades(market, symbol, since_ms)
-                    if gap.stream != "trade":
-                        await self._backfill_klines(market, symbol, since_ms)
-                        if market == PERP:
-                            await self._repoll(symbol)
-                except RestError as exc:
-                    log.warning("binance: backfill %s %s failed: %s", market, symbol, exc)
-                    complete = False
-                except (KeyError, TypeError, ValueError, IndexError) as exc:
-                    self.malformed(exc, exc)
-                    complete = False
-        log.info("binance: backfill of %s %s", gap.id, "complete" if complete else "partial")
-        return complete
+    def owns_trades(self, market: str, symbol: str) -> bool:
+        stream = "trade" if market == SPOT else "aggTrade"
+        return self.owns(market, symbol, stream)
 
-    async def _backfill_trades(self, market: str, symbol: str, since_ms: int) -> bool:
+    def symbols(self, market: str) -> list[str]:
+        return self.spot_symbols() if market == SPOT else self.perp_symbols()
+
+    async def backfill_trades(self, market: str, symbol: str, since) -> bool:
+        """The newest 1000 trades (spot) / aggregate trades (USD-M): complete when the page
+        reaches back to the gap start."""
         received_at = now_utc()
         if market == SPOT:
             rows = await self.spot_rest.get(ep.SPOT_TRADES_PATH,
@@ -334,17 +306,12 @@ class BinanceFeed(Feed):
                                             {"symbol": symbol, "limit": ep.BACKFILL_LIMIT},
                                             weight=ep.PERP_AGG_TRADES_WEIGHT)
             trades = [parsers.parse_rest_agg_trade(r, symbol, received_at) for r in rows]
-        since = ms_to_dt(since_ms - 1000)
-        fresh = [t for t in trades if t.ts >= since]
-        for trade in fresh:
-            self.emit(trade)
-        self.stats.backfilled_trades += len(fresh)
-        # Complete if the page reaches back to (or before) the gap start.
-        return bool(trades) and (len(fresh) < len(trades) or len(trades) < ep.BACKFILL_LIMIT)
+        return self.emit_backfilled_trades(trades, since, ep.BACKFILL_LIMIT)
 
-    async def _backfill_klines(self, market: str, symbol: str, since_ms: int) -> None:
+    async def backfill_candles(self, market: str, symbol: str, since) -> None:
         rest, path = (self.spot_rest, ep.SPOT_KLINES_PATH) if market == SPOT else \
             (self.perp_rest, ep.PERP_KLINES_PATH)
+        since_ms = int(since.timestamp() * 1000)
         rows = await rest.get(path, {"symbol": symbol, "interval": "1m",
                                      "startTime": since_ms - since_ms % 60_000,
                                      "limit": ep.BACKFILL_LIMIT}, weight=ep.KLINES_WEIGHT)
@@ -354,7 +321,7 @@ class BinanceFeed(Feed):
             if candle.closed:
                 self.emit(candle)
 
-    async def _repoll(self, symbol: str) -> None:
+    async def repoll_derivatives(self, symbol: str) -> None:
         received_at = now_utc()
         payload = await self.perp_rest.get(ep.PREMIUM_INDEX_PATH, {"symbol": symbol}, weight=1)
         self._on_funding(parsers.parse_premium_index(payload, received_at))
