@@ -53,8 +53,10 @@ logs:
 test: install
 	$(VENV)/bin/python -m pytest
 
-## Static checks of the deployment: systemd units (systemd-analyze) and the Ansible playbook
-## (syntax, ansible-lint, a real index/TTL provisioning run against a test database).
+## Checks of the deployment: systemd units (systemd-analyze, supervisord.conf parsed with the
+## unit's environment) and the Ansible playbook (syntax, ansible-lint, a real index/TTL
+## provisioning run against a test database, and - as root - site.yml rendered into a staging
+## tree whose files are verified).
 check-deploy: install
 	$(VENV)/bin/pip install --quiet -r deploy/requirements-ci.txt
 	PYTHON=$(abspath $(VENV))/bin/python deploy/systemd/check.sh

@@ -23,7 +23,7 @@ def main() -> None:
     from sentry_sdk.integrations.aiohttp import AioHttpIntegration
 
     from common.sentry import init_sentry
-    init_sentry("api", [AioHttpIntegration()])
+    init_sentry("api", [AioHttpIntegration()], settings)
     web.run_app(create_app(settings), host=args.host, port=args.port,
                 loop=uvloop.new_event_loop(), access_log=None if not args.debug else
                 logging.getLogger("aiohttp.access"), print=None)

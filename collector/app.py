@@ -73,8 +73,6 @@ class Collector:
         self.stopped = asyncio.Event()
 
     async def run(self, duration_s: float = 0.0) -> None:
-        # Inside the running loop, so unhandled task exceptions reach Sentry (when a DSN is set).
-        init_sentry("collector", [AsyncioIntegration()])
         previous = await self._previous_heartbeat()
         loop = asyncio.get_running_loop()
         # Collect even if MongoDB is not up yet; indexes follow as soon as it is.
@@ -220,11 +218,18 @@ def configure_logging(level: str) -> None:
     logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
+async def _main(settings: Settings, duration_s: float, poll_interval_s: float | None) -> None:
+    # Sentry first and inside the running loop: unhandled task exceptions get the asyncio
+    # mechanism, and errors in Collector.__init__ (e.g. an unusable spool_dir) are reported too.
+    init_sentry("collector", [AsyncioIntegration()], settings)
+    await Collector(settings, poll_interval_s=poll_interval_s).run(duration_s)
+
+
 def run(duration_s: float = 0.0, poll_interval_s: float | None = None) -> None:
     import uvloop
 
     settings = Settings()
     configure_logging(settings.log_level)
     started = time.monotonic()
-    uvloop.run(Collector(settings, poll_interval_s=poll_interval_s).run(duration_s))
+    uvloop.run(_main(settings, duration_s, poll_interval_s))
     log.info("collector ran for %.1fs", time.monotonic() - started)

@@ -1,19 +1,20 @@
 """Shared Sentry setup for every cryptodata program.
 
-Configuration (environment, read here so ``common/settings.py`` stays untouched):
+Configuration comes from ``common.settings.Settings`` (so the environment, ``.env`` and
+``CRYPTODATA_CONFIG_FILE`` all work):
 
-- ``CRYPTODATA_SENTRY_DSN``: DSN; empty/unset -> Sentry is not initialised and nothing is sent;
-- ``CRYPTODATA_ENVIRONMENT`` (default ``production``): the ``environment`` of every event;
-- ``CRYPTODATA_RELEASE``: release name; default ``cryptodata@<git short sha>`` when the code is a
-  git checkout, else ``cryptodata@unknown``.
+- ``sentry_dsn`` (``CRYPTODATA_SENTRY_DSN``): empty -> Sentry is not initialised, nothing is sent;
+- ``environment`` (``CRYPTODATA_ENVIRONMENT``, default ``production``): every event's environment;
+- ``release`` (``CRYPTODATA_RELEASE``): default ``cryptodata@<git short sha>`` in a git checkout,
+  else the deployed ``REVISION``, else ``cryptodata@unknown``.
 
 Calls (one line each):
 
-- API (before ``web.run_app``):
-  ``init_sentry("api", [AioHttpIntegration()])``
-- collector (first statement of the coroutine run by ``asyncio.run``/``uvloop.run``, i.e. INSIDE
-  the running loop, so unhandled task exceptions get the ``asyncio`` mechanism):
-  ``init_sentry("collector", [AsyncioIntegration()])``
+- API (before ``web.run_app``): ``init_sentry("api", [AioHttpIntegration()], settings)``
+- collector (first statement of the coroutine run by ``uvloop.run``, i.e. INSIDE the running
+  loop, so unhandled task exceptions get the ``asyncio`` mechanism, and before the Collector is
+  built, so its constructor's errors are reported): ``init_sentry("collector",
+  [AsyncioIntegration()], settings)``
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import re
 import subprocess
 from pathlib import Path
 from typing import Any, Iterable
+
+from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +42,12 @@ _SECRET_PAIR = re.compile(
 _SECRET_KEY = re.compile(_SECRET_NAME, re.IGNORECASE)
 
 
-def get_config() -> dict[str, str]:
+def get_config(settings: Settings | None = None) -> dict[str, str]:
+    settings = settings or Settings()
     return {
-        "dsn": os.environ.get("CRYPTODATA_SENTRY_DSN", "").strip(),
-        "environment": os.environ.get("CRYPTODATA_ENVIRONMENT", "").strip() or "production",
-        "release": os.environ.get("CRYPTODATA_RELEASE", "").strip() or default_release(),
+        "dsn": settings.sentry_dsn.strip(),
+        "environment": settings.environment.strip() or "production",
+        "release": settings.release.strip() or default_release(),
     }
 
 
@@ -96,11 +100,12 @@ def before_breadcrumb(crumb: dict, hint: dict) -> dict:
     return scrub(crumb)
 
 
-def init_sentry(program: str, integrations: Iterable[Any] = (), **options: Any) -> bool:
+def init_sentry(program: str, integrations: Iterable[Any] = (), settings: Settings | None = None,
+                **options: Any) -> bool:
     """Initialise sentry_sdk for ``program``; returns False (and sends nothing) without a DSN."""
-    config = get_config()
+    config = get_config(settings)
     if not config["dsn"]:
-        log.debug("Sentry disabled: CRYPTODATA_SENTRY_DSN is not set")
+        log.debug("Sentry disabled: no sentry_dsn (CRYPTODATA_SENTRY_DSN)")
         return False
     import sentry_sdk
     from sentry_sdk.integrations.logging import LoggingIntegration

@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     # REST polling cadence (open interest, funding fallback); the CLI's POLL_INTERVAL_S overrides.
     poll_interval_s: float = 30.0
 
+    # Sentry (common/sentry.py): an empty DSN means nothing is sent. ``release`` defaults to
+    # cryptodata@<git commit> (or the REVISION file the deployment writes).
+    sentry_dsn: str = ""
+    environment: str = "production"
+    release: str = ""
+
     api_host: str = "127.0.0.1"
     api_port: int = 5001
     log_level: str = "INFO"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # All operations checks, as CI runs them (see deploy/OPERATIONS.md "What was verified where").
-# Needs: apt systemd (>= 252), git; a venv with requirements.txt + ansible==12.3.0 + ansible-lint==26.10.1
+# Needs: root (the Ansible render check installs root-owned files into a staging tree), apt systemd
+# (>= 252), git; a venv with requirements.txt + deploy/requirements-ci.txt
 # (PYTHON=/path/to/venv/bin/python, default .venv/bin/python).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

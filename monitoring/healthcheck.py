@@ -5,14 +5,16 @@
 
 Checks
 - the API ``/health`` endpoint (``status`` healthy/degraded/unhealthy, MongoDB reachability,
-  collector heartbeat age, per-exchange data freshness);
+  collector heartbeat age, per-exchange stream freshness: ``stream_age_s``/``stale_streams``);
 - every supervisord program state, via XML-RPC over the unix socket.
 
-Exit codes (Nagios plugin convention): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (bad usage).
+Exit codes (Nagios plugin convention): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (bad usage or
+the check itself failed).
 
-When ``CRYPTODATA_SENTRY_DSN`` (or ``--sentry-dsn``) is set, each problem is reported to Sentry with
-a stable fingerprint per component (``healthcheck``, component) so one incident stays one issue
-however often the timer fires, and a cron check-in (monitor ``cryptodata-healthcheck``) is sent
+When a Sentry DSN is configured (settings ``sentry_dsn``: ``CRYPTODATA_SENTRY_DSN``, ``.env``,
+or ``--sentry-dsn``), each problem is reported to Sentry with a stable fingerprint per component
+(``healthcheck``, component) so one incident stays one issue however often the timer fires, and
+a cron check-in (monitor ``cryptodata-healthcheck``) is sent
 on every run: ``in_progress`` then ``ok`` (OK/WARNING) or ``error`` (CRITICAL).
 """
 from __future__ import annotations
@@ -74,19 +76,6 @@ def fetch_health(api: str, timeout: float) -> tuple[int | None, dict | None, str
     return code, doc, ""
 
 
-def _ages(value: Any, prefix: str = "") -> dict[str, float]:
-    """Every numeric ``*age_s`` value in a nested freshness document, keyed by its path."""
-    found: dict[str, float] = {}
-    if isinstance(value, dict):
-        for key, item in value.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
-            if isinstance(item, (int, float)) and not isinstance(item, bool) and str(key).endswith("age_s"):
-                found[path] = float(item)
-            else:
-                found.update(_ages(item, path))
-    return found
-
-
 def check_api(api: str, timeout: float, args: argparse.Namespace) -> list[Check]:
     code, doc, error = fetch_health(api, timeout)
     if doc is None:
@@ -120,41 +109,35 @@ def check_api(api: str, timeout: float, args: argparse.Namespace) -> list[Check]
     return checks
 
 
-def _stale_flags(value: Any, prefix: str = "") -> list[str]:
-    """Paths of every nested ``stale: true`` flag (per stream / symbol entries)."""
-    found: list[str] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
-            if key == "stale" and item is True:
-                found.append(prefix or "stale")
-            else:
-                found.extend(_stale_flags(item, path))
-    return found
-
-
 def check_exchange(name: str, info: Any, args: argparse.Namespace) -> Check:
-    """Freshness of one exchange: the worst ``*age_s`` found, plus an explicit status/stale flag."""
+    """Freshness of one exchange from its /health entry (api/handlers.py ``health``):
+    ``stream_age_s`` maps each stream ("trades:spot:BTCUSDT") to the seconds since its newest
+    stored record, ``fresh`` is false when even the newest stream is older than the API's
+    ``stale_after_s``, and ``stale_streams`` lists the streams older than that. The OLDEST stream
+    sets the severity (--stale-warn/--stale-crit): one silent stream is lost data too."""
     component = f"freshness:{name}"
-    if not isinstance(info, dict):
-        return Check(component, WARNING, f"{name}: unexpected freshness entry {info!r}")
-    ages = _ages(info)
-    worst_path, worst = max(ages.items(), key=lambda kv: kv[1]) if ages else ("", None)
-    sev = OK
-    if worst is not None:
-        sev = CRITICAL if worst > args.stale_crit else WARNING if worst > args.stale_warn else OK
-    flag = str(info.get("status", "")).lower()
-    stale = _stale_flags(info)
-    if stale or flag in ("stale", "degraded", "warning"):
+    streams = info.get("stream_age_s") if isinstance(info, dict) else None
+    if not isinstance(streams, dict):
+        return Check(component, WARNING, f"{name}: unexpected /health entry {info!r:.200}")
+    ages = {key: float(age) for key, age in streams.items()
+            if isinstance(age, (int, float)) and not isinstance(age, bool)}
+    stale = [str(key) for key in info.get("stale_streams") or []]
+    data: dict[str, Any] = {"fresh": info.get("fresh"), "streams": len(ages), "stale_streams": stale}
+    if not ages:
+        return Check(component, CRITICAL, f"{name}: no stream has stored data", data)
+    newest = min(ages.values())
+    oldest_key, oldest = max(ages.items(), key=lambda kv: kv[1])
+    data.update(newest_age_s=newest, oldest_age_s=oldest, oldest_stream=oldest_key)
+    sev = CRITICAL if oldest > args.stale_crit else WARNING if oldest > args.stale_warn else OK
+    if info.get("fresh") is False or stale:   # the API's own threshold (stale_after_s)
         sev = max(sev, WARNING)
-    if flag in ("down", "unhealthy", "critical", "dead"):
-        sev = CRITICAL
-    if worst is None and not flag and not stale and "stale" not in info:
-        return Check(component, WARNING, f"{name}: no freshness data", {"exchange": info})
-    text = f"{name}: oldest stream {worst:.0f}s ({worst_path})" if worst is not None else f"{name}: {flag or 'no ages'}"
+    if info.get("fresh") is False:
+        text = f"{name}: no fresh stream, newest {newest:.0f}s old"
+    else:
+        text = f"{name}: {len(ages)} streams, oldest {oldest:.0f}s ({oldest_key})"
     if stale:
-        text += f"; stale: {', '.join(stale)}"
-    return Check(component, sev, text, {"ages": ages, "status": flag or None, "stale": stale})
+        text += f"; {len(stale)} stale: {', '.join(stale[:5])}" + (", ..." if len(stale) > 5 else "")
+    return Check(component, sev, text, data)
 
 
 # --------------------------------------------------------------------------------- supervisord
@@ -227,8 +210,15 @@ def monitor_config(schedule: str) -> dict[str, Any]:
             "max_runtime": 2, "timezone": "UTC"}
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse exits 2, which a Nagios-style caller reads as CRITICAL; bad usage is UNKNOWN.
+        self.print_usage(sys.stderr)
+        self.exit(UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m monitoring.healthcheck", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m monitoring.healthcheck", description=__doc__.split("\n")[0])
     p.add_argument("--api", default=os.environ.get("CRYPTODATA_HEALTHCHECK_API", "http://127.0.0.1:5001"),
                    help="API base URL (default %(default)s)")
     p.add_argument("--supervisor-socket", default=os.environ.get("CRYPTODATA_SUPERVISOR_SOCKET"),
@@ -238,8 +228,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds")
     p.add_argument("--heartbeat-warn", type=float, default=30.0)
     p.add_argument("--heartbeat-crit", type=float, default=120.0)
-    p.add_argument("--stale-warn", type=float, default=120.0, help="freshness age (s) for WARNING")
-    p.add_argument("--stale-crit", type=float, default=600.0, help="freshness age (s) for CRITICAL")
+    p.add_argument("--stale-warn", type=float, default=120.0,
+                   help="age (s) of an exchange's oldest stream for WARNING")
+    p.add_argument("--stale-crit", type=float, default=600.0,
+                   help="age (s) of an exchange's oldest stream for CRITICAL")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     p.add_argument("--sentry-dsn", default=None, help="override CRYPTODATA_SENTRY_DSN")
     p.add_argument("--no-sentry", action="store_true", help="never report to Sentry")
@@ -249,14 +241,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except Exception as exc:  # a crash would exit 1 (= WARNING): say UNKNOWN instead
+        print(f"CRYPTODATA UNKNOWN - health check failed: {exc!r}")
+        return UNKNOWN
+
+
+def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     sentry_on = False
     check_in_id = None
     if not args.no_sentry:
-        if args.sentry_dsn is not None:
-            os.environ["CRYPTODATA_SENTRY_DSN"] = args.sentry_dsn
         from common.sentry import init_sentry
-        sentry_on = init_sentry("healthcheck", [], default_integrations=False)
+        from common.settings import Settings
+
+        settings = Settings()
+        if args.sentry_dsn is not None:
+            settings = settings.model_copy(update={"sentry_dsn": args.sentry_dsn})
+        # Only report_sentry() creates events (default integrations off; logging ERROR only).
+        sentry_on = init_sentry("healthcheck", [], settings, default_integrations=False)
         if sentry_on:
             from sentry_sdk.crons import capture_checkin
             from sentry_sdk.crons.consts import MonitorStatus

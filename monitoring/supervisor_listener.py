@@ -1,13 +1,13 @@
 """supervisord event listener: reports crashed programs to Sentry.
 
-supervisord.conf::
+supervisord.conf (the DSN is inherited from supervisord's environment, i.e. the unit's
+EnvironmentFile, or read from ``.env`` / ``CRYPTODATA_CONFIG_FILE`` like every setting)::
 
     [eventlistener:sentry_listener]
-    command=%(here)s/.venv/bin/python -m monitoring.supervisor_listener
+    command=%(ENV_CRYPTODATA_VENV)s/bin/python -m monitoring.supervisor_listener
     directory=%(here)s
     events=PROCESS_STATE_FATAL,PROCESS_STATE_EXITED
-    environment=CRYPTODATA_SENTRY_DSN="%(ENV_CRYPTODATA_SENTRY_DSN)s"
-    stderr_logfile=%(here)s/logs/sentry_listener.err.log
+    stderr_logfile=%(here)s/logs/sentry_listener.log
 
 Reported: ``PROCESS_STATE_FATAL`` (gave up restarting) and ``PROCESS_STATE_EXITED`` with
 ``expected:0`` (died unexpectedly; supervisord restarts it). Expected exits, ``stop`` (STOPPED)
@@ -104,9 +104,14 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from common.sentry import init_sentry
 
-    # No logging integration: our own warnings must not become duplicate events.
-    sentry_on = init_sentry("supervisor_listener", [], default_integrations=False)
-    log.info("listening (sentry %s)", "on" if sentry_on else "off: CRYPTODATA_SENTRY_DSN unset")
+    # Only report() creates events: no default integrations, and the logging integration that
+    # init_sentry adds turns ERROR lines into events but keeps report()'s warnings breadcrumbs.
+    try:
+        sentry_on = init_sentry("supervisor_listener", [], default_integrations=False)
+    except Exception:  # bad settings must not stop the acknowledgements supervisord waits for
+        log.exception("Sentry setup failed; events are only logged")
+        sentry_on = False
+    log.info("listening (sentry %s)", "on" if sentry_on else "off: no CRYPTODATA_SENTRY_DSN")
     run(sys.stdin, sys.stdout, sentry_on)
 
 

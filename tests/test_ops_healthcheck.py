@@ -1,49 +1,103 @@
-"""monitoring.healthcheck against a tiny local aiohttp /health: exit codes, output, Sentry."""
+"""monitoring.healthcheck against the REAL API: the aiohttp app from api/ on a free port, over the
+test MongoDB, fed by the collector's own code (feeds' emit -> Writer, Collector.status_doc).
+Exit codes, output, thresholds and Sentry envelopes."""
 from __future__ import annotations
 
 import asyncio
 import json
 import os
 import sys
+import time
+from datetime import timedelta
+from types import SimpleNamespace
+from unittest import mock
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+from api.app import create_app
+from collector.app import STATUS_ID, Collector
+from collector.exchanges import base, load_feed_class
+from collector.exchanges.base import Feed, FeedContext
+from common import schema
+from common.schema import Ticker, Trade, now_utc
+from common.settings import Settings
 from tests.conftest import ROOT
 from tests.helpers import free_port, wait_for
 from tests.ops_fake_sentry import FakeSentry
 
 
-def health_doc(status: str, *, heartbeat: float = 2.0, age: float = 1.5) -> dict:
-    return {
-        "status": status,
-        "mongodb": {"reachable": status != "unhealthy", "ping_ms": 0.8},
-        "collector": {"heartbeat_age_s": heartbeat},
-        "exchanges": {
-            "binance": {"trades": {"BTCUSDT": {"age_s": age}}, "stale": age > 120},
-            "okx": {"market_data": {"BTC-USDT": {"age_s": 3.0}}},
-        },
-    }
-
-
-@pytest.fixture
-async def api():
-    """A stand-in API whose /health answer the test sets; returns (base_url, state dict)."""
-    state = {"doc": health_doc("healthy"), "http": 200}
-
-    async def health(request):
-        return web.json_response(state["doc"], status=state["http"])
-
-    app = web.Application()
-    app.router.add_get("/health", health)
+async def serve(app: web.Application) -> tuple[str, web.AppRunner]:
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    return f"http://127.0.0.1:{port}", runner
+
+
+class Live:
+    """The real API plus a collector whose records and heartbeat the test places in time."""
+
+    def __init__(self, url: str, collector: Collector, feeds: dict[str, Feed]) -> None:
+        self.url, self.collector, self.feeds = url, collector, feeds
+        self._trade_id = 0
+
+    async def record(self, exchange: str, symbol: str, *, age_s: float = 0.0,
+                     kind: str = "trades") -> None:
+        """One record through the feed's emit (writer + freshness stats), stored ``age_s`` ago."""
+        at = now_utc() - timedelta(seconds=age_s)
+        self._trade_id += 1
+        record = (Trade(exchange, symbol, symbol, "spot", at, at, trade_id=str(self._trade_id),
+                        price=100.0, size=1.0, side="buy") if kind == "trades"
+                  else Ticker(exchange, symbol, symbol, "spot", at, at, last=100.0))
+        clock = SimpleNamespace(time=lambda: time.time() - age_s, monotonic=time.monotonic)
+        with mock.patch.object(base, "time", clock):
+            self.feeds[exchange].emit(record)
+        assert await self.collector.writer.flush()
+
+    async def heartbeat(self, age_s: float = 0.0) -> None:
+        """The collector's status document, as its status loop writes it, ``age_s`` ago."""
+        doc = self.collector.status_doc()
+        doc.update(running=True, updated_at=doc["updated_at"] - timedelta(seconds=age_s))
+        await self.collector.db[schema.STATUS].replace_one({"_id": STATUS_ID}, doc, upsert=True)
+
+
+@pytest.fixture
+async def live(mongo_uri, mongo_db, tmp_path):
+    settings = Settings(mongodb_uri=mongo_uri, mongodb_db=mongo_db.name,
+                        exchanges=["binance", "okx"], spool_dir=str(tmp_path / "spool"))
+    collector = Collector(settings)
+    async with aiohttp.ClientSession() as session:
+        ctx = FeedContext(settings, collector.writer, collector.stats, session,
+                          settings.poll_interval_s, collector.gaps)
+        feeds = {name: load_feed_class(name)(settings.exchange(name), ctx)
+                 for name in settings.exchanges}
+        collector.feeds = list(feeds.values())
+        url, runner = await serve(create_app(settings))
+        try:
+            yield Live(url, collector, feeds)
+        finally:
+            await runner.cleanup()
+            await collector.client.close()
+
+
+@pytest.fixture
+async def dead_db_api():
+    """The real API with MongoDB unreachable (nothing listens on the URI's port)."""
+    settings = Settings(mongodb_uri=f"mongodb://127.0.0.1:{free_port()}", exchanges=["binance"])
+    url, runner = await serve(create_app(settings))
     try:
-        yield f"http://127.0.0.1:{port}", state
+        yield url
     finally:
         await runner.cleanup()
+
+
+async def fresh(live: Live) -> None:
+    await live.record("binance", "BTCUSDT")
+    await live.record("binance", "BTCUSDT", kind="ticker")
+    await live.record("okx", "BTC-USDT")
+    await live.heartbeat()
 
 
 async def run_check(*args: str, dsn: str | None = None) -> tuple[int, str]:
@@ -54,71 +108,111 @@ async def run_check(*args: str, dsn: str | None = None) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "monitoring.healthcheck", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert not err or b"Traceback" not in err, err.decode()
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert b"Traceback" not in err, err.decode()
     return proc.returncode, out.decode()
 
 
-@pytest.mark.parametrize("status, http, code", [
-    ("healthy", 200, 0), ("degraded", 200, 1), ("unhealthy", 503, 2),
+def statuses(out: str) -> dict[str, str]:
+    return {c["component"]: c["status"] for c in json.loads(out)["checks"]}
+
+
+async def test_fresh_data_is_ok(live):
+    await fresh(live)
+    rc, out = await run_check("--api", live.url, "--no-sentry", "--json")
+    assert rc == 0, out
+    checks = {c["component"]: c for c in json.loads(out)["checks"]}
+    assert {k: c["status"] for k, c in checks.items()} == {
+        "api": "OK", "mongodb": "OK", "collector": "OK",
+        "freshness:binance": "OK", "freshness:okx": "OK"}
+    # The real /health shape: market_data + trades of BTCUSDT on spot.
+    assert checks["freshness:binance"]["data"]["streams"] == 2
+    rc, text = await run_check("--api", live.url, "--no-sentry")
+    assert rc == 0 and text.startswith("CRYPTODATA OK - 5 checks passed")
+
+
+@pytest.mark.parametrize("binance_ages, code, bad", [
+    # one stream past the API's stale_after_s (120 s) while the other is live: WARNING
+    ((300.0, 0.0), 1, {"freshness:binance": "WARNING"}),
+    # one stream silent past --stale-crit (600 s): CRITICAL although /health says healthy
+    ((700.0, 0.0), 2, {"freshness:binance": "CRITICAL"}),
+    # every stream silent: /health degraded and the exchange CRITICAL
+    ((700.0, 650.0), 2, {"api": "WARNING", "freshness:binance": "CRITICAL"}),
 ])
-async def test_exit_codes(api, status, http, code):
-    url, state = api
-    state.update(doc=health_doc(status), http=http)
-    rc, out = await run_check("--api", url, "--no-sentry")
+async def test_stale_streams(live, binance_ages, code, bad):
+    trades_age, ticker_age = binance_ages
+    await live.record("binance", "BTCUSDT", age_s=trades_age)
+    await live.record("binance", "BTCUSDT", age_s=ticker_age, kind="ticker")
+    await live.record("okx", "BTC-USDT")
+    await live.heartbeat()
+    rc, out = await run_check("--api", live.url, "--no-sentry", "--json")
     assert rc == code, out
-    assert out.startswith(f"CRYPTODATA {['OK', 'WARNING', 'CRITICAL'][code]} - ")
-    rc_json, out_json = await run_check("--api", url, "--no-sentry", "--json")
-    doc = json.loads(out_json)
-    assert rc_json == code and doc["exit_code"] == code
-    assert {c["component"] for c in doc["checks"]} >= {"api", "mongodb", "collector",
-                                                       "freshness:binance", "freshness:okx"}
+    assert {k: v for k, v in statuses(out).items() if v != "OK"} == bad
+    rc, text = await run_check("--api", live.url, "--no-sentry")
+    assert "trades:spot:BTCUSDT" in text
 
 
-@pytest.mark.parametrize("age, heartbeat, code, component", [
-    (300.0, 2.0, 1, "freshness:binance"),   # stale stream -> WARNING even when /health says healthy
-    (1200.0, 2.0, 2, "freshness:binance"),
-    (1.0, 60.0, 1, "collector"),
-    (1.0, 500.0, 2, "collector"),
-])
-async def test_freshness_and_heartbeat_thresholds(api, age, heartbeat, code, component):
-    url, state = api
-    state["doc"] = health_doc("healthy", heartbeat=heartbeat, age=age)
-    rc, out = await run_check("--api", url, "--no-sentry", "--json")
+async def test_exchange_without_data_is_critical(live):
+    await live.record("binance", "BTCUSDT")
+    await live.heartbeat()
+    rc, out = await run_check("--api", live.url, "--no-sentry", "--json")
+    assert rc == 2
+    assert {k: v for k, v in statuses(out).items() if v != "OK"} == {
+        "api": "WARNING", "freshness:okx": "CRITICAL"}
+
+
+@pytest.mark.parametrize("age, code, collector_status", [(60.0, 1, "WARNING"), (500.0, 2, "CRITICAL")])
+async def test_collector_heartbeat(live, age, code, collector_status):
+    await fresh(live)
+    await live.heartbeat(age_s=age)
+    rc, out = await run_check("--api", live.url, "--no-sentry", "--json")
     assert rc == code
-    bad = [c["component"] for c in json.loads(out)["checks"] if c["status"] != "OK"]
-    assert bad == [component]
+    # /health itself turns degraded when the heartbeat is older than 30 s.
+    assert {k: v for k, v in statuses(out).items() if v != "OK"} == {
+        "api": "WARNING", "collector": collector_status}
 
 
-async def test_nested_stale_flag_warns(api):
-    url, state = api
-    doc = health_doc("healthy")
-    doc["exchanges"]["kraken"] = {"trades": {"BTC/USD": {"age_s": None, "stale": True}}}
-    state["doc"] = doc
-    rc, out = await run_check("--api", url, "--no-sentry")
-    assert rc == 1 and "kraken" in out and "stale: trades.BTC/USD" in out
-
-
-async def test_unhealthy_api_reported_to_sentry_with_checkin(api):
-    url, state = api
-    state.update(doc=health_doc("unhealthy"), http=503)
+async def test_stale_exchange_reported_to_sentry(live):
+    await live.record("binance", "BTCUSDT", age_s=900.0)
+    await live.record("okx", "BTC-USDT")
+    await live.heartbeat()
     with FakeSentry() as fake:
-        for _ in range(2):   # two timer runs of the same incident
-            rc, _ = await run_check("--api", url, dsn=fake.dsn)
-            assert rc == 2
+        rc, _ = await run_check("--api", live.url, dsn=fake.dsn)
+        assert rc == 2
+
+        async def arrived():
+            return len(fake.check_ins()) >= 2 and fake.events()
+        await wait_for(arrived, what="freshness event and check-ins")
+        fingerprints = sorted(tuple(e["fingerprint"]) for e in fake.events())
+        assert fingerprints == [("cryptodata-healthcheck", "api"),
+                                ("cryptodata-healthcheck", "freshness:binance")]
+        event = next(e for e in fake.events() if e["fingerprint"][-1] == "freshness:binance")
+        assert event["level"] == "error"
+        assert event["contexts"]["healthcheck"]["data"]["oldest_stream"] == "trades:spot:BTCUSDT"
+        assert [c["status"] for c in fake.check_ins()] == ["in_progress", "error"]
+
+
+async def test_database_down_is_critical_and_reported_once_per_component(dead_db_api):
+    with FakeSentry() as fake:
+        # Two timer runs of the same incident (concurrently: each waits for server selection).
+        (rc_text, text), (rc_json, out) = await asyncio.gather(
+            run_check("--api", dead_db_api, dsn=fake.dsn),
+            run_check("--api", dead_db_api, "--json", dsn=fake.dsn))
+        assert rc_text == rc_json == 2
+        assert text.startswith("CRYPTODATA CRITICAL - /health status=unhealthy (HTTP 503)")
+        assert statuses(out) == {"api": "CRITICAL", "mongodb": "CRITICAL"}
 
         async def arrived():
             return len(fake.check_ins()) >= 4 and len(fake.events()) >= 4
         await wait_for(arrived, what="events and check-ins")
         events = fake.events()
-        fingerprints = sorted(tuple(e["fingerprint"]) for e in events)
         # one issue per failing component, identical fingerprints across runs
-        assert fingerprints == sorted([("cryptodata-healthcheck", "api"),
-                                       ("cryptodata-healthcheck", "mongodb")] * 2)
+        assert sorted(tuple(e["fingerprint"]) for e in events) == sorted(
+            [("cryptodata-healthcheck", "api"), ("cryptodata-healthcheck", "mongodb")] * 2)
         assert {e["level"] for e in events} == {"error"}
         assert all(e["release"] == "cryptodata@test1" for e in events)
-        statuses = [c["status"] for c in fake.check_ins()]
-        assert statuses.count("in_progress") == 2 and statuses.count("error") == 2
+        statuses_ = [c["status"] for c in fake.check_ins()]
+        assert statuses_.count("in_progress") == 2 and statuses_.count("error") == 2
         checkin = fake.check_ins()[-1]
         assert checkin["monitor_slug"] == "cryptodata-healthcheck"
         assert checkin["monitor_config"]["schedule"] == {"type": "crontab", "value": "* * * * *"}
@@ -138,10 +232,10 @@ async def test_dead_api_reported_to_sentry():
         assert [c["status"] for c in fake.check_ins()] == ["in_progress", "error"]
 
 
-async def test_healthy_sends_ok_checkin_and_no_event(api):
-    url, _ = api
+async def test_healthy_sends_ok_checkin_and_no_event(live):
+    await fresh(live)
     with FakeSentry() as fake:
-        rc, _ = await run_check("--api", url, dsn=fake.dsn)
+        rc, _ = await run_check("--api", live.url, dsn=fake.dsn)
         assert rc == 0
 
         async def arrived():
@@ -149,3 +243,9 @@ async def test_healthy_sends_ok_checkin_and_no_event(api):
         await wait_for(arrived, what="check-ins")
         assert [c["status"] for c in fake.check_ins()] == ["in_progress", "ok"]
         assert fake.events() == []
+
+
+@pytest.mark.parametrize("args", [("--bogus",), ("--timeout", "soon")])
+async def test_bad_usage_is_unknown(args):
+    rc, _ = await run_check(*args, "--no-sentry")
+    assert rc == 3

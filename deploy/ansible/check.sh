@@ -7,8 +7,15 @@
 #      twice: 1st run must report changed=1, 2nd run changed=0 (idempotent); the indexes are
 #      then counted in the database named by the env file (proves the env file is honoured).
 #   4. a retention change in the env file makes the next run report changed=1 (TTL update).
+#   5. render (as root): site.yml for real on localhost with every file written under a staging
+#      tree (ci/render.yml: mongod.conf + keyfile, env file, git archive of the release, units):
+#      the documented dry run (--check --diff) on the empty tree passes and writes nothing, the
+#      real run changes, a 2nd run and a dry run report changed=0; ci/verify_render.py checks the
+#      content, then deploy/systemd/check.sh runs on the installed tree (systemd-analyze
+#      verify/security on the installed units, supervisord.conf parsed with the unit + the
+#      rendered env file).
 # Usage: deploy/ansible/check.sh   (PYTHON=/path/to/venv/bin/python to choose the venv; it needs
-# requirements.txt + ansible==12.3.0 + ansible-lint==26.10.1 installed)
+# requirements.txt + deploy/requirements-ci.txt installed)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -54,17 +61,22 @@ DB="ci_indexes_$$"
 ENVFILE="$WORK/cryptodata.env"
 printf 'CRYPTODATA_MONGODB_DB=%s\n' "$DB" > "$ENVFILE"
 
+expect_changed() {  # expected ("any" = more than 0) output
+    local changed
+    changed="$(printf '%s\n' "$2" | sed -nE 's/^localhost +:.* changed=([0-9]+).* failed=0 .*/\1/p')"
+    if [ -z "$changed" ] || { [ "$1" = any ] && [ "$changed" = 0 ]; } || { [ "$1" != any ] && [ "$changed" != "$1" ]; }; then
+        echo "$2"; echo "FAIL: expected changed=$1, got changed=${changed:-?}"; return 1
+    fi
+    echo "OK: changed=$changed"
+}
+
 run_indexes() {  # expected_changed
-    local out changed
+    local out
     out="$(ansible-playbook -i ci/inventory.ini site.yml --tags indexes "${VAULT[@]}" \
         -e @ci/vars.yml -e "cryptodata_app_dir=$REPO" -e "cryptodata_python=$PYTHON" \
         -e "cryptodata_env_file=$ENVFILE" -e "cryptodata_index_uri=$URI" 2>&1)" || { echo "$out"; return 1; }
     printf '%s\n' "$out" | grep -E '"applied"|^localhost +:' | sed 's/^ */   /'
-    changed="$(printf '%s\n' "$out" | sed -nE 's/^localhost +:.* changed=([0-9]+).* failed=0 .*/\1/p')"
-    if [ "$changed" != "$1" ]; then
-        echo "$out"; echo "FAIL: expected changed=$1, got changed=${changed:-?}"; return 1
-    fi
-    echo "OK: changed=$changed"
+    expect_changed "$1" "$out"
 }
 echo "-- run 1 (fresh database $DB)"
 run_indexes 1
@@ -103,4 +115,39 @@ ttl = [m.get("expireAfterSeconds") for m in db["trades"].index_information().val
 print(f"   trades TTL now {ttl}")
 sys.exit(0 if ttl == [86400] else 1)
 PY
+echo "== render: site.yml on localhost into a staging tree (ci/render.yml)"
+if [ "$(id -u)" != 0 ]; then
+    # The installed files are owned by root, as on the VM.
+    echo "FAIL: the render check needs root"; exit 1
+fi
+TREE="$WORK/tree"
+mkdir -p "$TREE/etc/systemd/system"     # what every host already has
+# The release is a git archive: include uncommitted changes to tracked files when there are any.
+VERSION="$(git -C "$REPO" stash create 2>/dev/null || true)"
+VERSION="${VERSION:-HEAD}"
+render() {  # expected_changed [ansible-playbook args]
+    local expected="$1" out
+    shift
+    out="$(ansible-playbook -i ci/inventory.ini site.yml "${VAULT[@]}" -e @ci/render.yml \
+        -e "cryptodata_install_root=$TREE" -e "mongodb_install_root=$TREE" \
+        -e "cryptodata_archive_dir=$WORK" -e "cryptodata_version=$VERSION" "$@" 2>&1)" \
+        || { echo "$out"; return 1; }
+    printf '%s\n' "$out" | grep -E '^localhost +:' | sed 's/^ */   /'
+    expect_changed "$expected" "$out"
+}
+echo "-- dry run (--check --diff) on the empty tree: a fresh host"
+render any --check --diff
+written="$(find "$TREE" -mindepth 1 -not -path "$TREE/etc" -not -path "$TREE/etc/systemd" -not -path "$TREE/etc/systemd/system")"
+[ -z "$written" ] || { echo "$written"; echo "FAIL: the dry run wrote files"; exit 1; }
+echo "OK: nothing written"
+echo "-- run 1"
+render any
+echo "-- run 2 (idempotence)"
+render 0
+echo "-- dry run on the installed tree (an upgrade's --check --diff)"
+render 0 --check --diff
+echo "-- content"
+"$PYTHON" ci/verify_render.py "$TREE" "$HERE/vault-password.example"
+echo "-- systemd units and supervisord.conf as installed"
+PYTHON="$PYTHON" "$REPO/deploy/systemd/check.sh" "$TREE"
 echo "ALL ANSIBLE CHECKS PASSED"
