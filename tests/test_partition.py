@@ -2,15 +2,24 @@
 cover every (exchange, market, symbol, stream) exactly once."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import uuid
 from collections import Counter
 from types import SimpleNamespace
 
 import pytest
+from pymongo import AsyncMongoClient
 
 from collector import partition
 from collector.exchanges.binance import endpoints as ep
 from collector.exchanges.binance.feed import BinanceFeed
+from common import schema
 from common.settings import BinanceSettings
+from tests.conftest import ROOT
+from tests.fakes.binance import FakeBinance
+from tests.helpers import wait_for
 
 SYMBOLS = [f"SYM{i}USDT" for i in range(40)] + ["BTCUSDT", "ETHUSDT", "BTCUSDC"]
 
@@ -69,3 +78,69 @@ def test_binance_feed_stream_selection_is_disjoint_and_complete(n):
     merged = [s for part in parts for s in part]
     assert sorted(merged) == sorted(everything)
     assert len(set(merged)) == len(merged)
+
+
+async def test_two_real_collector_processes_split_binance_without_overlap(mongo_uri, tmp_path):
+    """``python -m collector`` twice, partitions 0/2 and 1/2, against one fake Binance: their
+    subscriptions are disjoint and together equal one unpartitioned process's; each reports its
+    own status document; every subscribed symbol's trades are stored."""
+    fake = FakeBinance()
+    await fake.start()
+    db_name = f"test_partition_{uuid.uuid4().hex[:8]}"
+    client = AsyncMongoClient(mongo_uri, tz_aware=True)
+    procs: list[subprocess.Popen] = []
+    ws, http = f"ws://127.0.0.1:{fake.port}", f"http://127.0.0.1:{fake.port}"
+
+    def start(spec: str) -> None:
+        env = {**os.environ, "MONGODB_URI": mongo_uri, "CRYPTODATA_MONGODB_DB": db_name,
+               "CRYPTODATA_CONFIG_FILE": "/dev/null", "CRYPTODATA_EXCHANGES": '["binance"]',
+               "CRYPTODATA_BINANCE__SPOT_SYMBOLS": '["BTCUSDT","BTCUSDC"]',
+               "CRYPTODATA_BINANCE__PERP_SYMBOLS": '["BTCUSDT"]',
+               "CRYPTODATA_BINANCE__SPOT_WS_URL": ws, "CRYPTODATA_BINANCE__PERP_WS_URL": ws,
+               "CRYPTODATA_BINANCE__SPOT_REST_URL": http, "CRYPTODATA_BINANCE__PERP_REST_URL": http,
+               "CRYPTODATA_PARTITION": spec, "CRYPTODATA_SPOOL_DIR": str(tmp_path / "spool"),
+               "CRYPTODATA_STATUS_INTERVAL_S": "0.5", "CRYPTODATA_LOG_LEVEL": "WARNING"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "collector"], cwd=str(ROOT), env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def subscribed() -> list[str]:
+        return [s for subs in fake.subscriptions.values() for s in subs]
+
+    async def _true(value):
+        return value
+
+    try:
+        expected = {f"{route}|{s}" for route, streams in (
+            ("/stream", [t.format(s=s) for s in ("btcusdt", "btcusdc") for t in ep.SPOT_STREAMS]),
+            ("/public/stream", [t.format(s="btcusdt") for t in ep.PERP_PUBLIC_STREAMS]),
+            ("/market/stream", [t.format(s="btcusdt") for t in ep.PERP_MARKET_STREAMS]))
+            for s in streams}
+        start("0/2")
+        start("1/2")
+        await wait_for(lambda: _true(set(subscribed()) == expected), timeout_s=30,
+                       what="both partitions subscribed")
+        assert len(subscribed()) == len(expected)          # no stream subscribed twice
+        db = client[db_name]
+
+        async def both_reported():
+            ids = sorted(d["_id"] for d in await db[schema.STATUS].find({}, {"_id": 1})
+                         .to_list(10))
+            return ids == ["collector-0-of-2", "collector-1-of-2"]
+        await wait_for(both_reported, timeout_s=30, what="one status document per partition")
+
+        async def trades_of_every_symbol():
+            keys = {(d["market"], d["symbol"]) async for d in
+                    db[schema.TRADES].find({}, {"market": 1, "symbol": 1})}
+            return keys >= {("spot", "BTCUSDT"), ("spot", "BTCUSDC"), ("perp", "BTCUSDT")}
+        await wait_for(trades_of_every_symbol, timeout_s=30, what="trades of every symbol")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await client.drop_database(db_name)
+        await client.close()
+        await fake.stop()
