@@ -2,37 +2,52 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import timedelta
 
 import aiohttp
+import pytest
 import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
 
-from collector.exchanges.base import FeedContext
+from api.app import create_app
+from collector.exchanges.base import STREAM_IDLE_S, FeedContext
 from collector.exchanges.bybit.feed import BybitFeed
+from collector.rest import RestError
 from collector.stats import Stats
 from collector.writer import Writer
 from common import schema
+from common.indexes import apply_indexes
+from common.schema import Candle, now_utc
 from common.settings import BybitSettings, Settings
-from tests.fakes.bybit import FakeBybit
+from tests.fakes.bybit import FakeBybit, rest_candle
+from tests.feed_helpers import offline_context
 from tests.helpers import wait_for
+
+
+def settings_for(fake: FakeBybit, **bybit) -> Settings:
+    cfg = dict(spot_symbols=["BTCUSDT", "BTCUSDC", "BADUSDT"], perp_symbols=["BTCUSDT"],
+               spot_ws_url=f"{fake.ws_base}/v5/public/spot",
+               perp_ws_url=f"{fake.ws_base}/v5/public/linear",
+               spot_rest_url=fake.rest_base, perp_rest_url=fake.rest_base, idle_timeout_s=1.0)
+    cfg.update(bybit)
+    return Settings(bybit=BybitSettings(**cfg), book_snapshot_interval_s=0.2,
+                    liquidity_interval_s=0.2, flush_interval_s=0.1)
 
 
 @pytest_asyncio.fixture
 async def env(mongo_db):
     fake = FakeBybit()
     await fake.start()
-    settings = Settings(
-        bybit=BybitSettings(
-            spot_symbols=["BTCUSDT", "BTCUSDC", "BADUSDT"], perp_symbols=["BTCUSDT"],
-            spot_ws_url=f"{fake.ws_base}/v5/public/spot",
-            perp_ws_url=f"{fake.ws_base}/v5/public/linear",
-            spot_rest_url=fake.rest_base, perp_rest_url=fake.rest_base, idle_timeout_s=1.0),
-        book_snapshot_interval_s=0.2, liquidity_interval_s=0.2, flush_interval_s=0.1)
+    settings = settings_for(fake)
+    await apply_indexes(mongo_db, settings.retention)
     writer = Writer(mongo_db, flush_interval_s=0.1)
     session = aiohttp.ClientSession()
     ctx = FeedContext(settings=settings, writer=writer, stats=Stats(), session=session,
                       poll_interval_s=0.5)
     feed = BybitFeed(settings.bybit, ctx)
     feed.derived_min_interval_s = 0.0
+    feed.resync.cooldown_s = 0.3
     writer_task = asyncio.create_task(writer.run())
     feed_task = asyncio.create_task(feed.run())
     try:
@@ -48,33 +63,36 @@ async def env(mongo_db):
         await fake.stop()
 
 
+async def _all_collections(db):
+    counts = {}
+    for name in schema.DATA_COLLECTIONS:
+        counts[name] = await db[name].count_documents({"exchange": "bybit"})
+    return all(counts.values()) and counts
+
+
 async def test_all_collections_and_awkward_cases(env):
     fake, feed, db = env
-
-    async def all_collections():
-        counts = {}
-        for name in schema.DATA_COLLECTIONS:
-            counts[name] = await db[name].count_documents({"exchange": "bybit"})
-        return all(counts.values()) and counts
-
-    await wait_for(all_collections, timeout_s=10, what="all seven collections")
+    await wait_for(lambda: _all_collections(db), timeout_s=10, what="all seven collections")
     # spot: max 10 args per request (12 topics -> chunked), snapshot sent before the ack
     assert not fake.violations
     spot_subs = [m for p, m in fake.sent_ops("subscribe") if p.endswith("spot")]
     assert len(spot_subs) >= 2 and all(len(m["args"]) <= 10 for m in spot_subs)
-    # the failed request is reported; its topics are retried one by one, so the valid topics
-    # sharing the request with BADUSDT (BTCUSDC's) still arrive
-    assert any("Invalid topic" in key for key in feed.stats.errors)
+    # BADUSDT fails both of its requests: reported once, marked unavailable, never retried;
+    # the valid topics that shared a request with it are retried one by one and arrive
+    assert [k for k in feed.stats.errors if "BADUSDT" in k] == \
+        ["spot subscribe tickers.BADUSDT failed: Invalid topic: tickers.BADUSDT"]
+    assert sum(feed.stats.errors.values()) == 1
+    assert "BADUSDT" in feed.stats.unavailable_symbols and "BADUSDT" not in feed.symbols("spot")
     singles = [m["args"] for p, m in fake.sent_ops("subscribe") if len(m["args"]) == 1]
-    assert ["tickers.BADUSDT"] in singles and ["tickers.BTCUSDT"] in singles
+    assert ["tickers.BTCUSDT"] in singles and ["kline.1.BTCUSDC"] in singles
+    assert not [a for a in singles if "BADUSDT" in a[0]]
     assert feed.books[("spot", "BTCUSDT")].synced and feed.books[("spot", "BTCUSDC")].synced
-    await wait_for(lambda: _async(("perp", "BTCUSDT") in feed.books
-                                  and feed.books[("perp", "BTCUSDT")].synced), what="perp book")
+    await wait_for(lambda: _async(_synced(feed, "BTCUSDT", "perp")), what="perp book")
+
     async def perp_trade():
         return await db[schema.TRADES].find_one({"market": "perp"})
-    await wait_for(perp_trade, what="perp trade")
+    trade = await wait_for(perp_trade, what="perp trade")
     # trades: taker side, base size, both markets
-    trade = await db[schema.TRADES].find_one({"market": "perp"})
     assert trade["side"] == "buy" and trade["size"] == 0.001 and trade["price"] == 16578.5
     assert await db[schema.TRADES].count_documents({"market": "spot", "symbol": "BTCUSDC"})
     # candles from kline.1
@@ -86,6 +104,7 @@ async def test_all_collections_and_awkward_cases(env):
         return await db[schema.MARKET_DATA].find_one(
             {"market": "perp", "bid": 17215.0, "mark_price": 17217.33, "ask": 17216.0})
     await wait_for(merged_perp_ticker, timeout_s=5, what="merged perp ticker")
+
     # spot tickers get bid/ask from the live book top
     async def spot_ticker_with_bid():
         return await db[schema.MARKET_DATA].find_one(
@@ -93,9 +112,12 @@ async def test_all_collections_and_awkward_cases(env):
     ticker = await wait_for(spot_ticker_with_bid, timeout_s=5, what="spot ticker bid")
     assert ticker["ask"] > ticker["bid"] and ticker["volume_24h"] == 6780.866843
     # funding / open interest: WS-derived (merged) and the REST fallback poll at start
-    assert fake.rest_requests and "category=linear" in fake.rest_requests[0]
-    assert await db[schema.FUNDING_RATES].find_one({"rate": -0.0002, "interval_hours": 8})
-    assert await db[schema.OPEN_INTEREST].find_one({"open_interest": 68750.001})
+    assert any("/v5/market/tickers" in r and "category=linear" in r for r in fake.rest_requests)
+
+    async def merged_derivatives():
+        return (await db[schema.FUNDING_RATES].find_one({"rate": -0.0002, "interval_hours": 8})
+                and await db[schema.OPEN_INTEREST].find_one({"open_interest": 68750.001}))
+    await wait_for(merged_derivatives, timeout_s=5, what="funding / OI from merged deltas")
     liq = await db[schema.VOLUME_LIQUIDITY].find_one({"market": "spot", "symbol": "BTCUSDT"})
     assert liq["spread_bps"] > 0 and liq["volume_24h"] == 6780.866843
     book = await db[schema.ORDER_BOOK].find_one({"market": "spot"})
@@ -108,29 +130,129 @@ async def test_backwards_u_resyncs_that_symbol_only_and_u1_snapshot_resets(env):
                    what="spot books synced")
     usdt, usdc = feed.books[("spot", "BTCUSDT")], feed.books[("spot", "BTCUSDC")]
     await wait_for(lambda: _async(usdt.update_id and usdt.update_id > 1003), what="deltas")
-    # the start-up retries of the failed BADUSDT requests (12 single-topic subscribes) are done
+    # the start-up retries of the valid topics that shared BADUSDT's request are done
     await wait_for(lambda: _async(len([m for p, m in fake.sent_ops("subscribe")
-                                       if len(m["args"]) == 1]) == 12), what="retries")
+                                       if len(m["args"]) == 1]) == 8), what="retries")
     subs_before = len(fake.sent_ops("subscribe"))
     ws = fake.live("spot")[0]
     await fake.send(ws, fake.book_delta(ws.state_dict, "BTCUSDT", u=5))   # u goes backwards
-    await wait_for(lambda: _async(feed.stats.resyncs == 1), what="resync")
-    await wait_for(lambda: _async(usdt.synced), what="BTCUSDT resynced")
-    assert usdc.synced and feed.stats.resyncs == 1
+    await wait_for(lambda: _async(feed.stats.gaps == 1), what="integrity lost")
+    await wait_for(lambda: _async(feed.stats.resyncs == 1 and usdt.synced),
+                   what="BTCUSDT resynced")
+    [gap] = [g for g in feed.gaps.recent if g.stream == "book"]
+    assert (gap.market, gap.symbol, gap.cause) == ("spot", "BTCUSDT", "sequence_gap")
+    assert "backwards" in gap.detail and gap.end is not None and not gap.backfilled
+    assert usdc.synced and feed.gaps.find_open("bybit", "spot", "BTCUSDT", "book") is None
     unsubs = [m for _, m in fake.sent_ops("unsubscribe")]
     assert [m["args"] for m in unsubs] == [["orderbook.200.BTCUSDT"]]
     assert [m["args"] for _, m in fake.sent_ops("subscribe")[subs_before:]] == \
         [["orderbook.200.BTCUSDT"]]
+
+    async def gap_stored():
+        return await db[schema.GAPS].find_one({"stream": "book", "symbol": "BTCUSDT",
+                                               "cause": "sequence_gap", "end": {"$ne": None}})
+    await wait_for(gap_stored, what="closed book gap in the ledger")
     # a u=1 snapshot (service restart) resets the book without a resync
     await fake.send(ws, fake.book_snapshot(ws.state_dict, "BTCUSDT", u=1))
     await wait_for(lambda: _async(usdt.update_id is not None and usdt.update_id < 10),
                    what="u=1 snapshot applied")
-    assert usdt.synced and feed.stats.resyncs == 1
+    assert usdt.synced and feed.stats.resyncs == 1 and feed.stats.gaps == 1
     # malformed messages are counted and skipped
     await fake.send(ws, {"topic": "publicTrade.BTCUSDT", "type": "snapshot", "ts": 1,
                          "data": [{"p": "1"}]})
     await wait_for(lambda: _async(feed.stats.malformed >= 1), what="malformed counted")
     assert usdc.synced
+
+
+async def test_already_subscribed_is_no_error_and_the_rest_of_the_request_is_retried(env):
+    fake, feed, db = env
+    await wait_for(lambda: _async(_synced(feed, "BTCUSDC")), what="spot book synced")
+    conn = feed.market_conn["spot"]
+    await feed._send_op(conn, "spot", "unsubscribe", ["tickers.BTCUSDC"])
+    ws = fake.live("spot")[0]
+    await wait_for(lambda: _async("tickers.BTCUSDC" not in ws.state_dict["topics"]),
+                   what="unsubscribed")
+    errors = dict(feed.stats.errors)
+    # one topic of the request is live already: the server refuses the request
+    await feed._send_op(conn, "spot", "subscribe", ["tickers.BTCUSDT", "tickers.BTCUSDC"])
+    await wait_for(lambda: _async("tickers.BTCUSDC" in ws.state_dict["topics"]),
+                   what="the other topic retried alone")
+    assert feed.already_subscribed == 1 and feed.stats.errors == errors
+    assert ["tickers.BTCUSDC"] in [m["args"] for _, m in fake.sent_ops("subscribe")[-1:]]
+
+
+async def test_drop_mid_stream_backfills_the_missed_trades(env):
+    fake, feed, db = env
+    keys = [("spot", "BTCUSDT"), ("spot", "BTCUSDC"), ("linear", "BTCUSDT")]
+    await wait_for(lambda: _async(all(any(t["pushed"] for t in fake.tape.trades.get(k, ()))
+                                      for k in keys)), what="trades flowing")
+    last_pushed = {k: max(t["id"] for t in fake.tape.trades[k] if t["pushed"]) for k in keys}
+    await fake.drop_connections(down_s=0.8)       # trades keep happening meanwhile
+
+    async def gaps_backfilled():
+        gaps = [g for g in feed.gaps.recent if g.cause == "disconnect"]
+        return len(gaps) == 2 and all(g.backfilled for g in gaps) and gaps
+    gaps = await wait_for(gaps_backfilled, timeout_s=15, what="disconnect gaps backfilled")
+    ends = {g.stream: g.end for g in gaps}
+    assert set(ends) == {"bybit:spot", "bybit:linear"}
+    for category, symbol in keys:
+        market = "spot" if category == "spot" else "perp"
+        end_ms = ends[f"bybit:{category}"].timestamp() * 1000
+        missed = [fake.trade_id(category, t)
+                  for t in fake.tape.unpushed((category, symbol), last_pushed[(category, symbol)])
+                  if t["ts"] < end_ms]
+        assert len(missed) >= 3, (category, symbol)
+
+        async def stored(ids=missed, market=market, symbol=symbol):
+            return await db[schema.TRADES].count_documents(
+                {"exchange": "bybit", "market": market, "symbol": symbol,
+                 "trade_id": {"$in": ids}}) == len(ids)
+        await wait_for(stored, what=f"missed {category} {symbol} trades in MongoDB")
+    recent = [r for r in fake.rest_requests if r.startswith("/v5/market/recent-trade")]
+    assert any("category=spot" in r and "limit=60" in r for r in recent)
+    assert any("category=linear" in r and "limit=1000" in r for r in recent)
+    assert feed.stats.backfills >= 2 and feed.stats.backfilled_trades >= 9
+
+    async def ledger():
+        return await db[schema.GAPS].count_documents(
+            {"exchange": "bybit", "cause": "disconnect", "backfilled": True}) == 2
+    await wait_for(ledger, what="backfilled gaps in the ledger")
+
+
+async def test_kline_backfill_emits_closed_candles_only(env):
+    fake, feed, db = env
+    await wait_for(lambda: _async(_synced(feed, "BTCUSDT")), what="connected")
+    emitted: list[Candle] = []
+    emit = feed.emit
+    feed.emit = lambda record, **kw: (emitted.append(record), emit(record, **kw))[1]
+    since = now_utc() - timedelta(minutes=3)
+    await feed.backfill_candles("spot", "BTCUSDT", since)
+    request = [r for r in fake.rest_requests if r.startswith("/v5/market/kline")][-1]
+    start_ms = int(since.timestamp() * 1000) // 60_000 * 60_000
+    assert "category=spot" in request and "interval=1" in request and f"start={start_ms}" in request
+    # the fake's newest row is the current, still forming minute: never emitted
+    assert len(emitted) in (3, 4) and all(c.closed for c in emitted)
+    assert all(c.ts.timestamp() + 60 <= now_utc().timestamp() for c in emitted)
+    first = emitted[0]
+    assert first.ts.timestamp() * 1000 == start_ms
+    row = rest_candle(start_ms)
+    assert (first.open, first.high, first.low, first.close, first.volume) == \
+        tuple(float(v) for v in row[1:6])
+
+    async def stored():
+        return await db[schema.OHLCV].count_documents(
+            {"exchange": "bybit", "symbol": "BTCUSDT", "market": "spot", "closed": True,
+             "volume": 2.5}) >= 3
+    await wait_for(stored, what="closed candles stored")
+
+
+async def test_rest_403_pauses_the_shared_budget(env):
+    fake, feed, db = env
+    fake.rate_limited = True
+    with pytest.raises(RestError) as info:
+        await feed.backfill_trades("spot", "BTCUSDT", now_utc())
+    assert info.value.status == 403
+    assert feed.rest_budget.paused_until - time.monotonic() > 590
 
 
 async def test_idle_watchdog_reconnects_silent_server(env):
@@ -141,10 +263,87 @@ async def test_idle_watchdog_reconnects_silent_server(env):
     fake.silent = True        # socket stays open, pongs/acks only
     await wait_for(lambda: _async(all(c.connects >= 2 for c in feed.connections)),
                    timeout_s=8, what="idle reconnect")
-    assert any("no data" in (r or "") for r in [c._reconnect_reason for c in feed.connections]) \
-        or feed.stats.reconnects >= 2
+    assert {g.cause for g in feed.gaps.open_gaps.values()} | \
+        {g.cause for g in feed.gaps.recent} >= {"idle"}
     fake.silent = False
     await wait_for(lambda: _async(_synced(feed, "BTCUSDT")), what="resubscribed")
+
+
+async def test_realtime_api_shows_every_data_type(env, mongo_uri):
+    fake, feed, db = env
+    await wait_for(lambda: _all_collections(db), timeout_s=10, what="all seven collections")
+
+    async def perp_complete():
+        kinds = await db[schema.LATEST].distinct("type", {"exchange": "bybit", "market": "perp"})
+        return set(schema.DATA_COLLECTIONS) <= set(kinds)
+    await wait_for(perp_complete, what="perp latest documents")
+    settings = Settings(mongodb_uri=mongo_uri, mongodb_db=db.name, exchanges=["bybit"])
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    try:
+        for spelling in ("BTCUSDT", "btcusdt", "BTC-USDT", "BTC/USDT"):
+            resp = await client.get(f"/realtime/bybit/{spelling}")
+            assert resp.status == 200, spelling
+            body = await resp.json()
+            assert set(body["data"]) == {"BTCUSDT"}, spelling
+        spot, perp = body["data"]["BTCUSDT"]["spot"], body["data"]["BTCUSDT"]["perp"]
+        common = {"market_data", "trades", "order_book", "ohlcv", "volume_liquidity"}
+        assert common <= set(spot) and common | {"funding_rates", "open_interest"} <= set(perp)
+        assert spot["market_data"]["volume_24h"] == 6780.866843
+        assert spot["market_data"]["last"] == 21109.77
+        assert spot["trades"]["price"] == 16578.5 and spot["trades"]["side"] == "buy"
+        assert spot["ohlcv"]["open"] == 16649.5 and spot["ohlcv"]["interval"] == "1m"
+        assert spot["order_book"]["asks"][0] == [30249.3, 0.892]
+        assert spot["order_book"]["bids"][0] == [30247.2, 30.028]
+        assert spot["volume_liquidity"]["volume_24h"] == 6780.866843
+        assert perp["market_data"]["mark_price"] == 17217.33
+        # WS snapshot / merged delta, or the start-up REST poll, whichever was stored last
+        assert perp["funding_rates"]["rate"] in (-0.000212, -0.0002, 0.0001)
+        assert perp["funding_rates"]["interval_hours"] == 8
+        assert perp["open_interest"]["open_interest"] in (68744.761, 68750.001, 240113967)
+        assert perp["trades"]["size"] == 0.001
+        assert all(doc["stale"] is False for doc in (*spot.values(), *perp.values()))
+        usdc = await (await client.get("/realtime/bybit/BTC_USDC")).json()
+        assert set(usdc["data"]["BTCUSDC"]["spot"]) >= common
+    finally:
+        await client.close()
+
+
+# ---- partitioning (offline: only the subscription plan is exercised) ------------------------
+SYMBOLS = [f"SYM{i}USDT" for i in range(10)] + ["BTCUSDT", "BTCUSDC"]
+
+
+def _plan(spec: str) -> tuple[list[tuple[str, str]], list[str]]:
+    cfg = BybitSettings(spot_symbols=SYMBOLS, perp_symbols=SYMBOLS[:6])
+    feed = BybitFeed(cfg, offline_context(Settings(partition=spec)))
+    subs = [(market, topic) for market in ("spot", "perp") for topic in feed.topics(market)]
+    return subs, feed.polled_symbols()
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_partitions_cover_every_topic_once(n):
+    everything, polled = _plan("")
+    parts = [_plan(f"{i}/{n}") for i in range(n)]
+    merged = [s for subs, _ in parts for s in subs]
+    assert sorted(merged) == sorted(everything) and len(set(merged)) == len(merged)
+    assert all(subs for subs, _ in parts)
+    merged_polls = [s for _, p in parts for s in p]
+    assert sorted(merged_polls) == sorted(polled) and len(set(merged_polls)) == len(merged_polls)
+    # the fallback poll runs where the linear ticker (its WS source) is subscribed
+    for subs, poll in parts:
+        assert {s for s in poll} == {t.split(".")[1] for m, t in subs
+                                     if m == "perp" and t.startswith("tickers.")}
+
+
+def test_idle_threshold_follows_the_streams_a_connection_carries():
+    for i in range(4):
+        feed = BybitFeed(BybitSettings(spot_symbols=["BTCUSDT"], perp_symbols=[]),
+                         offline_context(Settings(partition=f"{i}/4")))
+        for conn in feed.build_connections():
+            kinds = {kind for kind, _ in feed.subscriptions("spot")}
+            assert conn.idle_timeout_s == min(STREAM_IDLE_S[k] for k in kinds)
+    feed = BybitFeed(BybitSettings(), offline_context())
+    assert [c.idle_timeout_s for c in feed.build_connections()] == [10.0, 10.0]
 
 
 async def _async(value):

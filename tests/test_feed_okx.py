@@ -3,17 +3,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 
 import aiohttp
+import pytest
 import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
 
+from api.app import create_app
 from collector.exchanges.base import FeedContext
 from collector.exchanges.okx.feed import OkxFeed
 from collector.stats import Stats
 from collector.writer import Writer
 from common import schema
+from common.indexes import apply_indexes
+from common.schema import now_utc
 from common.settings import OkxSettings, Settings
-from tests.fakes.okx import FakeOkx
+from tests.fakes.okx import FakeOkx, rest_candle
+from tests.feed_helpers import offline_context
 from tests.helpers import wait_for
 
 
@@ -33,12 +40,13 @@ async def start(mongo_db, fake: FakeOkx, poll_interval_s: float = 1.0, **feed_at
                         spot_rest_url=fake.rest_base, perp_rest_url=fake.rest_base,
                         idle_timeout_s=1.0),
         book_snapshot_interval_s=0.2, liquidity_interval_s=0.2, flush_interval_s=0.1)
+    await apply_indexes(mongo_db, settings.retention)
     writer = Writer(mongo_db, flush_interval_s=0.1)
     session = aiohttp.ClientSession()
     ctx = FeedContext(settings=settings, writer=writer, stats=Stats(), session=session,
                       poll_interval_s=poll_interval_s)
     feed = OkxFeed(settings.okx, ctx)
-    feed.resync_cooldown_s = 0.3
+    feed.resync.cooldown_s = 0.3
     for name, value in feed_attrs.items():
         setattr(feed, name, value)
     tasks = [asyncio.create_task(writer.run()), asyncio.create_task(feed.run())]
@@ -134,10 +142,12 @@ async def test_sequence_rules_gap_and_checksum_resync(env):
     subs_before = len(fake.sent_ops("subscribe"))
     last = state["books"]["BTC-USDT"]["seq"]
     await fake.send(ws, fake.book_update(state, "BTC-USDT", prev=last + 5, seq=last + 6))
-    await wait_for(lambda: _async(feed.stats.resyncs == 1), what="gap resync")
-    assert usdc.synced
-    await wait_for(lambda: _async(usdt.synced), what="BTC-USDT resynced")
+    await wait_for(lambda: _async(feed.stats.resyncs == 1 and usdt.synced),
+                   what="BTC-USDT resynced")
     assert usdc.synced and feed.stats.gaps == 1
+    [gap] = [g for g in feed.gaps.recent if g.stream == "book"]
+    assert (gap.market, gap.symbol, gap.cause) == ("spot", "BTC-USDT", "sequence_gap")
+    assert f"prevSeqId {last + 5}" in gap.detail and gap.end is not None
     unsubs = [m["args"] for _, m in fake.sent_ops("unsubscribe")]
     assert unsubs == [[{"channel": "books", "instId": "BTC-USDT"}]]
     assert [m["args"] for _, m in fake.sent_ops("subscribe")[subs_before:]] == unsubs
@@ -148,6 +158,16 @@ async def test_sequence_rules_gap_and_checksum_resync(env):
     await wait_for(lambda: _async(feed.stats.resyncs == 2 and usdc.synced),
                    what="BTC-USDC resynced")
     assert usdt.synced
+    [checksum_gap] = [g for g in feed.gaps.recent if g.cause == "checksum"]
+    assert (checksum_gap.stream, checksum_gap.symbol) == ("book", "BTC-USDC")
+    assert "exchange 123456789" in checksum_gap.detail and checksum_gap.end is not None
+    assert not feed.gaps.open_gaps
+
+    async def ledger():
+        return await db[schema.GAPS].count_documents(
+            {"exchange": "okx", "stream": "book", "end": {"$ne": None},
+             "cause": {"$in": ["sequence_gap", "checksum"]}}) == 2
+    await wait_for(ledger, what="both book gaps closed in the ledger")
 
 
 async def test_notice_reconnects(env):
@@ -237,3 +257,203 @@ async def test_quiet_connection_pings_and_pongs_do_not_count_as_data(mongo_db):
                        timeout_s=8, what="idle reconnect despite pongs")
     finally:
         await stop(feed, writer, session, tasks, fake)
+
+
+async def test_funding_rest_fallback_only_when_the_channel_is_really_unavailable(mongo_db):
+    fake = FakeOkx()
+    fake.push_every_s["funding-rate"] = 2.5        # within OKX's 30-90 s, scaled down
+    feed, writer, session, tasks = await start(mongo_db, fake, poll_interval_s=1.0)
+    try:
+        async def ws_funding(n):
+            return await mongo_db[schema.FUNDING_RATES].count_documents({"exchange": "okx"}) >= n
+        # pushes 2.5 s apart, polls every 1 s: the old "silent for 2 polls" rule fired here
+        await wait_for(lambda: ws_funding(3), timeout_s=15, what="three WS funding pushes")
+        assert not [r for r in fake.rest_requests if "funding-rate" in r]
+        assert not [r for r in fake.rest_requests if "open-interest" in r]
+        assert feed.rest_polls == 0
+
+        # the channel goes quiet for longer than its maximum silence: REST takes over
+        fake.muted.add("funding-rate")
+        feed.ws_max_silence_s["funding-rate"] = 3.0
+        muted_at = time.monotonic()
+        await wait_for(lambda: _async([r for r in fake.rest_requests if "funding-rate" in r]),
+                       timeout_s=10, what="REST funding poll")
+        assert time.monotonic() - muted_at >= 0.5     # not before the channel was silent
+        assert not [r for r in fake.rest_requests if "open-interest" in r]   # OI still pushes
+        fake.muted.discard("funding-rate")
+    finally:
+        await stop(feed, writer, session, tasks, fake)
+
+
+async def test_trade_id_hole_is_a_gap_and_is_backfilled(env):
+    fake, feed, db = env
+    await wait_for(lambda: _async(any(t["pushed"] for t in fake.tape.trades.get("BTC-USDT", ()))),
+                   what="trades flowing")
+    fake.tape.lose("BTC-USDT", 6)                 # they happen, but are never pushed
+
+    async def hole_backfilled():
+        return [g for g in feed.gaps.recent
+                if g.stream == "trade" and g.cause == "sequence_gap" and g.backfilled]
+    [gap] = await wait_for(hole_backfilled, what="trade-id hole backfilled")
+    first, last = gap.extra["missing_ids"]
+    lost = [str(t["id"]) for t in fake.tape.unpushed("BTC-USDT")]
+    assert [str(i) for i in range(first, last + 1)] == lost and len(lost) == 6
+    assert (gap.symbol, gap.market) == ("BTC-USDT", "spot")
+    assert any(r.startswith("/api/v5/market/trades?instId=BTC-USDT&limit=500")
+               for r in fake.rest_requests)
+
+    async def stored():
+        return await db[schema.TRADES].count_documents(
+            {"exchange": "okx", "symbol": "BTC-USDT", "trade_id": {"$in": lost}}) == 6
+    await wait_for(stored, what="the lost trades in MongoDB")
+
+    async def ledger():
+        return await db[schema.GAPS].find_one({"exchange": "okx", "stream": "trade",
+                                               "backfilled": True})
+    doc = await wait_for(ledger, what="backfilled trade gap in the ledger")
+    assert doc["missing_ids"] == [first, last] and doc["cause"] == "sequence_gap"
+    # the backfilled trades are stored once (unique trade ids), the stream's neighbours too
+    assert await db[schema.TRADES].count_documents(
+        {"exchange": "okx", "symbol": "BTC-USDT", "trade_id": str(first - 1)}) == 1
+
+
+async def test_drop_mid_stream_backfills_the_missed_trades(env):
+    fake, feed, db = env
+    insts = ["BTC-USDT", "BTC-USDC", "BTC-USDT-SWAP"]
+    await wait_for(lambda: _async(all(any(t["pushed"] for t in fake.tape.trades.get(i, ()))
+                                      for i in insts)), what="trades flowing")
+    last_pushed = {i: max(t["id"] for t in fake.tape.trades[i] if t["pushed"]) for i in insts}
+    await fake.drop_connections(down_s=0.8)        # trades keep happening meanwhile
+
+    async def gaps_backfilled():
+        gaps = [g for g in feed.gaps.recent if g.cause == "disconnect"]
+        return len(gaps) == 2 and all(g.backfilled for g in gaps) and gaps
+    gaps = await wait_for(gaps_backfilled, timeout_s=15, what="disconnect gaps backfilled")
+    public = next(g for g in gaps if g.stream == "okx:public")
+    assert {g.stream for g in gaps} == {"okx:public", "okx:business"}
+    for inst in insts:
+        missed = [str(t["id"]) for t in fake.tape.unpushed(inst, last_pushed[inst])
+                  if t["ts"] < public.end.timestamp() * 1000]
+        assert len(missed) >= 3, inst
+
+        async def stored(ids=missed, inst=inst):
+            return await db[schema.TRADES].count_documents(
+                {"exchange": "okx", "symbol": inst, "trade_id": {"$in": ids}}) == len(ids)
+        await wait_for(stored, what=f"missed {inst} trades in MongoDB")
+    # /public's gap refetches trades once per instrument; /business's only candles
+    assert len([r for r in fake.rest_requests if r.startswith("/api/v5/market/trades")]) == 3
+    # no trade-id gap on top of the connection gap for the same hole
+    assert not [g for g in feed.gaps.recent if g.stream == "trade"]
+    swap = await db[schema.TRADES].find_one({"symbol": "BTC-USDT-SWAP",
+                                             "trade_id": {"$in": missed}})
+    assert swap["size"] == 0.05                    # 5 contracts of 0.01 BTC, from REST too
+
+    async def ledger():
+        return await db[schema.GAPS].count_documents(
+            {"exchange": "okx", "cause": "disconnect", "backfilled": True}) == 2
+    await wait_for(ledger, what="backfilled gaps in the ledger")
+
+
+async def test_candle_backfill_emits_closed_candles_only(env):
+    fake, feed, db = env
+    await wait_for(lambda: _async(_synced(feed, "BTC-USDT")), what="connected")
+    emitted = []
+    emit = feed.emit
+    feed.emit = lambda record, **kw: (emitted.append(record), emit(record, **kw))[1]
+    since = now_utc() - timedelta(minutes=3)
+    await feed.backfill_candles("spot", "BTC-USDT", since)
+    request = [r for r in fake.rest_requests if r.startswith("/api/v5/market/candles")][-1]
+    assert "instId=BTC-USDT" in request and "bar=1m" in request and "limit=300" in request
+    start = since.replace(second=0, microsecond=0)
+    assert len(emitted) in (3, 4) and all(c.closed and c.ts >= start for c in emitted)
+    first = emitted[0]
+    assert first.ts == start
+    row = rest_candle(int(start.timestamp() * 1000), "1")
+    assert (first.open, first.high, first.low, first.close, first.volume, first.quote_volume) \
+        == tuple(float(v) for v in row[1:6] + row[7:8])
+
+    async def stored():
+        return await db[schema.OHLCV].count_documents(
+            {"exchange": "okx", "symbol": "BTC-USDT", "closed": True, "volume": 3.5}) >= 3
+    await wait_for(stored, what="closed candles stored")
+
+
+async def test_realtime_api_shows_every_data_type(env, mongo_uri):
+    fake, feed, db = env
+
+    async def complete():
+        for market in ("spot", "perp"):
+            kinds = await db[schema.LATEST].distinct("type", {"exchange": "okx",
+                                                              "market": market})
+            wanted = set(schema.DATA_COLLECTIONS) if market == "perp" else \
+                set(schema.DATA_COLLECTIONS) - {schema.FUNDING_RATES, schema.OPEN_INTEREST}
+            if not wanted <= set(kinds):
+                return False
+        return True
+    await wait_for(complete, timeout_s=10, what="latest documents of every type")
+    settings = Settings(mongodb_uri=mongo_uri, mongodb_db=db.name, exchanges=["okx"])
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    try:
+        for spelling in ("BTC-USDT", "btc-usdt", "BTC_USDT", "BTCUSDT", "BTC/USDT"):
+            resp = await client.get(f"/realtime/okx/{spelling}")
+            assert resp.status == 200, spelling
+            body = await resp.json()
+            assert set(body["data"]) == {"BTC-USDT"}, spelling
+        spot = body["data"]["BTC-USDT"]["spot"]
+        assert {"market_data", "trades", "order_book", "ohlcv", "volume_liquidity"} <= set(spot)
+        assert spot["market_data"]["last"] == 30236 and spot["market_data"]["bid"] == 30228.6
+        assert spot["market_data"]["volume_24h"] == 17602.13085371
+        assert spot["market_data"]["quote_volume_24h"] == 525802090.62716611
+        assert spot["trades"]["price"] == 30236 and spot["trades"]["size"] == 0.0002
+        assert spot["ohlcv"]["open"] == 8533.02 and spot["ohlcv"]["interval"] == "1m"
+        assert spot["order_book"]["asks"][0][0] == 8476.98
+        assert spot["volume_liquidity"]["spread_bps"] > 0
+        body = await (await client.get("/realtime/okx/BTC-USDT-SWAP")).json()
+        perp = body["data"]["BTC-USDT-SWAP"]["perp"]
+        assert set(schema.DATA_COLLECTIONS) <= set(perp)
+        assert perp["market_data"]["bid_size"] == 0.23 and perp["market_data"]["volume_24h"] \
+            == 17602.13
+        assert perp["trades"]["size"] == 0.05
+        assert perp["order_book"]["asks"][0] == [8476.98, 4.15]
+        assert perp["funding_rates"]["rate"] == 0.0001875391284828
+        assert perp["funding_rates"]["interval_hours"] == 8
+        assert perp["open_interest"]["open_interest"] == 5654.74
+        assert perp["volume_liquidity"]["volume_24h"] == 17602.13
+        assert all(doc["stale"] is False for doc in (*spot.values(), *perp.values()))
+    finally:
+        await client.close()
+
+
+# ---- partitioning (offline: only the subscription plan is exercised) ------------------------
+SPOT = [f"SYM{i}-USDT" for i in range(10)] + ["BTC-USDT", "BTC-USDC"]
+SWAP = [f"SYM{i}-USDT-SWAP" for i in range(6)]
+
+
+def _plan(spec: str):
+    cfg = OkxSettings(spot_symbols=SPOT, perp_symbols=SWAP)
+    feed = OkxFeed(cfg, offline_context(Settings(partition=spec)))
+    subs = [(url, arg) for url, entry in feed.plan().items() for arg in entry["args"]]
+    polled = [(ch, inst) for inst in SWAP for ch in feed._polled(inst)]
+    return subs, polled
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_partitions_cover_every_channel_once(n):
+    everything, polled = _plan("")
+    assert len(everything) == len(set(everything)) == len(SPOT) * 4 + len(SWAP) * 6
+    parts = [_plan(f"{i}/{n}") for i in range(n)]
+    merged = [s for subs, _ in parts for s in subs]
+    assert sorted(merged) == sorted(everything) and len(set(merged)) == len(merged)
+    assert all(subs for subs, _ in parts)
+    merged_polls = [p for _, polls in parts for p in polls]
+    assert sorted(merged_polls) == sorted(polled) and len(set(merged_polls)) == len(merged_polls)
+    # REST stands in only for the channels this partition subscribes itself
+    for subs, polls in parts:
+        assert set(polls) <= {arg for _, arg in subs}
+
+
+def test_idle_thresholds_per_connection():
+    feed = OkxFeed(OkxSettings(), offline_context())
+    idle = {c.url.rsplit("/", 1)[1]: c.idle_timeout_s for c in feed.build_connections()}
+    assert idle == {"public": 10.0, "business": 30.0}     # books vs candles only

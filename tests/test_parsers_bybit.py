@@ -88,6 +88,32 @@ def test_rest_ticker_fallback():
     assert ticker.bid == 20517.96 and ticker.ask_size == 1.862172
 
 
+def test_rest_recent_trade():
+    payload = load_jsonl("bybit/rest_recent_trade.jsonl")[0]
+    [trade] = parsers.parse_rest_trades(payload, "spot", NOW)
+    assert (trade.symbol, trade.market) == ("BTCUSDT", "spot")
+    assert trade.trade_id == "2100000000007764263"
+    assert trade.price == 16618.49 and trade.size == 0.00012 and trade.side == "buy"
+    assert trade.ts == ms_to_dt(1672052955758)
+    with pytest.raises(ValueError):
+        parsers.parse_rest_trades({"retCode": 10001, "retMsg": "params error"}, "spot", NOW)
+
+
+def test_rest_kline_newest_first_and_only_ended_candles_closed():
+    payload = load_jsonl("bybit/rest_kline.jsonl")[0]          # hourly rows, newest first
+    candles = parsers.parse_rest_klines(payload, "BTCUSD", "perp", "60", NOW)
+    assert [c.ts for c in candles] == [ms_to_dt(1670601600000), ms_to_dt(1670605200000),
+                                       ms_to_dt(1670608800000)]
+    newest = candles[-1]
+    assert (newest.open, newest.high, newest.low, newest.close) == (17071, 17073, 17027, 17055.5)
+    assert newest.volume == 268611 and newest.quote_volume == 15.74462667
+    assert newest.interval == "1h" and all(c.closed for c in candles)
+    # the server time inside the newest hour: that candle is still forming
+    payload["time"] = 1670608800000 + 59 * 60_000
+    assert [c.closed for c in parsers.parse_rest_klines(payload, "BTCUSD", "perp", "60", NOW)] \
+        == [True, True, False]
+
+
 def test_orderbook_message():
     msg = load_jsonl("bybit/orderbook.jsonl")[0]
     book = parsers.parse_orderbook(msg)
@@ -148,21 +174,25 @@ async def test_book_snapshot_delta_reset_and_backwards_u():
     assert book.best_bid() == (90.5, 2.0)
     # u going backwards: this symbol resyncs, deltas are ignored until a snapshot
     f._on_book("perp", None, book_msg("delta", 1, [["95", "1"]], []))
-    assert not book.synced and f.stats.resyncs == 1
+    assert not book.synced and f.stats.gaps == 1 and f.stats.resyncs == 0
+    gap = f.gaps.find_open("bybit", "perp", "BTCUSDT", "book")
+    assert gap.cause == "sequence_gap" and f.book_states()["perp:BTCUSDT"]["state"] == "resyncing"
     f._on_book("perp", None, book_msg("delta", 3, [["95", "1"]], []))
-    assert not book.synced and f.stats.resyncs == 1
+    assert not book.synced and f.stats.gaps == 1
     f._on_book("perp", None, book_msg("snapshot", 10, [["96", "1"]], [["97", "1"]]))
-    assert book.synced and book.update_id == 10
+    assert book.synced and book.update_id == 10 and f.stats.resyncs == 1
+    assert gap.end is not None and f.gaps.find_open("bybit", "perp", "BTCUSDT", "book") is None
 
 
 async def test_delta_before_snapshot_resyncs_and_depth_is_truncated():
     f = feed()
     f._on_book("spot", None, book_msg("delta", 5, [["1", "1"]], []))
-    assert f.stats.resyncs == 1 and not f.books[("spot", "BTCUSDT")].synced
+    assert f.stats.gaps == 1 and not f.books[("spot", "BTCUSDT")].synced
     bids = [[str(1000 - i), "1"] for i in range(250)]
     asks = [[str(1001 + i), "1"] for i in range(250)]
     f._on_book("spot", None, book_msg("snapshot", 6, bids, asks))
     book = f.books[("spot", "BTCUSDT")]
+    assert book.synced and f.stats.resyncs == 1
     assert len(book.bids) == 200 and len(book.asks) == 200
     f._on_book("spot", None, book_msg("delta", 7, [["1000.5", "1"]], [["1000.7", "1"]]))
     assert len(book.bids) == 200 and book.bids.top(1) == [[1000.5, 1.0]]

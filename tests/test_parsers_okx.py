@@ -230,3 +230,72 @@ def test_heartbeat_policy_and_urls():
         assert hb.app_ping() == "ping" and hb.ping_only_when_quiet and hb.app_ping_interval_s < 30
     assert OkxFeed.connect_interval_s >= 0.35
     assert f.on_message(conns[0], "pong") is False
+
+
+# ---- REST backfill payloads ------------------------------------------------------------------
+def test_rest_trades_and_candles():
+    payload = load_jsonl("okx/rest_trades.jsonl")[0]
+    newest, older = parsers.parse_rest_trades(payload, NOW)
+    assert (newest.trade_id, newest.side, newest.size, newest.price) == \
+        ("734864333", "sell", 0.00013669, 102537.9)
+    assert older.trade_id == "734864332" and older.ts == ms_to_dt(1747087161666)
+    with pytest.raises(ValueError):
+        parsers.parse_rest_trades({"code": "51000", "msg": "Parameter limit error", "data": []},
+                                  NOW)
+    payload = load_jsonl("okx/rest_candles.jsonl")[0]
+    candles = parsers.parse_rest_candles(payload, "BTC-USDT", "1m", NOW)
+    assert [c.ts for c in candles] == [ms_to_dt(1625097600000), ms_to_dt(1625097660000)]
+    assert candles[0].open == 33528.6 and candles[0].high == 33870 and candles[0].volume == 778.838
+    assert candles[0].interval == "1m" and not any(c.closed for c in candles)   # confirm "0"
+    payload["data"][0][8] = "1"
+    assert [c.closed for c in parsers.parse_rest_candles(payload, "BTC-USDT", "1m", NOW)] == \
+        [True, False]
+
+
+# ---- trade-id continuity ---------------------------------------------------------------------
+def trades(inst: str, *fills: tuple[int, int]) -> bytes:
+    import orjson
+    return orjson.dumps({"arg": {"channel": "trades", "instId": inst}, "data": [
+        {"instId": inst, "tradeId": str(i), "px": "100", "sz": "1", "side": "buy",
+         "ts": str(1_700_000_000_000 + i), "count": str(count)} for i, count in fills]})
+
+
+def trade_gaps(f: OkxFeed):
+    return [g for g in f.gaps.recent if g.stream == "trade"]
+
+
+async def test_trade_id_holes_overlaps_and_aggregates():
+    f = feed()
+    f.cfg.backfill = False
+    f.on_message(None, trades("BTC-USDT", (100, 1), (101, 1)))
+    # an aggregate of 3 fills, then the next id under either reading of its tradeId
+    f.on_message(None, trades("BTC-USDT", (102, 3), (105, 1), (107, 2)))
+    # overlaps (a reconnect or rotation replaying trades) are no holes, and do not move the
+    # last id back: the next new id continues from 107/108
+    f.on_message(None, trades("BTC-USDT", (101, 1), (104, 1)))
+    f.on_message(None, trades("BTC-USDT", (109, 1)))
+    # another instrument has its own sequence
+    f.on_message(None, trades("BTC-USDT-SWAP", (5_000, 1), (5_001, 1)))
+    assert trade_gaps(f) == [] and f.stats.malformed == 0
+    f.on_message(None, trades("BTC-USDT", (115, 1)))
+    [gap] = trade_gaps(f)
+    assert (gap.symbol, gap.market, gap.cause) == ("BTC-USDT", "spot", "sequence_gap")
+    assert gap.extra["missing_ids"] == [110, 114] and gap.end is not None
+    assert gap.start == ms_to_dt(1_700_000_000_109) and gap.end == ms_to_dt(1_700_000_000_115)
+    # after a disconnect the connection gap covers the hole: no second, trade-id gap
+    conn = object()
+    f.conn_symbols[conn] = ["BTC-USDT"]
+    f.on_disconnect(conn, "closed")
+    f.on_message(None, trades("BTC-USDT", (200, 1)))
+    assert len(trade_gaps(f)) == 1
+
+
+async def test_trade_id_check_turns_itself_off_when_ids_are_not_consecutive():
+    f = feed()
+    f.cfg.backfill = False
+    for i in range(10):
+        f.on_message(None, trades("BTC-USDC", (i * 10, 1)))
+    assert len(trade_gaps(f)) == 5 and "BTC-USDC" in f._trade_check_off
+    assert any("not consecutive" in key for key in f.stats.errors)
+    f.on_message(None, trades("BTC-USDC", (1_000, 1)))
+    assert len(trade_gaps(f)) == 5

@@ -1,9 +1,16 @@
-"""Fake OKX v5: /ws/v5/public and /ws/v5/business WebSockets plus /api/v5/public/instruments.
+"""Fake OKX v5: /ws/v5/public and /ws/v5/business WebSockets plus the REST endpoints the feed uses
+(instruments, funding-rate, open-interest, market/trades, market/candles).
 
 Messages are the documented samples (tests/fixtures/okx) with instId, ids, sequence numbers and
 timestamps filled in. The fake keeps its own copy of each book (raw strings) so every books push
 carries a correct CRC32 checksum (signed 32-bit) unless a test asks for a wrong one. ``candle*``
 on /public answers the real 64001 error. Text ``ping`` is answered with text ``pong``.
+
+Trades happen on the fake's own tape (tests/fakes/tape.py) with consecutive ids per instrument,
+whether or not a client is connected; ``/api/v5/market/trades`` serves them newest first
+(``limit`` <= 500, else the parameter error). ``/api/v5/market/candles`` serves deterministic 1m
+candles (``rest_candle``) newest first, the current minute with ``confirm`` "0". Per channel,
+``push_every_s`` slows a channel's pushes down and ``muted`` subscribes it without ever pushing.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.base import FakeExchange, fixture
+from tests.fakes.tape import TradeTape, TradingFake
 
 _ids = itertools.count(1)
 
@@ -39,9 +47,20 @@ def okx_checksum(bids: dict[str, str], asks: dict[str, str]) -> int:
     return crc - 2 ** 32 if crc >= 2 ** 31 else crc
 
 
-class FakeOkx(FakeExchange):
+def rest_candle(start_ms: int, confirm: str) -> list[str]:
+    """The fake's 1m candle opening at ``start_ms`` (REST/WS row layout, spot units)."""
+    k = start_ms // 60_000 % 50
+    o = 8600.0 + k
+    return [str(start_ms), f"{o}", f"{o + 4}", f"{o - 4}", f"{o + 2}", "3.5",
+            f"{(o + 2) * 3.5}", f"{(o + 2) * 3.5}", confirm]
+
+
+class FakeOkx(TradingFake, FakeExchange):
     def __init__(self) -> None:
         super().__init__()
+        self.tape = TradeTape(first_id=734_864_000)      # keys: instId
+        self.push_every_s: dict[str, float] = {}
+        self.muted: set[str] = set()
         self.instruments_fail = False
         # channels answered with the real "doesn't exist" error instead of data
         self.ws_rejects: set[str] = set()
@@ -62,6 +81,32 @@ class FakeOkx(FakeExchange):
         app.router.add_get("/api/v5/public/instruments", self._instruments)
         app.router.add_get("/api/v5/public/funding-rate", self._funding)
         app.router.add_get("/api/v5/public/open-interest", self._open_interest)
+        app.router.add_get("/api/v5/market/trades", self._trades)
+        app.router.add_get("/api/v5/market/candles", self._candles)
+
+    @staticmethod
+    def _json(body: Any) -> web.Response:
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def _trades(self, request: web.Request) -> web.Response:
+        self.rest_requests.append(str(request.rel_url))
+        inst = request.query["instId"]
+        limit = int(request.query.get("limit", 100))
+        if not 1 <= limit <= 500:
+            return self._json({"code": "51000", "msg": "Parameter limit error", "data": []})
+        return self._json({"code": "0", "msg": "", "data": [
+            self.trade_item(inst, t, rest=True) for t in self.tape.recent(inst, limit)]})
+
+    async def _candles(self, request: web.Request) -> web.Response:
+        self.rest_requests.append(str(request.rel_url))
+        if request.query.get("bar") != "1m":
+            return self._json({"code": "51000", "msg": "Parameter bar error", "data": []})
+        limit = int(request.query.get("limit", 100))
+        if not 1 <= limit <= 300:
+            return self._json({"code": "51000", "msg": "Parameter limit error", "data": []})
+        current = now_ms() // 60_000 * 60_000
+        rows = [rest_candle(current - i * 60_000, "0" if i == 0 else "1") for i in range(limit)]
+        return self._json({"code": "0", "msg": "", "data": rows})
 
     def _rest_item(self, request: web.Request, sample: str) -> web.Response:
         self.rest_requests.append(str(request.rel_url))
@@ -85,7 +130,7 @@ class FakeOkx(FakeExchange):
 
     # ---- WebSocket ---------------------------------------------------------------------------
     def new_state(self, path: str) -> dict[str, Any]:
-        return {"subs": set(), "books": {}}
+        return {"subs": set(), "books": {}, "sent_at": {}}
 
     async def on_text(self, ws, path, state, text) -> None:
         if text == "ping":
@@ -119,24 +164,47 @@ class FakeOkx(FakeExchange):
             ack = {"event": "subscribe", "arg": arg, "connId": "a4d3ae55"}
             await self.send(ws, ack)
             state["subs"].add(key)
-            if not self.silent:
+            if arg["channel"] == "trades":
+                self.tape.activate(arg["instId"])      # trades come from the tape
+            elif not self.silent and arg["channel"] not in self.muted:
                 await self.send(ws, self.message(state, *key, initial=True))
+                state["sent_at"][key] = time.monotonic()
 
     async def stream_once(self, ws, path, state) -> None:
+        now = time.monotonic()
         for key in sorted(state["subs"]):
+            channel = key[0]
+            if channel == "trades" or channel in self.muted or \
+                    now - state["sent_at"].get(key, 0.0) < self.push_every_s.get(channel, 0.0):
+                continue
+            state["sent_at"][key] = now
             await self.send(ws, self.message(state, *key, initial=False))
+
+    # ---- trades (the tape) -------------------------------------------------------------------
+    def trade_subscribers(self, inst) -> list:
+        return [ws for ws in self.connections if ("trades", inst) in ws.state_dict["subs"]]
+
+    def trade_item(self, inst: str, trade: dict[str, Any], rest: bool = False) -> dict[str, Any]:
+        item = dict(self.samples["trades"]["data"][0])
+        item.update(instId=inst, tradeId=str(trade["id"]), ts=str(trade["ts"]),
+                    sz="5" if inst.endswith("-SWAP") else "0.0002")
+        if not rest:                      # the REST sample has no count
+            item["count"] = str(trade["count"])
+        return item
+
+    def trade_message(self, inst: str, trade: dict[str, Any]) -> dict[str, Any]:
+        return {"arg": {"channel": "trades", "instId": inst},
+                "data": [self.trade_item(inst, trade)]}
 
     # ---- builders ----------------------------------------------------------------------------
     def message(self, state, channel: str, inst: str, initial: bool) -> dict[str, Any]:
         swap = inst.endswith("-SWAP")
         arg = {"channel": channel, "instId": inst}
         if channel == "books":
-            return self.book_snapshot(state, inst) if initial else self.book_update(state, inst)
-        if channel == "trades":
-            msg = copy.deepcopy(self.samples["trades"])
-            msg["data"][0].update(instId=inst, tradeId=str(next(_ids)), ts=str(now_ms()),
-                                  sz="5" if swap else "0.0002")
-        elif channel == "tickers":
+            # a subscription made while silent never got its snapshot: it comes first
+            fresh = initial or inst not in state["books"]
+            return self.book_snapshot(state, inst) if fresh else self.book_update(state, inst)
+        if channel == "tickers":
             msg = copy.deepcopy(self.samples["tickers"])
             msg["data"][0].update(instId=inst, ts=str(now_ms()))
             if swap:

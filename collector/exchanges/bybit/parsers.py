@@ -141,7 +141,53 @@ def parse_trades(msg: dict[str, Any], market: str, received_at: datetime) -> lis
     return out
 
 
+def _rest_list(payload: dict[str, Any]) -> list[Any]:
+    if payload.get("retCode") != 0:
+        raise ValueError(f"retCode {payload.get('retCode')}: {payload.get('retMsg')}")
+    rows = payload["result"]["list"]
+    if not isinstance(rows, list):
+        raise TypeError("result.list is not an array")
+    return rows
+
+
+def parse_rest_trades(payload: dict[str, Any], market: str,
+                      received_at: datetime) -> list[Trade]:
+    """``GET /v5/market/recent-trade`` -> trades (``execId`` is the stream's trade id ``i``)."""
+    out = []
+    for item in _rest_list(payload):
+        symbol = item["symbol"]
+        out.append(Trade(EXCHANGE, symbol, pair_from_symbol(symbol), market,
+                         ms_to_dt(int(item["time"])), received_at,
+                         trade_id=str(item["execId"]), price=float(item["price"]),
+                         size=float(item["size"]), side=_SIDES[item["side"]]))
+    return out
+
+
 # ---- klines ----------------------------------------------------------------------------------
+def parse_rest_klines(payload: dict[str, Any], symbol: str, market: str, interval: str,
+                      received_at: datetime) -> list[Candle]:
+    """``GET /v5/market/kline`` rows ``[start, open, high, low, close, volume, turnover]``
+    (newest first) -> candles oldest first. REST rows carry no ``confirm`` flag: a candle is
+    closed when its end is not after the response's server ``time``."""
+    server_ms = int(payload["time"])
+    span_ms = _INTERVAL_MS[interval]
+    out = []
+    for row in _rest_list(payload):
+        start = int(row[0])
+        out.append(Candle(
+            EXCHANGE, symbol, pair_from_symbol(symbol), market, ms_to_dt(start), received_at,
+            interval=endpoints.KLINE_INTERVALS[interval], open=float(row[1]),
+            high=float(row[2]), low=float(row[3]), close=float(row[4]), volume=float(row[5]),
+            quote_volume=opt_float(row[6]), closed=start + span_ms <= server_ms))
+    out.sort(key=lambda c: c.ts)
+    return out
+
+
+_INTERVAL_MS = {"1": 60_000, "3": 180_000, "5": 300_000, "15": 900_000, "30": 1_800_000,
+                "60": 3_600_000, "120": 7_200_000, "240": 14_400_000, "360": 21_600_000,
+                "720": 43_200_000, "D": 86_400_000, "W": 604_800_000}
+
+
 def parse_kline(msg: dict[str, Any], market: str, received_at: datetime) -> list[Candle]:
     _, symbol = topic_parts(msg)
     out = []

@@ -80,6 +80,40 @@ def parse_trades(msg: dict[str, Any], received_at: datetime, ct_val: float = 1.0
     return out
 
 
+def rest_data(payload: dict[str, Any]) -> list[Any]:
+    """``{"code":"0","msg":"","data":[...]}`` -> data; any other code raises ValueError."""
+    if str(payload.get("code")) != "0":
+        raise ValueError(f"code {payload.get('code')}: {payload.get('msg')}")
+    return _data(payload)
+
+
+def parse_rest_trades(payload: dict[str, Any], received_at: datetime,
+                      ct_val: float = 1.0) -> list[Trade]:
+    """``GET /api/v5/market/trades``: the same objects as the ``trades`` channel."""
+    rest_data(payload)
+    return parse_trades(payload, received_at, ct_val)
+
+
+def parse_rest_candles(payload: dict[str, Any], inst_id: str, bar: str, received_at: datetime,
+                       ct_val: float = 1.0) -> list[Candle]:
+    """``GET /api/v5/market/candles`` rows (newest first, the WS row layout with ``confirm``)
+    -> candles oldest first."""
+    rows = rest_data(payload)
+    candles = parse_candles({"arg": {"channel": f"candle{bar}", "instId": inst_id},
+                             "data": rows}, received_at, ct_val)
+    return sorted(candles, key=lambda c: c.ts)
+
+
+def trade_id_range(item: dict[str, Any]) -> tuple[int, int]:
+    """The trade ids one ``trades`` object may stand for. An aggregated object (``count`` > 1)
+    covers ``count`` consecutive fills, but whether its ``tradeId`` is the first or the last of
+    them is not documented: return the widest range consistent with either reading, so a
+    continuity check built on it never reports a false hole."""
+    trade_id = int(item["tradeId"])
+    count = int(item.get("count") or 1)
+    return trade_id - (count - 1), trade_id + (count - 1)
+
+
 # ---- candles ---------------------------------------------------------------------------------
 def candle_interval(channel: str) -> str:
     """``candle1m`` -> ``1m``; ``candle1H`` -> ``1h``; ``candle1D`` -> ``1d``; ``candle1M`` stays."""
