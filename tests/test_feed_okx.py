@@ -359,7 +359,9 @@ async def test_candle_backfill_emits_closed_candles_only(env):
     await wait_for(lambda: _async(_synced(feed, "BTC-USDT")), what="connected")
     emitted = []
     emit = feed.emit
-    feed.emit = lambda record, **kw: (emitted.append(record), emit(record, **kw))[1]
+    # Only candles: the running feed keeps emitting tickers, books etc. meanwhile.
+    feed.emit = lambda record, **kw: (isinstance(record, schema.Candle) and emitted.append(record),
+                                      emit(record, **kw))[1]
     since = now_utc() - timedelta(minutes=3)
     await feed.backfill_candles("spot", "BTC-USDT", since)
     request = [r for r in fake.rest_requests if r.startswith("/api/v5/market/candles")][-1]
