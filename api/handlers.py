@@ -14,6 +14,7 @@ from api.keys import HUB, METRICS, QUERIES, SETTINGS, SPEC
 from api.openapi import render_docs
 from api.params import EXCHANGES, MARKETS, BadRequest, NotFound, choice, filters, int_param, only
 from api.queries import Queries
+from api.status import book_state
 from common import schema
 from common.settings import Settings
 
@@ -41,21 +42,13 @@ def history_handler(collection: str, *, interval: bool = False):
 
 
 async def gaps(request: web.Request) -> web.Response:
-    """The gap ledger (collector.gaps), newest first; a ``symbol`` filter also returns the
-    whole-connection gaps (symbol ``*``) of that exchange."""
+    """The gap ledger (collector.gaps), newest first by ``start``, cursor-paged like the history
+    endpoints; exchange / symbol / market filters also return the ``*`` gaps (whole connection,
+    collector or database) that covered them."""
     f = filters(request)
-    query: dict[str, Any] = {}
-    if f.exchange:
-        query["exchange"] = {"$in": [f.exchange, "*"]}
-    if f.symbol:
-        query["symbol"] = {"$in": [f.symbol, "*"]}
-    if f.market:
-        query["market"] = {"$in": [f.market, "*"]}
-    if f.since or f.until:
-        query["start"] = {k: v for k, v in (("$gte", f.since), ("$lte", f.until)) if v}
-    rows = await _queries(request).db[schema.GAPS].find(query, {"_id": 0}) \
-        .sort("start", -1).limit(f.limit).to_list(f.limit)
-    return json_response({"data": rows, "count": len(rows)})
+    rows, next_cursor = await _queries(request).history(schema.GAPS, f, time_field="start",
+                                                        wildcard=True)
+    return json_response({"data": rows, "count": len(rows), "next": next_cursor})
 
 
 async def _gap_counts(db) -> dict[str, dict[str, int]]:
@@ -80,40 +73,49 @@ def _exchange_param(request: web.Request) -> str:
     return exchange
 
 
-def _group_latest(docs: list[dict[str, Any]], stale_after_s: float) -> dict[str, Any]:
-    """exchange -> symbol -> market -> type -> newest record, each marked ``stale`` when old."""
+# Records computed from a live order book: not trustworthy while that book resyncs.
+BOOK_TYPES = (schema.ORDER_BOOK, schema.VOLUME_LIQUIDITY)
+
+
+async def _realtime(request: web.Request, exchange: str | None = None,
+                    symbols: list[str] | None = None) -> dict[str, Any]:
+    """exchange -> symbol -> market -> type -> newest record, each marked ``stale`` when old;
+    book-derived records also carry ``resyncing`` (the collector's book state is not live)."""
+    queries = _queries(request)
+    docs = await queries.latest(exchange, symbols)
+    status = await queries.status_cached()
+    stale_after_s = _settings(request).stale_after_s
     now = datetime.now(timezone.utc)
     grouped: dict[str, Any] = {}
     for doc in docs:
         kind = doc.pop("type", "unknown")
+        market = doc.get("market", "spot")
         received = doc.get("received_at")
         doc["stale"] = bool(received is None or (now - received).total_seconds() > stale_after_s)
+        if kind in BOOK_TYPES:
+            book = book_state(status, doc["exchange"], market, doc["symbol"])
+            doc["resyncing"] = bool(book and book.get("state") != "live")
         grouped.setdefault(doc["exchange"], {}).setdefault(doc["symbol"], {}) \
-            .setdefault(doc.get("market", "spot"), {})[kind] = doc
+            .setdefault(market, {})[kind] = doc
     return grouped
 
 
 async def realtime(request: web.Request) -> web.Response:
     _no_params(request)
-    docs = await _queries(request).latest()
-    return json_response({"data": _group_latest(docs, _settings(request).stale_after_s)})
+    return json_response({"data": await _realtime(request)})
 
 
 async def realtime_exchange(request: web.Request) -> web.Response:
     _no_params(request)
     exchange = _exchange_param(request)
-    docs = await _queries(request).latest(exchange)
-    return json_response({"data": _group_latest(docs, _settings(request).stale_after_s)
-                          .get(exchange, {})})
+    return json_response({"data": (await _realtime(request, exchange)).get(exchange, {})})
 
 
 async def realtime_symbol(request: web.Request) -> web.Response:
     _no_params(request)
     exchange = _exchange_param(request)
-    queries = _queries(request)
-    symbols = await queries.resolve_symbols(exchange, request.match_info["symbol"])
-    docs = await queries.latest(exchange, symbols)
-    grouped = _group_latest(docs, _settings(request).stale_after_s).get(exchange, {})
+    symbols = await _queries(request).resolve_symbols(exchange, request.match_info["symbol"])
+    grouped = (await _realtime(request, exchange, symbols)).get(exchange, {})
     return json_response({"exchange": exchange, "data": grouped})
 
 
@@ -127,7 +129,8 @@ async def exchanges(request: web.Request) -> web.Response:
 
 
 async def symbols(request: web.Request) -> web.Response:
-    exchange = filters(request).exchange
+    only(request.query, {"exchange"})
+    exchange = choice(request.query, "exchange", EXCHANGES)
     known = await _queries(request).known_symbols()
     data = {exchange: known.get(exchange, [])} if exchange else known
     return json_response({"data": data})
@@ -153,17 +156,26 @@ async def health(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"mongodb": {"reachable": True, "ping_ms": ping_ms}}
     problems: list[str] = []
     if status_doc is None:
-        body["collector"] = {"heartbeat_age_s": None}
+        body["collector"] = {"heartbeat_age_s": None, "processes": []}
         problems.append("collector has never reported")
         exchanges_doc: dict[str, Any] = {}
     else:
+        late_after = max(30.0, settings.status_interval_s * 4)
+        processes = []
+        for proc in status_doc["processes"]:
+            proc_age = (now - proc["updated_at"]).total_seconds()
+            processes.append({"id": proc["id"], "heartbeat_age_s": round(proc_age, 1),
+                              "running": proc["running"], "host": proc["host"],
+                              "pid": proc["pid"], "writer": proc["writer"]})
+            if proc["running"] and proc_age > late_after:
+                problems.append(f"collector {proc['id']} heartbeat is {proc_age:.0f}s old")
         age = (now - status_doc["updated_at"]).total_seconds()
         body["collector"] = {"heartbeat_age_s": round(age, 1),
-                             "running": status_doc.get("running", True),
-                             "writer": status_doc.get("writer", {})}
-        if age > max(30.0, settings.status_interval_s * 4):
+                             "running": status_doc["running"],
+                             "writer": status_doc["writer"], "processes": processes}
+        if not status_doc["running"] and age > late_after:
             problems.append(f"collector heartbeat is {age:.0f}s old")
-        exchanges_doc = status_doc.get("exchanges", {})
+        exchanges_doc = status_doc["exchanges"]
     body["exchanges"] = {}
     for name in settings.enabled_exchanges():
         info = exchanges_doc.get(name, {})
@@ -178,6 +190,7 @@ async def health(request: web.Request) -> web.Response:
             "unavailable_symbols": info.get("unavailable_symbols", {}),
             "errors": info.get("errors", {}), "reconnects": info.get("reconnects", 0),
             "gaps": info.get("gaps", 0), "malformed": info.get("malformed", 0),
+            "books": info.get("books", {}),
             "gap_ledger": gap_counts.get(name, {"open": 0, "last_24h": 0}),
         }
         if not fresh:
@@ -189,8 +202,10 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def orderbook(request: web.Request) -> web.Response:
-    """Latest top-N book per market from ``latest`` (type order_book), with its update_id and a
-    sync state: ``live`` when the snapshot is fresh, ``stale`` when older than stale_after_s."""
+    """Latest top-N book per market from ``latest`` (type order_book), with its update_id and
+    ``sync``: the collector's own book state (``live`` / ``syncing`` / ``resyncing``, since when,
+    its update id) when its status reports it, else ``live`` / ``stale`` from the snapshot's age;
+    ``stale`` is also a separate flag (snapshot older than stale_after_s)."""
     only(request.query, {"market", "depth"})
     market = choice(request.query, "market", MARKETS)
     depth = int_param(request.query, "depth", 20, 1, 1000)
@@ -208,14 +223,19 @@ async def orderbook(request: web.Request) -> web.Response:
             continue
         received = doc.get("received_at")
         age = (now - received).total_seconds() if received else None
+        stale = age is None or age > stale_after
+        book = book_state(status_doc, exchange, doc.get("market", "spot"), doc["symbol"])
         books.append({
             "exchange": exchange, "symbol": doc["symbol"], "pair": doc.get("pair"),
             "market": doc.get("market"), "ts": doc.get("ts"), "received_at": received,
             "update_id": doc.get("update_id"), "depth": min(depth, max(
                 len(doc.get("bids") or []), len(doc.get("asks") or []))),
             "bids": (doc.get("bids") or [])[:depth], "asks": (doc.get("asks") or [])[:depth],
-            "sync": {"state": "live" if age is not None and age <= stale_after else "stale",
-                     "age_s": round(age, 3) if age is not None else None,
+            "sync": {"state": book.get("state") if book else ("stale" if stale else "live"),
+                     "source": "collector" if book else "age",
+                     "since": book.get("since") if book else None,
+                     "update_id": book.get("update_id") if book else None,
+                     "stale": stale, "age_s": round(age, 3) if age is not None else None,
                      "resyncs": ex_status.get("resyncs", 0), "gaps": ex_status.get("gaps", 0)},
         })
     if not books:

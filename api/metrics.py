@@ -12,6 +12,8 @@ from prometheus_client import generate_latest
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 EXCHANGE_FIELDS = ("messages", "reconnects", "gaps", "malformed", "resyncs")
 WRITER_FIELDS = ("stored", "pending", "duplicates", "dropped", "write_errors", "last_write_ms")
+# The writer's disk spool (MongoDB outages): how much is waiting to be replayed.
+SPOOL_FIELDS = ("records", "bytes")
 
 
 class Metrics:
@@ -31,10 +33,17 @@ class Metrics:
                              ["exchange", "collection"], registry=r)
         self.writer = {f: Gauge(f"cryptodata_collector_writer_{f}", f"writer {f}", registry=r)
                        for f in WRITER_FIELDS}
+        self.spool = {f: Gauge(f"cryptodata_collector_spool_{f}",
+                               f"spooled {f} waiting for MongoDB (all collector processes)",
+                               registry=r) for f in SPOOL_FIELDS}
         self.heartbeat = Gauge("cryptodata_collector_heartbeat_age_seconds",
-                               "age of the collector status document", registry=r)
+                               "age of the oldest running collector process's status document",
+                               registry=r)
+        self.processes = Gauge("cryptodata_collector_processes",
+                               "collector processes reporting a status document", ["running"],
+                               registry=r)
         self.reported = Gauge("cryptodata_collector_reported",
-                              "1 if the collector status document exists", registry=r)
+                              "1 if a collector status document exists", registry=r)
 
     def middleware(self):
         @web.middleware
@@ -58,10 +67,14 @@ class Metrics:
         return middleware
 
     def update_collector(self, status_doc: dict | None) -> None:
+        """``status_doc``: the merged status (api.status.merge_status)."""
         if status_doc is None:
             self.reported.set(0)
             return
         self.reported.set(1)
+        running = sum(1 for p in status_doc.get("processes", []) if p.get("running"))
+        self.processes.labels("true").set(running)
+        self.processes.labels("false").set(len(status_doc.get("processes", [])) - running)
         updated = status_doc.get("updated_at")
         if isinstance(updated, datetime):
             self.heartbeat.set((datetime.now(timezone.utc) - updated).total_seconds())
@@ -70,6 +83,10 @@ class Metrics:
             value = writer.get(f)
             if isinstance(value, (int, float)):
                 gauge.set(value)
+        spool = writer.get("spool") or {}
+        for f, gauge in self.spool.items():
+            value = spool.get(f, 0)
+            gauge.set(value if isinstance(value, (int, float)) else 0)
         for name, info in (status_doc.get("exchanges") or {}).items():
             for f, gauge in self.exchange.items():
                 value = info.get(f)

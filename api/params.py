@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -22,6 +23,16 @@ MAX_LIMIT = 1000
 MAX_RANGE = timedelta(days=31)
 TYPES = ("market_data", "order_book", "trades", "ohlcv", "funding_rates", "open_interest",
          "volume_liquidity")
+
+
+# ASCII digits only: str.isdigit() also accepts "²" or "١٢", which int() rejects or reads, and
+# an unbounded digit string makes int() raise past Python's 4300-digit limit.
+_DIGITS = re.compile(r"[0-9]{1,15}")
+
+
+def ascii_int(text: str) -> int | None:
+    """The value of 1 to 15 ASCII digits, else None."""
+    return int(text) if _DIGITS.fullmatch(text) else None
 
 
 class ApiError(Exception):
@@ -44,11 +55,14 @@ class NotFound(ApiError):
 def parse_time(name: str, value: str) -> datetime:
     """ISO 8601 (``2026-01-01T00:00:00Z``) or epoch milliseconds."""
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
+        ms = ascii_int(text)
         try:
-            return datetime.fromtimestamp(int(text) / 1000, tz=timezone.utc)
-        except (OverflowError, OSError, ValueError) as exc:
-            raise BadRequest(f"{name}: epoch milliseconds out of range") from exc
+            if ms is not None:
+                return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            pass
+        raise BadRequest(f"{name}: epoch milliseconds out of range")
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
@@ -126,9 +140,10 @@ def filters(request: web.Request, *, interval: bool = False) -> Filters:
     if limit_text is None:
         limit = DEFAULT_LIMIT
     else:
-        if not limit_text.isdigit():
-            raise BadRequest("limit: must be an integer between 1 and 1000")
-        limit = int(limit_text)
+        parsed = ascii_int(limit_text)
+        if parsed is None:
+            raise BadRequest(f"limit: must be an integer between 1 and {MAX_LIMIT}")
+        limit = parsed
         if not 1 <= limit <= MAX_LIMIT:
             raise BadRequest(f"limit: must be between 1 and {MAX_LIMIT}")
     since_text, until_text = _single(query, "since"), _single(query, "until")
@@ -160,9 +175,10 @@ def int_param(query, name: str, default: int, low: int, high: int) -> int:
     text = _single(query, name)
     if text is None or text == "":
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    value = ascii_int(text)
+    if value is None or not low <= value <= high:
         raise BadRequest(f"{name}: must be an integer between {low} and {high}")
-    return int(text)
+    return value
 
 
 def only(query, allowed: set[str]) -> None:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from pymongo import DESCENDING
 
 from api.params import EXCHANGES, Filters, NotFound, encode_cursor
+from api.status import is_collector_status, merge_status
 from common import schema
 from common.symbols import symbol_key
 
@@ -22,15 +23,49 @@ def comparable(text: str) -> str:
     return key.replace("XBT", "BTC")
 
 
+def one_or_in(values: list[str]) -> Any:
+    return values[0] if len(values) == 1 else {"$in": values}
+
+
+class SingleFlight:
+    """A value re-read at most once per ``max_age_s``; concurrent callers share one read."""
+
+    def __init__(self, load: Callable[[], Awaitable[Any]], max_age_s: float) -> None:
+        self._load = load
+        self.max_age_s = max_age_s
+        self._value: Any = None
+        self._at = -1e9
+        self._inflight: asyncio.Future | None = None
+
+    async def get(self) -> Any:
+        if time.monotonic() - self._at <= self.max_age_s:
+            return self._value
+        if self._inflight is not None:
+            return await asyncio.shield(self._inflight)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight = fut
+        try:
+            value = await self._load()
+            self._value, self._at = value, time.monotonic()
+            fut.set_result(value)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()          # retrieved: no "never retrieved" warning
+            raise
+        finally:
+            self._inflight = None
+        return value
+
+
 class Queries:
     def __init__(self, db, symbol_cache_s: float = 10.0, latest_cache_s: float = 0.25) -> None:
         self.db = db
-        # ``latest`` is small (one document per key) and read by every /realtime request: it is
-        # read once per ``latest_cache_s`` (single flight: concurrent requests share one read).
-        self._latest_cache_s = latest_cache_s
-        self._latest_docs: list[dict[str, Any]] = []
-        self._latest_at = -1e9
-        self._latest_inflight: asyncio.Future | None = None
+        # ``latest`` is small (one document per key) and read by every /realtime request, like
+        # the collector status documents (book sync state): both are re-read at most every
+        # ``latest_cache_s``.
+        self._latest = SingleFlight(lambda: self.db[schema.LATEST].find({}, NO_ID).to_list(5000),
+                                    latest_cache_s)
+        self._status = SingleFlight(self.status, latest_cache_s)
         self._symbols: dict[str, list[str]] = {}
         self._symbols_at = 0.0
         self._cache_s = symbol_cache_s
@@ -47,54 +82,92 @@ class Queries:
             self._symbols_at = time.monotonic()
         return self._symbols
 
-    async def resolve_symbols(self, exchange: str | None, symbol: str) -> list[str]:
-        """Native symbols matching what the user typed; 404 with the known list if none."""
+    async def ledger_symbols(self) -> dict[str, list[str]]:
+        """exchange -> native symbols named in the gap ledger (a symbol can have gaps and no
+        record in ``latest``, e.g. one that never delivered data)."""
+        found: dict[str, set[str]] = {}
+        async for doc in self.db[schema.GAPS].find({"symbol": {"$ne": "*"}},
+                                                   {"_id": 0, "exchange": 1, "symbol": 1}):
+            found.setdefault(doc["exchange"], set()).add(doc["symbol"])
+        return {ex: sorted(symbols) for ex, symbols in found.items()}
+
+    async def resolve(self, exchange: str | None, symbol: str,
+                      also_known: dict[str, list[str]] | None = None) -> list[tuple[str, str]]:
+        """(exchange, native symbol) pairs matching what the user typed, among the symbols seen
+        (and ``also_known``); 404 with the known list if none."""
         wanted = comparable(symbol)
-        matches: list[str] = []
+        matches: list[tuple[str, str]] = []
         # A miss re-reads the symbol list (at most once a second) before answering 404, so a
         # symbol that just started streaming is found at once.
         for max_age in (None, 1.0):
-            known = await self.known_symbols(max_age)
-            candidates = [known.get(exchange, [])] if exchange else list(known.values())
-            matches = sorted({s for group in candidates for s in group
+            known = dict(await self.known_symbols(max_age))
+            for ex, symbols in (also_known or {}).items():
+                known[ex] = sorted(set(known.get(ex, [])) | set(symbols))
+            scope = {exchange: known.get(exchange, [])} if exchange else known
+            matches = sorted({(ex, s) for ex, group in scope.items() for s in group
                               if s == symbol or comparable(s) == wanted})
             if matches:
                 break
         if not matches:
-            scope = {exchange: known.get(exchange, [])} if exchange else known
             raise NotFound(f"unknown symbol {symbol!r}", known_symbols=scope)
         return matches
 
-    async def history(self, collection: str, f: Filters) -> tuple[list[dict[str, Any]], str | None]:
-        """Newest first; a full page also returns the cursor of its last row (keyset paging on
-        ``(ts, _id)``: the next page is ``ts < last_ts or (ts == last_ts and _id < last_id)``)."""
+    async def resolve_symbols(self, exchange: str | None, symbol: str) -> list[str]:
+        """Native symbols matching what the user typed; 404 with the known list if none."""
+        return sorted({s for _, s in await self.resolve(exchange, symbol)})
+
+    async def scope_query(self, f: Filters, *, wildcard: bool = False) -> dict[str, Any]:
+        """Equality filters of a history query. ``wildcard`` (gap ledger) also matches ``*``.
+
+        A symbol without an exchange is narrowed to the exchanges that have it: with ``$in`` on
+        both leading fields of ``{exchange, symbol, ts, _id}`` the planner merges one index scan
+        per (exchange, symbol), each already in (ts, _id) order, instead of sorting."""
         query: dict[str, Any] = {}
-        if f.exchange:
-            query["exchange"] = f.exchange
+        star = ["*"] if wildcard else []
+        exchanges = [f.exchange] if f.exchange else []
         if f.symbol:
-            symbols = await self.resolve_symbols(f.exchange, f.symbol)
-            query["symbol"] = symbols[0] if len(symbols) == 1 else {"$in": symbols}
+            also = await self.ledger_symbols() if wildcard else None
+            pairs = await self.resolve(f.exchange, f.symbol, also)
+            exchanges = exchanges or sorted({ex for ex, _ in pairs})
+            query["symbol"] = one_or_in(sorted({s for _, s in pairs}) + star)
+        if exchanges:
+            query["exchange"] = one_or_in(exchanges + star)
         if f.market:
-            query["market"] = f.market
+            query["market"] = one_or_in([f.market] + star)
         if f.interval:
             query["interval"] = f.interval
-        if f.since or f.until:
-            rng: dict[str, Any] = {}
-            if f.since:
-                rng["$gte"] = f.since
-            if f.until:
-                rng["$lte"] = f.until
-            query["ts"] = rng
+        return query
+
+    def page_query(self, scope: dict[str, Any], f: Filters,
+                   time_field: str = "ts") -> tuple[dict[str, Any], list[tuple[str, int]]]:
+        """Query and sort of one page, newest first: keyset on ``(time_field, _id)``; the page
+        after a cursor is ``t < last_t or (t == last_t and _id < last_id)``."""
+        query = dict(scope)
+        rng: dict[str, Any] = {}
+        if f.since:
+            rng["$gte"] = f.since
+        upper = f.until
         if f.cursor:
-            last_ts, last_id = f.cursor
-            query = {"$and": [query, {"$or": [{"ts": {"$lt": last_ts}},
-                                              {"ts": last_ts, "_id": {"$lt": last_id}}]}]}
-        cursor = self.db[collection].find(query).sort(
-            [("ts", DESCENDING), ("_id", DESCENDING)]).limit(f.limit)
-        rows = await cursor.to_list(f.limit)
+            # Also as a plain bound on the time field, so the index range starts at the cursor.
+            upper = min(upper, f.cursor[0]) if upper else f.cursor[0]
+        if upper:
+            rng["$lte"] = upper
+        if rng:
+            query[time_field] = rng
+        if f.cursor:
+            last_t, last_id = f.cursor
+            query = {"$and": [query, {"$or": [{time_field: {"$lt": last_t}},
+                                              {time_field: last_t, "_id": {"$lt": last_id}}]}]}
+        return query, [(time_field, DESCENDING), ("_id", DESCENDING)]
+
+    async def history(self, collection: str, f: Filters, *, time_field: str = "ts",
+                      wildcard: bool = False) -> tuple[list[dict[str, Any]], str | None]:
+        """One page, newest first; a full page also returns the cursor of its last row."""
+        query, sort = self.page_query(await self.scope_query(f, wildcard=wildcard), f, time_field)
+        rows = await self.db[collection].find(query).sort(sort).limit(f.limit).to_list(f.limit)
         next_cursor = None
         if len(rows) == f.limit and rows:
-            next_cursor = encode_cursor(rows[-1]["ts"], rows[-1]["_id"])
+            next_cursor = encode_cursor(rows[-1][time_field], rows[-1]["_id"])
         for row in rows:
             row.pop("_id", None)
         return rows, next_cursor
@@ -105,35 +178,27 @@ class Queries:
         if exchange:
             query["exchange"] = exchange
         if symbols:
-            query["symbol"] = symbols[0] if len(symbols) == 1 else {"$in": symbols}
+            query["symbol"] = one_or_in(symbols)
         return await self.db[schema.LATEST].find(query, NO_ID).to_list(5000)
-
-    async def _all_latest(self) -> list[dict[str, Any]]:
-        if time.monotonic() - self._latest_at <= self._latest_cache_s:
-            return self._latest_docs
-        if self._latest_inflight is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._latest_inflight = fut
-            try:
-                docs = await self.db[schema.LATEST].find({}, NO_ID).to_list(5000)
-                self._latest_docs, self._latest_at = docs, time.monotonic()
-                fut.set_result(docs)
-            except BaseException as exc:
-                fut.set_exception(exc)
-                fut.exception()          # retrieved: no "never retrieved" warning
-                raise
-            finally:
-                self._latest_inflight = None
-            return docs
-        return await asyncio.shield(self._latest_inflight)
 
     async def latest(self, exchange: str | None = None,
                      symbols: list[str] | None = None) -> list[dict[str, Any]]:
         """Newest record per key (copies: callers may mutate them)."""
         wanted = set(symbols or ())
-        return [dict(d) for d in await self._all_latest()
+        return [dict(d) for d in await self._latest.get()
                 if (not exchange or d.get("exchange") == exchange)
                 and (not wanted or d.get("symbol") in wanted)]
 
+    async def status_docs(self) -> list[dict[str, Any]]:
+        """Every collector process's status document: ``collector`` (one process) or
+        ``collector-<i>-of-<N>`` (partitions)."""
+        docs = await self.db[schema.STATUS].find(
+            {"$or": [{"_id": "collector"}, {"_id": {"$regex": "^collector-"}}]}).to_list(1000)
+        return [d for d in docs if is_collector_status(d.get("_id"))]
+
     async def status(self) -> dict[str, Any] | None:
-        return await self.db[schema.STATUS].find_one({"_id": "collector"})
+        """The collector status merged over its processes (api.status.merge_status)."""
+        return merge_status(await self.status_docs())
+
+    async def status_cached(self) -> dict[str, Any] | None:
+        return await self._status.get()

@@ -26,12 +26,25 @@ def is_loopback(host: str) -> bool:
 
 
 def auth_required(settings: Settings) -> bool:
+    """``settings.api_host`` must be the address actually bound (``python -m api --host`` writes
+    it there before the app is built)."""
     mode = settings.api_auth.lower()
     if mode in ("on", "true", "1", "yes"):
         return True
     if mode in ("off", "false", "0", "no"):
         return False
     return not is_loopback(settings.api_host)
+
+
+def auth_config_error(settings: Settings) -> str | None:
+    """Why these settings must not serve (keys required but none configured), or None.
+    Starting anyway would answer 401 to every request, which looks like an outage."""
+    if auth_required(settings) and not any(settings.api_keys):
+        return (f"API keys are required (bind address {settings.api_host!r}, "
+                f"CRYPTODATA_API_AUTH={settings.api_auth}) but CRYPTODATA_API_KEYS is empty; "
+                "set CRYPTODATA_API_KEYS='[\"...\"]', bind to 127.0.0.1, "
+                "or set CRYPTODATA_API_AUTH=off")
+    return None
 
 
 class TokenBuckets:

@@ -88,6 +88,14 @@ async def test_ohlcv_exchanges_symbols(api):
     ("/trades", {"since": "yesterday"}), ("/trades", {"exchange": "ftx"}),
     ("/trades", {"symbol[$ne]": "x"}), ("/trades", {"since": "2026-01-02", "until": "2026-01-01"}),
     ("/ohlcv", {"interval": "7m"}), ("/realtime/ftx", {}),
+    # Not ASCII digits, or too many of them: a 400, never int() blowing up into a 500.
+    ("/trades", {"limit": "²"}), ("/trades", {"limit": "١٠"}),
+    ("/trades", {"limit": "9" * 5000}),
+    ("/trades", {"limit": "-5"}), ("/trades", {"limit": " 5"}),
+    ("/trades", {"since": "²"}), ("/trades", {"since": "9" * 5000}),
+    ("/trades", {"until": "1" * 40}),
+    ("/orderbook/binance/BTCUSDT", {"depth": "²"}),
+    ("/orderbook/binance/BTCUSDT", {"depth": "9" * 5000}),
 ])
 async def test_bad_parameters_get_400_json(api, path, params):
     client, _ = api

@@ -1,30 +1,45 @@
 """Extended API contract: every endpoint on real stored data, cursor paging, range limits,
-/orderbook, analysis (API + CLI), auth, rate limit, injection, /ws delivery + slow clients,
-OpenAPI/route parity, /metrics, and schemathesis against a live server (zero 5xx)."""
+/orderbook, analysis (API + CLI), auth (also through ``python -m api``), rate limit, injection,
+/ws delivery (every record, in order) + slow clients, OpenAPI/route parity (paths and
+parameters), /metrics, merged collector status, request ids, index coverage of the history
+queries, the benchmark harness, and schemathesis against a live server (zero 5xx)."""
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
+import re
+import socket
+import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from datetime import timedelta
 
 import orjson
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
+from bson import ObjectId
 
-from api.app import create_app
+from api.__main__ import bind_settings
+from api.app import ConfigError, create_app
 from api.keys import HUB
 from api.openapi import openapi_path
+from api.params import Filters, encode_cursor
+from api.queries import Queries
 from api.routes import ROUTES
+from api.security import auth_config_error, auth_required
 from collector.writer import Writer
 from common import schema
-from common.indexes import apply_indexes
+from common.indexes import STREAM_SORT, apply_indexes, index_specs, indexes_can_name_id
 from common.schema import (BookSnapshot, Candle, Funding, Liquidity, OpenInterest, Ticker, Trade,
                            now_utc)
-from common.settings import Settings
+from common.settings import RetentionSettings, Settings
+from tests.bench import api_bench
 from tests.helpers import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -408,8 +423,7 @@ async def test_ws_peer_that_never_reads_real_socket_stays_bounded(client, seeded
             for i in range(200):
                 writer.submit(Ticker("binance", f"S{i}USDT", f"S{i}/USDT", "spot", ts, ts,
                                      last=float(round_), bid=1.0, ask=2.0, volume_24h=3.0,
-                                     quote_volume_24h=4.0, high_24h=5.0, low_24h=0.5),
-                              history=False)
+                                     quote_volume_24h=4.0, high_24h=5.0, low_24h=0.5))
             assert await writer.flush()
             polls = hub.polls
             await wait_for(lambda: hub.polls > polls or server_client not in hub.clients)
@@ -421,3 +435,452 @@ async def test_ws_peer_that_never_reads_real_socket_stays_bounded(client, seeded
         assert server_client not in hub.clients          # dropped as too slow
     finally:
         sock.close()
+
+
+# --- startup: the bound address decides auth; refuse to serve without keys ---------------------
+def test_bound_host_decides_whether_keys_are_required():
+    base = Settings(api_keys=[], api_auth="auto", api_host="127.0.0.1")
+    public = bind_settings(base, "0.0.0.0", 5001)
+    assert auth_required(public) and not auth_required(bind_settings(base, "127.0.0.1", 5001))
+    assert "CRYPTODATA_API_KEYS" in auth_config_error(public)
+    assert auth_config_error(bind_settings(base, "::1", 5001)) is None
+    assert auth_config_error(public.model_copy(update={"api_keys": ["k"]})) is None
+    assert auth_config_error(public.model_copy(update={"api_auth": "off"})) is None
+    assert auth_config_error(base.model_copy(update={"api_auth": "on"})) is not None
+    with pytest.raises(ConfigError):
+        create_app(public)
+
+
+def _api_env(mongo_uri: str, db_name: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CRYPTODATA_") and k != "MONGODB_URI"}
+    env.update({"MONGODB_URI": mongo_uri, "CRYPTODATA_MONGODB_DB": db_name,
+                "CRYPTODATA_CONFIG_FILE": os.devnull, "CRYPTODATA_API_RATE_PER_S": "0"}, **extra)
+    return env
+
+
+def _serve(env: dict[str, str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "api", "--host", "0.0.0.0", "--port",
+                             str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    out, err = proc.communicate()
+    raise AssertionError(f"API did not start (rc={proc.returncode}): {err[-2000:]}")
+
+
+def _status_of(port: int, path: str, key: str | None = None) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                 headers={"X-API-Key": key} if key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_public_bind_without_keys_refuses_to_start(mongo_uri, seeded):
+    env = _api_env(mongo_uri, seeded.name)
+    proc = subprocess.run([sys.executable, "-m", "api", "--host", "0.0.0.0", "--port",
+                           str(free_port())], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "CRYPTODATA_API_KEYS is empty" in proc.stderr and "0.0.0.0" in proc.stderr
+
+
+@pytest.mark.parametrize("extra,without_key", [
+    ({"CRYPTODATA_API_KEYS": '["k-1"]'}, 401),     # --host 0.0.0.0 reaches the auth decision
+    ({"CRYPTODATA_API_AUTH": "off"}, 200),         # explicitly disabled: starts, no key needed
+])
+def test_public_bind_serves_with_keys_or_auth_off(mongo_uri, seeded, extra, without_key):
+    port = free_port()
+    proc = _serve(_api_env(mongo_uri, seeded.name, **extra), port)
+    try:
+        assert _status_of(port, "/exchanges") == without_key
+        assert _status_of(port, "/exchanges", "k-1") == 200
+        assert _status_of(port, "/health") == 200
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+# --- request ids, access log, the 500 path ----------------------------------------------------
+async def test_500_is_stable_json_with_request_id_logged_and_no_traceback(mongo_uri, seeded,
+                                                                          caplog):
+    app = create_app(make_settings(mongo_uri, seeded))
+
+    async def boom(request):                 # test-only route: an unexpected handler failure
+        raise RuntimeError("secret internal detail")
+    app.router.add_get("/boom", boom)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    caplog.set_level(logging.INFO, logger="api")
+    try:
+        resp = await client.get("/boom", headers={"X-Request-Id": "req-42.a_B"})
+        text = await resp.text()
+        assert resp.status == 500 and resp.headers["X-Request-Id"] == "req-42.a_B"
+        assert orjson.loads(text) == {"error": {"status": 500, "message": "internal error",
+                                                "request_id": "req-42.a_B"}}
+        assert "Traceback" not in text and "secret" not in text and "RuntimeError" not in text
+        access = [r.getMessage() for r in caplog.records if r.name == "api.access"]
+        assert any(m.startswith("GET /boom 500 ") and m.endswith("id=req-42.a_B")
+                   for m in access), access
+        failure = [r for r in caplog.records if r.name == "api" and r.exc_info]
+        assert failure and "req-42.a_B" in failure[0].getMessage()
+        # A client id that could forge or break log lines is replaced by a generated one.
+        for bad in ("x" * 65, "a b", "<script>", "id\tx"):
+            resp = await client.get("/exchanges", headers={"X-Request-Id": bad})
+            rid = resp.headers["X-Request-Id"]
+            assert resp.status == 200 and re.fullmatch(r"[0-9a-f]{16}", rid), (bad, rid)
+            assert any(m.endswith(f"id={rid}") and m.startswith("GET /exchanges 200 ")
+                       for m in (r.getMessage() for r in caplog.records
+                                 if r.name == "api.access"))
+    finally:
+        await client.close()
+
+
+# --- every route accepts exactly the parameters it documents ----------------------------------
+def _valid_values() -> dict[str, str]:
+    now = now_utc()
+    return {"exchange": "okx", "symbol": "BTC-USDT", "market": "spot", "limit": "5",
+            "since": (now - timedelta(hours=1)).isoformat(), "until": now.isoformat(),
+            "cursor": encode_cursor(now, ObjectId()), "interval": "1m", "depth": "5"}
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.path)
+async def test_route_accepts_exactly_its_openapi_parameters(client, route):
+    path = CONCRETE.get(route.path, route.path)
+    spec = await (await client.get("/openapi.json")).json()
+    documented = spec["paths"][openapi_path(route.path)]["get"]["parameters"]
+    query = {p["name"]: _valid_values()[p["name"]] for p in documented if p["in"] == "query"}
+    # Every parameter some other route takes, and one nobody takes: a 400 here.
+    others = {p["name"] for ops in spec["paths"].values() for op in ops.values()
+              for p in op["parameters"] if p["in"] == "query"} - set(query)
+    for name in sorted(others) + ["zz_undocumented"]:
+        resp = await client.get(path, params={name: _valid_values().get(name, "1")})
+        assert resp.status == 400, (path, name, await resp.text())
+        assert "unknown parameter" in (await resp.json())["error"]["message"], (path, name)
+    if route.path == "/ws":
+        assert not query
+        return
+    resp = await client.get(path, params=query)
+    assert resp.status in (200, 404), (path, query, await resp.text())
+    if resp.status == 404:
+        assert "parameter" not in (await resp.json())["error"]["message"]
+
+
+# --- symbol spellings: Kraken and Gate.io -------------------------------------------------------
+@pytest.mark.parametrize("exchange,native,spellings", [
+    ("kraken", "BTC/USD", ["XBT/USD", "XXBTZUSD", "BTC/USD", "BTC-USD"]),
+    ("gateio", "BTC_USDT", ["BTC_USDT", "BTC-USDT"]),
+])
+async def test_symbol_spellings_kraken_and_gateio(client, seeded, exchange, native, spellings):
+    writer = Writer(seeded)
+    now = now_utc()
+    pair = "BTC/USD" if exchange == "kraken" else "BTC/USDT"
+    writer.submit(Trade(exchange, native, pair, "spot", now, now, trade_id="k1", price=1.0,
+                        size=1.0, side="buy"))
+    writer.submit(BookSnapshot(exchange, native, pair, "spot", now, now, bids=[[1.0, 1.0]],
+                               asks=[[2.0, 1.0]], depth=1, update_id=7))
+    assert await writer.flush()
+    for spelling in spellings:
+        trades = await (await client.get("/trades", params={"exchange": exchange,
+                                                            "symbol": spelling})).json()
+        assert [r["symbol"] for r in trades["data"]] == [native], spelling
+        quoted = urllib.parse.quote(spelling, safe="")
+        realtime = await (await client.get(f"/realtime/{exchange}/{quoted}")).json()
+        assert list(realtime["data"]) == [native], spelling
+        book = await (await client.get(f"/orderbook/{exchange}/{quoted}")).json()
+        assert book["data"][0]["symbol"] == native and book["data"][0]["update_id"] == 7
+    resp = await client.get("/trades", params={"exchange": exchange, "symbol": "ETH/USD"})
+    assert resp.status == 404 and native in (await resp.json())["error"]["known_symbols"][exchange]
+
+
+# --- history sorts are served by an index (deterministic: from the spec) ------------------------
+def _serving_index(collection: str, query: dict, sort: list) -> list | None:
+    """Keys of an index whose prefix fields all have equality ($in) predicates in ``query`` and
+    whose remaining keys are exactly ``sort``: MongoDB then returns rows in sort order without a
+    SORT stage (merging one scan per $in combination)."""
+    top = query["$and"][0] if "$and" in query else query
+    equal = {f for f, v in top.items()
+             if isinstance(v, str) or (isinstance(v, dict) and set(v) == {"$in"})}
+    best = None
+    for spec in index_specs(RetentionSettings()):
+        n = len(spec.keys) - len(sort)
+        if (spec.collection == collection and n >= 0 and spec.keys[n:] == sort
+                and {f for f, _ in spec.keys[:n]} <= equal
+                and (best is None or n > len(best) - len(sort))):
+            best = spec.keys
+    return best
+
+
+async def _history_shapes(queries: Queries):
+    """(collection, query, sort, fields the serving index must start with) for every filter
+    shape the history endpoints and /gaps send."""
+    since = now_utc() - timedelta(hours=1)
+    cursor = (now_utc(), ObjectId())
+    shapes = [({}, ()), ({"exchange": "okx"}, ()), ({"market": "spot"}, ()),
+              ({"exchange": "okx", "symbol": "BTC-USDT"}, ("exchange", "symbol")),
+              ({"symbol": "btc/usdt"}, ("exchange", "symbol")),      # two exchanges: $in
+              ({"exchange": "binance", "symbol": "BTCUSDT", "market": "spot"},
+               ("exchange", "symbol"))]
+    out = []
+    for kw, prefix in shapes:
+        for extra in ({}, {"since": since}, {"cursor": cursor}):
+            f = Filters(exchange=kw.get("exchange"), symbol=kw.get("symbol"),
+                        market=kw.get("market"), limit=100, since=extra.get("since"),
+                        until=None, cursor=extra.get("cursor"))
+            for coll, time_field, wildcard in ((schema.TRADES, "ts", False),
+                                               (schema.GAPS, "start", True)):
+                scope = await queries.scope_query(f, wildcard=wildcard)
+                query, sort = queries.page_query(scope, f, time_field)
+                out.append((coll, query, sort, prefix))
+    return out
+
+
+async def test_every_history_query_shape_is_served_by_an_index(seeded):
+    queries = Queries(seeded)
+    for coll, query, sort, prefix in await _history_shapes(queries):
+        keys = _serving_index(coll, query, sort)
+        assert keys is not None, (coll, query, sort)
+        assert tuple(f for f, _ in keys[:len(prefix)]) == prefix, (coll, query, keys)
+    symbol_only = await queries.scope_query(Filters(None, "btc/usdt", None, 10, None, None))
+    assert symbol_only == {"exchange": {"$in": ["binance", "okx"]},
+                           "symbol": {"$in": ["BTC-USDT", "BTCUSDT"]}}
+    assert _serving_index(schema.TRADES, {"received_at": {"$gte": now_utc()}},
+                          list(STREAM_SORT)) == STREAM_SORT        # the /ws poller's read
+
+
+def _plan_stages(node) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["stage"]] if isinstance(node.get("stage"), str) else []
+        return found + [s for v in node.values() for s in _plan_stages(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _plan_stages(v)]
+    return []
+
+
+async def test_history_plans_have_no_blocking_sort_on_mongod(seeded):
+    if not await indexes_can_name_id(seeded):
+        pytest.skip("needs a real mongod (MONGODB_URI): nx-27017 cannot hold _id-suffixed "
+                    "indexes and has no query planner to explain; the spec test above covers it")
+    queries = Queries(seeded)
+    for coll, query, sort, _ in await _history_shapes(queries):
+        plan = await seeded[coll].find(query).sort(sort).limit(100).explain()
+        stages = _plan_stages(plan["queryPlanner"]["winningPlan"])
+        assert "SORT" not in stages and "IXSCAN" in stages, (coll, query, stages)
+
+
+# --- /gaps: cursor paging, spellings --------------------------------------------------------------
+async def test_gaps_cursor_pages_and_symbol_spellings(client, seeded):
+    base = now_utc().replace(microsecond=0) - timedelta(minutes=30)
+    docs = []
+    for i in range(7):
+        start = base + timedelta(seconds=i // 2)          # pairs share a start: ties
+        docs.append({"_id": f"binance:spot:BTCUSDT:trade:{i}", "exchange": "binance",
+                     "symbol": "BTCUSDT", "market": "spot", "stream": "trade", "start": start,
+                     "end": start + timedelta(seconds=1), "cause": "disconnect",
+                     "backfilled": True})
+    docs.append({"_id": "binance:*:*:binance:spot:x", "exchange": "binance", "symbol": "*",
+                 "market": "*", "stream": "binance:spot", "start": base + timedelta(seconds=9),
+                 "end": None, "cause": "idle", "backfilled": False})
+    docs.append({"_id": "okx:spot:BTC-USDT:trade:y", "exchange": "okx", "symbol": "BTC-USDT",
+                 "market": "spot", "stream": "trade", "start": base + timedelta(seconds=8),
+                 "end": None, "cause": "disconnect", "backfilled": False})
+    await seeded[schema.GAPS].insert_many(docs)
+    seen, cursor, pages = [], None, 0
+    while True:
+        params = {"exchange": "binance", "symbol": "btc-usdt", "limit": "3"}
+        if cursor:
+            params["cursor"] = cursor
+        resp = await client.get("/gaps", params=params)
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        seen += [(r["start"], r["stream"], r["symbol"]) for r in body["data"]]
+        pages += 1
+        cursor = body["next"]
+        if not cursor:
+            break
+        assert pages < 10
+    assert len(seen) == 8 and pages == 3                  # 7 BTCUSDT gaps + the '*' one
+    assert {s for _, _, s in seen} == {"BTCUSDT", "*"}
+    assert [s for s, _, _ in seen] == sorted((s for s, _, _ in seen), reverse=True)
+    assert (await client.get("/gaps", params={"symbol": "NOPE"})).status == 404
+    # A symbol that has gaps but never a stored record (not in `latest`) is still known here.
+    await seeded[schema.GAPS].insert_one({
+        "_id": "binance:spot:ETHUSDT:trade:z", "exchange": "binance", "symbol": "ETHUSDT",
+        "market": "spot", "stream": "trade", "start": base, "end": None, "cause": "restart",
+        "backfilled": False})
+    body = await (await client.get("/gaps", params={"symbol": "eth-usdt",
+                                                    "market": "spot"})).json()
+    assert {(r["symbol"], r["cause"]) for r in body["data"]} == {("ETHUSDT", "restart"),
+                                                                 ("*", "idle")}
+
+
+# --- collector status: partitions merged, book sync state ---------------------------------------
+async def test_partitioned_status_is_merged_and_books_marked_resyncing(client, seeded):
+    now = now_utc()
+    spool = {"records": 5, "bytes": 500, "segments": 1, "max_bytes": 1000,
+             "policy": "drop_oldest", "dropped": 0, "rejected": 0, "spooled": 5, "replayed": 0}
+    await seeded[schema.STATUS].insert_many([
+        {"_id": "collector-0-of-2", "updated_at": now - timedelta(seconds=3), "running": True,
+         "host": "h", "pid": 10,
+         "writer": {"stored": 100, "pending": 2, "last_write_ms": 3.0, "db_available": True,
+                    "spool": spool},
+         "exchanges": {"binance": {
+             "messages": 10, "reconnects": 1, "gaps": 0, "resyncs": 2,
+             "records": {"trades": 4}, "connections": {"binance:spot": {"connected": True}},
+             "last_record_at": {"trades": {"spot:BTCUSDT": now}},
+             "books": {"spot:BTCUSDT": {"state": "resyncing", "since": now - timedelta(seconds=1),
+                                        "update_id": None}}}}},
+        {"_id": "collector-1-of-2", "updated_at": now - timedelta(seconds=1), "running": True,
+         "host": "h", "pid": 11,
+         "writer": {"stored": 50, "pending": 1, "last_write_ms": 7.0, "db_available": True,
+                    "spool": {**spool, "records": 7, "bytes": 700}},
+         "exchanges": {
+             "binance": {"messages": 5, "reconnects": 2, "gaps": 1, "resyncs": 0,
+                         "records": {"trades": 6},
+                         "connections": {"binance:spot": {"connected": False}},
+                         "last_record_at": {"trades": {"perp:BTCUSDT": now}},
+                         "books": {"perp:BTCUSDT": {"state": "live", "since": now,
+                                                    "update_id": 99}}},
+             "okx": {"messages": 3, "last_record_at": {"trades": {"spot:BTC-USDT": now}},
+                     "books": {"spot:BTC-USDT": {"state": "live", "since": now,
+                                                 "update_id": 12345}}}}},
+        # A stopped single-process run from earlier: listed, but not the heartbeat.
+        {"_id": "collector", "updated_at": now - timedelta(hours=1), "running": False,
+         "writer": {"stored": 1}, "exchanges": {}},
+        {"_id": "collectors-old", "updated_at": now - timedelta(days=9), "running": True},
+        {"_id": "other-program", "updated_at": now - timedelta(days=9), "running": True},
+    ])
+    health = await (await client.get("/health")).json()
+    assert health["status"] == "healthy", health["problems"]
+    collector = health["collector"]
+    assert [p["id"] for p in collector["processes"]] == ["collector", "collector-0-of-2",
+                                                          "collector-1-of-2"]
+    assert 2.5 <= collector["heartbeat_age_s"] < 60          # the oldest running process
+    assert collector["writer"]["stored"] == 151 and collector["writer"]["last_write_ms"] == 7.0
+    assert collector["writer"]["spool"]["records"] == 12
+    binance = health["exchanges"]["binance"]
+    assert binance["reconnects"] == 3 and binance["gaps"] == 1
+    assert set(binance["stream_age_s"]) == {"trades:spot:BTCUSDT", "trades:perp:BTCUSDT"}
+    assert binance["books"]["spot:BTCUSDT"]["state"] == "resyncing"
+    assert binance["books"]["perp:BTCUSDT"]["update_id"] == 99
+
+    rt = (await (await client.get("/realtime/binance/BTCUSDT")).json())["data"]["BTCUSDT"]
+    assert rt["spot"]["order_book"]["resyncing"] is True
+    assert rt["spot"]["volume_liquidity"]["resyncing"] is True
+    assert rt["spot"]["order_book"]["stale"] is False
+    assert "resyncing" not in rt["spot"]["trades"]              # not derived from the book
+    everything = (await (await client.get("/realtime")).json())["data"]
+    assert everything["okx"]["BTC-USDT"]["spot"]["order_book"]["resyncing"] is False
+
+    book = (await (await client.get("/orderbook/binance/BTCUSDT")).json())["data"][0]
+    assert book["sync"]["state"] == "resyncing" and book["sync"]["source"] == "collector"
+    assert book["sync"]["stale"] is False and book["sync"]["resyncs"] == 2
+    okx = (await (await client.get("/orderbook/okx/BTC-USDT")).json())["data"][0]
+    assert okx["sync"]["state"] == "live" and okx["sync"]["update_id"] == 12345
+
+    text = await (await client.get("/metrics")).text()
+    for line in ('cryptodata_collector_messages{exchange="binance"} 15.0',
+                 'cryptodata_collector_spool_records 12.0',
+                 'cryptodata_collector_spool_bytes 1200.0',
+                 'cryptodata_collector_writer_pending 3.0',
+                 'cryptodata_collector_processes{running="true"} 2.0',
+                 'cryptodata_collector_processes{running="false"} 1.0'):
+        assert line in text, line
+
+
+async def test_health_names_the_partition_whose_heartbeat_is_late(client, seeded):
+    now = now_utc()
+    await seeded[schema.STATUS].insert_many([
+        {"_id": f"collector-{i}-of-2", "updated_at": now - timedelta(seconds=age),
+         "running": True, "writer": {}, "exchanges": {}}
+        for i, age in ((0, 1), (1, 300))])
+    body = await (await client.get("/health")).json()
+    assert body["status"] == "degraded"
+    assert any(p.startswith("collector collector-1-of-2 heartbeat is") for p in body["problems"])
+    assert not any("collector-0-of-2" in p for p in body["problems"])
+    assert body["collector"]["heartbeat_age_s"] >= 299
+
+
+# --- /ws: every record, in order -----------------------------------------------------------------
+async def test_ws_delivers_every_trade_in_order_across_flushes(client, seeded):
+    hub = client.app[HUB]
+    ws = await client.ws_connect("/ws")
+    await ws.send_json({"op": "subscribe", "exchange": "binance", "symbol": "BTC-USDT",
+                        "type": "trades"})
+    assert (await ws.receive_json(timeout=5))["op"] == "subscribed"
+    writer = Writer(seeded)
+    for flush in range(5):
+        for i in range(10):
+            n = flush * 10 + i
+            ts = now_utc()
+            writer.submit(Trade("binance", "BTCUSDT", "BTC/USDT", "spot", ts, ts,
+                                trade_id=f"t{n}", price=100.0 + n, size=1.0, side="buy"))
+            writer.submit(Trade("binance", "BTCUSDC", "BTC/USDC", "spot", ts, ts,
+                                trade_id=f"c{n}", price=1.0, size=1.0, side="buy"))  # filtered
+        assert await writer.flush()
+        if flush % 2:
+            polls = hub.polls                      # let some flushes land in separate ticks
+            await wait_for(lambda: hub.polls > polls)
+    got = []
+    while len(got) < 50:
+        msg = await ws.receive_json(timeout=5)
+        assert msg["op"] == "record" and msg["key"] == "binance:spot:BTCUSDT:trades"
+        got.append(msg["data"]["trade_id"])
+    assert got == [f"t{n}" for n in range(50)]
+    polls = hub.polls
+    await wait_for(lambda: hub.polls >= polls + 3)  # a sweep has run too: still no repeats
+    await ws.send_json({"op": "ping"})
+    assert (await ws.receive_json(timeout=5)) == {"op": "pong"}
+    await ws.close()
+
+
+async def test_ws_delivers_a_record_stored_after_newer_ones(client, seeded):
+    """Two collector partitions flush independently: a record received earlier can be stored
+    after newer ones were already sent; it is still delivered (within the lookback)."""
+    ws = await client.ws_connect("/ws")
+    await ws.send_json({"op": "subscribe", "exchange": "binance", "type": "trades"})
+    assert (await ws.receive_json(timeout=5))["op"] == "subscribed"
+    part_a, part_b = Writer(seeded), Writer(seeded)
+    now = now_utc()
+
+    def trade(symbol: str, trade_id: str, received) -> Trade:
+        return Trade("binance", symbol, "BTC/USDT", "spot", received, received,
+                     trade_id=trade_id, price=1.0, size=1.0, side="buy")
+    part_a.submit(trade("BTCUSDT", "a1", now))
+    assert await part_a.flush()
+    assert (await ws.receive_json(timeout=5))["data"]["trade_id"] == "a1"
+    part_b.submit(trade("BTCUSDC", "b0", now - timedelta(milliseconds=400)))
+    assert await part_b.flush()
+    late = await ws.receive_json(timeout=5)
+    assert (late["key"], late["data"]["trade_id"]) == ("binance:spot:BTCUSDC:trades", "b0")
+    # Beyond the lookback (a spool replay hours later) it is history, not live: skipped.
+    part_b.submit(trade("BTCUSDC", "old", now - timedelta(hours=1)))
+    part_b.submit(trade("BTCUSDC", "b1", now_utc()))
+    assert await part_b.flush()
+    assert (await ws.receive_json(timeout=5))["data"]["trade_id"] == "b1"
+    await ws.close()
+
+
+# --- benchmark harness smoke test (no wall-clock thresholds) --------------------------------------
+def test_api_bench_prints_figures_for_every_endpoint_in_both_modes():
+    proc = subprocess.run(
+        [sys.executable, "tests/bench/api_bench.py", "--mode", "both", "--trades-per-symbol",
+         "20", "-c", "2", "-n", "20", "--rate", "20", "--duration", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for mode in ("closed", "rate"):
+        rows = [line for line in proc.stdout.splitlines() if line.startswith(f"| {mode} |")]
+        assert [r.split("|")[2].strip().strip("`") for r in rows] == api_bench.ENDPOINTS, rows
+        for row in rows:
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            p50, p99, rps = (float(c) for c in cells[3:6])
+            assert 0 < p50 <= p99 and rps > 0, row
