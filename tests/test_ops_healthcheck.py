@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from api.app import create_app
-from collector.app import STATUS_ID, Collector
+from collector.app import Collector
 from collector.exchanges import base, load_feed_class
 from collector.exchanges.base import Feed, FeedContext
 from common import schema
@@ -60,7 +60,7 @@ class Live:
         """The collector's status document, as its status loop writes it, ``age_s`` ago."""
         doc = self.collector.status_doc()
         doc.update(running=True, updated_at=doc["updated_at"] - timedelta(seconds=age_s))
-        await self.collector.db[schema.STATUS].replace_one({"_id": STATUS_ID}, doc, upsert=True)
+        await self.collector.db[schema.STATUS].replace_one({"_id": self.collector.status_id}, doc, upsert=True)
 
 
 @pytest.fixture
