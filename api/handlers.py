@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
@@ -49,20 +49,6 @@ async def gaps(request: web.Request) -> web.Response:
     rows, next_cursor = await _queries(request).history(schema.GAPS, f, time_field="start",
                                                         wildcard=True)
     return json_response({"data": rows, "count": len(rows), "next": next_cursor})
-
-
-async def _gap_counts(db) -> dict[str, dict[str, int]]:
-    """exchange -> {open, last_24h} from the gap ledger."""
-    since = datetime.now(timezone.utc) - timedelta(days=1)
-    counts: dict[str, dict[str, int]] = {}
-    cursor = await db[schema.GAPS].aggregate([
-        {"$match": {"$or": [{"start": {"$gte": since}}, {"end": None}]}},
-        {"$group": {"_id": "$exchange",
-                    "open": {"$sum": {"$cond": [{"$eq": [{"$ifNull": ["$end", None]}, None]}, 1, 0]}},
-                    "last_24h": {"$sum": {"$cond": [{"$gte": ["$start", since]}, 1, 0]}}}}])
-    async for row in cursor:
-        counts[row["_id"]] = {"open": row["open"], "last_24h": row["last_24h"]}
-    return counts
 
 
 def _exchange_param(request: web.Request) -> str:
@@ -147,7 +133,7 @@ async def health(request: web.Request) -> web.Response:
         await queries.db.command("ping")
         ping_ms = round((time.perf_counter() - started) * 1000, 2)
         status_doc = await queries.status()
-        gap_counts = await _gap_counts(queries.db)
+        gap_counts = await queries.gap_counts.get()
     except PyMongoError as exc:
         return json_response({"status": "unhealthy",
                               "mongodb": {"reachable": False, "error": type(exc).__name__}},

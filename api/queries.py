@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
 from pymongo import DESCENDING
@@ -57,8 +58,23 @@ class SingleFlight:
         return value
 
 
+async def gap_counts(db) -> dict[str, dict[str, int]]:
+    """exchange -> {open, last_24h} from the gap ledger."""
+    since = datetime.now(timezone.utc) - timedelta(days=1)
+    counts: dict[str, dict[str, int]] = {}
+    cursor = await db[schema.GAPS].aggregate([
+        {"$match": {"$or": [{"start": {"$gte": since}}, {"end": None}]}},
+        {"$group": {"_id": "$exchange",
+                    "open": {"$sum": {"$cond": [{"$eq": [{"$ifNull": ["$end", None]}, None]}, 1, 0]}},
+                    "last_24h": {"$sum": {"$cond": [{"$gte": ["$start", since]}, 1, 0]}}}}])
+    async for row in cursor:
+        counts[row["_id"]] = {"open": row["open"], "last_24h": row["last_24h"]}
+    return counts
+
+
 class Queries:
-    def __init__(self, db, symbol_cache_s: float = 10.0, latest_cache_s: float = 0.25) -> None:
+    def __init__(self, db, symbol_cache_s: float = 10.0, latest_cache_s: float = 0.25,
+                 ledger_cache_s: float = 2.0) -> None:
         self.db = db
         # ``latest`` is small (one document per key) and read by every /realtime request, like
         # the collector status documents (book sync state): both are re-read at most every
@@ -66,6 +82,9 @@ class Queries:
         self._latest = SingleFlight(lambda: self.db[schema.LATEST].find({}, NO_ID).to_list(5000),
                                     latest_cache_s)
         self._status = SingleFlight(self.status, latest_cache_s)
+        # Gap-ledger counts for /health: an aggregation, so shared by the requests of a few
+        # seconds (monitors poll it; a count a few seconds old is as good).
+        self.gap_counts = SingleFlight(lambda: gap_counts(self.db), ledger_cache_s)
         self._symbols: dict[str, list[str]] = {}
         self._symbols_at = 0.0
         self._cache_s = symbol_cache_s

@@ -22,7 +22,7 @@ from collections import defaultdict
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ReplaceOne, UpdateOne
+from pymongo import ReplaceOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from common import schema

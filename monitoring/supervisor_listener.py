@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import IO, Any
+from typing import IO
 
 log = logging.getLogger("cryptodata.supervisor_listener")
 

@@ -303,7 +303,7 @@ class Feed:
         return bool(trades) and (len(fresh) < len(trades) or len(trades) < page_limit)
 
     # ---- make-before-break rotation ----------------------------------------------------------
-    async def _rotate_loop(self, conn: WsConnection, task: asyncio.Task) -> None:
+    async def _rotate_loop(self, conn: WsConnection) -> None:
         """Before the exchange's forced cut: open a replacement connection, wait until it
         delivers data, then stop the old one (no disconnect, no gap). Overlapping messages are
         harmless: trades/candles dedupe on unique keys, stale book diffs are ignored."""
@@ -334,7 +334,7 @@ class Feed:
             self.connections.remove(conn)
             self.rotations += 1
             log.info("%s rotated (make-before-break)", conn.name)
-            conn, task = new, new_task
+            conn = new
 
     # ---- to implement ------------------------------------------------------------------------
     async def prepare(self) -> None:
@@ -354,8 +354,7 @@ class Feed:
         conns = self.build_connections()
         self._tasks = [loop.create_task(conn.run()) for conn in conns]
         if self.cfg.rotate_after_s > 0:
-            self._tasks += [loop.create_task(self._rotate_loop(conn, task))
-                            for conn, task in zip(conns, list(self._tasks))]
+            self._tasks += [loop.create_task(self._rotate_loop(conn)) for conn in conns]
         self._tasks += [loop.create_task(coro) for coro in self.pollers()]
         self._tasks.append(loop.create_task(self._sample_books()))
         self._tasks.append(loop.create_task(self._sample_liquidity()))
