@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import pytest_asyncio
@@ -13,6 +14,7 @@ from collector.writer import Writer
 from common import schema
 from common.settings import BybitSettings, Settings
 from tests.fakes.bybit import FakeBybit
+from tests.faultlog import report
 from tests.helpers import wait_for
 
 
@@ -113,9 +115,13 @@ async def test_backwards_u_resyncs_that_symbol_only_and_u1_snapshot_resets(env):
                                        if len(m["args"]) == 1]) == 12), what="retries")
     subs_before = len(fake.sent_ops("subscribe"))
     ws = fake.live("spot")[0]
+    injected = time.monotonic()
     await fake.send(ws, fake.book_delta(ws.state_dict, "BTCUSDT", u=5))   # u goes backwards
     await wait_for(lambda: _async(feed.stats.resyncs == 1), what="resync")
-    await wait_for(lambda: _async(usdt.synced), what="BTCUSDT resynced")
+    await wait_for(lambda: _async(usdt.synced), interval_s=0.01, what="BTCUSDT resynced")
+    report("bybit_sequence_gap", expected="that book alone resubscribes (snapshot again); "
+           "other symbols unaffected", recovery_s=time.monotonic() - injected,
+           other_books_resynced=feed.stats.resyncs - 1)
     assert usdc.synced and feed.stats.resyncs == 1
     unsubs = [m for _, m in fake.sent_ops("unsubscribe")]
     assert [m["args"] for m in unsubs] == [["orderbook.200.BTCUSDT"]]
