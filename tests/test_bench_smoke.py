@@ -13,6 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.bench.client import latency_summary
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -48,3 +50,11 @@ def test_quick_benchmark_produces_all_figures(tmp_path):
     assert growth["levels"]["1000"]["book_levels"] > 400
     figures = {row["figure"] for row in res["table"]}
     assert len(figures) == 8 and all(row["ratio"] not in ("", None) for row in res["table"])
+
+
+def test_latency_summary_without_samples_is_nan_not_an_error():
+    for samples in ([], [(100.0, 0.01)]):        # none, or none in the steady-state window
+        out = latency_summary(samples)
+        assert out["measured_docs"] == 0 and math.isnan(out["p50_ms"]) and math.isnan(out["max_ms"])
+    out = latency_summary([(100.0 + i / 100, 0.002) for i in range(500)])
+    assert out["measured_docs"] > 0 and out["p50_ms"] == out["p99_ms"] == 2.0

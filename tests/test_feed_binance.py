@@ -79,12 +79,17 @@ async def test_gap_resyncs_only_that_symbol(running, fake):
                                    ("perp", "BTCUSDT")), what="books synced")
     other_id_before = feed.books[("spot", "BTCUSDC")].update_id
     requests_before, gaps_before = fake.depth_requests, feed.stats.gaps
+    resyncs_before = feed.stats.resyncs
     fake.inject_gap("spot", "BTCUSDT")
+    injected = time.monotonic()
     await wait_for(lambda: _value(feed.stats.gaps > gaps_before), what="gap detected")
-    started = time.monotonic()
+    detected_s = time.monotonic() - injected
     await wait_for(lambda: _synced(feed, ("spot", "BTCUSDT")), what="resynced")
-    report("sequence_gap", resync_s=time.monotonic() - started, symbols_reset=1,
-           other_symbols_reset=0)
+    resync_s = time.monotonic() - injected
+    report("binance_sequence_gap", expected="that book alone resyncs from a REST snapshot; "
+           "gap in the ledger; other symbols unaffected", recovery_s=resync_s,
+           detected_s=detected_s, snapshots=fake.depth_requests - requests_before,
+           other_books_resynced=feed.stats.resyncs - resyncs_before - 1)
     gap = next(g for g in feed.gaps.recent if g.cause == "sequence_gap")
     assert gap.symbol == "BTCUSDT" and gap.stream == "book" and gap.end is not None
     assert fake.depth_requests == requests_before + 1    # one snapshot, for that symbol only
@@ -118,15 +123,18 @@ async def test_silent_connection_is_replaced_by_the_idle_watchdog(running, fake)
                    what="idle reconnects")
     detect_s = time.monotonic() - stalled_at
     fake.stall(False)
+    unstalled_at = time.monotonic()
     await wait_for(lambda: _value(fake.connections >= connections_before + 3), timeout_s=15,
                    what="reconnected")
     before = feed.stats.records[schema.TRADES]
-    resumed_at = time.monotonic()
     await wait_for(lambda: _value(feed.stats.records[schema.TRADES] > before), what="data again")
+    data_s = time.monotonic() - unstalled_at
     await wait_for(lambda: _synced(feed, ("spot", "BTCUSDT"), ("perp", "BTCUSDT")),
                    what="books resynced after reconnect")
-    report("stall", idle_detect_s=detect_s, recovery_after_unstall_s=time.monotonic() - resumed_at,
-           idle_timeout_s=1.5)
+    # Recovery = the watchdog's reaction (the fake stays silent until the test ends the stall).
+    report("binance_stall", expected="socket open, no data: idle watchdog reconnects after "
+           "idle_timeout_s (1.5 s here); data and books again", recovery_s=detect_s,
+           data_after_stall_end_s=data_s, books_after_stall_end_s=time.monotonic() - unstalled_at)
     assert {g.cause for g in feed.gaps.recent} >= {"idle"}
 
 

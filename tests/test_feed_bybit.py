@@ -22,6 +22,7 @@ from common.schema import Candle, now_utc
 from common.settings import BybitSettings, Settings
 from tests.fakes.bybit import FakeBybit, rest_candle
 from tests.feed_helpers import offline_context
+from tests.faultlog import report
 from tests.helpers import wait_for
 
 
@@ -135,10 +136,14 @@ async def test_backwards_u_resyncs_that_symbol_only_and_u1_snapshot_resets(env):
                                        if len(m["args"]) == 1]) == 8), what="retries")
     subs_before = len(fake.sent_ops("subscribe"))
     ws = fake.live("spot")[0]
+    injected = time.monotonic()
     await fake.send(ws, fake.book_delta(ws.state_dict, "BTCUSDT", u=5))   # u goes backwards
     await wait_for(lambda: _async(feed.stats.gaps == 1), what="integrity lost")
-    await wait_for(lambda: _async(feed.stats.resyncs == 1 and usdt.synced),
+    await wait_for(lambda: _async(feed.stats.resyncs == 1 and usdt.synced), interval_s=0.01,
                    what="BTCUSDT resynced")
+    report("bybit_sequence_gap", expected="that book alone resubscribes (snapshot again); "
+           "other symbols unaffected", recovery_s=time.monotonic() - injected,
+           other_books_resynced=feed.stats.resyncs - 1)
     [gap] = [g for g in feed.gaps.recent if g.stream == "book"]
     assert (gap.market, gap.symbol, gap.cause) == ("spot", "BTCUSDT", "sequence_gap")
     assert "backwards" in gap.detail and gap.end is not None and not gap.backfilled

@@ -1,12 +1,15 @@
 """GateioFeed end to end against the fake Gate.io (tests/fakes/gateio.py) with a real Writer."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from collector.exchanges.gateio.feed import GateioFeed
 from common import schema
 from common.settings import GateioSettings, Settings
 from tests.fakes.gateio import MULTIPLIER, FakeGate
+from tests.faultlog import report
 from tests.feedutil import collection_counts, running_feed
 from tests.helpers import wait_for
 
@@ -90,11 +93,16 @@ async def test_gap_full_and_crossed_resync_one_book(mongo_db, fake):
 
         # U/u gap on one spot book -> that book alone fetches a new REST snapshot
         fake.gap_next.add(("spot", "BTC_USDT"))
+        injected = time.monotonic()
 
         async def refetched():
             return fake.snapshot_requests[("spot", "BTC_USDT")] > before[("spot", "BTC_USDT")] \
                 and book_matches_server(feed, fake, "spot", "BTC_USDT")
-        await wait_for(refetched, timeout_s=5, what="resync after gap")
+        await wait_for(refetched, timeout_s=5, interval_s=0.01, what="resync after gap")
+        report("gateio_sequence_gap", expected="that book alone fetches a REST snapshot; no "
+               "reconnect; other symbols unaffected", recovery_s=time.monotonic() - injected,
+               other_books_resynced=sum(feed.states[k].resyncs for k in keys[1:]),
+               reconnects=fake.connects["spot"] - 1)
         assert feed.states[("spot", "BTC_USDT")].resyncs == 1
         assert fake.snapshot_requests[("spot", "BTC_USDC")] == before[("spot", "BTC_USDC")]
         assert fake.connects["spot"] == 1

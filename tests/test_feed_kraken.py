@@ -1,12 +1,15 @@
 """KrakenFeed end to end against the fake Kraken (tests/fakes/kraken.py) with a real Writer."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from collector.exchanges.kraken.feed import KrakenFeed
 from common import schema
 from common.settings import KrakenSettings, Settings
 from tests.fakes.kraken import FakeKraken
+from tests.faultlog import report
 from tests.feedutil import collection_counts, running_feed
 from tests.helpers import wait_for
 
@@ -60,10 +63,17 @@ async def test_all_collections_and_checksum_resync_of_one_symbol(mongo_db, fake)
         assert feed.stats.malformed == 0
 
         fake.corrupt_next.add("BTC/USD")
+        injected = time.monotonic()
 
         async def resubscribed():
             return fake.book_subscribes["BTC/USD"] == 2 and feed.books[("spot", "BTC/USD")].synced
-        await wait_for(resubscribed, timeout_s=5, what="BTC/USD book resubscribed")
+        await wait_for(resubscribed, timeout_s=5, interval_s=0.01,
+                       what="BTC/USD book resubscribed")
+        report("kraken_checksum", expected="that book alone unsubscribes/resubscribes (new "
+               "snapshot), no reconnect; other symbols unaffected",
+               recovery_s=time.monotonic() - injected,
+               other_books_resubscribed=fake.book_subscribes["ETH/USD"] - 1,
+               reconnects=fake.spot_connects - 1)
         assert feed.checksum_failures == 1
         assert fake.book_unsubscribes == {"BTC/USD": 1}
         assert fake.book_subscribes["ETH/USD"] == 1          # the other symbol is untouched
@@ -77,12 +87,20 @@ async def test_all_collections_and_checksum_resync_of_one_symbol(mongo_db, fake)
         assert feed.checksum_failures == 1
 
         # futures book seq gap -> resubscribe of that product only
+        spot_subscribes = dict(fake.book_subscribes)
         fake.fut_gap_next = True
+        injected = time.monotonic()
 
         async def fut_resubscribed():
             return fake.fut_book_subscribes["PF_XBTUSD"] == 2 and \
                 feed.books[("perp", "PF_XBTUSD")].synced
-        await wait_for(fut_resubscribed, timeout_s=5, what="futures book resubscribed")
+        await wait_for(fut_resubscribed, timeout_s=5, interval_s=0.01,
+                       what="futures book resubscribed")
+        report("kraken_futures_sequence_gap", expected="that product's book alone resubscribes, "
+               "no reconnect; other symbols unaffected", recovery_s=time.monotonic() - injected,
+               other_books_resubscribed=sum(fake.book_subscribes.values())
+               - sum(spot_subscribes.values()),
+               reconnects=fake.perp_connects - 1)
         assert fake.perp_connects == 1
 
 

@@ -21,6 +21,7 @@ from common.schema import now_utc
 from common.settings import OkxSettings, Settings
 from tests.fakes.okx import FakeOkx, rest_candle
 from tests.feed_helpers import offline_context
+from tests.faultlog import report
 from tests.helpers import wait_for
 
 
@@ -141,9 +142,16 @@ async def test_sequence_rules_gap_and_checksum_resync(env):
     # a gap on BTC-USDT: only BTC-USDT is resubscribed; BTC-USDC stays synced
     subs_before = len(fake.sent_ops("subscribe"))
     last = state["books"]["BTC-USDT"]["seq"]
+    usdc_seq = usdc.update_id
+    injected = time.monotonic()
     await fake.send(ws, fake.book_update(state, "BTC-USDT", prev=last + 5, seq=last + 6))
-    await wait_for(lambda: _async(feed.stats.resyncs == 1 and usdt.synced),
+    await wait_for(lambda: _async(feed.stats.resyncs == 1 and usdt.synced), interval_s=0.01,
                    what="BTC-USDT resynced")
+    recovery_s = time.monotonic() - injected
+    await wait_for(lambda: _async(usdc.update_id > usdc_seq), what="BTC-USDC keeps updating")
+    report("okx_sequence_gap", expected="that book alone resubscribes (snapshot again); other "
+           "symbols unaffected", recovery_s=recovery_s,
+           other_books_resynced=feed.stats.resyncs - 1)
     assert usdc.synced and feed.stats.gaps == 1
     [gap] = [g for g in feed.gaps.recent if g.stream == "book"]
     assert (gap.market, gap.symbol, gap.cause) == ("spot", "BTC-USDT", "sequence_gap")
@@ -153,10 +161,17 @@ async def test_sequence_rules_gap_and_checksum_resync(env):
     assert [m["args"] for _, m in fake.sent_ops("subscribe")[subs_before:]] == unsubs
 
     # a wrong checksum on BTC-USDC resyncs that book (after the per-symbol cool-down)
+    usdt_seq = usdt.update_id
+    injected = time.monotonic()
     await fake.send(ws, fake.book_update(state, "BTC-USDC", checksum=123456789))
     await wait_for(lambda: _async(feed.stats.gaps == 2), what="checksum mismatch")
-    await wait_for(lambda: _async(feed.stats.resyncs == 2 and usdc.synced),
+    await wait_for(lambda: _async(feed.stats.resyncs == 2 and usdc.synced), interval_s=0.01,
                    what="BTC-USDC resynced")
+    recovery_s = time.monotonic() - injected
+    await wait_for(lambda: _async(usdt.update_id > usdt_seq), what="BTC-USDT keeps updating")
+    report("okx_checksum", expected="that book alone resubscribes (after its cool-down); "
+           "other symbols unaffected", recovery_s=recovery_s,
+           other_books_resynced=feed.stats.resyncs - 2)
     assert usdt.synced
     [checksum_gap] = [g for g in feed.gaps.recent if g.cause == "checksum"]
     assert (checksum_gap.stream, checksum_gap.symbol) == ("book", "BTC-USDC")

@@ -1,97 +1,57 @@
 """End to end: the repository's supervisord.conf under a real supervisord, with the embedded
 MongoDB, the collector pointed at the fake Binance, and the API. Data must reach the API within
-seconds, and a ``kill -9`` of the collector must be followed by a restart and more data."""
+seconds, and a ``kill -9`` of the collector must be followed by a restart by supervisord, data
+again, and a ``restart`` gap in the ledger (``/gaps``) that the backfill filled."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
+from datetime import datetime, timezone
 
 import pytest
-from pymongo import MongoClient
 
 from common import schema
-from tests.conftest import ROOT
-from tests.helpers import free_port, wait_port, wait_until
+from tests.faultlog import report
+from tests.helpers import wait_until
+from tests.supervised import SupervisedSystem, http_json
 
 pytestmark = pytest.mark.system
 
 
-def http_json(url: str):
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-    except OSError:
-        return None, None
-
-
 @pytest.fixture
 def system(tmp_path):
-    fake_port, db_port, api_port = free_port(), free_port(), free_port()
-    fake = subprocess.Popen([sys.executable, "-m", "tests.fakes.binance", "--port", str(fake_port)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(fake_port)
-    # supervisord resolves %(here)s to the config's folder: give it a private copy of the real file.
-    shutil.copy(ROOT / "supervisord.conf", tmp_path / "supervisord.conf")
-    (tmp_path / "var").mkdir()
-    (tmp_path / "logs").mkdir()
-    fake_ws, fake_http = f"ws://127.0.0.1:{fake_port}", f"http://127.0.0.1:{fake_port}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "CRYPTODATA_VENV": sys.prefix,
-        "CRYPTODATA_EMBEDDED_DB": "true",
-        "CRYPTODATA_EMBEDDED_DB_PORT": str(db_port),
-        "MONGODB_URI": f"mongodb://127.0.0.1:{db_port}",
-        "CRYPTODATA_EXCHANGES": '["binance"]',
-        "CRYPTODATA_BINANCE__SPOT_WS_URL": fake_ws,
-        "CRYPTODATA_BINANCE__PERP_WS_URL": fake_ws,
-        "CRYPTODATA_BINANCE__SPOT_REST_URL": fake_http,
-        "CRYPTODATA_BINANCE__PERP_REST_URL": fake_http,
-        "CRYPTODATA_API_PORT": str(api_port),
-        "CRYPTODATA_STATUS_INTERVAL_S": "1",
-        "CRYPTODATA_FLUSH_INTERVAL_S": "0.2",
-    }
-    conf = str(tmp_path / "supervisord.conf")
-    supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c", conf],
-                                   cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-
-    def ctl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", conf, *args],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
-
-    db = MongoClient(f"mongodb://127.0.0.1:{db_port}", serverSelectionTimeoutMS=2000)["cryptodata"]
-    try:
-        yield {"api": f"http://127.0.0.1:{api_port}", "ctl": ctl, "db": db, "logs": tmp_path / "logs"}
-    finally:
-        for log_file in sorted((tmp_path / "logs").glob("*.log")):
-            # Shown by pytest only when the test fails.
-            print(f"--- {log_file.name}\n" + "\n".join(log_file.read_text().splitlines()[-15:]))
-        supervisord.send_signal(signal.SIGTERM)
+    with SupervisedSystem(tmp_path) as system:
         try:
-            supervisord.wait(60)
-        except subprocess.TimeoutExpired:
-            supervisord.kill()
-        fake.terminate()
-        fake.wait(10)
-        db.client.close()
+            yield system
+        finally:
+            print(system.log_tails())      # shown by pytest only when the test fails
 
 
-def trade_count(db) -> int:
-    return db[schema.TRADES].count_documents({})
+def trade_count(db, **query) -> int:
+    return db[schema.TRADES].count_documents(query)
+
+
+def stored_ids(db) -> dict[tuple[str, str], set[int]]:
+    out: dict[tuple[str, str], set[int]] = {}
+    for d in db[schema.TRADES].find({}, {"market": 1, "symbol": 1, "trade_id": 1}):
+        out.setdefault((d["market"], d["symbol"]), set()).add(int(d["trade_id"]))
+    return out
+
+
+def id_holes(db, upto: dict[tuple[str, str], int]) -> int:
+    """Trade ids missing from the first stored one up to ``upto`` per stream (the fake's spot
+    trade ids and USD-M aggTrade ids are consecutive, so every missing id is a lost trade)."""
+    ids = stored_ids(db)
+    holes = 0
+    for key, hi in upto.items():
+        have = {i for i in ids.get(key, ()) if i <= hi}
+        holes += hi - min(have) + 1 - len(have) if have else 0
+    return holes
 
 
 def test_pipeline_under_supervisord_survives_kill_9(system):
-    api, ctl, db = system["api"], system["ctl"], system["db"]
+    api, db = system.api, system.db
     started = time.monotonic()
 
     def realtime_has_trades():
@@ -100,7 +60,7 @@ def test_pipeline_under_supervisord_survives_kill_9(system):
 
     wait_until(realtime_has_trades, timeout_s=60, what="trades visible at /realtime")
     first_data_s = time.monotonic() - started
-    status = ctl("status")
+    status = system.ctl("status")
     assert status.returncode == 0, status.stdout
     for program in ("mongodb", "collector", "api"):
         assert f"{program}" in status.stdout and "RUNNING" in status.stdout
@@ -112,25 +72,50 @@ def test_pipeline_under_supervisord_survives_kill_9(system):
     wait_until(lambda: total() >= n0 + 300, timeout_s=30, what="300 more documents")
     n1, t1 = total(), time.monotonic()
     rate = (n1 - n0) / (t1 - t0)
+    # A heartbeat after data: the restart gap starts at the last heartbeat before the kill.
+    wait_until(lambda: db[schema.STATUS].find_one({"_id": "collector"}), what="heartbeat")
 
-    old_pid = int(ctl("pid", "collector").stdout.strip())
+    old_pid = system.pid("collector")
+    assert old_pid
     os.kill(old_pid, signal.SIGKILL)
-    killed_at = time.monotonic()
+    killed_at, killed_wall = time.monotonic(), datetime.now(timezone.utc)
 
-    def restarted():
-        out = ctl("pid", "collector").stdout.strip()
-        return out.isdigit() and int(out) not in (0, old_pid)
-    wait_until(restarted, timeout_s=30, what="collector restarted by supervisord")
-    before = trade_count(db)
-    wait_until(lambda: trade_count(db) > before + 20, timeout_s=30, what="data after restart")
+    wait_until(lambda: system.pid("collector") not in (None, old_pid), timeout_s=30,
+               what="collector restarted by supervisord")
+    restart_s = time.monotonic() - killed_at
+    # Data flows again: a trade received by the new process is stored.
+    wait_until(lambda: trade_count(db, received_at={"$gt": killed_wall}), timeout_s=30,
+               interval_s=0.05, what="data after restart")
     recovery_s = time.monotonic() - killed_at
+
+    def restart_gap(backfilled: bool = False):
+        code, body = http_json(f"{api}/gaps?exchange=binance")
+        rows = body.get("data", []) if code == 200 else []
+        return next((g for g in rows if g["cause"] == "restart" and g["end"] is not None
+                     and (g["backfilled"] or not backfilled)), None)
+    gap = wait_until(restart_gap, timeout_s=30, what="closed restart gap in /gaps")
+    # Lost = holes in the consecutive trade ids across the kill, once the backfill is stored.
+    upto = {k: max(v) for k, v in stored_ids(db).items()}
+    try:
+        gap = wait_until(lambda: restart_gap(backfilled=True), timeout_s=20,
+                         what="restart gap backfilled")
+        wait_until(lambda: id_holes(db, upto) == 0, timeout_s=15, what="no trade-id holes")
+    except AssertionError:
+        pass                        # reported below, then asserted
+    lost = id_holes(db, upto)
+    report("kill9_supervisord", expected="supervisord restarts the collector; data flows again; "
+           "restart gap in /gaps, backfilled", recovery_s=recovery_s, records_lost=lost,
+           restarted_s=restart_s, gap_s=gap["duration_s"], backfilled=gap["backfilled"],
+           first_data_s=first_data_s, ingest_docs_per_s=round(rate))
+    assert gap["backfilled"] is True
+    assert lost == 0
+    assert datetime.fromisoformat(gap["start"]) <= killed_wall
     # The restarted collector's heartbeat reports fresh Binance streams.
     health = wait_until(lambda: (lambda r: r[1] if r[0] == 200 and
                                  r[1]["exchanges"]["binance"]["fresh"] else None)(
         http_json(f"{api}/health")), timeout_s=20, what="healthy /health")
     assert health["mongodb"]["reachable"] is True and health["status"] == "healthy"
     assert "BTCBUSD" in health["exchanges"]["binance"]["unavailable_symbols"]
-    log_text = (system["logs"] / "data_collection.log").read_text()
+    assert health["exchanges"]["binance"]["gap_ledger"]["last_24h"] >= 1
+    log_text = (system.logs / "data_collection.log").read_text()
     assert "collector started" in log_text
-    print(f"\nSYSTEM first_data_s={first_data_s:.1f} ingest_docs_per_s={rate:.0f} "
-          f"kill9_recovery_s={recovery_s:.1f}")

@@ -286,17 +286,23 @@ async def run_latency(args) -> dict[str, Any]:
         await asyncio.gather(*tasks, return_exceptions=True)
     await client.drop_database(db.name)
     await client.close()
+    return {"docs": len(samples), **latency_summary(samples), "rate": args.rate,
+            "kind": args.kind, "flush_interval_s": writer.flush_interval_s,
+            "achieved_msgs_per_s": meter.result()["msgs_per_s"]}
+
+
+def latency_summary(samples: list[tuple[float, float]]) -> dict[str, Any]:
+    """(receive time, latency) pairs -> steady-state percentiles in ms (NaN without samples)."""
     # Steady state only: drop the first and the last second of receive times (start-up, and the
     # tail of a finite run, which waits for the timer flush instead of a full batch).
+    latencies: list[float] = []
     if samples:
         first, last = samples[0][0], max(r for r, _ in samples)
         latencies = [lat for r, lat in samples if first + 1.0 <= r <= last - 1.0]
     lat = sorted(latencies) or [float("nan")]
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]  # noqa: E731
-    return {"docs": len(samples), "measured_docs": len(latencies), "rate": args.rate,
-            "kind": args.kind, "flush_interval_s": writer.flush_interval_s, "p50_ms": q(0.50) * 1000,
-            "p99_ms": q(0.99) * 1000, "max_ms": lat[-1] * 1000,
-            "achieved_msgs_per_s": meter.result()["msgs_per_s"]}
+    return {"measured_docs": len(latencies), "p50_ms": q(0.50) * 1000,
+            "p99_ms": q(0.99) * 1000, "max_ms": lat[-1] * 1000}
 
 
 def main() -> None:

@@ -8,6 +8,11 @@ Test controls: ``inject_gap``, ``drop_connections``, ``stall`` (socket open, no 
 ``lose_trades`` (trades happen but are not pushed: a trade-id hole), and
 ``python -m tests.fakes.binance --port N`` to run it standalone.
 
+Trade accounting: ``trades_made`` (every trade that happened, as REST shows it; ``trade_rows``
+has their content), ``trades_sent`` (exactly the ids written to a client socket), and, with
+``start_barriers``, ``handled_trades()``: the ids the client provably passed to its message
+handler (see ``SocketLog``).
+
 Backfill REST (documented shapes): ``GET /api/v3/trades`` (newest ``limit`` spot trades,
 ``[{id, price, qty, quoteQty, time, isBuyerMaker, isBestMatch}]``), ``GET /fapi/v1/aggTrades``
 (``[{a, p, q, f, l, T, m}]``), ``GET /api/v3/klines`` and ``/fapi/v1/klines`` (``startTime``,
@@ -49,6 +54,21 @@ class SymbolState:
             self.asks[f"{self.price + i * 0.5:.2f}"] = f"{0.1 * i:.3f}"
 
 
+@dataclass
+class SocketLog:
+    """What one client socket was sent, and how much of it the client provably handled.
+
+    The fake pings every socket periodically and notes how many trades preceded each ping. The
+    collector's WebSocket client (aiohttp) answers a ping from ``receive()``, i.e. only after
+    every earlier message was returned to ``WsConnection``, which calls the feed's handler
+    synchronously before it reads the next one. So when a pong arrives, every trade sent before
+    that ping went through the handler (and was handed to the writer)."""
+
+    trades: list[tuple[tuple[str, str], str]] = field(default_factory=list)
+    pings: dict[bytes, int] = field(default_factory=dict)
+    acked: int = 0            # trades[:acked] were handled
+
+
 class FakeBinance:
     def __init__(self, *, tick_s: float = 0.02, seed: int = 7) -> None:
         self.tick_s = tick_s
@@ -60,7 +80,13 @@ class FakeBinance:
         self.stalled = False
         self.connections = 0
         self.messages_sent = 0
+        self.trades_made: dict[tuple[str, str], list[str]] = {}
+        self.trade_rows: dict[tuple[str, str], dict[str, tuple[str, str, int, bool]]] = {}
         self.trades_sent: dict[tuple[str, str], list[str]] = {}
+        self.socket_logs: list[SocketLog] = []
+        self._logs: dict[web.WebSocketResponse, SocketLog] = {}
+        self._barriers: asyncio.Task | None = None
+        self._ping_seq = itertools.count()
         self.depth_requests = 0
         self._gap: set[tuple[str, str]] = set()
         self._lose: dict[tuple[str, str], int] = {}
@@ -90,6 +116,28 @@ class FakeBinance:
     def stall(self, stalled: bool = True) -> None:
         self.stalled = stalled
 
+    def start_barriers(self, interval_s: float = 0.01) -> None:
+        """Ping every socket every ``interval_s`` (see ``SocketLog``)."""
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                for ws, log in list(self._logs.items()):
+                    payload = str(next(self._ping_seq)).encode()
+                    log.pings[payload] = len(log.trades)
+                    try:
+                        await ws.ping(payload)
+                    except ConnectionError:
+                        pass
+        self._barriers = asyncio.get_running_loop().create_task(loop())
+
+    def handled_trades(self) -> dict[tuple[str, str], set[str]]:
+        """Trade ids the client provably passed to its message handler, per stream."""
+        out: dict[tuple[str, str], set[str]] = {}
+        for log in self.socket_logs:
+            for key, trade_id in log.trades[:log.acked]:
+                out.setdefault(key, set()).add(trade_id)
+        return out
+
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self, port: int = 0) -> int:
         app = web.Application()
@@ -115,8 +163,9 @@ class FakeBinance:
         return self.port
 
     async def stop(self) -> None:
-        if self._pump:
-            self._pump.cancel()
+        for task in (self._pump, self._barriers):
+            if task is not None:
+                task.cancel()
         await self.drop_connections()
         if self._runner:
             await self._runner.cleanup()
@@ -129,14 +178,23 @@ class FakeBinance:
         return await self._ws(request)
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(autoping=True)
+        # Pings and pongs handled here: a pong is the barrier of SocketLog.
+        ws = web.WebSocketResponse(autoping=False)
         await ws.prepare(request)
         self.connections += 1
         self.sockets.add(ws)
         self.subscriptions[ws] = set()
+        log = self._logs[ws] = SocketLog()
+        self.socket_logs.append(log)
         route = request.path   # /stream, /public/stream or /market/stream
         try:
             async for msg in ws:
+                if msg.type == WSMsgType.PING:
+                    await ws.pong(msg.data)
+                    continue
+                if msg.type == WSMsgType.PONG:
+                    log.acked = max(log.acked, log.pings.pop(bytes(msg.data), 0))
+                    continue
                 if msg.type != WSMsgType.TEXT:
                     continue
                 try:
@@ -155,23 +213,34 @@ class FakeBinance:
                 self.subscriptions[ws] |= {f"{route}|{s}" for s in streams}
                 await ws.send_str(orjson.dumps({"result": None, "id": req.get("id")}).decode())
         finally:
+            self._logs.pop(ws, None)
             self.sockets.discard(ws)
             self.subscriptions.pop(ws, None)
         return ws
 
-    async def _broadcast(self, market: str, stream: str, data: dict) -> None:
+    async def _broadcast(self, market: str, stream: str, data: dict,
+                         trade: tuple[tuple[str, str], str] | None = None) -> None:
         routes = ("/stream",) if market == "spot" else ("/public/stream", "/market/stream")
         wanted = {f"{route}|{stream}" for route in routes}
         payload = None
+        sent = False
         for ws, subs in list(self.subscriptions.items()):
             if not subs.isdisjoint(wanted):
                 if payload is None:
                     payload = orjson.dumps({"stream": stream, "data": data}).decode()
+                log = self._logs.get(ws)
+                if log is None or ws.close_code is not None:
+                    continue            # the client's close frame arrived: it reads no more
                 try:
                     await ws.send_str(payload)
-                    self.messages_sent += 1
                 except ConnectionError:
-                    pass
+                    continue
+                self.messages_sent += 1
+                if trade is not None:
+                    log.trades.append(trade)
+                    sent = True
+        if sent:
+            self.trades_sent.setdefault(trade[0], []).append(trade[1])
 
     async def _pump_loop(self) -> None:
         for tick in itertools.count():
@@ -190,7 +259,8 @@ class FakeBinance:
                 state.trade_id += 1
                 state.price += self.rng.choice((-0.5, 0.5))
                 await self._broadcast(route, f"{low}@trade" if state.market == "spot"
-                                      else f"{low}@aggTrade", self._trade(state, now_ms))
+                                      else f"{low}@aggTrade", self._trade(state, now_ms),
+                                      ((state.market, state.symbol), str(state.trade_id)))
                 if tick % 5 == 0:
                     await self._broadcast(route, f"{low}@ticker", self._ticker(state, now_ms))
                     await self._broadcast(route, f"{low}@kline_1m", self._kline(state, now_ms))
@@ -235,7 +305,9 @@ class FakeBinance:
     def _trade(self, state: SymbolState, now_ms: int) -> dict:
         qty = f"{self.rng.randint(1, 100) * 0.001:.3f}"
         key = (state.market, state.symbol)
-        self.trades_sent.setdefault(key, []).append(str(state.trade_id))
+        self.trades_made.setdefault(key, []).append(str(state.trade_id))
+        self.trade_rows.setdefault(key, {})[str(state.trade_id)] = (
+            f"{state.price:.2f}", qty, now_ms, bool(state.trade_id % 2))
         state.recent.append((state.trade_id, f"{state.price:.2f}", qty, now_ms,
                              bool(state.trade_id % 2)))
         minute = now_ms - now_ms % 60_000
