@@ -39,7 +39,34 @@ class FeedContext:
 # Expected worst-case silence per stream kind (seconds) -> the idle watchdog of a connection uses
 # the shortest among its streams: books/tickers push every 100 ms-1 s, mark price every 1-3 s,
 # candles every ~2 s, while trades on a quiet symbol can pause for minutes.
+# Messages a rotation's replacement connection may hold back before the switch is forced.
+ROTATION_HOLD_MAX = 50_000
+
 STREAM_IDLE_S = {"book": 10.0, "ticker": 20.0, "funding": 15.0, "kline": 30.0, "trades": 300.0}
+
+
+class _HoldBack:
+    """A rotation replacement's message handler: holds messages back until ``release``, then
+    passes them (and everything after) to the feed's handler."""
+
+    def __init__(self, handler: MessageHandler) -> None:
+        self.handler = handler
+        self.held: list[str | bytes] | None = []
+        self.full = asyncio.Event()
+
+    def __call__(self, conn: WsConnection, raw: str | bytes) -> bool | None:
+        if self.held is None:
+            return self.handler(conn, raw)
+        self.held.append(raw)
+        if len(self.held) >= ROTATION_HOLD_MAX:
+            self.full.set()
+        return True
+
+    def release(self, conn: WsConnection) -> int:
+        backlog, self.held = self.held or [], None
+        for raw in backlog:
+            self.handler(conn, raw)
+        return len(backlog)
 
 
 class Feed:
@@ -305,23 +332,28 @@ class Feed:
     # ---- make-before-break rotation ----------------------------------------------------------
     async def _rotate_loop(self, conn: WsConnection) -> None:
         """Before the exchange's forced cut: open a replacement connection, wait until it
-        delivers data, then stop the old one (no disconnect, no gap). Overlapping messages are
-        harmless: trades/candles dedupe on unique keys, stale book diffs are ignored."""
+        delivers data, then stop the old one (no disconnect, no gap).
+
+        Until the switch the replacement's messages are held back (bounded) and handed to the
+        feed right after the old connection stopped, in order: both connections carry the same
+        streams, and interleaving them could apply a book diff before its predecessor (a false
+        sequence gap). What the held-back messages repeat is harmless: trades/candles dedupe on
+        unique keys, book diffs already applied are stale and ignored."""
         every = self.cfg.rotate_after_s
         while True:
             await asyncio.sleep(every)
             name, url, handler, on_open, heartbeat, idle = conn.spec  # type: ignore[attr-defined]
-            new = WsConnection(conn.name, url, on_message=handler, on_open=on_open,
+            hold = _HoldBack(handler)
+            new = WsConnection(conn.name, url, on_message=hold, on_open=on_open,
                                on_close=self._on_close, heartbeat=heartbeat, idle_timeout_s=idle,
                                backoff=Backoff(max_s=self.backoff_max_s), throttle=self.throttle)
             for attr in ("market", "label", "spec", "book_market"):
                 if hasattr(conn, attr):
                     setattr(new, attr, getattr(conn, attr))
-            new_task = asyncio.get_running_loop().create_task(new.run())
-            self._tasks.append(new_task)
+            self._tasks.append(asyncio.get_running_loop().create_task(new.run()))
             self.connections.append(new)
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not (
+            while time.monotonic() < deadline and not hold.full.is_set() and not (
                     new.connected.is_set() and new.last_data_at > 0 and
                     asyncio.get_running_loop().time() - new.last_data_at < 1.0):
                 await asyncio.sleep(0.05)
@@ -332,8 +364,10 @@ class Feed:
                 continue
             await conn.stop()           # stopping: no on_close, hence no gap; run() returns
             self.connections.remove(conn)
+            released = hold.release(new)
             self.rotations += 1
-            log.info("%s rotated (make-before-break)", conn.name)
+            log.info("%s rotated (make-before-break, %d messages held back)", conn.name,
+                     released)
             conn = new
 
     # ---- to implement ------------------------------------------------------------------------

@@ -276,6 +276,8 @@ class BinanceFeed(Feed):
         """Spot trade ids are consecutive per symbol: a hole is a gap (backfilled over REST)."""
         symbol, trade_id, at = data["s"], int(data["t"]), int(data["T"])
         last = self._last_trade.get(symbol)
+        if last is not None and trade_id <= last[0]:
+            return              # a repeat (rotation overlap, backfill): never move backwards
         self._last_trade[symbol] = (trade_id, at)
         if last is not None and trade_id > last[0] + 1:
             gap = self.gaps.record(self.name, symbol, SPOT, "trade", "sequence_gap",
