@@ -4,9 +4,9 @@ Modes (``--mode``):
 
 - ``floor``: plain websockets + orjson + uvloop; parse and count, nothing else.
 - ``collector``: the real BinanceFeed (WsConnection, parsers, book sync/maintenance, record
-  building, stats) with storage switched off. BENCHMARK MODE ONLY: the feed gets a
-  ``CountingWriter`` whose ``submit`` converts the record to its document (the work the real
-  writer does synchronously per record) and counts it; nothing is stored.
+  building, stats) and the real ``Writer`` (documents, batches, coalesced ``latest``, its flush
+  task) with storage switched off. BENCHMARK MODE ONLY: the Writer's database is a
+  ``NullDatabase`` that accepts and drops every write; nothing is stored.
 - ``store``: the real feed and the real Writer into MongoDB (nx-27017); stored docs/s.
 - ``ceiling``: the database's own bulk-insert ceiling: pre-built trade documents, insert_many.
 - ``latency``: real feed + real Writer at a fixed message rate; receive -> acknowledged latency
@@ -81,20 +81,36 @@ async def run_floor(args) -> dict[str, Any]:
     return meter.result()
 
 
-class CountingWriter:
-    """BENCHMARK MODE ONLY (storage off): converts each record to its document like the real
-    Writer's synchronous ``submit`` and counts it. Never used by tests as a storage path."""
+class NullCollection:
+    """A collection that accepts every write and stores nothing (storage switched off)."""
+
+    class _Inserted:
+        def __init__(self, n: int) -> None:
+            self.inserted_ids = range(n)
+
+    async def insert_many(self, docs, ordered: bool = True):
+        return self._Inserted(len(docs))
+
+    async def bulk_write(self, requests, ordered: bool = True):
+        return None
+
+
+class NullDatabase:
+    """BENCHMARK MODE ONLY (storage off): the real ``Writer`` runs unchanged (documents,
+    per-collection batches, coalesced ``latest`` upserts, flush task) on top of this database,
+    which drops every write. Never used by tests as a storage path."""
 
     def __init__(self) -> None:
-        from common.schema import latest_id, to_doc
-        self._to_doc, self._latest_id = to_doc, latest_id
-        self.submitted = 0
-        self.latest: dict[str, Any] = {}
+        self._collections: dict[str, NullCollection] = {}
 
-    def submit(self, record, *, history: bool = True) -> None:
-        doc = self._to_doc(record)
-        self.latest[self._latest_id(record)] = doc
-        self.submitted += 1
+    def __getitem__(self, name: str) -> NullCollection:
+        coll = self._collections.get(name)
+        if coll is None:
+            coll = self._collections[name] = NullCollection()
+        return coll
+
+    async def command(self, *args, **kwargs):
+        return {"ok": 1}
 
 
 def make_feed(args, writer, session, meter: Meter | None):
@@ -152,15 +168,19 @@ async def run_collector(args) -> dict[str, Any]:
 
     # Measured from the first message after the warm-up (and, for depth, after the book sync).
     meter = Meter(args.warmup + 1, args.count)
-    writer = CountingWriter()
+    writer = production_writer(NullDatabase())
     async with aiohttp.ClientSession() as session:
         feed, _ = make_feed(args, writer, session, meter)
         task = asyncio.create_task(feed.run())
+        flusher = asyncio.create_task(writer.run())
         await wait_or_fail(meter.done, task, args.timeout)
         await feed.stop()
-        task.cancel()
+        for t in (task, flusher):
+            t.cancel()
+        await asyncio.gather(task, flusher, return_exceptions=True)
     out = meter.result()
-    out.update(records=writer.submitted, malformed=feed.stats.malformed, gaps=feed.stats.gaps,
+    out.update(records=sum(feed.stats.records.values()), docs=writer.stored,
+               malformed=feed.stats.malformed, gaps=feed.stats.gaps,
                synced_books=sum(1 for b in feed.books.values() if b.synced),
                books=len(feed.books),
                book_levels=max((len(b.bids) + len(b.asks)) // 2 for b in feed.books.values())

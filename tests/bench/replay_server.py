@@ -106,6 +106,62 @@ class Book:
                 "b": out["b"], "a": out["a"]}
 
 
+class TickerState:
+    """A symbol's rolling 24 h statistics, moving like a live market: every message has a new
+    last price (a random walk on the tick grid), new best bid/ask and their sizes, growing
+    volumes and trade counts; open/high/low move now and then. (Identical messages would let a
+    text->float cache look better than it is on a real stream.)"""
+
+    def __init__(self, book: Book, rng: random.Random) -> None:
+        self.book, self.rng = book, rng
+        self.last = 0
+        self.open, self.high, self.low = -50, 80, -90
+        self.volume, self.quote = 122474.816, 2036102085.697464
+        self.first_id, self.last_id = 2289691, 2432543
+
+    def step(self) -> None:
+        rng = self.rng
+        self.last += rng.choice((-2, -1, -1, 0, 1, 1, 2))
+        self.high, self.low = max(self.high, self.last), min(self.low, self.last)
+        if rng.random() < 0.3:
+            self.open += rng.choice((-1, 1))       # the 24 h window slides
+        traded = rng.uniform(0.0001, 2.0)
+        self.volume += traded
+        self.quote += traded * (self.book.mid + self.last * TICK)
+        self.last_id += rng.randint(1, 30)
+
+    def next(self, ts: int) -> dict:
+        self.step()
+        rng, price = self.rng, self.book.price
+        spread = rng.randint(1, 2)
+        change = (self.last - self.open) * TICK
+        open_price = self.book.mid + self.open * TICK
+        return {"e": "24hrTicker", "E": ts, "s": self.book.symbol, "p": f"{change:.8f}",
+                "P": f"{change / open_price * 100:.3f}",
+                "w": f"{self.quote / self.volume:.8f}", "x": price(self.last - 1),
+                "c": price(self.last), "Q": f"{rng.uniform(0.0001, 2):.8f}",
+                "b": price(self.last - spread + 1), "B": f"{rng.uniform(0.001, 5):.8f}",
+                "a": price(self.last + 1), "A": f"{rng.uniform(0.001, 5):.8f}",
+                "o": price(self.open), "h": price(self.high), "l": price(self.low),
+                "v": f"{self.volume:.8f}", "q": f"{self.quote:.8f}", "O": ts - 86_400_000,
+                "C": ts, "F": self.first_id, "L": self.last_id,
+                "n": self.last_id - self.first_id + 1}
+
+    def kline(self, ts: int) -> dict:
+        self.step()
+        rng, price = self.rng, self.book.price
+        start = ts - ts % 60_000
+        vol = rng.uniform(1, 30000)
+        first = self.open // 8
+        return {"e": "kline", "E": ts, "s": self.book.symbol, "k": {
+            "t": start, "T": start + 59_999, "s": self.book.symbol, "i": "1m", "f": 100,
+            "L": self.last_id, "o": price(first), "c": price(self.last),
+            "h": price(max(self.last, first) + 4), "l": price(min(self.last, first) - 4),
+            "v": f"{vol:.8f}", "n": self.last_id % 1000, "x": False,
+            "q": f"{vol * self.book.mid:.8f}", "V": f"{vol / 2:.8f}",
+            "Q": f"{vol * self.book.mid / 2:.8f}", "B": "0"}}
+
+
 @dataclass
 class Scenario:
     kind: str
@@ -129,6 +185,7 @@ class Scenario:
         self.books = {s: Book(s, 100.0 + 500 * i + 60000.0 * (i == 0), self.levels, rng)
                       for i, s in enumerate(syms)}
         trade_ids = {s: 1_000_000 for s in syms}
+        tickers = {s: TickerState(book, rng) for s, book in self.books.items()}
         kinds = [self.kind] if self.kind != "mix" else \
             ["trade"] * 5 + ["depth"] * 2 + ["ticker"] * 2 + ["kline"]
         frames = self.frames
@@ -145,21 +202,10 @@ class Scenario:
                         "T": ts, "m": rng.random() < 0.5, "M": True}
                 stream = f"{low}@trade"
             elif kind == "ticker":
-                data = {"e": "24hrTicker", "E": ts, "s": sym, "p": "-131.40000000", "P": "-0.786",
-                        "w": f"{book.mid:.8f}", "x": book.price(-3), "c": book.price(0),
-                        "Q": "0.00200000", "b": book.price(-1), "B": "1.25000000",
-                        "a": book.price(1), "A": "0.75000000", "o": book.price(-50),
-                        "h": book.price(80), "l": book.price(-90), "v": "122474.81600000",
-                        "q": "2036102085.69746400", "O": ts - 86_400_000, "C": ts,
-                        "F": 2289691, "L": 2432543, "n": 142853}
+                data = tickers[sym].next(ts)
                 stream = f"{low}@ticker"
             elif kind == "kline":
-                start = ts - ts % 60_000
-                data = {"e": "kline", "E": ts, "s": sym, "k": {
-                    "t": start, "T": start + 59_999, "s": sym, "i": "1m", "f": 100, "L": 200,
-                    "o": book.price(-2), "c": book.price(1), "h": book.price(4),
-                    "l": book.price(-4), "v": "25877.00000000", "n": 30, "x": False,
-                    "q": "9116.04600000", "V": "58.00000000", "Q": "20.46240000", "B": "0"}}
+                data = tickers[sym].kline(ts)
                 stream = f"{low}@kline_1m"
             else:
                 data = book.diff(ts)
