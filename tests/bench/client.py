@@ -116,6 +116,7 @@ class NullDatabase:
 def make_feed(args, writer, session, meter: Meter | None):
     from collector.exchanges.base import FeedContext
     from collector.exchanges.binance.feed import BinanceFeed
+    from collector.heap import freeze_startup_objects
     from collector.rest import RateBudget, RestClient
     from collector.stats import Stats
     from common.schema import SPOT
@@ -148,6 +149,9 @@ def make_feed(args, writer, session, meter: Meter | None):
     # would delay the 100-symbol snapshots by minutes and is not what is being measured).
     feed.spot_rest = RestClient(session, args.rest_url, RateBudget(1e12))
     assert SPOT
+    # The collector program's start-up step (collector/app.py), at the same point: feeds built,
+    # nothing received yet.
+    freeze_startup_objects()
     return feed, settings
 
 
