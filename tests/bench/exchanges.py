@@ -45,9 +45,10 @@ def symbols_for(count: int, exchange: str = "binance") -> list[str]:
 
 
 # ---- what the benchmark client needs per exchange ------------------------------------------------
-# Suffix of the feed's configured spot WebSocket URL (the replay server ignores it, except OKX's
-# /ws/v5/business connection, which gets no data: candles are not measured).
-WS_SUFFIX = {"binance": "", "bybit": "/v5/public/spot", "okx": "", "kraken": "/v2",
+# Suffix of the feed's configured spot WebSocket URL, as in the default settings (the replay
+# server ignores it, except OKX's <base>/business connection, which gets no data: candles are not
+# measured, and the feed opens it whatever it subscribes).
+WS_SUFFIX = {"binance": "", "bybit": "/v5/public/spot", "okx": "/ws/v5", "kraken": "/v2",
              "gateio": "/ws/v4/"}
 # URL the floor client connects to, relative to the scenario base URL.
 FLOOR_PATH = {"binance": "/stream", "bybit": "/v5/public/spot", "okx": "/ws/v5/public",
