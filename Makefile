@@ -1,4 +1,5 @@
 # The two commands a user needs:  `make run`  (whole system)  and  `make test`  (test suite).
+# `make bench` runs the benchmarks (several minutes; see tests/bench/README.md).
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
@@ -14,7 +15,7 @@ endif
 RUN_ENV += CRYPTODATA_EMBEDDED_DB_PORT=$(EMBEDDED_DB_PORT) CRYPTODATA_VENV=$(abspath $(VENV))
 CTL := env $(RUN_ENV) $(VENV)/bin/supervisorctl -c supervisord.conf
 
-.PHONY: run run-fg stop status logs test install check-deploy
+.PHONY: run run-fg stop status logs test install check-deploy bench
 
 install: $(VENV)/.installed
 
@@ -52,6 +53,16 @@ logs:
 ## Set up and run the whole test suite.
 test: install
 	$(VENV)/bin/python -m pytest
+
+## Benchmarks, full run (~8 min on 2 cores; figures and how to read them: tests/bench/README.md):
+## the collector benchmark (per exchange and message type, storage, latency, RSS, growth) and
+## the API benchmark. BENCH_JSON=file also saves every collector figure; BENCH_ARGS passes
+## options (e.g. --reps 5, --only throughput). Uses MONGODB_URI if set, else its own nx-27017.
+BENCH_JSON ?=
+BENCH_ARGS ?=
+bench: install
+	$(VENV)/bin/python -m tests.bench.collector_bench $(if $(BENCH_JSON),--json $(BENCH_JSON)) $(BENCH_ARGS)
+	$(VENV)/bin/python tests/bench/api_bench.py
 
 ## Checks of the deployment: systemd units (systemd-analyze, supervisord.conf parsed with the
 ## unit's environment) and the Ansible playbook (syntax, ansible-lint, a real index/TTL

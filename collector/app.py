@@ -17,6 +17,7 @@ from sentry_sdk.integrations.asyncio import AsyncioIntegration
 from collector.exchanges import load_feed_class
 from collector.exchanges.base import Feed, FeedContext
 from collector.gaps import GapLedger
+from collector.heap import freeze_startup_objects, unfreeze
 from collector.partition import parse_partition
 from collector.spool import Spool
 from collector.stats import Stats
@@ -94,6 +95,8 @@ class Collector:
             self._tasks.append(loop.create_task(self._status_loop()))
             self._tasks.append(loop.create_task(self._log_loop()))
             log.info("collector started: %s", ", ".join(f.name for f in self.feeds))
+            # Start-up objects live as long as the process: keep full GC passes off them.
+            freeze_startup_objects()
             try:
                 if duration_s > 0:
                     await asyncio.wait_for(self.stopped.wait(), duration_s)
@@ -101,7 +104,10 @@ class Collector:
                     await self.stopped.wait()
             except asyncio.TimeoutError:
                 pass
-            await self.shutdown()
+            try:
+                await self.shutdown()
+            finally:
+                unfreeze()
 
     async def _previous_heartbeat(self):
         """``updated_at`` of the previous run's status document (None on a first start)."""

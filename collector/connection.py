@@ -194,13 +194,16 @@ class WsConnection:
             self.connected.set()
             log.info("%s connected to %s", self.name, self.url)
             handler = self.on_message
+            healthy_at = opened_at + self.healthy_after_s
             async for raw in ws:
                 now = loop.time()
                 self.last_message_at = now
                 if handler(self, raw) is not False:
                     self.last_data_at = now
-                if self.connects and now - opened_at > self.healthy_after_s:
+                if now > healthy_at:
+                    # Proved healthy: reset the backoff once (not on every later message).
                     self.backoff.reset()
+                    healthy_at = float("inf")
             return self._reconnect_reason or f"closed by server ({ws.close_code})"
         except ConnectionClosed as exc:
             return self._reconnect_reason or f"connection closed: {exc}"

@@ -26,7 +26,7 @@ from pymongo import ReplaceOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from common import schema
-from common.schema import Record, latest_id, to_doc
+from common.schema import Record, latest_id
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Writer:
         self.flush_interval_s = flush_interval_s
         self.queue_max = queue_max
         self._pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self._latest: dict[str, dict[str, Any]] = {}
+        self._latest: dict[str, Record] = {}     # latest_id -> newest record (coalesced)
         self._pending_count = 0
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
@@ -68,22 +68,32 @@ class Writer:
         self._pending_count += 1
 
     def submit(self, record: Record, *, history: bool = True) -> None:
-        """Queue a record for its collection (``history``) and for ``latest``."""
-        doc = to_doc(record)
+        """Queue a record for its collection (``history``) and for ``latest``.
+
+        ``latest`` is coalesced: only the newest record per key is kept and its document is
+        built at flush time (``latest_doc``), so a stream of 100k tickers/s for one symbol costs
+        one document per flush there, not one per message. Records are not modified after they
+        are submitted (a feed that updates one, e.g. a candle it closes, submits it again)."""
         if history:
             if self._pending_count >= self.queue_max:
                 self.dropped += 1
             else:
                 batch = self._pending[record.collection]
-                batch.append(dict(doc))
+                batch.append(record.to_doc())
                 self._pending_count += 1
                 if len(batch) >= self.batch_size:
                     self._wake.set()
+        self._latest[latest_id(record)] = record
+
+    @staticmethod
+    def latest_doc(key: str, record: Record) -> dict[str, Any]:
+        """The ``latest`` document of a record: its fields plus ``type`` and its own ``_id``."""
+        doc = record.to_doc()
         doc["type"] = record.collection
         # Whole-document replacement carrying its own _id: a $set of dates on an existing
         # document, or an upsert that takes _id from the filter, is mis-stored by nx-27017.
-        doc["_id"] = key = latest_id(record)
-        self._latest[key] = doc
+        doc["_id"] = key
+        return doc
 
     async def run(self) -> None:
         while not self._stopping:
@@ -192,13 +202,14 @@ class Writer:
             if self._latest:
                 latest, self._latest = self._latest, {}
                 try:
+                    latest_doc = self.latest_doc
                     await self.db[schema.LATEST].bulk_write(
-                        [ReplaceOne({"_id": key}, doc, upsert=True) for key, doc in latest.items()],
-                        ordered=False)
+                        [ReplaceOne({"_id": key}, latest_doc(key, record), upsert=True)
+                         for key, record in latest.items()], ordered=False)
                 except PyMongoError as exc:
                     # Newer values may have arrived meanwhile; only restore keys not replaced.
-                    for key, doc in latest.items():
-                        self._latest.setdefault(key, doc)
+                    for key, record in latest.items():
+                        self._latest.setdefault(key, record)
                     self._unavailable(exc)
                     self.spool_pending()
                     return False

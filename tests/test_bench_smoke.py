@@ -35,6 +35,18 @@ def test_quick_benchmark_produces_all_figures(tmp_path):
         for key in ("ours_msgs_per_s", "floor_msgs_per_s", "ratio", "cpu_ratio",
                     "ours_cpu_us_per_msg", "floor_cpu_us_per_msg", "ours_peak_rss_mb"):
             assert positive(t[key]), (kind, key, t)
+    # Every other exchange's real feed against its own floor, same run (no thresholds).
+    assert set(res["exchanges"]) == {"bybit", "okx", "kraken", "gateio"}
+    for exchange, kinds in res["exchanges"].items():
+        assert set(kinds) == {"trade", "ticker", "depth"}, exchange
+        for kind, t in kinds.items():
+            for key in ("ours_msgs_per_s", "floor_msgs_per_s", "ratio", "cpu_ratio",
+                        "ours_cpu_us_per_msg", "floor_cpu_us_per_msg", "ours_peak_rss_mb"):
+                assert positive(t[key]), (exchange, kind, key, t)
+        assert kinds["depth"]["book_levels"] > 0, exchange
+    prog = res["program"]       # the collector program itself (python -m collector)
+    assert positive(prog["steady_rss_mb"]) and positive(prog["peak_rss_mb"])
+    assert prog["docs_stored"] > 0
     s = res["storage"]
     assert positive(s["ours_docs_per_s"]) and positive(s["ceiling_docs_per_s"])
     assert positive(s["ratio"]) and s["docs_in_db"] >= s["docs"] > 0
@@ -49,7 +61,9 @@ def test_quick_benchmark_produces_all_figures(tmp_path):
     assert growth["symbols"]["100"]["synced_books"] == 100
     assert growth["levels"]["1000"]["book_levels"] > 400
     figures = {row["figure"] for row in res["table"]}
-    assert len(figures) == 8 and all(row["ratio"] not in ("", None) for row in res["table"])
+    assert len(figures) == 5 + 4 * 3 + 4 and \
+        all(row["ratio"] not in ("", None) for row in res["table"])
+
 
 
 def test_latency_summary_without_samples_is_nan_not_an_error():

@@ -4,9 +4,9 @@ Modes (``--mode``):
 
 - ``floor``: plain websockets + orjson + uvloop; parse and count, nothing else.
 - ``collector``: the real BinanceFeed (WsConnection, parsers, book sync/maintenance, record
-  building, stats) with storage switched off. BENCHMARK MODE ONLY: the feed gets a
-  ``CountingWriter`` whose ``submit`` converts the record to its document (the work the real
-  writer does synchronously per record) and counts it; nothing is stored.
+  building, stats) and the real ``Writer`` (documents, batches, coalesced ``latest``, its flush
+  task) with storage switched off. BENCHMARK MODE ONLY: the Writer's database is a
+  ``NullDatabase`` that accepts and drops every write; nothing is stored.
 - ``store``: the real feed and the real Writer into MongoDB (nx-27017); stored docs/s.
 - ``ceiling``: the database's own bulk-insert ceiling: pre-built trade documents, insert_many.
 - ``latency``: real feed + real Writer at a fixed message rate; receive -> acknowledged latency
@@ -65,41 +65,64 @@ class Meter:
 async def run_floor(args) -> dict[str, Any]:
     from websockets.asyncio.client import connect
 
+    from tests.bench.exchanges import FLOOR_PATH, IS_DATA, SNAPSHOT_PATH
+
     meter = Meter(args.warmup + 1, args.count)
     loads = orjson.loads
-    async with connect(args.ws_url + "/stream", max_size=2 ** 24, max_queue=256,
+    is_data = IS_DATA[args.exchange]
+    async with connect(args.ws_url + FLOOR_PATH[args.exchange], max_size=2 ** 24, max_queue=256,
                        ping_interval=None) as ws:
-        await ws.send(orjson.dumps({"method": "SUBSCRIBE", "params": ["x@trade"], "id": 1}).decode())
-        if args.kind in ("depth", "mix"):
+        if args.exchange == "binance":
+            await ws.send(orjson.dumps({"method": "SUBSCRIBE", "params": ["x@trade"],
+                                        "id": 1}).decode())
+        else:
+            await ws.send('{"subscribe":"floor"}')
+        if args.kind in ("depth", "mix") and args.exchange in SNAPSHOT_PATH:
             await fetch_snapshots(args)
         async for raw in ws:
-            msg = loads(raw)
-            if "data" in msg:
+            if is_data(loads(raw)):
                 meter.tick()
                 if meter.done.is_set():
                     break
     return meter.result()
 
 
-class CountingWriter:
-    """BENCHMARK MODE ONLY (storage off): converts each record to its document like the real
-    Writer's synchronous ``submit`` and counts it. Never used by tests as a storage path."""
+class NullCollection:
+    """A collection that accepts every write and stores nothing (storage switched off)."""
+
+    class _Inserted:
+        def __init__(self, n: int) -> None:
+            self.inserted_ids = range(n)
+
+    async def insert_many(self, docs, ordered: bool = True):
+        return self._Inserted(len(docs))
+
+    async def bulk_write(self, requests, ordered: bool = True):
+        return None
+
+
+class NullDatabase:
+    """BENCHMARK MODE ONLY (storage off): the real ``Writer`` runs unchanged (documents,
+    per-collection batches, coalesced ``latest`` upserts, flush task) on top of this database,
+    which drops every write. Never used by tests as a storage path."""
 
     def __init__(self) -> None:
-        from common.schema import latest_id, to_doc
-        self._to_doc, self._latest_id = to_doc, latest_id
-        self.submitted = 0
-        self.latest: dict[str, Any] = {}
+        self._collections: dict[str, NullCollection] = {}
 
-    def submit(self, record, *, history: bool = True) -> None:
-        doc = self._to_doc(record)
-        self.latest[self._latest_id(record)] = doc
-        self.submitted += 1
+    def __getitem__(self, name: str) -> NullCollection:
+        coll = self._collections.get(name)
+        if coll is None:
+            coll = self._collections[name] = NullCollection()
+        return coll
+
+    async def command(self, *args, **kwargs):
+        return {"ok": 1}
 
 
 def make_feed(args, writer, session, meter: Meter | None):
     from collector.exchanges.base import FeedContext
     from collector.exchanges.binance.feed import BinanceFeed
+    from collector.heap import freeze_startup_objects
     from collector.rest import RateBudget, RestClient
     from collector.stats import Stats
     from common.schema import SPOT
@@ -132,18 +155,23 @@ def make_feed(args, writer, session, meter: Meter | None):
     # would delay the 100-symbol snapshots by minutes and is not what is being measured).
     feed.spot_rest = RestClient(session, args.rest_url, RateBudget(1e12))
     assert SPOT
+    # The collector program's start-up step (collector/app.py), at the same point: feeds built,
+    # nothing received yet.
+    freeze_startup_objects()
     return feed, settings
 
 
 async def fetch_snapshots(args) -> None:
-    """The floor client also downloads every depth snapshot (the replay server waits for them)."""
+    """The floor client also downloads every REST depth snapshot (the replay server waits for
+    them, as it does for the feeds that sync their books over REST)."""
     import aiohttp
 
-    from tests.bench.replay_server import symbols_for
+    from tests.bench.exchanges import SNAPSHOT_PATH, symbols_for
+    path, param, extra = SNAPSHOT_PATH[args.exchange]
     async with aiohttp.ClientSession() as session:
-        for symbol in symbols_for(args.symbols):
-            async with session.get(args.rest_url + "/api/v3/depth",
-                                   params={"symbol": symbol, "limit": "1000"}) as resp:
+        for symbol in symbols_for(args.symbols, args.exchange):
+            async with session.get(args.rest_url + path,
+                                   params={param: symbol, **extra}) as resp:
                 orjson.loads(await resp.read())
 
 
@@ -152,21 +180,87 @@ async def run_collector(args) -> dict[str, Any]:
 
     # Measured from the first message after the warm-up (and, for depth, after the book sync).
     meter = Meter(args.warmup + 1, args.count)
-    writer = CountingWriter()
+    writer = production_writer(NullDatabase())
     async with aiohttp.ClientSession() as session:
         feed, _ = make_feed(args, writer, session, meter)
         task = asyncio.create_task(feed.run())
+        flusher = asyncio.create_task(writer.run())
         await wait_or_fail(meter.done, task, args.timeout)
         await feed.stop()
-        task.cancel()
+        for t in (task, flusher):
+            t.cancel()
+        await asyncio.gather(task, flusher, return_exceptions=True)
     out = meter.result()
-    out.update(records=writer.submitted, malformed=feed.stats.malformed, gaps=feed.stats.gaps,
+    out.update(records=sum(feed.stats.records.values()), docs=writer.stored,
+               malformed=feed.stats.malformed, gaps=feed.stats.gaps,
                synced_books=sum(1 for b in feed.books.values() if b.synced),
                books=len(feed.books),
                book_levels=max((len(b.bids) + len(b.asks)) // 2 for b in feed.books.values())
                if feed.books else 0)
     if args.kind in ("depth", "mix") and out["synced_books"] != out["books"]:
         out["error"] = "not every book synced"
+    return out
+
+
+async def run_exchange_collector(args) -> dict[str, Any]:
+    """Bybit / OKX / Kraken / Gate.io with storage off: the exchange's real feed class, built as
+    the collector builds it (its settings, a FeedContext), its connections from its public
+    ``build_connections()`` run as they are (WsConnection, transport, the feed's own subscribe
+    requests and message handler, book sync and maintenance, records) against the replay server,
+    and the real Writer over a NullDatabase. Only spot symbols are configured, so no start-up
+    REST calls (contract sizes, instrument lists: perpetuals only) are needed; REST backfill is
+    off (not what is measured). The feed files are used unchanged."""
+    import aiohttp
+
+    from collector.exchanges import load_feed_class
+    from collector.exchanges.base import FeedContext
+    from collector.heap import freeze_startup_objects
+    from collector.stats import Stats
+    from common.settings import Settings
+    from tests.bench.exchanges import WS_SUFFIX, symbols_for
+
+    meter = Meter(args.warmup + 1, args.count)
+    name = args.exchange
+    settings = Settings(_env_file=None, exchanges=[name])
+    cfg = settings.exchange(name).model_copy(update={
+        "spot_symbols": symbols_for(args.symbols, name), "perp_symbols": [],
+        "spot_ws_url": args.ws_url + WS_SUFFIX[name], "spot_rest_url": args.rest_url,
+        "perp_ws_url": "", "perp_rest_url": "", "book_depth": args.levels, "backfill": False})
+    settings = settings.model_copy(update={name: cfg})
+    writer = production_writer(NullDatabase())
+    async with aiohttp.ClientSession() as session:
+        feed = load_feed_class(name)(cfg, FeedContext(settings, writer, Stats(), session, 3600.0))
+        conns = feed.build_connections()
+        for conn in conns:
+            inner = conn.on_message
+
+            def counted(c, raw, inner=inner, tick=meter.tick):
+                result = inner(c, raw)
+                if result is not False:     # data only (acks, pongs, instrument: False)
+                    tick()
+                return result
+            conn.on_message = counted
+        freeze_startup_objects()            # as collector/app.py does once feeds are built
+        tasks = [asyncio.create_task(conn.run()) for conn in conns]
+        flusher = asyncio.create_task(writer.run())
+        runner = asyncio.gather(*tasks)
+        await wait_or_fail(meter.done, runner, args.timeout)
+        await asyncio.gather(*(conn.stop() for conn in conns), return_exceptions=True)
+        for t in tasks + [flusher]:
+            t.cancel()
+        await asyncio.gather(*tasks, flusher, return_exceptions=True)
+    out = meter.result()
+    books = [b for b in feed.books.values()]
+    out.update(records=sum(feed.stats.records.values()), docs=writer.stored,
+               malformed=feed.stats.malformed, gaps=feed.stats.gaps,
+               synced_books=sum(1 for b in books if b.synced), books=len(books),
+               book_levels=max(((len(b.bids) + len(b.asks)) // 2 for b in books), default=0))
+    if out["malformed"]:
+        out["error"] = f"{out['malformed']} malformed messages"
+    elif args.kind == "depth" and (not books or out["synced_books"] != out["books"]
+                                   or out["gaps"]):
+        out["error"] = f"books not in sync (gaps {out['gaps']}, synced {out['synced_books']}" \
+                       f"/{out['books']})"
     return out
 
 
@@ -312,6 +406,7 @@ def main() -> None:
     p.add_argument("--ws-url", default="")
     p.add_argument("--rest-url", default="")
     p.add_argument("--mongodb-uri", default="")
+    p.add_argument("--exchange", default="binance")
     p.add_argument("--kind", default="trade")
     p.add_argument("--count", type=int, default=100_000)
     p.add_argument("--warmup", type=int, default=1000)
@@ -325,6 +420,8 @@ def main() -> None:
     gc.collect()
     runner = {"floor": run_floor, "collector": run_collector, "store": run_store,
               "ceiling": run_ceiling, "latency": run_latency}[args.mode]
+    if args.mode == "collector" and args.exchange != "binance":
+        runner = run_exchange_collector
     import uvloop
     if args.profile:
         import cProfile
