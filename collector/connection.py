@@ -46,7 +46,8 @@ class HeartbeatPolicy:
 
 
 class Backoff:
-    """Capped exponential backoff with full jitter; reset once a connection proved healthy."""
+    """Capped exponential backoff with full jitter; reset once a connection proved healthy
+    (data messages after ``healthy_after_s``)."""
 
     def __init__(self, initial_s: float = 1.0, max_s: float = 60.0, factor: float = 2.0) -> None:
         self.initial_s = initial_s
@@ -199,8 +200,10 @@ class WsConnection:
                 self.last_message_at = now
                 if handler(self, raw) is not False:
                     self.last_data_at = now
-                if self.connects and now - opened_at > self.healthy_after_s:
-                    self.backoff.reset()
+                    # Healthy means data after a while: heartbeats/pongs alone (a connection the
+                    # idle watchdog will close) must not reset the backoff into a tight loop.
+                    if now - opened_at > self.healthy_after_s:
+                        self.backoff.reset()
             return self._reconnect_reason or f"closed by server ({ws.close_code})"
         except ConnectionClosed as exc:
             return self._reconnect_reason or f"connection closed: {exc}"
