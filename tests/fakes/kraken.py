@@ -291,8 +291,9 @@ class FakeKraken:
             if symbol in subs["ohlc"]:
                 await self._send(ws, self._ohlc_message(symbol, candle, now))
 
-    def _ohlc_message(self, symbol: str, candle: FakeCandle, now: datetime) -> str:
-        return json.dumps({"channel": "ohlc", "type": "update", "timestamp": rfc3339(now, True),
+    def _ohlc_message(self, symbol: str, candle: FakeCandle, now: datetime,
+                      kind: str = "update") -> str:
+        return json.dumps({"channel": "ohlc", "type": kind, "timestamp": rfc3339(now, True),
                            "data": [{"symbol": symbol, "open": candle.open, "high": candle.high,
                                      "low": candle.low, "close": candle.close,
                                      "trades": candle.trades, "volume": round(candle.volume, 8),
@@ -456,6 +457,10 @@ class FakeKraken:
                             books.pop(symbol, None)
                     elif method == "subscribe":
                         subs[channel].add(symbol)
+                        candles = self.market.candles.get(symbol)
+                        if channel == "ohlc" and candles:   # snapshot: the running candle
+                            await ws.send(self._ohlc_message(
+                                symbol, candles[-1], datetime.now(timezone.utc), "snapshot"))
                     else:
                         subs[channel].discard(symbol)
         except ConnectionClosed:

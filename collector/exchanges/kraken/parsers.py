@@ -52,6 +52,14 @@ def _f(value: Any) -> float | None:
     return None if value is None or value == "" else float(value)
 
 
+def _int(value: Any) -> int:
+    """int() whose overflow (an infinite float) is a malformed value like any other."""
+    try:
+        return int(value)
+    except OverflowError as exc:
+        raise ValueError(f"not an integer: {value!r}") from exc
+
+
 # ---- spot v2 -------------------------------------------------------------------------------------
 def parse_instrument_pairs(msg: dict) -> dict[str, tuple[int, int]]:
     """``instrument`` snapshot/update -> {symbol: (price_precision, qty_precision)}."""
@@ -157,7 +165,7 @@ def parse_rest_trades(body: dict, symbol: str, received_at: datetime) -> tuple[l
     for row in rows:
         side = {"b": "buy", "s": "sell"}[row[3]]
         out.append(Trade(EXCHANGE, symbol, pair, SPOT, s_to_dt(row[2]), received_at,
-                         trade_id=str(int(row[6])), price=float(row[0]), size=float(row[1]),
+                         trade_id=str(_int(row[6])), price=float(row[0]), size=float(row[1]),
                          side=side))
     return out, str(last)
 
@@ -170,10 +178,10 @@ def parse_rest_ohlc(body: dict, symbol: str, received_at: datetime) -> list[Cand
     out = []
     for row in rows[:-1]:
         volume, vwap = float(row[6]), float(row[5])
-        out.append(Candle(EXCHANGE, symbol, pair, SPOT, s_to_dt(int(row[0])), received_at,
+        out.append(Candle(EXCHANGE, symbol, pair, SPOT, s_to_dt(row[0]), received_at,
                           interval="1m", open=float(row[1]), high=float(row[2]),
                           low=float(row[3]), close=float(row[4]), volume=volume,
-                          quote_volume=volume * vwap, trades=int(row[7]), closed=True))
+                          quote_volume=volume * vwap, trades=_int(row[7]), closed=True))
     return out
 
 
