@@ -46,7 +46,8 @@ class HeartbeatPolicy:
 
 
 class Backoff:
-    """Capped exponential backoff with full jitter; reset once a connection proved healthy."""
+    """Capped exponential backoff with full jitter; reset once a connection proved healthy
+    (data messages after ``healthy_after_s``)."""
 
     def __init__(self, initial_s: float = 1.0, max_s: float = 60.0, factor: float = 2.0) -> None:
         self.initial_s = initial_s
@@ -200,10 +201,12 @@ class WsConnection:
                 self.last_message_at = now
                 if handler(self, raw) is not False:
                     self.last_data_at = now
-                if now > healthy_at:
-                    # Proved healthy: reset the backoff once (not on every later message).
-                    self.backoff.reset()
-                    healthy_at = float("inf")
+                    # Healthy means data after a while: heartbeats/pongs alone (a connection
+                    # the idle watchdog will close) must not reset the backoff into a tight
+                    # loop. Reset once, not on every later message.
+                    if now > healthy_at:
+                        self.backoff.reset()
+                        healthy_at = float("inf")
             return self._reconnect_reason or f"closed by server ({ws.close_code})"
         except ConnectionClosed as exc:
             return self._reconnect_reason or f"connection closed: {exc}"

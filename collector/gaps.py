@@ -6,7 +6,8 @@
 - ``symbol`` is ``"*"`` when a whole connection (or the whole collector / database) was affected.
 - ``market``: spot | perp | ``"*"``; ``stream``: the connection name (``binance:spot``), a data
   stream (``depth``, ``trade``), ``collector`` (restart) or ``mongodb`` (db_outage).
-- ``cause``: disconnect | idle | sequence_gap | checksum | restart | db_outage.
+- ``cause``: disconnect | idle | sequence_gap | checksum | crossed (a book whose best bid reached
+  its best ask) | restart | db_outage.
 - ``collector``: the status-document id of the recording process (``collector`` or
   ``collector-<i>-of-<N>`` when partitioned).
 - ``end`` is None while the gap is open; ``duration_s`` is set when it closes.
@@ -29,7 +30,7 @@ from common.schema import now_utc
 
 log = logging.getLogger(__name__)
 
-CAUSES = ("disconnect", "idle", "sequence_gap", "checksum", "restart", "db_outage")
+CAUSES = ("disconnect", "idle", "sequence_gap", "checksum", "crossed", "restart", "db_outage")
 
 
 @dataclass

@@ -1,14 +1,24 @@
-"""GateioFeed end to end against the fake Gate.io (tests/fakes/gateio.py) with a real Writer."""
+"""GateioFeed end to end against the fake Gate.io (tests/fakes/gateio.py) with a real Writer, and
+through the API."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from websockets.asyncio.client import connect
 
+from api.app import create_app
+from collector.exchanges.base import STREAM_IDLE_S
+from collector.exchanges.gateio import endpoints as ep
 from collector.exchanges.gateio.feed import GateioFeed
 from common import schema
+from common.indexes import apply_indexes
+from common.schema import s_to_dt
 from common.settings import GateioSettings, Settings
-from tests.fakes.gateio import MULTIPLIER, FakeGate
+from tests.fakes.gateio import FUNDING_RATE_REST, MULTIPLIER, SPOT, FakeGate
+from tests.feed_helpers import offline_context
 from tests.faultlog import report
 from tests.feedutil import collection_counts, running_feed
 from tests.helpers import wait_for
@@ -32,8 +42,8 @@ def settings_for(fake: FakeGate, **gate) -> Settings:
                     book_snapshot_interval_s=0.1, liquidity_interval_s=0.2, poll_interval_s=1.0)
 
 
-def synced(feed, market, symbol):
-    return feed.books[(market, symbol)].synced
+async def _value(value):
+    return value
 
 
 def book_matches_server(feed, fake, market, symbol) -> bool:
@@ -64,22 +74,30 @@ async def test_all_collections_and_book_sync(mongo_db, fake):
             await wait_for(matches, timeout_s=5, what=f"{market} {symbol} book == server book")
         # futures sizes are contracts x quanto_multiplier (base units)
         trade = await mongo_db[schema.TRADES].find_one({"market": "perp"})
-        assert trade["size"] in (pytest.approx(25 * MULTIPLIER), pytest.approx(40 * MULTIPLIER))
-        assert trade["side"] in ("buy", "sell")
-        async def stats_oi():
-            return await mongo_db[schema.OPEN_INTEREST].find_one(
-                {"open_interest_value": 12500000.5})
-        oi = await wait_for(stats_oi, timeout_s=5, what="open interest from contract_stats")
-        assert oi["open_interest"] == pytest.approx(250.0)
+        sent = {str(t["id"]): t for t in fake.market.trades[("perp", "BTC_USDT")]}
+        assert trade["size"] == pytest.approx(abs(sent[trade["trade_id"]]["size"]) * MULTIPLIER)
+        assert trade["side"] == ("buy" if sent[trade["trade_id"]]["size"] > 0 else "sell")
+        # open interest: contract_stats only (bucket times), contracts x multiplier
+        oi = await mongo_db[schema.OPEN_INTEREST].find_one({"symbol": "BTC_USDT"})
+        row = next(r for r in fake.market.stats["BTC_USDT"] if s_to_dt(r["time"]) == oi["ts"])
+        assert oi["open_interest"] == pytest.approx(row["open_interest"] * MULTIPLIER)
+        assert oi["open_interest_value"] == row["open_interest_usd"]
+        docs = await mongo_db[schema.OPEN_INTEREST].find({}).to_list(1000)
+        assert all(d["ts"].timestamp() % 60 == 0 for d in docs)  # never the tickers' push times
         funding = await mongo_db[schema.FUNDING_RATES].find_one({"symbol": "BTC_USDT"})
         assert funding["rate"] == 0.000125 and funding["interval_hours"] == 8.0
         assert funding["next_funding_time"] is not None
         async def closed_candle():
-            return await mongo_db[schema.OHLCV].find_one({"market": "spot", "closed": True})
+            return await mongo_db[schema.OHLCV].find_one({"market": "spot", "closed": True,
+                                                          "symbol": "BTC_USDT"})
         candle = await wait_for(closed_candle, timeout_s=5, what="closed spot candle")
-        assert candle["volume"] == 0.05 and candle["quote_volume"] == 2500.5
-        assert feed.stats.malformed == 0 and feed.stats.resyncs == 0
-        assert feed.stats.errors == {}
+        server = next(c for c in fake.market.candles[("spot", "BTC_USDT")]
+                      if s_to_dt(c.t) == candle["ts"])
+        assert candle["volume"] == pytest.approx(server.base, abs=1e-4)
+        assert candle["quote_volume"] == pytest.approx(server.quote, abs=1e-4)
+        assert candle["close"] == server.close
+        assert feed.stats.malformed == 0 and feed.stats.resyncs == 0 and feed.stats.gaps == 0
+        assert feed.stats.errors == {} and fake.subscribe_errors == []
 
 
 async def test_gap_full_and_crossed_resync_one_book(mongo_db, fake):
@@ -90,6 +108,9 @@ async def test_gap_full_and_crossed_resync_one_book(mongo_db, fake):
             return all(book_matches_server(feed, fake, *k) for k in keys)
         await wait_for(all_synced, timeout_s=10, what="books synced")
         before = dict(fake.snapshot_requests)
+
+        def book_gaps():
+            return [g for g in feed.gaps.recent if g.stream == "book"]
 
         # U/u gap on one spot book -> that book alone fetches a new REST snapshot
         fake.gap_next.add(("spot", "BTC_USDT"))
@@ -106,6 +127,10 @@ async def test_gap_full_and_crossed_resync_one_book(mongo_db, fake):
         assert feed.states[("spot", "BTC_USDT")].resyncs == 1
         assert fake.snapshot_requests[("spot", "BTC_USDC")] == before[("spot", "BTC_USDC")]
         assert fake.connects["spot"] == 1
+        (gap,) = book_gaps()
+        assert (gap.market, gap.symbol, gap.cause) == ("spot", "BTC_USDT", "sequence_gap")
+        assert gap.end is not None
+        assert feed.stats.gaps == 1 and feed.stats.resyncs == 1
 
         # futures gap as well
         fake.gap_next.add(("perp", "BTC_USDT"))
@@ -114,6 +139,8 @@ async def test_gap_full_and_crossed_resync_one_book(mongo_db, fake):
             return fake.snapshot_requests[("perp", "BTC_USDT")] > before[("perp", "BTC_USDT")] \
                 and book_matches_server(feed, fake, "perp", "BTC_USDT")
         await wait_for(perp_refetched, timeout_s=5, what="futures resync after gap")
+        gap = book_gaps()[-1]
+        assert (gap.market, gap.cause, gap.end is not None) == ("perp", "sequence_gap", True)
 
         # full:true replaces the whole book without a REST snapshot
         requests = dict(fake.snapshot_requests)
@@ -127,6 +154,7 @@ async def test_gap_full_and_crossed_resync_one_book(mongo_db, fake):
         assert best_bid > 50010.0 + 900       # only the new book's levels are left
         assert fake.snapshot_requests == requests
         assert feed.states[("spot", "BTC_USDC")].resyncs == 0
+        assert len(book_gaps()) == 2          # a full:true reset is not a gap
 
         # a crossed book is not trusted: resync from REST
         fake.crossed_next.add(("perp", "BTC_USDT"))
@@ -138,6 +166,18 @@ async def test_gap_full_and_crossed_resync_one_book(mongo_db, fake):
         await wait_for(uncrossed, timeout_s=5, what="resync after crossed book")
         assert not feed.books[("perp", "BTC_USDT")].crossed()
         assert fake.connects == {"spot": 1, "perp": 1}
+        gap = book_gaps()[-1]
+        assert (gap.market, gap.symbol, gap.cause) == ("perp", "BTC_USDT", "crossed")
+        assert gap.end is not None
+        # counters and ledger agree
+        assert feed.stats.gaps == feed.stats.resyncs == 3
+        assert sum(s.resyncs for s in feed.states.values()) == 3
+
+        async def stored():
+            docs = await mongo_db[schema.GAPS].find({"stream": "book"}).to_list(10)
+            return docs if len(docs) == 3 and all(d["end"] for d in docs) else None
+        docs = await wait_for(stored, timeout_s=5, what="book gaps stored, closed")
+        assert sorted(d["cause"] for d in docs) == ["crossed", "sequence_gap", "sequence_gap"]
 
 
 async def test_unknown_symbol_error_isolated(mongo_db, fake):
@@ -161,25 +201,28 @@ async def test_contract_size_default_when_rest_unavailable(mongo_db, fake):
             return await mongo_db[schema.TRADES].find_one({"market": "perp"})
         trade = await wait_for(trades, timeout_s=10, what="perp trades")
         assert feed.multipliers == {"BTC_USDT": 0.0001}
-        assert trade["size"] in (pytest.approx(0.0025), pytest.approx(0.004))
+        sent = {str(t["id"]): t for t in fake.market.trades[("perp", "BTC_USDT")]}
+        assert trade["size"] == pytest.approx(abs(sent[trade["trade_id"]]["size"]) * 0.0001)
 
 
-async def test_silent_connection_is_reconnected_by_idle_watchdog(mongo_db, fake):
+@pytest.mark.parametrize("market", ["spot", "perp"])
+async def test_silent_connection_is_reconnected_by_idle_watchdog(mongo_db, fake, market):
     fake.silent = True
-    settings = settings_for(fake, idle_timeout_s=0.5, perp_symbols=[])
+    symbols = dict(perp_symbols=[]) if market == "spot" else dict(spot_symbols=[])
+    settings = settings_for(fake, idle_timeout_s=0.5, **symbols)
 
     def configure(feed):
-        feed.ping_interval_s = 0.1   # spot.pong keeps arriving but is control traffic
+        feed.ping_interval_s = 0.1   # spot.pong / futures.pong keep arriving: control traffic
     async with running_feed(GateioFeed, mongo_db, settings, "gateio", configure) as feed:
         async def reconnected():
-            return fake.connects["spot"] >= 2
+            return fake.connects[market] >= 2
         await wait_for(reconnected, timeout_s=8, what="reconnect after silence")
         assert feed.stats.reconnects >= 1
-        assert fake.pings["spot"] >= 2
+        assert fake.pings[market] >= 2
         fake.silent = False
 
         async def data():
-            return book_matches_server(feed, fake, "spot", "BTC_USDT")
+            return book_matches_server(feed, fake, market, "BTC_USDT")
         await wait_for(data, timeout_s=8, what="book synced after the server talks again")
 
 
@@ -197,3 +240,219 @@ async def test_upgrade_notice_reconnects_and_resyncs(mongo_db, fake):
                 fake.snapshot_requests[("spot", "BTC_USDT")] > requests and \
                 book_matches_server(feed, fake, "spot", "BTC_USDT")
         await wait_for(resynced, timeout_s=8, what="reconnect + resync after upgrade notice")
+
+
+async def test_argument_order_is_checked_per_channel(fake):
+    """Gate's channels disagree on argument order; the fake rejects the wrong one like Gate
+    (error code 2, status fail), and accepts the order the feed sends."""
+    cases = {
+        "spot": [("spot.candlesticks", ["1m", "BTC_USDT"], ["BTC_USDT", "1m"]),
+                 ("spot.order_book_update", ["BTC_USDT", "100ms"], ["100ms", "BTC_USDT"])],
+        "perp": [("futures.candlesticks", ["1m", "BTC_USDT"], ["BTC_USDT", "1m"]),
+                 ("futures.order_book_update", ["BTC_USDT", "100ms", "100"],
+                  ["100ms", "BTC_USDT", "100"]),
+                 ("futures.contract_stats", ["BTC_USDT", "1m"], ["1m", "BTC_USDT"])],
+    }
+    for market, checks in cases.items():
+        url = fake.spot_url if market == "spot" else fake.perp_url
+        async with connect(url) as ws:
+            for channel, right, wrong in checks:
+                assert GateioFeed._payload(channel, "BTC_USDT") == right
+                for payload, ok in ((wrong, False), (right, True)):
+                    await ws.send(json.dumps({"time": 0, "channel": channel,
+                                              "event": "subscribe", "payload": payload}))
+                    while True:
+                        ack = json.loads(await ws.recv())
+                        if ack.get("event") == "subscribe":
+                            break
+                    assert (ack["error"] is None) is ok, (channel, payload, ack)
+                    if not ok:
+                        assert ack["error"]["code"] == 2 and ack["result"]["status"] == "fail"
+
+
+async def _ids(db, market: str, symbol: str) -> set[str]:
+    return {d["trade_id"] async for d in db[schema.TRADES].find(
+        {"exchange": "gateio", "market": market, "symbol": symbol}, {"trade_id": 1})}
+
+
+async def test_drop_mid_stream_backfills_missed_trades_candles_and_derivatives(
+        mongo_db, fake, monkeypatch):
+    monkeypatch.setattr(ep, "TRADES_PAGE", 25)      # several pages for a short outage
+    monkeypatch.setattr(ep, "TRADES_MAX_PAGES", 40)
+    settings = settings_for(fake)
+    await apply_indexes(mongo_db, settings.retention)
+    async with running_feed(GateioFeed, mongo_db, settings, "gateio") as feed:
+        markets = [("spot", s) for s in SPOT] + [("perp", "BTC_USDT")]
+
+        async def flowing():
+            return all([await _ids(mongo_db, m, s) for m, s in markets]) and \
+                "BTC_USDT" in feed._last_oi
+        await wait_for(flowing, timeout_s=10, what="trades on both connections, stats")
+        await fake.drop_connections()
+        cut = {k: len(fake.trade_ids(*k)) for k in markets}
+
+        async def backfilled():
+            gaps = [g for g in feed.gaps.recent if g.cause == "disconnect"]
+            return gaps if len(gaps) == 2 and all(g.backfilled for g in gaps) else None
+        gaps = await wait_for(backfilled, timeout_s=15, what="both disconnect gaps backfilled")
+        assert {g.stream for g in gaps} == {"gateio:spot", "gateio:perp"}
+
+        async def nothing_missing():
+            missing = {}
+            for market, symbol in markets:
+                stored = await _ids(mongo_db, market, symbol)
+                first = min(int(i) for i in stored)
+                sent = fake.trade_ids(market, symbol)[:cut[(market, symbol)] + 10]
+                missing[symbol, market] = [i for i in sent if int(i) >= first and i not in stored]
+            return missing if not any(missing.values()) else None
+        await wait_for(nothing_missing, timeout_s=10, what="every trade missed in MongoDB")
+        # insurance-fund (is_internal) futures trades are never stored, streamed or backfilled
+        internal = set(fake.trade_ids("perp", "BTC_USDT", internal=True))
+        assert internal and not internal & await _ids(mongo_db, "perp", "BTC_USDT")
+        pages = [q for path, q in fake.rest_requests if path == "/spot/trades"]
+        assert max(int(q["page"]) for q in pages) >= 2 and all(q["limit"] == "25" for q in pages)
+        assert any(int(q["offset"]) >= 25 for path, q in fake.rest_requests
+                   if path == "/futures/usdt/trades")
+
+        # closed candles (spot flag / futures all but the running one), server values
+        for key in markets:
+            async def candles_stored(key=key):
+                for candle in fake.market.candles[key][:-1]:
+                    doc = await mongo_db[schema.OHLCV].find_one(
+                        {"exchange": "gateio", "market": key[0], "symbol": key[1],
+                         "ts": s_to_dt(candle.t)})
+                    if doc is None or not doc["closed"] or doc["close"] != candle.close:
+                        return None
+                return True
+            await wait_for(candles_stored, timeout_s=10, what=f"{key} closed candles")
+        # funding re-polled from the contract, open interest from contract_stats since the
+        # newest streamed point
+        assert await wait_for(lambda: mongo_db[schema.FUNDING_RATES].find_one(
+            {"symbol": "BTC_USDT", "rate": float(FUNDING_RATE_REST)}), timeout_s=5,
+            what="REST funding")
+        (stats,) = [q for path, q in fake.rest_requests
+                    if path == "/futures/usdt/contract_stats"][:1]
+        assert stats["interval"] == "5m" and int(stats["from"]) > 0
+        for row in fake.stats_served:
+            doc = await wait_for(lambda: mongo_db[schema.OPEN_INTEREST].find_one(
+                {"symbol": "BTC_USDT", "ts": s_to_dt(row["time"])}), timeout_s=5,
+                what="open interest served over REST")
+            assert doc["open_interest"] == pytest.approx(row["open_interest"] * MULTIPLIER)
+        docs = await wait_for(lambda: mongo_db[schema.GAPS].find(
+            {"exchange": "gateio", "cause": "disconnect", "backfilled": True}).to_list(10),
+            timeout_s=5, what="ledger: gaps backfilled")
+        assert len(docs) == 2
+
+
+async def test_api_realtime_serves_every_type_under_every_spelling(mongo_uri, mongo_db, fake):
+    settings = settings_for(fake)
+    await apply_indexes(mongo_db, settings.retention)
+    async with running_feed(GateioFeed, mongo_db, settings, "gateio"):
+        spot_types = {schema.MARKET_DATA, schema.TRADES, schema.ORDER_BOOK, schema.OHLCV,
+                      schema.VOLUME_LIQUIDITY}
+        perp_types = spot_types | {schema.FUNDING_RATES, schema.OPEN_INTEREST}
+
+        async def latest_complete():
+            docs = await mongo_db[schema.LATEST].find({"exchange": "gateio"}).to_list(100)
+            have = {(d["market"], d["symbol"], d["type"]) for d in docs}
+            return have >= {("spot", "BTC_USDT", t) for t in spot_types} | \
+                {("perp", "BTC_USDT", t) for t in perp_types}
+        await wait_for(latest_complete, timeout_s=15, what="every type in latest")
+
+        api_settings = Settings(mongodb_uri=mongo_uri, mongodb_db=mongo_db.name,
+                                exchanges=["gateio"])
+        client = TestClient(TestServer(create_app(api_settings)))
+        await client.start_server()
+        try:
+            for spelling in ("BTC_USDT", "BTC-USDT", "btcusdt"):
+                resp = await client.get(f"/realtime/gateio/{spelling}")
+                assert resp.status == 200, spelling
+                data = (await resp.json())["data"]
+                assert set(data) == {"BTC_USDT"}, spelling     # not BTC_USDC
+                spot, perp = data["BTC_USDT"]["spot"], data["BTC_USDT"]["perp"]
+                assert set(spot) >= spot_types and set(perp) >= perp_types
+                ticker = spot[schema.MARKET_DATA]
+                assert (ticker["volume_24h"], ticker["quote_volume_24h"],
+                        ticker["change_pct_24h"]) == (1000.5, 50000000.25, -1.5)
+                assert ticker["ask"] > ticker["bid"]
+                assert abs(spot[schema.TRADES]["price"] - SPOT["BTC_USDT"]) <= 2.0
+                assert spot[schema.ORDER_BOOK]["bids"][0][0] < spot[schema.ORDER_BOOK]["asks"][0][0]
+                assert spot[schema.OHLCV]["interval"] == "1m"
+                assert spot[schema.VOLUME_LIQUIDITY]["exchange"] == "gateio"
+                assert perp[schema.MARKET_DATA]["volume_24h"] == 10.0
+                assert perp[schema.FUNDING_RATES]["rate"] == 0.000125
+                assert perp[schema.FUNDING_RATES]["interval_hours"] == 8.0
+                oi = perp[schema.OPEN_INTEREST]
+                row = next(r for r in fake.market.stats["BTC_USDT"]
+                           if r["open_interest_usd"] == oi["open_interest_value"])
+                assert oi["open_interest"] == pytest.approx(row["open_interest"] * MULTIPLIER)
+                # perp book sizes in base units (contracts x multiplier)
+                assert perp[schema.ORDER_BOOK]["bids"][0][1] < 5000 * MULTIPLIER + 1e-9
+        finally:
+            await client.close()
+
+
+# ---- offline: wiring, partitions --------------------------------------------------------------
+def offline_feed(partition: str = "", **gate) -> GateioFeed:
+    cfg = dict(spot_symbols=["BTC_USDT"], perp_symbols=["BTC_USDT"],
+               spot_ws_url="ws://spot", perp_ws_url="ws://perp")
+    cfg.update(gate)
+    settings = Settings(gateio=GateioSettings(**cfg), partition=partition)
+    return GateioFeed(settings.gateio, offline_context(settings))
+
+
+def _subscribed(partition: str) -> tuple[list[tuple[str, str, str]], list[str]]:
+    symbols = [f"SYM{i}_USDT" for i in range(30)] + ["BTC_USDT", "BTC_USDC"]
+    feed = offline_feed(partition, spot_symbols=symbols, perp_symbols=symbols[:20])
+    subs = [("spot", s, ch) for ch, syms in feed.spot_subscriptions().items() for s in syms] + \
+        [("perp", s, ch) for ch, syms in feed.perp_subscriptions().items() for s in syms]
+    return subs, feed.contract_symbols()
+
+
+def test_partitions_cover_every_subscription_once():
+    everything, contracts = _subscribed("")
+    (zero, c0), (one, c1) = _subscribed("0/2"), _subscribed("1/2")
+    assert set(zero) | set(one) == set(everything)
+    assert not set(zero) & set(one) and zero and one
+    # the contract-size poller runs for exactly the contracts a partition streams something of
+    assert set(c0) | set(c1) == set(contracts)
+    for subs, polled in ((zero, c0), (one, c1)):
+        assert set(polled) == {s for market, s, _ in subs if market == "perp"}
+
+
+class _RecordingConn:
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    async def send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+
+async def test_on_open_sends_exactly_the_partitions_subscriptions():
+    symbols = [f"SYM{i}_USDT" for i in range(12)]
+    for part in ("0/2", "1/2"):
+        feed = offline_feed(part, spot_symbols=symbols, perp_symbols=symbols)
+        feed.multipliers = {s: 1.0 for s in symbols}
+        spot, perp = _RecordingConn(), _RecordingConn()
+        await feed._open_spot(spot)
+        await feed._open_perp(perp)
+        for conn, subs in ((spot, feed.spot_subscriptions()), (perp, feed.perp_subscriptions())):
+            sent = sorted((m["channel"], tuple(m["payload"])) for m in conn.sent)
+            want = sorted((ch, tuple(GateioFeed._payload(ch, s)))
+                          for ch, syms in subs.items() for s in syms)
+            assert sent == want
+
+
+def test_idle_threshold_follows_the_streams():
+    spot, perp = offline_feed().build_connections()
+    assert spot.idle_timeout_s == perp.idle_timeout_s == STREAM_IDLE_S["book"]
+    # a partition that only has a contract's stats (pushed once a minute) waits like trades
+    for i in range(300):
+        feed = offline_feed("0/5", spot_symbols=[], perp_symbols=[f"SYM{i}_USDT"])
+        owned = {ch for ch, syms in feed.perp_subscriptions().items() if syms}
+        if owned == {ep.FUT_STATS}:
+            break
+    else:
+        pytest.fail("no partition with only contract_stats")
+    [conn] = feed.build_connections()
+    assert conn.idle_timeout_s == STREAM_IDLE_S["trades"]

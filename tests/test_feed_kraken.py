@@ -1,14 +1,22 @@
-"""KrakenFeed end to end against the fake Kraken (tests/fakes/kraken.py) with a real Writer."""
+"""KrakenFeed end to end against the fake Kraken (tests/fakes/kraken.py) with a real Writer, and
+through the API."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from api.app import create_app
+from collector.exchanges.base import STREAM_IDLE_S
+from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken.feed import KrakenFeed
 from common import schema
+from common.indexes import apply_indexes
 from common.settings import KrakenSettings, Settings
-from tests.fakes.kraken import FakeKraken
+from tests.fakes.kraken import FUT_FUNDING_ABS, FUT_OPEN_INTEREST, INSTRUMENTS, FakeKraken
+from tests.feed_helpers import offline_context
 from tests.faultlog import report
 from tests.feedutil import collection_counts, running_feed
 from tests.helpers import wait_for
@@ -26,16 +34,25 @@ async def fake():
 def settings_for(fake: FakeKraken, **kraken) -> Settings:
     cfg = dict(spot_symbols=["XBT/USD", "ETH/USD"], perp_symbols=["PF_XBTUSD"],
                spot_ws_url=fake.spot_url, perp_ws_url=fake.perp_url,
-               perp_rest_url=fake.perp_rest_url, book_depth=100)
+               spot_rest_url=fake.rest_url, perp_rest_url=fake.perp_rest_url, book_depth=100)
     cfg.update(kraken)
     return Settings(kraken=KrakenSettings(**cfg), exchanges=["kraken"],
                     book_snapshot_interval_s=0.1, liquidity_interval_s=0.2, poll_interval_s=1.0)
 
 
 def fast_reconnects(feed: KrakenFeed) -> None:
-    # Production keeps >= 5 s between connects (Cloudflare limit); tests reconnect quickly.
-    assert KrakenFeed.connect_interval_s >= 5
+    # Production keeps >= 8 s between connects (Cloudflare ban threshold); tests reconnect quickly.
+    assert feed.throttle.min_interval_s >= 8
     feed.throttle.min_interval_s = 0.05
+
+
+async def _value(value):
+    return value
+
+
+def _book_requests(fake: FakeKraken, symbol: str) -> list[str]:
+    return [r["method"] for r in fake.requests
+            if r.get("params", {}).get("channel") == "book" and symbol in r["params"]["symbol"]]
 
 
 async def test_all_collections_and_checksum_resync_of_one_symbol(mongo_db, fake):
@@ -61,6 +78,7 @@ async def test_all_collections_and_checksum_resync_of_one_symbol(mongo_db, fake)
         assert feed.checksum_failures == 0
         assert fake.book_subscribes == {"BTC/USD": 1, "ETH/USD": 1}
         assert feed.stats.malformed == 0
+        assert feed.stats.gaps == 0 and feed.stats.resyncs == 0
 
         fake.corrupt_next.add("BTC/USD")
         injected = time.monotonic()
@@ -76,8 +94,16 @@ async def test_all_collections_and_checksum_resync_of_one_symbol(mongo_db, fake)
                reconnects=fake.spot_connects - 1)
         assert feed.checksum_failures == 1
         assert fake.book_unsubscribes == {"BTC/USD": 1}
+        # unsubscribe strictly before the new subscribe (one coroutine sends both, in order)
+        assert _book_requests(fake, "BTC/USD") == ["subscribe", "unsubscribe", "subscribe"]
         assert fake.book_subscribes["ETH/USD"] == 1          # the other symbol is untouched
         assert fake.spot_connects == 1                       # no reconnect
+        # the ledger has the checksum gap, closed by the fresh snapshot
+        gap = next(g for g in feed.gaps.recent if g.stream == "book")
+        assert (gap.market, gap.symbol, gap.cause) == ("spot", "BTC/USD", "checksum")
+        assert gap.end is not None and not gap.backfilled
+        assert feed.stats.gaps == 1 and feed.stats.resyncs == 1
+        assert feed.book_states()["spot:BTC/USD"]["state"] == "live"
         # after the resync, checksums verify again
         before = feed.stats.messages
 
@@ -102,6 +128,41 @@ async def test_all_collections_and_checksum_resync_of_one_symbol(mongo_db, fake)
                - sum(spot_subscribes.values()),
                reconnects=fake.perp_connects - 1)
         assert fake.perp_connects == 1
+        gap = [g for g in feed.gaps.recent if g.stream == "book"][-1]
+        assert (gap.market, gap.symbol, gap.cause) == ("perp", "PF_XBTUSD", "sequence_gap")
+        assert gap.end is not None
+        assert feed.stats.gaps == 2 and feed.stats.resyncs == 2
+
+        async def ledger_docs():
+            docs = await mongo_db[schema.GAPS].find({"stream": "book"}).to_list(10)
+            return docs if len(docs) == 2 and all(d["end"] for d in docs) else None
+        docs = await wait_for(ledger_docs, timeout_s=5, what="book gaps stored, closed")
+        assert {(d["market"], d["cause"]) for d in docs} == {("spot", "checksum"),
+                                                              ("perp", "sequence_gap")}
+
+
+async def test_futures_resync_has_a_cool_down(mongo_db, fake):
+    """Repeated seq gaps on one product resubscribe at most once per cool-down."""
+    settings = settings_for(fake, spot_symbols=[])
+
+    def configure(feed):
+        fast_reconnects(feed)
+        feed.perp_resync.cooldown_s = 1.0
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", configure) as feed:
+        async def synced():
+            book = feed.books.get(("perp", "PF_XBTUSD"))
+            return book is not None and book.synced
+        await wait_for(synced, timeout_s=10, what="futures book")
+        fake.fut_gap_next = True
+        await wait_for(lambda: _value(fake.fut_book_subscribes["PF_XBTUSD"] == 2),
+                       timeout_s=5, what="first resubscribe")
+        await wait_for(synced, timeout_s=5, what="resynced")
+        first = asyncio.get_running_loop().time()
+        fake.fut_gap_next = True        # fails again at once: waits out the cool-down
+        await wait_for(lambda: _value(fake.fut_book_subscribes["PF_XBTUSD"] == 3),
+                       timeout_s=5, what="second resubscribe")
+        assert asyncio.get_running_loop().time() - first >= 0.8
+        assert feed.perp_resync.requests == 2
 
 
 async def test_unknown_symbol_isolated_and_error_logged_once(mongo_db, fake):
@@ -118,24 +179,53 @@ async def test_unknown_symbol_isolated_and_error_logged_once(mongo_db, fake):
         assert sum(feed.stats.errors.values()) >= 2
 
 
-async def test_silent_connection_is_reconnected_by_idle_watchdog(mongo_db, fake):
+@pytest.mark.parametrize("market", ["spot", "perp"])
+async def test_silent_connection_is_reconnected_by_idle_watchdog(mongo_db, fake, market):
     fake.silent = True
-    settings = settings_for(fake, idle_timeout_s=0.5, perp_symbols=[])
+    symbols = dict(perp_symbols=[]) if market == "spot" else dict(spot_symbols=[])
+    settings = settings_for(fake, idle_timeout_s=0.5, **symbols)
 
     def configure(feed):
         fast_reconnects(feed)
         feed.ping_interval_s = 0.1   # pongs keep arriving but are control traffic
     async with running_feed(KrakenFeed, mongo_db, settings, "kraken", configure) as feed:
         async def reconnected():
-            return fake.spot_connects >= 2
+            return (fake.spot_connects if market == "spot" else fake.perp_connects) >= 2
         await wait_for(reconnected, timeout_s=8, what="reconnect after silence")
         assert feed.stats.reconnects >= 1
-        assert fake.pings >= 2
+        if market == "spot":
+            assert fake.pings >= 2
         fake.silent = False
 
         async def data():
-            return await mongo_db[schema.TRADES].count_documents({"exchange": "kraken"})
+            return await mongo_db[schema.TRADES].count_documents({"exchange": "kraken",
+                                                                  "market": market})
         await wait_for(data, timeout_s=8, what="data after the server talks again")
+
+
+async def test_heartbeats_neither_feed_the_watchdog_nor_reset_the_backoff(mongo_db, fake):
+    """A connection that only gets heartbeats is dead for the watchdog, and its reconnects back
+    off further each time (a reset on heartbeats would reconnect at the first step forever)."""
+    fake.quiet = True
+    settings = settings_for(fake, idle_timeout_s=0.4, perp_symbols=[])
+
+    def configure(feed):
+        fast_reconnects(feed)
+        make = feed.connection
+
+        def connection(*args, **kwargs):
+            conn = make(*args, **kwargs)
+            conn.healthy_after_s = 0.1
+            conn.backoff.initial_s, conn.backoff.max_s = 0.02, 0.3
+            return conn
+        feed.connection = connection
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", configure) as feed:
+        await wait_for(lambda: _value(fake.spot_connects >= 4), timeout_s=10,
+                       what="reconnects while only heartbeats arrive")
+        assert feed.spot_conn.backoff.attempt >= 3
+        fake.quiet = False
+        await wait_for(lambda: _value(feed.spot_conn.backoff.attempt == 0), timeout_s=5,
+                       what="backoff reset once data flows")
 
 
 async def test_depth_10_book_truncation_keeps_checksums_valid(mongo_db, fake):
@@ -154,3 +244,205 @@ async def test_depth_10_book_truncation_keeps_checksums_valid(mongo_db, fake):
         assert len(book.bids) == 10 and len(book.asks) == 10
         assert [r["params"].get("depth") for r in fake.requests
                 if r.get("params", {}).get("channel") == "book"] == [10]
+
+
+async def _ids(db, market: str, symbol: str) -> set[str]:
+    return {d["trade_id"] async for d in db[schema.TRADES].find(
+        {"exchange": "kraken", "market": market, "symbol": symbol}, {"trade_id": 1})}
+
+
+async def test_drop_mid_stream_backfills_missed_trades_and_candles(mongo_db, fake, monkeypatch):
+    # Small pages so paging (forward with ``last`` on spot, backwards by lastTime on futures)
+    # is exercised by a short outage.
+    monkeypatch.setattr(ep, "SPOT_TRADES_PAGE", 20)
+    monkeypatch.setattr(ep, "FUT_HISTORY_PAGE", 20)
+    monkeypatch.setattr(ep, "FUT_HISTORY_MAX_PAGES", 50)
+    fake.history_page = 20
+    # The production budget (about 1 call/s) would make this test slow, not different.
+    monkeypatch.setattr(ep, "SPOT_REST_CALLS", 50.0)
+    monkeypatch.setattr(ep, "FUT_REST_CALLS", 50.0)
+    settings = settings_for(fake)
+    await apply_indexes(mongo_db, settings.retention)
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
+        async def flowing():
+            return all([await _ids(mongo_db, "spot", "BTC/USD"),
+                        await _ids(mongo_db, "spot", "ETH/USD"),
+                        await _ids(mongo_db, "perp", "PF_XBTUSD")])
+        await wait_for(flowing, timeout_s=10, what="trades stored on both connections")
+        await fake.drop_connections()
+        cut = {s: len(fake.spot_trade_ids(s)) for s in INSTRUMENTS}
+        cut_perp = len(fake.fut_trade_ids("PF_XBTUSD"))
+
+        async def backfilled():
+            gaps = [g for g in feed.gaps.recent if g.cause == "disconnect"]
+            return gaps if len(gaps) == 2 and all(g.backfilled for g in gaps) else None
+        gaps = await wait_for(backfilled, timeout_s=15, what="both disconnect gaps backfilled")
+        assert {g.stream for g in gaps} == {"kraken:spot", "kraken:perp"}
+        assert feed.stats.backfilled_trades > 0 and feed.stats.backfills == 2
+
+        async def nothing_missing():
+            missing = {}
+            for symbol in INSTRUMENTS:
+                stored = await _ids(mongo_db, "spot", symbol)
+                first = min(int(i) for i in stored)
+                sent = fake.spot_trade_ids(symbol)[:cut[symbol] + 10]
+                missing[symbol] = [i for i in sent if int(i) >= first and i not in stored]
+            stored = await _ids(mongo_db, "perp", "PF_XBTUSD")
+            sent = fake.fut_trade_ids("PF_XBTUSD")[:cut_perp + 10]
+            first = min(int(i[2:]) for i in stored)
+            missing["PF_XBTUSD"] = [i for i in sent if int(i[2:]) >= first and i not in stored]
+            return missing if not any(missing.values()) else None
+        await wait_for(nothing_missing, timeout_s=10, what="every trade missed in MongoDB")
+        # the trades of the outage were fetched, and over several pages
+        paths = [path for path, _ in fake.rest_requests]
+        assert paths.count("/0/public/Trades") >= 2 * 2
+        assert paths.count("/derivatives/api/v3/history") >= 2
+        assert "/derivatives/api/v3/tickers" in paths
+
+        # closed candles of the outage: stored closed, with the server's values
+        for symbol in INSTRUMENTS:
+            async def candles_stored(symbol=symbol):
+                for candle in fake.market.candles[symbol][:-1]:
+                    doc = await mongo_db[schema.OHLCV].find_one(
+                        {"exchange": "kraken", "symbol": symbol, "ts": candle.begin})
+                    if doc is None or not doc["closed"] or doc["trades"] != candle.trades:
+                        return None
+                return True
+            await wait_for(candles_stored, timeout_s=10, what=f"{symbol} closed candles")
+        assert ("/0/public/OHLC", {"pair": "XBTUSD", "interval": "1"}) in [
+            (path, {k: v for k, v in q.items() if k != "since"}) for path, q in fake.rest_requests]
+        # funding / open interest re-polled over REST (REST markPrice differs from the stream's)
+        funding = await wait_for(lambda: mongo_db[schema.FUNDING_RATES].find_one(
+            {"symbol": "PF_XBTUSD", "mark_price": 50000.2}), timeout_s=5, what="REST funding")
+        assert funding["rate"] == pytest.approx(FUT_FUNDING_ABS / 50000.0)
+        assert await mongo_db[schema.OPEN_INTEREST].find_one(
+            {"symbol": "PF_XBTUSD", "open_interest": FUT_OPEN_INTEREST})
+        docs = await wait_for(lambda: mongo_db[schema.GAPS].find(
+            {"exchange": "kraken", "cause": "disconnect", "backfilled": True}).to_list(10),
+            timeout_s=5, what="ledger: gaps backfilled")
+        assert len(docs) == 2
+
+
+async def test_api_realtime_serves_every_type_under_every_spelling(mongo_uri, mongo_db, fake):
+    settings = settings_for(fake)
+    await apply_indexes(mongo_db, settings.retention)
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects):
+        spot_types = {schema.MARKET_DATA, schema.TRADES, schema.ORDER_BOOK, schema.OHLCV,
+                      schema.VOLUME_LIQUIDITY}
+        perp_types = spot_types - {schema.OHLCV} | {schema.FUNDING_RATES, schema.OPEN_INTEREST}
+
+        async def latest_complete():
+            docs = await mongo_db[schema.LATEST].find({"exchange": "kraken"}).to_list(100)
+            have = {(d["market"], d["symbol"], d["type"]) for d in docs}
+            return have >= {("spot", "BTC/USD", t) for t in spot_types} | \
+                {("perp", "PF_XBTUSD", t) for t in perp_types}
+        await wait_for(latest_complete, timeout_s=15, what="every type in latest")
+
+        api_settings = Settings(mongodb_uri=mongo_uri, mongodb_db=mongo_db.name,
+                                exchanges=["kraken"])
+        client = TestClient(TestServer(create_app(api_settings)))
+        await client.start_server()
+        try:
+            for spelling in ("XBT/USD", "XXBTZUSD", "BTC/USD", "btc-usd"):
+                resp = await client.get(f"/realtime/kraken/{spelling}")
+                assert resp.status == 200, spelling
+                body = await resp.json()
+                spot = body["data"]["BTC/USD"]["spot"]
+                assert set(spot) >= spot_types, spelling
+                ticker = spot[schema.MARKET_DATA]
+                assert (ticker["bid_size"], ticker["ask_size"], ticker["volume_24h"]) == \
+                    (1.5, 0.25, 1234.5)
+                assert ticker["ask"] > ticker["bid"] > 49000
+                trade = spot[schema.TRADES]
+                assert abs(trade["price"] - INSTRUMENTS["BTC/USD"][2]) <= 2.0
+                assert trade["side"] in ("buy", "sell") and not trade["stale"]
+                book = spot[schema.ORDER_BOOK]
+                assert book["bids"][0][0] < book["asks"][0][0]
+                assert spot[schema.OHLCV]["interval"] == "1m"
+                assert spot[schema.VOLUME_LIQUIDITY]["exchange"] == "kraken"
+            body = await (await client.get("/realtime/kraken/PF_XBTUSD")).json()
+            perp = body["data"]["PF_XBTUSD"]["perp"]
+            assert set(perp) >= perp_types
+            assert perp[schema.FUNDING_RATES]["rate"] == pytest.approx(1.0e-05)
+            assert perp[schema.OPEN_INTEREST]["open_interest"] == FUT_OPEN_INTEREST
+            assert perp[schema.MARKET_DATA]["mark_price"] == 50000.1
+            assert "BTC/USD" not in body["data"]     # the futures symbol is its own instrument
+        finally:
+            await client.close()
+
+
+# ---- offline: wiring, limits, partitions ----------------------------------------------------
+def offline_feed(partition: str = "", **kraken) -> KrakenFeed:
+    cfg = dict(spot_symbols=["BTC/USD"], perp_symbols=["PF_XBTUSD"],
+               spot_ws_url="ws://spot", perp_ws_url="ws://perp")
+    cfg.update(kraken)
+    settings = Settings(kraken=KrakenSettings(**cfg), partition=partition)
+    return KrakenFeed(settings.kraken, offline_context(settings))
+
+
+def test_ping_throttle_and_idle_thresholds():
+    feed = offline_feed()
+    spot, perp = feed.build_connections()
+    # application ping well inside the server's ~1 minute inactivity close
+    assert spot.heartbeat.app_ping() == '{"method":"ping"}'
+    assert spot.heartbeat.app_ping_interval_s == 20.0
+    # spot and futures share one throttle: <= 75 connection attempts per 10 minutes
+    assert spot.throttle is perp.throttle and 600 / spot.throttle.min_interval_s <= 75
+    assert offline_feed("1/3").throttle.min_interval_s == 3 * ep.CONNECT_INTERVAL_S
+    # both connections carry a book: book threshold
+    assert spot.idle_timeout_s == perp.idle_timeout_s == STREAM_IDLE_S["book"]
+
+
+def test_a_connection_without_book_uses_the_quiet_threshold():
+    """Spot ticker and ohlc update on trades only: without a book, a quiet pair is allowed the
+    trades threshold instead of being reconnected every 10 s."""
+    for i in range(200):
+        feed = offline_feed("0/4", spot_symbols=[f"SYM{i}/USD"], perp_symbols=[])
+        subs = feed.spot_subscriptions()
+        if not subs["book"] and any(subs.values()):
+            break
+    else:
+        pytest.fail("no partition without a book")
+    [spot] = feed.build_connections()
+    assert spot.idle_timeout_s == STREAM_IDLE_S["trades"]
+
+
+def _subscribed(partition: str) -> list[tuple[str, str, str]]:
+    symbols = [f"SYM{i}/USD" for i in range(30)] + ["BTC/USD"]
+    feed = offline_feed(partition, spot_symbols=symbols,
+                        perp_symbols=[f"PF_SYM{i}USD" for i in range(20)] + ["PF_XBTUSD"])
+    return [("spot", s, ch) for ch, syms in feed.spot_subscriptions().items() for s in syms] + \
+        [("perp", s, f) for f, syms in feed.perp_subscriptions().items() for s in syms]
+
+
+def test_partitions_cover_every_subscription_once():
+    everything = _subscribed("")
+    parts = [_subscribed(f"{i}/2") for i in range(2)]
+    assert set(parts[0]) | set(parts[1]) == set(everything)
+    assert not set(parts[0]) & set(parts[1])
+    assert all(parts)
+
+
+class _RecordingConn:
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    async def send(self, text: str) -> None:
+        import orjson
+        self.sent.append(orjson.loads(text))
+
+
+async def test_on_open_sends_exactly_the_partitions_subscriptions():
+    for part in ("0/2", "1/2"):
+        feed = offline_feed(part, spot_symbols=[f"SYM{i}/USD" for i in range(12)],
+                            perp_symbols=[f"PF_SYM{i}USD" for i in range(12)])
+        feed.precision = {f"SYM{i}/USD": (1, 8) for i in range(12)}
+        spot, perp = _RecordingConn(), _RecordingConn()
+        await feed._open_spot(spot)
+        await feed._open_perp(perp)
+        sent = {(m["params"]["channel"], s) for m in spot.sent
+                for s in m["params"].get("symbol", [])}
+        want = {(ch, s) for ch, syms in feed.spot_subscriptions().items() for s in syms}
+        assert sent == want
+        sent = {(m["feed"], s) for m in perp.sent for s in m.get("product_ids", [])}
+        assert sent == {(f, s) for f, syms in feed.perp_subscriptions().items() for s in syms}

@@ -4,8 +4,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
+import orjson
 import pytest
 
+from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken import parsers as p
 from collector.exchanges.kraken.feed import KrakenFeed
 from collector.orderbook import OrderBook
@@ -126,3 +128,58 @@ def test_futures_instruments():
     assert p.parse_futures_instruments(body) == {"PI_XBTUSD", "PF_XBTUSD"}
     with pytest.raises(ValueError):
         p.parse_futures_instruments({"result": "error", "error": "x"})
+
+
+def rest(name: str) -> dict:
+    return orjson.loads((FIX / name).read_bytes())
+
+
+def test_rest_pair_names():
+    assert p.rest_pair("BTC/USD", ep.REST_ASSETS) == "XBTUSD"
+    assert p.rest_pair("ETH/USD", ep.REST_ASSETS) == "ETHUSD"
+    assert p.rest_pair("DOGE/USDT", ep.REST_ASSETS) == "XDGUSDT"
+
+
+def test_rest_trades_and_cursor():
+    trades, last = p.parse_rest_trades(rest("rest_trades.json"), "BTC/USD", NOW)
+    assert last == "1688671969993150842"
+    assert [t.trade_id for t in trades] == ["61044952", "61044953", "61044954"]
+    t = trades[0]
+    assert (t.symbol, t.pair, t.market, t.side, t.price, t.size) == (
+        "BTC/USD", "BTC/USD", "spot", "buy", 30243.4, 0.34507674)
+    assert abs(t.ts.timestamp() - 1688669597.8277369) < 1e-6
+    assert trades[1].side == "sell"
+    with pytest.raises(ValueError):
+        p.parse_rest_trades({"error": ["EQuery:Unknown asset pair"]}, "BTC/USD", NOW)
+
+
+def test_rest_ohlc_leaves_out_the_running_candle():
+    candles = p.parse_rest_ohlc(rest("rest_ohlc.json"), "BTC/USD", NOW)
+    assert [c.ts.timestamp() for c in candles] == [1688671200, 1688671260]
+    c = candles[0]
+    assert (c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed, c.interval) == (
+        30306.1, 30306.2, 30305.7, 30305.7, 3.39243896, 23, True, "1m")
+    assert c.quote_volume == pytest.approx(3.39243896 * 30306.1)
+
+
+def test_futures_history_trades():
+    trades = p.parse_futures_history(rest("rest_futures_history.json"), "PF_XBTUSD", NOW)
+    assert [t.trade_id for t in trades] == ["11c3d82c-9e70-4fe9-8115-f643f1b162d4",
+                                            "5f4a8d0e-1b4f-4a3e-8c1e-2d0f0b6c7a11"]
+    t = trades[0]
+    assert (t.market, t.pair, t.side, t.price, t.size) == ("perp", "BTC/USD", "sell", 3574.0,
+                                                           100.0)
+    assert t.ts == datetime(2019, 2, 14, 9, 25, 33, 920000, tzinfo=timezone.utc)
+
+
+def test_futures_rest_ticker_relative_funding():
+    funding, oi = p.parse_futures_rest_ticker(rest("rest_futures_tickers.json"), "PF_XBTUSD", NOW)
+    # REST has the absolute rate only: relative = absolute / index price
+    assert funding.rate == pytest.approx(0.30248 / 30248.0) == pytest.approx(1e-05)
+    assert funding.predicted_rate == pytest.approx(-0.15124 / 30248.0)
+    assert (funding.mark_price, funding.index_price) == (30251.5, 30248.0)
+    assert funding.ts == datetime(2023, 7, 6, 17, 49, 30, tzinfo=timezone.utc)
+    assert oi.open_interest == 2510.0142
+    assert oi.open_interest_value == pytest.approx(2510.0142 * 30251.5)
+    with pytest.raises(ValueError):
+        p.parse_futures_rest_ticker(rest("rest_futures_tickers.json"), "PF_NOPEUSD", NOW)

@@ -1,18 +1,34 @@
 """A fake Gate.io v4: spot + USDT futures WebSockets and the REST endpoints the feed uses, on
 127.0.0.1, with the real message formats.
 
+The market runs on the server whether or not anyone is connected: trades, 1m candles and
+contract stats keep happening while a client is disconnected, and the REST endpoints
+(``/spot/trades``, ``/spot/candlesticks``, ``/futures/usdt/trades``, ``/futures/usdt/
+candlesticks``, ``/futures/usdt/contract_stats``, ``/futures/usdt/contracts/{c}``) serve them, so a
+test can check that backfill recovers what the stream missed. Candle / stats time is compressed
+(a new minute every ``ticks_per_minute`` ticks) so closed candles appear quickly.
+
+Subscriptions are checked per channel like Gate does: each channel's payload has its own
+argument order (``spot.order_book_update`` [pair, interval], ``spot.candlesticks`` [interval,
+pair], ``futures.order_book_update`` [contract, interval, level], ``futures.candlesticks``
+[interval, contract], ``futures.contract_stats`` [contract, interval]); a wrong one is answered
+with error code 2 (invalid argument).
+
 The server keeps its own book per stream with an update id; diffs carry contiguous U/u and the
 REST snapshot returns the current book with ``id``. Test knobs (per (market, symbol)):
 ``gap_next`` (one update is applied but not sent), ``full_next`` (send a ``full:true`` book that
-replaces everything), ``crossed_next`` (send a diff whose bid crosses the best ask), ``silent``.
+replaces everything), ``crossed_next`` (send a diff whose bid crosses the best ask), ``silent``,
+``drop_connections()``.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import random
+import re
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from websockets.asyncio.server import serve
@@ -23,6 +39,25 @@ from tests.helpers import free_port
 SPOT = {"BTC_USDT": 50000.0, "BTC_USDC": 50010.0}
 FUT = {"BTC_USDT": 50005.0}
 MULTIPLIER = 0.0001
+FUNDING_RATE_WS = "0.000125"      # futures.tickers funding_rate
+FUNDING_RATE_REST = "0.0001"      # /futures/usdt/contracts/{c} funding_rate
+INTERNAL_EVERY = 7                # every 7th futures trade is an insurance-fund (internal) one
+
+PAIR = re.compile(r"^[A-Z0-9]+_[A-Z0-9]+$")
+BOOK_INTERVALS = {"100ms", "20ms"}
+CANDLE_INTERVALS = {"10s", "1m", "5m", "15m", "30m", "1h", "4h", "8h", "1d", "7d"}
+STATS_INTERVALS = {"1s", "10s", "1m", "5m", "15m", "30m", "1h", "4h", "8h", "1d", "7d"}
+LEVELS = {"100", "50", "20"}
+# Channel -> argument kinds in order ("pairs" = any number of pairs).
+ARGUMENTS = {
+    "spot.tickers": "pairs", "spot.trades": "pairs",
+    "spot.order_book_update": ("pair", BOOK_INTERVALS),
+    "spot.candlesticks": (CANDLE_INTERVALS, "pair"),
+    "futures.tickers": "pairs", "futures.trades": "pairs",
+    "futures.order_book_update": ("pair", BOOK_INTERVALS, LEVELS),
+    "futures.candlesticks": (CANDLE_INTERVALS, "pair"),
+    "futures.contract_stats": ("pair", STATS_INTERVALS),
+}
 
 
 class ServerBook:
@@ -67,9 +102,34 @@ class ServerBook:
         return body
 
 
+@dataclass
+class FakeCandle:
+    t: int
+    open: float
+    high: float
+    low: float
+    close: float
+    base: float = 0.0        # spot: base amount; futures: contracts
+    quote: float = 0.0
+
+    def add(self, price: float, amount: float, base: float) -> None:
+        self.high, self.low, self.close = max(self.high, price), min(self.low, price), price
+        self.base += amount
+        self.quote += price * base
+
+
+@dataclass
+class Market:
+    """Everything that happened on the server, connected clients or not."""
+    trades: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
+    candles: dict[tuple[str, str], list[FakeCandle]] = field(default_factory=dict)
+    stats: dict[str, list[dict]] = field(default_factory=dict)
+
+
 class FakeGate:
-    def __init__(self, tick_s: float = 0.03) -> None:
+    def __init__(self, tick_s: float = 0.03, ticks_per_minute: int = 6) -> None:
         self.tick_s = tick_s
+        self.ticks_per_minute = ticks_per_minute
         self.spot_port, self.perp_port, self.rest_port = free_port(), free_port(), free_port()
         self.spot_url = f"ws://127.0.0.1:{self.spot_port}/ws/v4/"
         self.perp_url = f"ws://127.0.0.1:{self.perp_port}/v4/ws/usdt"
@@ -85,8 +145,17 @@ class FakeGate:
         self.books: dict[tuple[str, str], ServerBook] = {}
         self.full_books: dict[tuple[str, str], dict] = {}
         self.sockets: dict = {}
+        self.subscriptions: dict = {}          # ws -> {channel: set of symbols}
+        self.subscribe_errors: list[dict] = []
+        self.rest_requests: list[tuple[str, dict]] = []
+        self.stats_served: list[dict] = []     # contract_stats rows REST answered with
+        self.market = Market()
+        self._tick = 0
+        self._start = int(time.time()) // 60 * 60
+        self._spot_trade_id = 0
         self._servers = []
         self._runner: web.AppRunner | None = None
+        self._market_task: asyncio.Task | None = None
 
     async def start(self) -> "FakeGate":
         for symbol, mid in SPOT.items():
@@ -101,12 +170,20 @@ class FakeGate:
         app.router.add_get("/api/v4/spot/order_book", self._rest_spot_book)
         app.router.add_get("/api/v4/futures/usdt/order_book", self._rest_fut_book)
         app.router.add_get("/api/v4/futures/usdt/contracts/{contract}", self._rest_contract)
+        app.router.add_get("/api/v4/spot/trades", self._rest_spot_trades)
+        app.router.add_get("/api/v4/futures/usdt/trades", self._rest_fut_trades)
+        app.router.add_get("/api/v4/spot/candlesticks", self._rest_spot_candles)
+        app.router.add_get("/api/v4/futures/usdt/candlesticks", self._rest_fut_candles)
+        app.router.add_get("/api/v4/futures/usdt/contract_stats", self._rest_stats)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.rest_port).start()
+        self._market_task = asyncio.get_running_loop().create_task(self._market_loop())
         return self
 
     async def stop(self) -> None:
+        if self._market_task is not None:
+            self._market_task.cancel()
         for server in self._servers:
             server.close()
             await server.wait_closed()
@@ -119,9 +196,122 @@ class FakeGate:
             "type": "upgrade",
             "msg": "The connection will soon be closed for a service upgrade. Please reconnect."}))
 
+    async def drop_connections(self) -> None:
+        """Close every client connection (the market keeps running)."""
+        for ws in list(self.subscriptions):
+            await ws.close()
+
+    def trade_ids(self, market: str, symbol: str, internal: bool = False) -> list[str]:
+        return [str(t["id"]) for t in self.market.trades.get((market, symbol), [])
+                if bool(t.get("is_internal")) == internal]
+
+    # ---- the market --------------------------------------------------------------------------
+    def minute(self) -> int:
+        """Start of the current (compressed) minute, unix seconds."""
+        return self._start + 60 * (self._tick // self.ticks_per_minute)
+
+    async def _market_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            if self.silent:
+                continue
+            self._tick += 1
+            now = time.time()
+            for symbol in SPOT:
+                await self._spot_trade(symbol, now)
+            for symbol in FUT:
+                await self._fut_trade(symbol, now)
+                self._stats(symbol)
+            if self._tick % 3 == 0:
+                await self._push_candles_and_stats()
+
+    async def _candle(self, key: tuple[str, str], price: float, amount: float,
+                      base: float) -> None:
+        candles = self.market.candles.setdefault(key, [])
+        t = self.minute()
+        if not candles or candles[-1].t != t:
+            if candles:     # the window closed: its final state goes out (spot: w=true)
+                await self._push_candle(key, candles[-1], closed=True)
+            candles.append(FakeCandle(t, price, price, price, price))
+        candles[-1].add(price, amount, base)
+
+    async def _spot_trade(self, symbol: str, now: float) -> None:
+        self._spot_trade_id += 1     # spot ids are all-market ids
+        price = round(SPOT[symbol] + random.randint(-20, 20) * 0.1, 1)
+        amount = round(random.uniform(0.001, 0.5), 4)
+        trade = {"id": self._spot_trade_id, "create_time": int(now),
+                 "create_time_ms": f"{now * 1000:.3f}", "side": random.choice(["buy", "sell"]),
+                 "currency_pair": symbol, "amount": str(amount), "price": str(price)}
+        self.market.trades.setdefault(("spot", symbol), []).append(trade)
+        await self._candle(("spot", symbol), price, amount, amount)
+        push = {"id": trade["id"], "id_market": trade["id"], **{
+            k: trade[k] for k in ("create_time", "create_time_ms", "side", "currency_pair",
+                                  "amount", "price")}}
+        await self._broadcast("spot", "spot.trades", symbol, push)
+
+    async def _fut_trade(self, symbol: str, now: float) -> None:
+        trades = self.market.trades.setdefault(("perp", symbol), [])
+        n = len(trades) + 1
+        size = random.randint(1, 500) * random.choice([1, -1])
+        price = round(FUT[symbol] + random.randint(-20, 20) * 0.1, 1)
+        trade = {"size": size, "id": n, "create_time": int(now),
+                 "create_time_ms": int(now * 1000), "price": str(price), "contract": symbol}
+        if n % INTERNAL_EVERY == 0:
+            trade["is_internal"] = True
+        trades.append(trade)
+        if not trade.get("is_internal"):
+            await self._candle(("perp", symbol), price, abs(size), abs(size) * MULTIPLIER)
+        await self._broadcast("perp", "futures.trades", symbol, [trade])
+
+    def _stats(self, symbol: str) -> None:
+        rows = self.market.stats.setdefault(symbol, [])
+        t = self.minute()
+        if not rows or rows[-1]["time"] != t:
+            k = (t - self._start) // 60
+            rows.append({"time": t, "contract": symbol, "open_interest": 2_500_000 + 100 * k,
+                         "open_interest_usd": 12_500_000.5 + 25 * k, "mark_price": str(FUT[symbol]),
+                         "lsr_taker": 1.1, "lsr_account": 0.9, "long_liq_size": 0,
+                         "short_liq_size": 0, "long_liq_amount": 0, "short_liq_amount": 0,
+                         "long_liq_usd": 0, "short_liq_usd": 0, "top_lsr_account": 1.0,
+                         "top_lsr_size": 1.0})
+
+    async def _push_candle(self, key: tuple[str, str], candle: FakeCandle,
+                           closed: bool = False) -> None:
+        market, symbol = key
+        body = {"t": str(candle.t) if market == "spot" else candle.t, "o": str(candle.open),
+                "h": str(candle.high), "l": str(candle.low), "c": str(candle.close),
+                "n": f"1m_{symbol}"}
+        if market == "spot":
+            body.update(v=f"{candle.quote:.4f}", a=f"{candle.base:.4f}", w=closed)
+            await self._broadcast("spot", "spot.candlesticks", symbol, body)
+        else:
+            body.update(v=int(candle.base), a=f"{candle.base * MULTIPLIER:.4f}")
+            await self._broadcast("perp", "futures.candlesticks", symbol, [body])
+
+    async def _push_candles_and_stats(self) -> None:
+        for key, candles in list(self.market.candles.items()):
+            await self._push_candle(key, candles[-1])
+        for symbol, rows in self.market.stats.items():
+            await self._broadcast("perp", "futures.contract_stats", symbol, [rows[-1]])
+
+    async def _broadcast(self, market: str, channel: str, symbol: str, result) -> None:
+        text = None
+        for ws, subs in list(self.subscriptions.items()):
+            if ws.market == market and symbol in subs.get(channel, ()):
+                text = text or self._envelope(channel, result)
+                try:
+                    await ws.send(text)
+                except ConnectionClosed:
+                    pass
+
     # ---- REST --------------------------------------------------------------------------------
     def _label(self, label: str, message: str, status: int = 400) -> web.Response:
         return web.json_response({"label": label, "message": message}, status=status)
+
+    def _log(self, request: web.Request) -> dict:
+        query = dict(request.query)
+        self.rest_requests.append((request.path.removeprefix("/api/v4"), query))
+        return query
 
     async def _rest_spot_book(self, request: web.Request) -> web.Response:
         symbol = request.query["currency_pair"]
@@ -140,6 +330,7 @@ class FakeGate:
         return web.json_response(self.books[("perp", symbol)].snapshot_rest())
 
     async def _rest_contract(self, request: web.Request) -> web.Response:
+        self._log(request)
         contract = request.match_info["contract"]
         if not self.contracts_available:
             return web.json_response({"label": "SERVER_ERROR"}, status=503)
@@ -148,16 +339,120 @@ class FakeGate:
         return web.json_response({
             "name": contract, "type": "direct", "quanto_multiplier": str(MULTIPLIER),
             "mark_price": str(FUT[contract]), "index_price": str(FUT[contract]),
-            "funding_rate": "0.0001", "funding_interval": 28800,
+            "funding_rate": FUNDING_RATE_REST, "funding_interval": 28800,
             "funding_next_apply": (int(time.time()) // 28800 + 1) * 28800,
             "order_size_min": 1})
 
+    @staticmethod
+    def _window(rows: list[dict], query: dict) -> list[dict]:
+        """Trades in [from, to] (seconds), newest first."""
+        low, high = float(query.get("from", 0)), float(query.get("to", time.time() + 1))
+        return [r for r in reversed(rows) if low <= float(r["create_time_ms"]) / 1000 <= high]
+
+    async def _rest_spot_trades(self, request: web.Request) -> web.Response:
+        query = self._log(request)
+        symbol = query.get("currency_pair", "")
+        if ("spot", symbol) not in self.books:
+            return self._label("INVALID_CURRENCY_PAIR", symbol)
+        limit = int(query.get("limit", 100))
+        if limit > 1000:
+            return self._label("INVALID_PARAM_VALUE", "limit must not exceed 1000")
+        page = int(query.get("page", 1))
+        rows = self._window(self.market.trades.get(("spot", symbol), []), query)
+        return web.json_response(rows[(page - 1) * limit:page * limit])
+
+    async def _rest_fut_trades(self, request: web.Request) -> web.Response:
+        query = self._log(request)
+        symbol = query.get("contract", "")
+        if symbol not in FUT:
+            return self._label("CONTRACT_NOT_FOUND", symbol, 404)
+        limit = int(query.get("limit", 100))
+        if limit > 1000:
+            return self._label("INVALID_PARAM_VALUE", "limit must not exceed 1000")
+        offset = int(query.get("offset", 0))
+        rows = self._window(self.market.trades.get(("perp", symbol), []), query)
+        rows = [{**r, "create_time": float(r["create_time_ms"]) / 1000} for r in rows]
+        return web.json_response(rows[offset:offset + limit])
+
+    def _candle_query(self, query: dict) -> web.Response | None:
+        if "limit" in query and ("from" in query or "to" in query):
+            return self._label("INVALID_PARAM_VALUE", "limit conflicts with from and to")
+        if query.get("interval") != "1m":
+            return self._label("INVALID_PARAM_VALUE", f"interval {query.get('interval')}")
+        return None
+
+    def _candles_since(self, key: tuple[str, str], query: dict) -> list[FakeCandle]:
+        low = int(query.get("from", 0))
+        candles = [c for c in self.market.candles.get(key, []) if c.t >= low]
+        if len(candles) > 1000:
+            raise web.HTTPBadRequest(text='{"label":"INVALID_PARAM_VALUE"}')
+        return candles
+
+    async def _rest_spot_candles(self, request: web.Request) -> web.Response:
+        query = self._log(request)
+        error = self._candle_query(query)
+        if error is not None:
+            return error
+        symbol = query.get("currency_pair", "")
+        candles = self._candles_since(("spot", symbol), query)
+        running = self.minute()
+        return web.json_response([
+            [str(c.t), f"{c.quote:.4f}", str(c.close), str(c.high), str(c.low), str(c.open),
+             f"{c.base:.4f}", "false" if c.t == running else "true"] for c in candles])
+
+    async def _rest_fut_candles(self, request: web.Request) -> web.Response:
+        query = self._log(request)
+        error = self._candle_query(query)
+        if error is not None:
+            return error
+        symbol = query.get("contract", "")
+        candles = self._candles_since(("perp", symbol), query)
+        return web.json_response([
+            {"t": c.t, "v": int(c.base), "c": str(c.close), "h": str(c.high), "l": str(c.low),
+             "o": str(c.open), "sum": f"{c.quote:.4f}"} for c in candles])
+
+    async def _rest_stats(self, request: web.Request) -> web.Response:
+        query = self._log(request)
+        symbol = query.get("contract", "")
+        if symbol not in FUT:
+            return self._label("CONTRACT_NOT_FOUND", symbol, 404)
+        step = {"1m": 60, "5m": 300}[query.get("interval", "5m")]
+        low = int(query.get("from", 0))
+        rows = [{k: v for k, v in r.items() if k != "contract"}
+                for r in self.market.stats.get(symbol, []) if r["time"] >= low
+                and r["time"] % step == 0][-int(query.get("limit", 30)):]
+        self.stats_served.extend(rows)
+        return web.json_response(rows)
+
     # ---- WebSocket ---------------------------------------------------------------------------
+    def _check(self, channel: str, payload: list, known: dict) -> tuple[list[str], str | None]:
+        """-> (the payload's symbols, an error message) per the channel's argument order."""
+        spec = ARGUMENTS.get(channel)
+        if spec is None:
+            return [], f"unknown channel {channel}"
+        if spec == "pairs":
+            slots = ["pair"] * len(payload)
+        else:
+            if len(payload) != len(spec):
+                return [], f"invalid argument: {channel} expects {len(spec)} arguments"
+            slots = list(spec)
+        symbols = []
+        for slot, value in zip(slots, payload):
+            if slot == "pair":
+                if not isinstance(value, str) or not PAIR.match(value) or value not in known:
+                    return [], f"unknown currency pair {value}"
+                symbols.append(value)
+            elif value not in slot:
+                return [], f"invalid argument: {value}"
+        return symbols, None
+
     async def _ws(self, ws, market: str) -> None:
         self.connects[market] += 1
         self.sockets[market] = ws
+        ws.market = market
         prefix = "spot" if market == "spot" else "futures"
         subs: dict[str, set] = {}
+        self.subscriptions[ws] = subs
         pump = asyncio.get_running_loop().create_task(self._pump(ws, market, prefix, subs))
         try:
             async for raw in ws:
@@ -174,13 +469,14 @@ class FakeGate:
                     continue
                 payload = msg["payload"]
                 known = SPOT if market == "spot" else FUT
-                symbols = [x for x in payload if "_" in x and not x[0].isdigit()]
-                bad = [x for x in symbols if x not in known]
                 ack = {"time": now, "time_ms": now * 1000, "id": msg.get("id"),
                        "channel": channel, "event": msg["event"], "payload": payload}
-                if bad:
-                    ack.update(error={"code": 2, "message": f"unknown currency pair {bad[0]}"},
-                               result={"status": "fail"})
+                symbols, error = self._check(channel, payload, known)
+                if not channel.startswith(prefix + "."):
+                    error = f"unknown channel {channel}"
+                if error is not None:
+                    ack.update(error={"code": 2, "message": error}, result={"status": "fail"})
+                    self.subscribe_errors.append(ack)
                     await ws.send(json.dumps(ack))
                     continue
                 ack.update(error=None, result={"status": "success"})
@@ -190,6 +486,7 @@ class FakeGate:
             pass
         finally:
             pump.cancel()
+            self.subscriptions.pop(ws, None)
 
     def _envelope(self, channel: str, result) -> str:
         now = time.time()
@@ -197,14 +494,13 @@ class FakeGate:
                            "event": "update", "result": result})
 
     async def _pump(self, ws, market: str, prefix: str, subs: dict) -> None:
-        n = 0
+        """Per connection: book diffs and tickers (trades, candles and stats come from the
+        market)."""
         try:
             while True:
                 await asyncio.sleep(self.tick_s)
                 if self.silent:
                     continue
-                n += 1
-                now = time.time()
                 for symbol in list(subs.get(f"{prefix}.order_book_update", ())):
                     await self._book_push(ws, market, prefix, symbol)
                 for symbol in list(subs.get(f"{prefix}.tickers", ())):
@@ -218,46 +514,14 @@ class FakeGate:
                                   "low_24h": str(bid - 500)}
                     else:
                         result = [{"contract": symbol, "last": str(bid), "change_percentage": "1.2",
-                                   "funding_rate": "0.000125", "funding_rate_indicative": "0.0001",
+                                   "funding_rate": FUNDING_RATE_WS,
+                                   "funding_rate_indicative": "0.0001",
                                    "mark_price": str(bid), "index_price": str(bid),
                                    "total_size": "2500000", "volume_24h": "100000",
                                    "volume_24h_base": "10", "volume_24h_quote": "500000",
                                    "volume_24h_settle": "500000", "low_24h": str(bid - 500),
                                    "high_24h": str(ask + 500), "quanto_base_rate": ""}]
                     await ws.send(self._envelope(f"{prefix}.tickers", result))
-                for symbol in list(subs.get(f"{prefix}.trades", ())):
-                    if market == "spot":
-                        result = {"id": n, "id_market": n, "create_time": int(now),
-                                  "create_time_ms": f"{now * 1000:.3f}", "side": "buy",
-                                  "currency_pair": symbol, "amount": "0.01",
-                                  "price": str(SPOT[symbol])}
-                    else:
-                        result = [{"size": -25 if n % 2 else 40, "id": n, "create_time": int(now),
-                                   "create_time_ms": int(now * 1000), "price": str(FUT[symbol]),
-                                   "contract": symbol}]
-                    await ws.send(self._envelope(f"{prefix}.trades", result))
-                if n % 3 == 0:
-                    # candles: [interval, pair]; a new minute every 6 pushes
-                    for symbol in list(subs.get(f"{prefix}.candlesticks", ())):
-                        t = (int(now) // 60) * 60 + 60 * (n // 6)
-                        mid = (SPOT if market == "spot" else FUT)[symbol]
-                        candle = {"t": str(t) if market == "spot" else t, "o": str(mid),
-                                  "h": str(mid + 5), "l": str(mid - 5), "c": str(mid + 1),
-                                  "n": f"1m_{symbol}"}
-                        if market == "spot":
-                            candle.update(v="2500.5", a="0.05")
-                        else:
-                            candle.update(v=120, a="0.012")
-                        await ws.send(self._envelope(f"{prefix}.candlesticks",
-                                                     candle if market == "spot" else [candle]))
-                    for symbol in list(subs.get("futures.contract_stats", ())):
-                        await ws.send(self._envelope("futures.contract_stats", [{
-                            "time": int(now), "contract": symbol, "open_interest": 2500000,
-                            "open_interest_usd": 12500000.5, "mark_price": str(FUT[symbol]),
-                            "lsr_taker": 1.1, "lsr_account": 0.9, "long_liq_size": 0,
-                            "short_liq_size": 0, "long_liq_amount": 0, "short_liq_amount": 0,
-                            "long_liq_usd": 0, "short_liq_usd": 0, "top_lsr_account": 1.0,
-                            "top_lsr_size": 1.0}]))
         except (ConnectionClosed, asyncio.CancelledError):
             return
 

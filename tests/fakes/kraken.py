@@ -1,9 +1,16 @@
-"""A fake Kraken: spot WebSocket v2 and Futures WebSocket v1 on 127.0.0.1, real message formats.
+"""A fake Kraken: spot WebSocket v2, Futures WebSocket v1 and the public REST endpoints the feed
+uses (spot ``/0/public/Trades`` and ``/0/public/OHLC``; futures ``/derivatives/api/v3/
+instruments``, ``tickers`` and ``history``), on 127.0.0.1, real message formats.
+
+The market runs on the server whether or not anyone is connected: trades (and the 1m candles
+built from them) keep happening while a client is disconnected, and REST serves them, so a test
+can check that backfill recovers exactly what the stream missed. Candle time is compressed (a
+new minute every ``ticks_per_minute`` ticks) so closed candles appear quickly.
 
 The spot book checksum is computed here independently of the collector (fixed-point formatting of
 the server's own numbers). Test knobs: ``corrupt_next`` (symbols whose next book update carries a
 wrong checksum), ``fut_gap_next`` (skip one futures book seq), ``silent`` (accept connections,
-answer nothing).
+answer pings only), ``quiet`` (heartbeats only, no data), ``drop_connections()``.
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import json
 import random
 import zlib
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
@@ -22,13 +30,21 @@ from tests.helpers import free_port
 
 # symbol -> (price_precision, qty_precision, mid)
 INSTRUMENTS = {"BTC/USD": (1, 8, 50000.0), "ETH/USD": (2, 8, 3000.0)}
+# REST pair parameter -> (v2 symbol, the pair key Kraken returns)
+REST_PAIRS = {"XBTUSD": ("BTC/USD", "XXBTZUSD"), "ETHUSD": ("ETH/USD", "XETHZUSD")}
 FUT_PRODUCTS = {"PF_XBTUSD": 50000.0}
+FUT_FUNDING_ABS = 0.5            # absolute rate; / index (= mid) = relative 1e-05
+FUT_OPEN_INTEREST = 1234.5
 LEVELS = 25
 
 
 def rfc3339(dt: datetime, ns: bool = False) -> str:
     text = dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
     return text + ("000Z" if ns else "Z")
+
+
+def iso_ms(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def num(value: float, places: int) -> str:
@@ -117,17 +133,73 @@ class SpotBook:
                 % (self.symbol, bids, asks, checksum, rfc3339(datetime.now(timezone.utc))))
 
 
+@dataclass
+class SpotTrade:
+    trade_id: int
+    ts: datetime
+    price: float
+    qty: float
+    side: str
+
+    @property
+    def ns(self) -> int:
+        return int(self.ts.timestamp()) * 10 ** 9 + self.ts.microsecond * 1000
+
+
+@dataclass
+class FakeCandle:
+    begin: datetime
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float = 0.0
+    notional: float = 0.0
+    trades: int = 0
+
+    def add(self, price: float, qty: float) -> None:
+        self.high, self.low, self.close = max(self.high, price), min(self.low, price), price
+        self.volume += qty
+        self.notional += price * qty
+        self.trades += 1
+
+    @property
+    def vwap(self) -> float:
+        return self.notional / self.volume if self.volume else self.close
+
+
+@dataclass
+class FutTrade:
+    uid: str
+    seq: int
+    time_ms: int
+    price: float
+    qty: float
+    side: str
+
+
+@dataclass
+class Market:
+    """Everything that happened on the server, connected clients or not."""
+    spot_trades: dict[str, list[SpotTrade]] = field(default_factory=dict)
+    candles: dict[str, list[FakeCandle]] = field(default_factory=dict)
+    fut_trades: dict[str, list[FutTrade]] = field(default_factory=dict)
+
+
 class FakeKraken:
-    def __init__(self, tick_s: float = 0.03) -> None:
+    def __init__(self, tick_s: float = 0.03, ticks_per_minute: int = 5) -> None:
         self.tick_s = tick_s
+        self.ticks_per_minute = ticks_per_minute
         self.spot_port = free_port()
         self.perp_port = free_port()
         self.spot_url = f"ws://127.0.0.1:{self.spot_port}/v2"
         self.perp_url = f"ws://127.0.0.1:{self.perp_port}/ws/v1"
         self.rest_port = free_port()
-        self.perp_rest_url = f"http://127.0.0.1:{self.rest_port}"
+        self.rest_url = f"http://127.0.0.1:{self.rest_port}"
+        self.perp_rest_url = self.rest_url
         self._runner: web.AppRunner | None = None
         self.silent = False
+        self.quiet = False
         self.corrupt_next: set[str] = set()
         self.fut_gap_next = False
         self.spot_connects = 0
@@ -137,17 +209,165 @@ class FakeKraken:
         self.fut_book_subscribes: Counter[str] = Counter()
         self.pings = 0
         self.requests: list[dict] = []
+        self.rest_requests: list[tuple[str, dict]] = []
+        self.history_page = 100          # /derivatives/api/v3/history page size
+        self.market = Market()
+        self._spot_sockets: dict = {}    # ws -> its subscriptions
+        self._perp_sockets: dict = {}
         self._servers = []
+        self._market_task: asyncio.Task | None = None
+        self._tick = 0
+        self._start = datetime.now(timezone.utc).replace(second=0, microsecond=0)
 
     async def start(self) -> "FakeKraken":
         self._servers.append(await serve(self._spot, "127.0.0.1", self.spot_port))
         self._servers.append(await serve(self._perp, "127.0.0.1", self.perp_port))
         app = web.Application()
+        app.router.add_get("/0/public/Trades", self._rest_trades)
+        app.router.add_get("/0/public/OHLC", self._rest_ohlc)
         app.router.add_get("/derivatives/api/v3/instruments", self._instruments)
+        app.router.add_get("/derivatives/api/v3/tickers", self._rest_tickers)
+        app.router.add_get("/derivatives/api/v3/history", self._rest_history)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.rest_port).start()
+        self._market_task = asyncio.get_running_loop().create_task(self._market_loop())
         return self
+
+    async def stop(self) -> None:
+        if self._market_task is not None:
+            self._market_task.cancel()
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def drop_connections(self) -> None:
+        """Close every client connection (the market keeps running)."""
+        for ws in list(self._spot_sockets) + list(self._perp_sockets):
+            await ws.close()
+
+    def spot_trade_ids(self, symbol: str) -> list[str]:
+        return [str(t.trade_id) for t in self.market.spot_trades.get(symbol, [])]
+
+    def fut_trade_ids(self, product: str) -> list[str]:
+        return [t.uid for t in self.market.fut_trades.get(product, [])]
+
+    # ---- the market --------------------------------------------------------------------------
+    def candle_begin(self) -> datetime:
+        return self._start + timedelta(minutes=self._tick // self.ticks_per_minute)
+
+    async def _market_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            if self.silent or self.quiet:
+                continue
+            self._tick += 1
+            now = datetime.now(timezone.utc)
+            for symbol in INSTRUMENTS:
+                await self._spot_trade(symbol, now)
+            for product in FUT_PRODUCTS:
+                await self._fut_trade(product, now)
+
+    async def _spot_trade(self, symbol: str, now: datetime) -> None:
+        trades = self.market.spot_trades.setdefault(symbol, [])
+        pp, _, mid = INSTRUMENTS[symbol]
+        trade = SpotTrade(len(trades) + 1, now, round(mid + random.randint(-20, 20) * 10 ** -pp, pp),
+                          round(random.uniform(0.001, 0.5), 8), random.choice(["buy", "sell"]))
+        trades.append(trade)
+        candles = self.market.candles.setdefault(symbol, [])
+        begin = self.candle_begin()
+        if not candles or candles[-1].begin != begin:
+            candles.append(FakeCandle(begin, trade.price, trade.price, trade.price, trade.price))
+        candle = candles[-1]
+        candle.add(trade.price, trade.qty)
+        for ws, subs in list(self._spot_sockets.items()):
+            if symbol in subs["trade"]:
+                await self._send(ws, json.dumps({"channel": "trade", "type": "update", "data": [{
+                    "symbol": symbol, "side": trade.side, "price": trade.price, "qty": trade.qty,
+                    "ord_type": "market", "trade_id": trade.trade_id,
+                    "timestamp": rfc3339(trade.ts)}]}))
+            if symbol in subs["ohlc"]:
+                await self._send(ws, self._ohlc_message(symbol, candle, now))
+
+    def _ohlc_message(self, symbol: str, candle: FakeCandle, now: datetime,
+                      kind: str = "update") -> str:
+        return json.dumps({"channel": "ohlc", "type": kind, "timestamp": rfc3339(now, True),
+                           "data": [{"symbol": symbol, "open": candle.open, "high": candle.high,
+                                     "low": candle.low, "close": candle.close,
+                                     "trades": candle.trades, "volume": round(candle.volume, 8),
+                                     "vwap": round(candle.vwap, 4),
+                                     "interval_begin": rfc3339(candle.begin, True), "interval": 1,
+                                     "timestamp": rfc3339(candle.begin + timedelta(minutes=1))}]})
+
+    async def _fut_trade(self, product: str, now: datetime) -> None:
+        trades = self.market.fut_trades.setdefault(product, [])
+        n = len(trades) + 1
+        trade = FutTrade(f"u-{n}", n, int(now.timestamp() * 1000),
+                         FUT_PRODUCTS[product] + random.randint(-10, 10) * 0.5,
+                         round(random.uniform(0.0001, 0.5), 4), random.choice(["buy", "sell"]))
+        trades.append(trade)
+        for ws, feeds in list(self._perp_sockets.items()):
+            if product in feeds["trade"]:
+                await self._send(ws, json.dumps(self._fut_trade_doc(product, trade)))
+
+    @staticmethod
+    def _fut_trade_doc(product: str, trade: FutTrade) -> dict:
+        return {"feed": "trade", "product_id": product, "uid": trade.uid, "side": trade.side,
+                "type": "fill", "seq": trade.seq, "time": trade.time_ms, "qty": trade.qty,
+                "price": trade.price}
+
+    @staticmethod
+    async def _send(ws, text: str) -> None:
+        try:
+            await ws.send(text)
+        except ConnectionClosed:
+            pass
+
+    # ---- REST --------------------------------------------------------------------------------
+    def _kraken_error(self, message: str) -> web.Response:
+        return web.json_response({"error": [message]})
+
+    async def _rest_trades(self, request: web.Request) -> web.Response:
+        """Trades after ``since`` (seconds, or the nanosecond ``last`` cursor), oldest first, at
+        most ``count`` (<= 1000); ``last`` = the nanosecond time of the last one returned."""
+        query = dict(request.query)
+        self.rest_requests.append((request.path, query))
+        if query.get("pair") not in REST_PAIRS:
+            return self._kraken_error("EQuery:Unknown asset pair")
+        symbol, key = REST_PAIRS[query["pair"]]
+        count = min(int(query.get("count", 1000)), 1000)
+        since = int(query.get("since", 0))
+        if since < 10 ** 12:
+            rows = [t for t in self.market.spot_trades.get(symbol, []) if t.ns >= since * 10 ** 9]
+        else:
+            rows = [t for t in self.market.spot_trades.get(symbol, []) if t.ns > since]
+        rows = rows[:count]
+        last = str(rows[-1].ns if rows else since if since >= 10 ** 12 else since * 10 ** 9)
+        return web.json_response({"error": [], "result": {key: [
+            [f"{t.price:.{INSTRUMENTS[symbol][0]}f}", f"{t.qty:.8f}",
+             round(t.ts.timestamp(), 6), t.side[0], "m", "", t.trade_id] for t in rows],
+            "last": last}})
+
+    async def _rest_ohlc(self, request: web.Request) -> web.Response:
+        """Candles (compressed fake time) after ``since``; the last row is the running one."""
+        query = dict(request.query)
+        self.rest_requests.append((request.path, query))
+        if query.get("pair") not in REST_PAIRS:
+            return self._kraken_error("EQuery:Unknown asset pair")
+        if query.get("interval") != "1":
+            return self._kraken_error("EGeneral:Invalid arguments")
+        symbol, key = REST_PAIRS[query["pair"]]
+        since = int(query.get("since", 0))
+        pp = INSTRUMENTS[symbol][0]
+        rows = [[int(c.begin.timestamp()), f"{c.open:.{pp}f}", f"{c.high:.{pp}f}",
+                 f"{c.low:.{pp}f}", f"{c.close:.{pp}f}", f"{c.vwap:.4f}", f"{c.volume:.8f}",
+                 c.trades]
+                for c in self.market.candles.get(symbol, []) if c.begin.timestamp() > since]
+        rows = rows[-720:]
+        return web.json_response({"error": [], "result": {
+            key: rows, "last": rows[-2][0] if len(rows) > 1 else since}})
 
     async def _instruments(self, request: web.Request) -> web.Response:
         return web.json_response({"result": "success", "instruments": [
@@ -155,18 +375,43 @@ class FakeKraken:
              "tradeable": True, "contractSize": 1, "tickSize": 0.5} for s in FUT_PRODUCTS]
             + [{"symbol": "PI_XBTUSD", "type": "futures_inverse", "tradeable": True}]})
 
-    async def stop(self) -> None:
-        for server in self._servers:
-            server.close()
-            await server.wait_closed()
-        if self._runner is not None:
-            await self._runner.cleanup()
+    async def _rest_tickers(self, request: web.Request) -> web.Response:
+        self.rest_requests.append((request.path, dict(request.query)))
+        now = datetime.now(timezone.utc)
+        return web.json_response({"result": "success", "serverTime": iso_ms(now), "tickers": [{
+            "symbol": product, "last": mid, "lastTime": iso_ms(now), "tag": "perpetual",
+            "pair": "XBT:USD", "markPrice": mid + 0.2, "bid": mid - 0.5, "bidSize": 1.5,
+            "ask": mid + 0.5, "askSize": 2.5, "vol24h": 1000.0, "volumeQuote": 5.0e7,
+            "openInterest": FUT_OPEN_INTEREST, "open24h": mid - 100, "high24h": mid + 200,
+            "low24h": mid - 300, "indexPrice": mid, "fundingRate": FUT_FUNDING_ABS,
+            "fundingRatePrediction": 0.45, "suspended": False, "postOnly": False,
+            "change24h": 1.2} for product, mid in FUT_PRODUCTS.items()]})
+
+    async def _rest_history(self, request: web.Request) -> web.Response:
+        """The ``history_page`` most recent trades before ``lastTime`` (newest first)."""
+        query = dict(request.query)
+        self.rest_requests.append((request.path, query))
+        product = query.get("symbol", "").upper()
+        if product not in FUT_PRODUCTS:
+            return web.json_response({"result": "error", "error": "Invalid symbol"}, status=400)
+        trades = self.market.fut_trades.get(product, [])
+        if "lastTime" in query:
+            text = query["lastTime"].replace("Z", "+00:00")
+            before = int(datetime.fromisoformat(text).timestamp() * 1000)
+            trades = [t for t in trades if t.time_ms < before]
+        page = list(reversed(trades))[:self.history_page]
+        return web.json_response({"result": "success", "history": [{
+            "time": iso_ms(datetime.fromtimestamp(t.time_ms / 1000, timezone.utc)),
+            "trade_id": t.seq, "price": t.price, "size": t.qty, "side": t.side, "type": "fill",
+            "uid": t.uid} for t in page],
+            "serverTime": iso_ms(datetime.now(timezone.utc))})
 
     # ---- spot v2 -----------------------------------------------------------------------------
     async def _spot(self, ws) -> None:
         self.spot_connects += 1
         subs: dict[str, set[str]] = {"ticker": set(), "trade": set(), "ohlc": set()}
         books: dict[str, SpotBook] = {}
+        self._spot_sockets[ws] = subs
         pump = asyncio.get_running_loop().create_task(self._spot_pump(ws, subs, books))
         try:
             async for raw in ws:
@@ -212,22 +457,28 @@ class FakeKraken:
                             books.pop(symbol, None)
                     elif method == "subscribe":
                         subs[channel].add(symbol)
+                        candles = self.market.candles.get(symbol)
+                        if channel == "ohlc" and candles:   # snapshot: the running candle
+                            await ws.send(self._ohlc_message(
+                                symbol, candles[-1], datetime.now(timezone.utc), "snapshot"))
                     else:
                         subs[channel].discard(symbol)
         except ConnectionClosed:
             pass
         finally:
             pump.cancel()
+            self._spot_sockets.pop(ws, None)
 
     async def _spot_pump(self, ws, subs, books) -> None:
-        n = 0
-        start = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+        """Per connection: book updates and tickers (trades and candles come from the market)."""
         try:
             while True:
                 await asyncio.sleep(self.tick_s)
                 if self.silent:
                     continue
-                n += 1
+                if self.quiet:
+                    await ws.send('{"channel":"heartbeat"}')
+                    continue
                 now = datetime.now(timezone.utc)
                 for symbol, book in list(books.items()):
                     corrupt = symbol in self.corrupt_next
@@ -242,21 +493,6 @@ class FakeKraken:
                         '"vwap":%s,"low":%s,"high":%s,"change":12.5,"change_pct":0.25,'
                         '"timestamp":"%s"}]}' % (symbol, bid, ask, bid, bid, bid - 100,
                                                  ask + 100, rfc3339(now)))
-                for symbol in subs["trade"]:
-                    await ws.send(json.dumps({"channel": "trade", "type": "update", "data": [{
-                        "symbol": symbol, "side": random.choice(["buy", "sell"]),
-                        "price": INSTRUMENTS[symbol][2], "qty": 0.01, "ord_type": "market",
-                        "trade_id": n, "timestamp": rfc3339(now)}]}))
-                for symbol in subs["ohlc"]:
-                    # a new 1-minute candle every 5 ticks, so closed candles appear quickly
-                    begin = start + timedelta(minutes=n // 5)
-                    mid = INSTRUMENTS[symbol][2]
-                    await ws.send(json.dumps({"channel": "ohlc", "type": "update",
-                                              "timestamp": rfc3339(now, True), "data": [{
-                        "symbol": symbol, "open": mid, "high": mid + 5, "low": mid - 5,
-                        "close": mid + 1, "trades": n % 5 + 1, "volume": 0.5, "vwap": mid,
-                        "interval_begin": rfc3339(begin, True), "interval": 1,
-                        "timestamp": rfc3339(begin + timedelta(minutes=1))}]}))
                 if not books and not any(subs.values()):
                     await ws.send('{"channel":"heartbeat"}')
         except (ConnectionClosed, asyncio.CancelledError):
@@ -266,6 +502,7 @@ class FakeKraken:
     async def _perp(self, ws) -> None:
         self.perp_connects += 1
         feeds: dict[str, set[str]] = {"ticker": set(), "trade": set(), "book": set()}
+        self._perp_sockets[ws] = feeds
         seqs: dict[str, int] = {}
         heartbeat = {"on": False}
         if not self.silent:
@@ -311,15 +548,16 @@ class FakeKraken:
                             "asks": [{"price": mid + i + 0.5, "qty": 2.5 + i}
                                      for i in range(20)]}))
                     elif feed == "trade":
-                        await ws.send(json.dumps({"feed": "trade_snapshot", "product_id": product,
-                                                  "trades": [{
-                            "feed": "trade", "product_id": product, "uid": "snap-1",
-                            "side": "buy", "type": "fill", "seq": 1, "time": 1612266317519,
-                            "qty": 0.5, "price": FUT_PRODUCTS[product]}]}))
+                        recent = self.market.fut_trades.get(product, [])[-5:]
+                        await ws.send(json.dumps({
+                            "feed": "trade_snapshot", "product_id": product,
+                            "trades": [self._fut_trade_doc(product, t)
+                                       for t in reversed(recent)]}))
         except ConnectionClosed:
             pass
         finally:
             pump.cancel()
+            self._perp_sockets.pop(ws, None)
 
     async def _perp_pump(self, ws, feeds, seqs, heartbeat) -> None:
         n = 0
@@ -330,6 +568,10 @@ class FakeKraken:
                     continue
                 n += 1
                 now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
+                if heartbeat["on"] and (self.quiet or n % 10 == 0):
+                    await ws.send(json.dumps({"feed": "heartbeat", "time": now_ms}))
+                if self.quiet:
+                    continue
                 for product in list(feeds["book"]):
                     seqs[product] += 2 if self.fut_gap_next else 1
                     self.fut_gap_next = False
@@ -343,7 +585,7 @@ class FakeKraken:
                 for product in list(feeds["ticker"]):
                     mid = FUT_PRODUCTS[product]
                     await ws.send(json.dumps({
-                        "time": now_ms, "product_id": product, "funding_rate": 0.5,
+                        "time": now_ms, "product_id": product, "funding_rate": FUT_FUNDING_ABS,
                         "funding_rate_prediction": 0.4, "relative_funding_rate": 1.0e-05,
                         "relative_funding_rate_prediction": 0.9e-05,
                         "next_funding_rate_time": (now_ms // 3600000 + 1) * 3600000,
@@ -351,15 +593,8 @@ class FakeKraken:
                         "ask_size": 2.5, "volume": 1000.0, "dtm": 0, "leverage": "50x",
                         "index": mid, "premium": 0.0, "last": mid, "change": 1.2,
                         "suspended": False, "tag": "perpetual", "pair": "XBT:USD",
-                        "openInterest": 1234.5, "markPrice": mid + 0.1, "maturityTime": 0,
-                        "post_only": False, "volumeQuote": 5.0e7, "open": mid - 100,
-                        "high": mid + 200, "low": mid - 300}))
-                for product in list(feeds["trade"]):
-                    await ws.send(json.dumps({
-                        "feed": "trade", "product_id": product, "uid": f"u-{n}",
-                        "side": "sell", "type": "fill", "seq": n, "time": now_ms, "qty": 0.1,
-                        "price": FUT_PRODUCTS[product]}))
-                if heartbeat["on"] and n % 10 == 0:
-                    await ws.send(json.dumps({"feed": "heartbeat", "time": now_ms}))
+                        "openInterest": FUT_OPEN_INTEREST, "markPrice": mid + 0.1,
+                        "maturityTime": 0, "post_only": False, "volumeQuote": 5.0e7,
+                        "open": mid - 100, "high": mid + 200, "low": mid - 300}))
         except (ConnectionClosed, asyncio.CancelledError):
             return

@@ -1,12 +1,21 @@
 """Gate.io v4 feed: spot + USDT perpetual tickers, trades, 1m candles, funding (futures.tickers),
-open interest (futures.contract_stats / tickers) and L2 books kept from ``order_book_update``
-diffs spliced onto a REST snapshot by U/u (``SnapshotDiffSync``)."""
+open interest (futures.contract_stats) and L2 books kept from ``order_book_update`` diffs
+spliced onto a REST snapshot by U/u (``SnapshotDiffSync``); REST backfill of trades, closed
+candles, funding and open interest after a gap.
+
+Open interest has one stored source, ``futures.contract_stats`` (1m): its points carry the
+interval's bucket time and a USD value, and REST ``contract_stats`` serves the same series, so a
+gap is backfilled onto the same keys. ``futures.tickers`` ``total_size`` (the same quantity,
+stamped with the push time every second) is not stored: two sources in one collection would
+interleave two timestamp grids.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Callable, Coroutine
 
 import orjson
@@ -16,6 +25,7 @@ from collector.connection import HeartbeatPolicy, WsConnection
 from collector.exchanges.base import Feed
 from collector.exchanges.gateio import endpoints as ep
 from collector.exchanges.gateio import parsers as p
+from collector.exchanges.kind_backfill import KindOwnedBackfill
 from collector.rest import RestError
 from common.schema import PERP, SPOT, Candle, now_utc
 
@@ -38,12 +48,12 @@ class BookState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class GateioFeed(Feed):
+class GateioFeed(KindOwnedBackfill, Feed):
     name = "gateio"
     connect_interval_s = ep.CONNECT_INTERVAL_S
     backoff_max_s = ep.BACKOFF_MAX_S
-    # Gate public REST: 200 requests / 10 s per endpoint; stay far below.
-    rest_weight_per_window = 300.0
+    rest_weight_per_window = ep.REST_CALLS
+    rest_window_s = ep.REST_WINDOW_S
     ping_interval_s = ep.PING_INTERVAL_S
 
     def __init__(self, cfg, ctx) -> None:
@@ -55,14 +65,37 @@ class GateioFeed(Feed):
         self.states: dict[tuple[str, str], BookState] = {}
         self._candles: dict[tuple[str, str, str], Candle] = {}
         self._last_funding: dict[str, tuple[float, float]] = {}   # symbol -> (monotonic, rate)
+        self._last_oi: dict[str, float] = {}     # symbol -> newest stats bucket (epoch s)
         self.spot_conn: WsConnection | None = None
         self.perp_conn: WsConnection | None = None
+        # One budget (the base's) for both: same host, per-IP limits.
         self.spot_rest = self.rest(cfg.spot_rest_url) if cfg.spot_rest_url else None
         self.perp_rest = self.rest(cfg.perp_rest_url) if cfg.perp_rest_url else None
 
+    # ---- subscriptions (this partition's share) ----------------------------------------------
+    def symbols(self, market: str) -> list[str]:
+        configured = self.spot_symbols if market == SPOT else self.perp_symbols
+        return [s for s in configured if self.is_available(s)]
+
+    def spot_subscriptions(self) -> dict[str, list[str]]:
+        """Channel -> the pairs this partition subscribes on it."""
+        symbols = self.symbols(SPOT)
+        return {ch: [s for s in symbols if self.owns(SPOT, s, kind)]
+                for ch, kind in ep.SPOT_KINDS.items()}
+
+    def perp_subscriptions(self) -> dict[str, list[str]]:
+        symbols = self.symbols(PERP)
+        return {ch: [s for s in symbols if self.owns(PERP, s, kind)]
+                for ch, kind in ep.FUT_KINDS.items()}
+
+    def contract_symbols(self) -> list[str]:
+        """Contracts whose size (and funding schedule) this partition needs: any owned stream."""
+        owned = {s for symbols in self.perp_subscriptions().values() for s in symbols}
+        return [s for s in self.symbols(PERP) if s in owned]
+
     # ---- setup -------------------------------------------------------------------------------
     async def prepare(self) -> None:
-        for symbol in self.perp_symbols:
+        for symbol in self.contract_symbols():
             await self._load_contract(symbol, initial=True)
 
     async def _load_contract(self, symbol: str, initial: bool = False) -> None:
@@ -90,29 +123,32 @@ class GateioFeed(Feed):
         self.funding_info[symbol] = info
 
     def pollers(self) -> list[Coroutine[Any, Any, None]]:
-        return [self._poll_contracts()] if self.perp_symbols else []
+        return [self._poll_contracts()] if self.contract_symbols() else []
 
     async def _poll_contracts(self) -> None:
         """Refresh contract size and funding schedule (next apply time, interval)."""
         while True:
             await asyncio.sleep(max(self.ctx.poll_interval_s, 30.0))
-            for symbol in self.perp_symbols:
-                if self.is_available(symbol):
-                    await self._load_contract(symbol)
+            for symbol in self.contract_symbols():
+                await self._load_contract(symbol)
 
     def build_connections(self) -> list[WsConnection]:
         conns = []
-        if self.spot_symbols and self.cfg.spot_ws_url:
+        spot = [ch for ch, symbols in self.spot_subscriptions().items() if symbols]
+        if spot and self.cfg.spot_ws_url:
             self.spot_conn = self.connection(
                 "spot", self.cfg.spot_ws_url, on_message=self._on_message, on_open=self._open_spot,
                 heartbeat=HeartbeatPolicy(app_ping=_pinger(ep.SPOT_PING),
-                                          app_ping_interval_s=self.ping_interval_s))
+                                          app_ping_interval_s=self.ping_interval_s),
+                kinds=sorted({ep.IDLE_KINDS[ep.SPOT_KINDS[ch]] for ch in spot}), market=SPOT)
             conns.append(self.spot_conn)
-        if self.perp_symbols and self.cfg.perp_ws_url:
+        perp = [ch for ch, symbols in self.perp_subscriptions().items() if symbols]
+        if perp and self.cfg.perp_ws_url:
             self.perp_conn = self.connection(
                 "perp", self.cfg.perp_ws_url, on_message=self._on_message, on_open=self._open_perp,
                 heartbeat=HeartbeatPolicy(app_ping=_pinger(ep.FUT_PING),
-                                          app_ping_interval_s=self.ping_interval_s))
+                                          app_ping_interval_s=self.ping_interval_s),
+                kinds=sorted({ep.IDLE_KINDS[ep.FUT_KINDS[ch]] for ch in perp}), market=PERP)
             conns.append(self.perp_conn)
         return conns
 
@@ -133,39 +169,49 @@ class GateioFeed(Feed):
                 state.sync.reset()
 
     def on_disconnect(self, conn: WsConnection, reason: str) -> None:
-        self._reset_market(SPOT if conn is self.spot_conn else PERP)
+        market = SPOT if conn is self.spot_conn else PERP
+        self._reset_market(market)
+        # The running candles missed trades: never store them as final (backfill closes them).
+        for key in [k for k in self._candles if k[0] == market]:
+            del self._candles[key]
 
     @staticmethod
     def _request(channel: str, payload: list[str]) -> str:
         return orjson.dumps({"time": int(time.time()), "channel": channel, "event": "subscribe",
                              "payload": payload}).decode()
 
-    async def _open_spot(self, conn: WsConnection) -> None:
-        self._reset_market(SPOT)
-        symbols = [s for s in self.spot_symbols if self.is_available(s)]
-        if not symbols:
-            return
+    @staticmethod
+    def _payload(channel: str, symbol: str) -> list[str]:
+        """Each channel's own argument order (Gate rejects another order)."""
+        if channel in (ep.SPOT_CANDLES, ep.FUT_CANDLES):
+            return [ep.CANDLE_INTERVAL, symbol]          # [interval, pair]
+        if channel == ep.SPOT_BOOK:
+            return [symbol, ep.BOOK_INTERVAL]            # [pair, interval]
+        if channel == ep.FUT_BOOK:
+            return [symbol, ep.BOOK_INTERVAL, ep.BOOK_LEVEL]
+        if channel == ep.FUT_STATS:
+            return [symbol, ep.STATS_INTERVAL]           # [contract, interval]
+        return [symbol]
+
+    async def _subscribe(self, conn: WsConnection, market: str,
+                         subs: dict[str, list[str]], symbols: list[str]) -> None:
+        book_channel = ep.SPOT_BOOK if market == SPOT else ep.FUT_BOOK
         for symbol in symbols:
             # One request per symbol and channel: an error then affects that subscription only.
-            await conn.send(self._request(ep.SPOT_TICKERS, [symbol]))
-            await conn.send(self._request(ep.SPOT_TRADES, [symbol]))
-            self._state(SPOT, symbol)
-            await conn.send(self._request(ep.SPOT_BOOK, [symbol, ep.BOOK_INTERVAL]))
-            # Candles take [interval, pair] - the reverse of the order book's argument order.
-            await conn.send(self._request(ep.SPOT_CANDLES, [ep.CANDLE_INTERVAL, symbol]))
+            for channel, owned in subs.items():
+                if symbol in owned:
+                    if channel == book_channel:
+                        self._state(market, symbol)
+                    await conn.send(self._request(channel, self._payload(channel, symbol)))
+
+    async def _open_spot(self, conn: WsConnection) -> None:
+        self._reset_market(SPOT)
+        await self._subscribe(conn, SPOT, self.spot_subscriptions(), self.symbols(SPOT))
 
     async def _open_perp(self, conn: WsConnection) -> None:
         self._reset_market(PERP)
-        symbols = [s for s in self.perp_symbols if self.is_available(s) and s in self.multipliers]
-        if not symbols:
-            return
-        for symbol in symbols:
-            await conn.send(self._request(ep.FUT_TICKERS, [symbol]))
-            await conn.send(self._request(ep.FUT_TRADES, [symbol]))
-            self._state(PERP, symbol)
-            await conn.send(self._request(ep.FUT_BOOK, [symbol, ep.BOOK_INTERVAL, ep.BOOK_LEVEL]))
-            await conn.send(self._request(ep.FUT_CANDLES, [ep.CANDLE_INTERVAL, symbol]))
-            await conn.send(self._request(ep.FUT_STATS, [symbol, ep.STATS_INTERVAL]))
+        symbols = [s for s in self.symbols(PERP) if s in self.multipliers]
+        await self._subscribe(conn, PERP, self.perp_subscriptions(), symbols)
 
     # ---- messages ----------------------------------------------------------------------------
     def _on_message(self, conn: WsConnection, raw: str | bytes) -> bool | None:
@@ -198,16 +244,16 @@ class GateioFeed(Feed):
                 for trade in p.parse_futures_trades(msg, received_at, self.multipliers):
                     self.emit(trade)
             elif channel == ep.FUT_TICKERS:
-                for ticker, funding, oi in p.parse_futures_tickers(
+                for ticker, funding in p.parse_futures_tickers(
                         msg, received_at, self.multipliers, self.funding_info):
                     self.emit(ticker)
-                    self._funding(funding, oi)
+                    self._funding(funding)
             elif channel == ep.FUT_CANDLES:
                 for candle in p.parse_futures_candles(msg, received_at, self.multipliers):
                     self._candle(candle)
             elif channel == ep.FUT_STATS:
                 for oi in p.parse_contract_stats(msg, received_at, self.multipliers):
-                    self.emit(oi)
+                    self._open_interest(oi)
             else:
                 return False
         except Exception as exc:
@@ -232,8 +278,8 @@ class GateioFeed(Feed):
             for item in named or (symbols if len(symbols) == 1 else []):
                 self.mark_unavailable(item, text)
 
-    def _funding(self, funding, oi) -> None:
-        """Tickers arrive about once a second: store funding / OI on change or once per poll
+    def _funding(self, funding) -> None:
+        """Tickers arrive about once a second: store funding on change or once per poll
         interval."""
         now = time.monotonic()
         previous = self._last_funding.get(funding.symbol)
@@ -241,8 +287,12 @@ class GateioFeed(Feed):
                 now - previous[0] >= min(self.ctx.poll_interval_s, 60.0):
             self._last_funding[funding.symbol] = (now, funding.rate)
             self.emit(funding)
-            if oi is not None:
-                self.emit(oi)
+
+    def _open_interest(self, oi) -> None:
+        ts = oi.ts.timestamp()
+        if ts > self._last_oi.get(oi.symbol, 0.0):
+            self._last_oi[oi.symbol] = ts
+        self.emit(oi)
 
     def _candle(self, candle: Candle) -> None:
         key = (candle.market, candle.symbol, candle.interval)
@@ -271,6 +321,7 @@ class GateioFeed(Feed):
                 state.fetch = None
             sync.reset()
             sync.on_snapshot(bids, asks, last)
+            self.book_in_sync(market, symbol)
             self._after_change(state)
             return
         outcome = sync.on_diff(Diff(first, last, None, bids, asks))
@@ -278,7 +329,7 @@ class GateioFeed(Feed):
             if state.fetch is None:
                 state.fetch = asyncio.get_running_loop().create_task(self._fetch_snapshot(state))
         elif outcome is Outcome.GAP:
-            self._resync(state, f"update id gap: U={first} after u={book.update_id}")
+            self._resync(state, "sequence_gap", f"U={first} after u={book.update_id}")
         elif outcome is Outcome.APPLIED:
             self._after_change(state)
 
@@ -286,18 +337,18 @@ class GateioFeed(Feed):
         book = state.sync.book
         book.truncate()
         if book.crossed():
-            self._resync(state, f"crossed book: bid {book.best_bid()} >= ask {book.best_ask()}")
+            self._resync(state, "crossed",
+                         f"bid {book.best_bid()[0]} >= ask {book.best_ask()[0]}")
 
-    def _resync(self, state: BookState, reason: str) -> None:
-        log.warning("%s: %s %s book resync: %s", self.name, state.market, state.symbol, reason)
-        self.stats.gaps += 1
-        self.stats.resyncs += 1
+    def _resync(self, state: BookState, cause: str, detail: str) -> None:
+        """Drop this book and rebuild it from a REST snapshot (the next diff is buffered and
+        starts the fetch); other books are untouched."""
         state.resyncs += 1
         if state.fetch is not None:
             state.fetch.cancel()
             state.fetch = None
         state.sync.reset()
-        # The next diff is buffered and starts a new snapshot fetch.
+        self.book_lost_sync(state.market, state.symbol, cause, detail)
 
     async def _fetch_snapshot(self, state: BookState) -> None:
         delay = 0.2
@@ -331,15 +382,68 @@ class GateioFeed(Feed):
                 outcome = state.sync.on_snapshot(bids, asks, snap_id)
                 if outcome is Outcome.SYNCED:
                     state.fetch = None
+                    self.book_in_sync(state.market, state.symbol)
                     self._after_change(state)
                     return
                 if outcome is Outcome.GAP:
                     # Buffered diffs do not continue from the snapshot: start over.
-                    self.stats.gaps += 1
                     state.sync.reset()
+                    self.book_lost_sync(state.market, state.symbol, "sequence_gap",
+                                        f"buffered diffs do not continue snapshot {snap_id}")
                 # SNAPSHOT_TOO_OLD (REST lags the stream) or gap: try again shortly.
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         finally:
             if state.fetch is asyncio.current_task():
                 state.fetch = None
+
+    # ---- REST backfill -----------------------------------------------------------------------
+    async def backfill_trades(self, market: str, symbol: str, since: datetime) -> bool:
+        """Trades in [since, now], newest first, paged; complete when a page is not full."""
+        window = {"limit": ep.TRADES_PAGE, "from": int(since.timestamp()),
+                  "to": int(time.time()) + 1}
+        for page in range(ep.TRADES_MAX_PAGES):
+            if market == SPOT:
+                body = await self.spot_rest.get(ep.SPOT_TRADES_REST, {
+                    "currency_pair": symbol, **window, "page": page + 1})
+                trades = p.parse_rest_spot_trades(body, now_utc())
+            else:
+                body = await self.perp_rest.get(ep.FUT_TRADES_REST, {
+                    "contract": symbol, **window, "offset": page * ep.TRADES_PAGE})
+                trades = p.parse_rest_futures_trades(body, now_utc(), self.multipliers)
+            self.emit_backfilled_trades(trades, since, ep.TRADES_PAGE)
+            if len(body) < ep.TRADES_PAGE:     # internal trades are skipped, not missing
+                return True
+        return False
+
+    async def backfill_candles(self, market: str, symbol: str, since: datetime) -> None:
+        """Closed 1m candles from the gap's minute (at most the last 1000 points)."""
+        if not self.owns(market, symbol, ep.SPOT_KINDS[ep.SPOT_CANDLES]):
+            return
+        start = max(int(since.timestamp()) // 60 * 60,
+                    (int(time.time()) // 60 - ep.CANDLES_MAX_POINTS + 1) * 60)
+        if market == SPOT:
+            body = await self.spot_rest.get(ep.SPOT_CANDLES_REST, {
+                "currency_pair": symbol, "interval": ep.CANDLE_INTERVAL, "from": start})
+            candles = p.parse_rest_spot_candles(body, symbol, now_utc())
+        else:
+            body = await self.perp_rest.get(ep.FUT_CANDLES_REST, {
+                "contract": symbol, "interval": ep.CANDLE_INTERVAL, "from": start})
+            candles = p.parse_rest_futures_candles(body, symbol, now_utc(), self.multipliers)
+        for candle in candles:
+            self.emit(candle)
+
+    async def repoll_derivatives(self, symbol: str) -> None:
+        """Funding from the contract document (owner of futures.tickers); open interest from REST
+        contract_stats since the newest streamed point (owner of futures.contract_stats)."""
+        if self.owns(PERP, symbol, ep.FUT_KINDS[ep.FUT_TICKERS]):
+            body = await self.perp_rest.get(ep.FUT_CONTRACT_REST.format(contract=symbol))
+            self.emit(p.parse_contract_funding(body, now_utc()))
+        if self.owns(PERP, symbol, ep.FUT_KINDS[ep.FUT_STATS]):
+            params: dict[str, Any] = {"contract": symbol, "interval": ep.STATS_REST_INTERVAL,
+                                      "limit": ep.STATS_REST_LIMIT}
+            if symbol in self._last_oi:
+                params["from"] = int(self._last_oi[symbol]) + 1
+            body = await self.perp_rest.get(ep.FUT_STATS_REST, params)
+            for oi in p.parse_rest_contract_stats(body, symbol, now_utc(), self.multipliers):
+                self._open_interest(oi)

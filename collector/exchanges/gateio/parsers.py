@@ -38,7 +38,16 @@ def parse_spot_ticker(msg: dict, received_at: datetime) -> Ticker:
 
 
 def parse_spot_trade(msg: dict, received_at: datetime) -> Trade:
-    r = msg["result"]
+    return _spot_trade(msg["result"], received_at)
+
+
+def parse_rest_spot_trades(body: list, received_at: datetime) -> list[Trade]:
+    """REST ``/spot/trades`` (newest first): the same fields as the ``spot.trades`` push, so the
+    ids match the streamed trades' unique key."""
+    return [_spot_trade(r, received_at) for r in body]
+
+
+def _spot_trade(r: dict, received_at: datetime) -> Trade:
     symbol = r["currency_pair"]
     side = r["side"]
     if side not in ("buy", "sell"):
@@ -59,6 +68,36 @@ def parse_spot_candle(msg: dict, received_at: datetime) -> Candle:
                   received_at, interval=interval, open=float(r["o"]), high=float(r["h"]),
                   low=float(r["l"]), close=float(r["c"]), volume=opt_float(r.get("a")),
                   quote_volume=opt_float(r.get("v")), closed=bool(r.get("w", False)))
+
+
+def parse_rest_spot_candles(body: list, symbol: str, received_at: datetime) -> list[Candle]:
+    """REST ``/spot/candlesticks`` rows ``[t, quote volume, close, high, low, open, base volume,
+    window closed]`` -> the closed 1m candles (without the flag: see ``_closed_rows``)."""
+    pair = pair_from_symbol(symbol)
+    out = []
+    for row, closed in _closed_rows(body, received_at, lambda row: row[0],
+                                    lambda row: row[7] if len(row) > 7 else None):
+        if closed:
+            out.append(Candle(EXCHANGE, symbol, pair, SPOT, s_to_dt(row[0]), received_at,
+                              interval="1m", open=float(row[5]), high=float(row[3]),
+                              low=float(row[4]), close=float(row[2]), volume=float(row[6]),
+                              quote_volume=float(row[1]), closed=True))
+    return out
+
+
+def _closed_rows(rows: list, now: datetime, start_of, flag_of) -> list[tuple[Any, bool]]:
+    """Which 1m rows are final: the window-closed flag when the row has one; else every row but
+    the newest (the running candle when the range reaches the present), and the newest too once
+    its minute is over by the local clock (5 s margin for clock skew)."""
+    out = []
+    for i, row in enumerate(rows):
+        flag = flag_of(row)
+        if flag is not None:
+            closed = flag is True or flag == "true"
+        else:
+            closed = i < len(rows) - 1 or float(start_of(row)) + 65 <= now.timestamp()
+        out.append((row, closed))
+    return out
 
 
 def parse_spot_levels(levels: list) -> Levels:
@@ -96,9 +135,10 @@ def parse_futures_book_snapshot(body: dict, multiplier: float) -> tuple[int, Lev
 
 def parse_futures_tickers(msg: dict, received_at: datetime, multipliers: dict[str, float],
                           funding_info: dict[str, dict[str, Any]] | None = None
-                          ) -> list[tuple[Ticker, Funding, OpenInterest | None]]:
-    """``futures.tickers`` (result is a list) -> ticker, funding (``funding_rate`` = current
-    period rate, a fraction) and open interest (``total_size`` contracts x multiplier)."""
+                          ) -> list[tuple[Ticker, Funding]]:
+    """``futures.tickers`` (result is a list) -> ticker and funding (``funding_rate`` = current
+    period rate, a fraction). Its ``total_size`` (open interest) is not used: stored open
+    interest comes from ``futures.contract_stats`` only (see the feed)."""
     ts = msg_time(msg, received_at)
     out = []
     for r in msg["result"]:
@@ -121,21 +161,30 @@ def parse_futures_tickers(msg: dict, received_at: datetime, multipliers: dict[st
                           next_funding_time=info.get("next_funding_time"),
                           mark_price=mark, index_price=index,
                           interval_hours=info.get("interval_hours"))
-        oi = None
-        if r.get("total_size") not in (None, ""):
-            amount = float(r["total_size"]) * mult
-            oi = OpenInterest(EXCHANGE, symbol, pair, PERP, ts, received_at,
-                              open_interest=amount,
-                              open_interest_value=amount * mark if mark is not None else None)
-        out.append((ticker, funding, oi))
+        out.append((ticker, funding))
     return out
 
 
 def parse_futures_trades(msg: dict, received_at: datetime,
                          multipliers: dict[str, float]) -> list[Trade]:
-    """``size`` sign is the taker side (+ buy, - sell); |size| x multiplier = base units."""
+    return _futures_trades(msg["result"], received_at, multipliers)
+
+
+def parse_rest_futures_trades(body: list, received_at: datetime,
+                              multipliers: dict[str, float]) -> list[Trade]:
+    """REST ``/futures/usdt/trades`` (newest first), same fields and ids as the push."""
+    return _futures_trades(body, received_at, multipliers)
+
+
+def _futures_trades(rows: list, received_at: datetime,
+                    multipliers: dict[str, float]) -> list[Trade]:
+    """``size`` sign is the taker side (+ buy, - sell); |size| x multiplier = base units.
+    ``is_internal`` trades (insurance fund / ADL takeovers, not matched on the order book and
+    left out of Gate's own candles) are skipped: they are not market trades."""
     out = []
-    for r in msg["result"]:
+    for r in rows:
+        if r.get("is_internal"):
+            continue
         symbol = r["contract"]
         size = float(r["size"])
         if size == 0:
@@ -165,14 +214,52 @@ def parse_futures_candles(msg: dict, received_at: datetime,
 
 def parse_contract_stats(msg: dict, received_at: datetime,
                          multipliers: dict[str, float]) -> list[OpenInterest]:
+    """``futures.contract_stats``: open interest in contracts (x multiplier = base units) and in
+    USD, at the interval's bucket time."""
+    return [_stats(r, r["contract"], received_at, multipliers) for r in msg["result"]]
+
+
+def parse_rest_contract_stats(body: list, symbol: str, received_at: datetime,
+                              multipliers: dict[str, float]) -> list[OpenInterest]:
+    """REST ``/futures/usdt/contract_stats`` rows (same fields; the contract is the query's)."""
+    return [_stats(r, symbol, received_at, multipliers) for r in body]
+
+
+def _stats(r: dict, symbol: str, received_at: datetime,
+           multipliers: dict[str, float]) -> OpenInterest:
+    return OpenInterest(EXCHANGE, symbol, pair_from_symbol(symbol), PERP, s_to_dt(r["time"]),
+                        received_at,
+                        open_interest=float(r["open_interest"]) * multipliers[symbol],
+                        open_interest_value=opt_float(r.get("open_interest_usd")))
+
+
+def parse_rest_futures_candles(body: list, symbol: str, received_at: datetime,
+                               multipliers: dict[str, float]) -> list[Candle]:
+    """REST ``/futures/usdt/candlesticks`` ``{t, v (contracts), c, h, l, o, sum (quote)}`` ->
+    the closed 1m candles (no closed flag here: see ``_closed_rows``)."""
+    pair = pair_from_symbol(symbol)
+    mult = multipliers[symbol]
     out = []
-    for r in msg["result"]:
-        symbol = r["contract"]
-        out.append(OpenInterest(EXCHANGE, symbol, pair_from_symbol(symbol), PERP,
-                                s_to_dt(r["time"]), received_at,
-                                open_interest=float(r["open_interest"]) * multipliers[symbol],
-                                open_interest_value=opt_float(r.get("open_interest_usd"))))
+    for row, closed in _closed_rows(body, received_at, lambda row: row["t"], lambda row: None):
+        if closed:
+            out.append(Candle(EXCHANGE, symbol, pair, PERP, s_to_dt(row["t"]), received_at,
+                              interval="1m", open=float(row["o"]), high=float(row["h"]),
+                              low=float(row["l"]), close=float(row["c"]),
+                              volume=float(row["v"]) * mult, quote_volume=opt_float(row.get("sum")),
+                              closed=True))
     return out
+
+
+def parse_contract_funding(body: dict, received_at: datetime) -> Funding:
+    """REST ``/futures/usdt/contracts/{c}`` -> the current funding (re-poll after a gap)."""
+    symbol = body["name"]
+    info = parse_contract(body)
+    return Funding(EXCHANGE, symbol, pair_from_symbol(symbol), PERP, received_at, received_at,
+                   rate=float(body["funding_rate"]),
+                   next_funding_time=info.get("next_funding_time"),
+                   mark_price=opt_float(body.get("mark_price")),
+                   index_price=opt_float(body.get("index_price")),
+                   interval_hours=info.get("interval_hours"))
 
 
 def parse_contract(body: dict) -> dict[str, Any]:

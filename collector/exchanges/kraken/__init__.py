@@ -11,5 +11,7 @@
 | volume_liquidity | derived from book + ticker             | derived from book + ticker              |
 
 Spot precisions for the checksum come from the v2 ``instrument`` channel; futures symbols are
-validated with REST ``/derivatives/api/v3/instruments``.
+validated with REST ``/derivatives/api/v3/instruments``. After a gap, spot trades and closed
+candles (``/0/public/Trades``, ``/0/public/OHLC``), futures trades (``/derivatives/api/v3/history``)
+and funding / open interest (``/derivatives/api/v3/tickers``) are backfilled over REST.
 """

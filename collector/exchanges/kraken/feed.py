@@ -1,19 +1,24 @@
 """Kraken feed: spot WebSocket v2 (ticker, trade, book with CRC32 checksum, ohlc 1m) and Kraken
-Futures WebSocket v1 (ticker -> ticker/funding/open interest, trade, book with seq check)."""
+Futures WebSocket v1 (ticker -> ticker/funding/open interest, trade, book with seq check), REST
+backfill of trades, closed candles, funding and open interest after a gap."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
+from collector import partition
 from collector.connection import HeartbeatPolicy, WsConnection
 from collector.exchanges.base import Feed
+from collector.exchanges.kind_backfill import KindOwnedBackfill
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken import parsers as p
-from collector.rest import RestError
+from collector.resync import ResubscribeScheduler
+from collector.rest import RateBudget, RestClient, RestError
 from common.schema import PERP, SPOT, Candle, now_utc
 
 log = logging.getLogger(__name__)
@@ -23,20 +28,26 @@ def _ping() -> str:
     return '{"method":"ping"}'
 
 
-class KrakenFeed(Feed):
+class KrakenFeed(KindOwnedBackfill, Feed):
     name = "kraken"
     connect_interval_s = ep.CONNECT_INTERVAL_S
     backoff_max_s = ep.BACKOFF_MAX_S
-    rest_weight_per_window = 60.0
     ping_interval_s = ep.SPOT_PING_INTERVAL_S
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)
+        # Partitions share the IP, hence Cloudflare's reconnect budget: space connects N times more.
+        _, partitions = partition.parse_partition(ctx.settings.partition)
+        self.throttle.min_interval_s = self.connect_interval_s * partitions
         # Configured names (XBT/USD, XXBTZUSD) -> v2 names (BTC/USD), de-duplicated, in order.
         self.spot_symbols: list[str] = list(dict.fromkeys(p.v2_symbol(s) for s in cfg.spot_symbols))
         self.perp_symbols: list[str] = [s.upper() for s in cfg.perp_symbols]
         self.book_depth = next((d for d in ep.SPOT_BOOK_DEPTHS if d >= cfg.book_depth),
                                ep.SPOT_BOOK_DEPTHS[-1])
+        self.spot_rest = RestClient(ctx.session, cfg.spot_rest_url,
+                                    RateBudget(ep.SPOT_REST_CALLS, ep.SPOT_REST_WINDOW_S))
+        self.perp_rest = RestClient(ctx.session, cfg.perp_rest_url,
+                                    RateBudget(ep.FUT_REST_CALLS, ep.FUT_REST_WINDOW_S))
         self.precision: dict[str, tuple[int, int]] = {}
         self._book_subscribed: set[str] = set()
         self._candles: dict[str, Candle] = {}
@@ -44,12 +55,16 @@ class KrakenFeed(Feed):
         self._last_funding_emit: dict[str, float] = {}
         self._last_funding_rate: dict[str, float | None] = {}
         self._req_id = 0
-        self._consecutive_failures: dict[str, int] = {}
         self.spot_conn: WsConnection | None = None
         self.perp_conn: WsConnection | None = None
-        # Counters for tests/status.
+        # Per-book resync by resubscription (cool-down, retry, one coroutine per resubscribe).
+        self.spot_resync: ResubscribeScheduler[str] = ResubscribeScheduler(
+            self._resubscribe_spot_book, cooldown_s=ep.RESYNC_COOLDOWN_S,
+            retry_after_s=ep.RESYNC_RETRY_S, name="kraken spot")
+        self.perp_resync: ResubscribeScheduler[str] = ResubscribeScheduler(
+            self._resubscribe_perp_book, cooldown_s=ep.RESYNC_COOLDOWN_S,
+            retry_after_s=ep.RESYNC_RETRY_S, name="kraken futures")
         self.checksum_failures = 0
-        self.resubscribes: dict[str, int] = {}
 
     async def prepare(self) -> None:
         """Validate the futures symbols against the instrument list (spot symbols are checked
@@ -57,7 +72,7 @@ class KrakenFeed(Feed):
         if not self.perp_symbols or not self.cfg.perp_rest_url:
             return
         try:
-            body = await self.rest(self.cfg.perp_rest_url).get(ep.FUT_INSTRUMENTS_REST)
+            body = await self.perp_rest.get(ep.FUT_INSTRUMENTS_REST)
             listed = p.parse_futures_instruments(body)
         except (RestError, KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("%s: futures instrument list unavailable (%s); symbols not validated",
@@ -67,28 +82,58 @@ class KrakenFeed(Feed):
             if symbol not in listed:
                 self.mark_unavailable(symbol, "not in the futures instrument list")
 
+    # ---- subscriptions (this partition's share) ----------------------------------------------
+    def symbols(self, market: str) -> list[str]:
+        configured = self.spot_symbols if market == SPOT else self.perp_symbols
+        return [s for s in configured if self.is_available(s)]
+
+    def spot_subscriptions(self) -> dict[str, list[str]]:
+        """v2 channel -> the symbols this partition subscribes on it."""
+        symbols = self.symbols(SPOT)
+        return {channel: [s for s in symbols if self.owns(SPOT, s, kind)]
+                for channel, kind in ep.SPOT_KINDS.items()}
+
+    def perp_subscriptions(self) -> dict[str, list[str]]:
+        """Futures feed -> the products this partition subscribes on it."""
+        symbols = self.symbols(PERP)
+        return {feed: [s for s in symbols if self.owns(PERP, s, kind)]
+                for feed, kind in ep.FUT_KINDS.items()}
+
     # ---- wiring ------------------------------------------------------------------------------
     def build_connections(self) -> list[WsConnection]:
         conns = []
-        if self.spot_symbols and self.cfg.spot_ws_url:
+        spot = {ch: syms for ch, syms in self.spot_subscriptions().items() if syms}
+        if spot and self.cfg.spot_ws_url:
             self.spot_conn = self.connection(
                 "spot", self.cfg.spot_ws_url, on_message=self._on_spot, on_open=self._open_spot,
                 heartbeat=HeartbeatPolicy(app_ping=_ping,
-                                          app_ping_interval_s=self.ping_interval_s))
+                                          app_ping_interval_s=self.ping_interval_s),
+                kinds=sorted({ep.SPOT_IDLE_KINDS[ch] for ch in spot}), market=SPOT)
             conns.append(self.spot_conn)
-        if self.perp_symbols and self.cfg.perp_ws_url:
+        perp = {feed: syms for feed, syms in self.perp_subscriptions().items() if syms}
+        if perp and self.cfg.perp_ws_url:
             self.perp_conn = self.connection(
                 "perp", self.cfg.perp_ws_url, on_message=self._on_perp, on_open=self._open_perp,
-                heartbeat=HeartbeatPolicy(protocol_ping_interval_s=30.0))
+                heartbeat=HeartbeatPolicy(protocol_ping_interval_s=30.0),
+                kinds=sorted({ep.FUT_KINDS[feed] for feed in perp}), market=PERP)
             conns.append(self.perp_conn)
         return conns
 
+    async def stop(self) -> None:
+        self.spot_resync.cancel()
+        self.perp_resync.cancel()
+        await super().stop()
+
     def on_disconnect(self, conn: WsConnection, reason: str) -> None:
         if conn is self.spot_conn:
+            self.spot_resync.cancel()       # the reconnect resubscribes every book
             self._book_subscribed.clear()
             for symbol in self.spot_symbols:
                 self.book(SPOT, symbol, keep_text=True).reset()
+            # The running candle missed trades: never store it as final (backfill closes it).
+            self._candles.clear()
         elif conn is self.perp_conn:
+            self.perp_resync.cancel()
             self._fut_seq.clear()
             for symbol in self.perp_symbols:
                 self.book(PERP, symbol).reset()
@@ -97,18 +142,14 @@ class KrakenFeed(Feed):
         self._req_id += 1
         return self._req_id
 
-    def _send(self, conn: WsConnection, payload: dict | str, delay_s: float = 0.0) -> None:
+    def _send(self, conn: WsConnection, text: str) -> None:
         """Fire-and-forget send from the synchronous message handler."""
-        text = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
-
         async def send() -> None:
-            if delay_s:
-                await asyncio.sleep(delay_s)
             try:
                 await conn.send(text)
             except Exception as exc:   # connection dropped: on_open resubscribes
                 log.debug("%s: send failed: %r", conn.name, exc)
-        asyncio.get_running_loop().create_task(send())
+        self._spawn(send())
 
     # ---- spot v2 -----------------------------------------------------------------------------
     def _spot_sub(self, channel: str, symbols: list[str] | None, method: str = "subscribe",
@@ -119,19 +160,29 @@ class KrakenFeed(Feed):
         return orjson.dumps({"method": method, "params": body, "req_id": self._next_id()}).decode()
 
     async def _open_spot(self, conn: WsConnection) -> None:
-        symbols = [s for s in self.spot_symbols if self.is_available(s)]
-        for symbol in symbols:
+        subs = self.spot_subscriptions()
+        books = subs[ep.SPOT_BOOK]
+        for symbol in books:
             self.book(SPOT, symbol, keep_text=True).reset()
         self._book_subscribed.clear()
-        # Instrument first: the book is subscribed once the pair's precisions are known.
-        await conn.send(self._spot_sub(ep.SPOT_INSTRUMENT, None, snapshot=True))
-        await conn.send(self._spot_sub(ep.SPOT_TICKER, symbols))
-        await conn.send(self._spot_sub(ep.SPOT_TRADE, symbols, snapshot=False))
-        await conn.send(self._spot_sub(ep.SPOT_OHLC, symbols, interval=ep.SPOT_OHLC_INTERVAL_MIN))
-        known = [s for s in symbols if s in self.precision]
+        if books:
+            # Instrument first: the books are subscribed once the pairs' precisions are known.
+            await conn.send(self._spot_sub(ep.SPOT_INSTRUMENT, None, snapshot=True))
+        if subs[ep.SPOT_TICKER]:
+            await conn.send(self._spot_sub(ep.SPOT_TICKER, subs[ep.SPOT_TICKER]))
+        if subs[ep.SPOT_TRADE]:
+            await conn.send(self._spot_sub(ep.SPOT_TRADE, subs[ep.SPOT_TRADE], snapshot=False))
+        if subs[ep.SPOT_OHLC]:
+            await conn.send(self._spot_sub(ep.SPOT_OHLC, subs[ep.SPOT_OHLC],
+                                           interval=ep.SPOT_OHLC_INTERVAL_MIN))
+        known = [s for s in books if s in self.precision]
         if known:   # precisions known from a previous connection: no need to wait
-            await conn.send(self._book_request(known))
             self._book_subscribed.update(known)
+            await conn.send(self._book_request(known))
+
+    def _books_to_subscribe(self) -> list[str]:
+        return [s for s in self.spot_subscriptions()[ep.SPOT_BOOK]
+                if s not in self._book_subscribed]
 
     def _book_request(self, symbols: list[str], method: str = "subscribe") -> str:
         if method == "subscribe":
@@ -146,11 +197,11 @@ class KrakenFeed(Feed):
             if channel is None:
                 return self._spot_control(conn, msg)
             if channel == ep.SPOT_HEARTBEAT or channel == ep.SPOT_STATUS:
-                return False
+                return False    # keep-alive, not data: the idle watchdog must not count it
             received_at = now_utc()
             if channel == ep.SPOT_BOOK:
                 for item in msg["data"]:
-                    self._spot_book(conn, msg["type"], item)
+                    self._spot_book(msg["type"], item)
             elif channel == ep.SPOT_TICKER:
                 for item in msg["data"]:
                     self.emit(p.parse_ticker(item, received_at))
@@ -182,8 +233,7 @@ class KrakenFeed(Feed):
             if result.get("channel") == ep.SPOT_INSTRUMENT or "instrument" in error.lower():
                 # No precisions: subscribe the books anyway; checksums then use the numbers'
                 # own digits (exact for prices/quantities sent with full precision).
-                ready = [s for s in self.spot_symbols
-                         if self.is_available(s) and s not in self._book_subscribed]
+                ready = self._books_to_subscribe()
                 if ready:
                     log.warning("%s: instrument channel unavailable; book checksums use the "
                                 "received digits", self.name)
@@ -198,9 +248,7 @@ class KrakenFeed(Feed):
         if msg.get("type") != "snapshot":
             return
         ready = []
-        for symbol in self.spot_symbols:
-            if not self.is_available(symbol) or symbol in self._book_subscribed:
-                continue
+        for symbol in self._books_to_subscribe():
             if symbol not in self.precision:
                 self.mark_unavailable(symbol, "not listed in the instrument channel")
                 continue
@@ -209,7 +257,7 @@ class KrakenFeed(Feed):
             self._book_subscribed.update(ready)
             self._send(conn, self._book_request(ready))
 
-    def _spot_book(self, conn: WsConnection, kind: str, item: dict) -> None:
+    def _spot_book(self, kind: str, item: dict) -> None:
         symbol = item["symbol"]
         book = self.book(SPOT, symbol, keep_text=True)
         price_prec, qty_prec = self.precision.get(symbol, (None, None))
@@ -227,12 +275,27 @@ class KrakenFeed(Feed):
         # Kraken never deletes levels that fall out of the subscribed depth.
         book.truncate(self.book_depth)
         expected = int(item["checksum"])
-        if self.checksum(book) == expected:
-            self._consecutive_failures.pop(symbol, None)
-        else:
-            self.checksum_failures += 1
-            self.stats.gaps += 1
-            self._resubscribe_book(conn, symbol, f"checksum mismatch (expected {expected})")
+        actual = self.checksum(book)
+        if actual == expected:
+            if kind == "snapshot":
+                self.book_in_sync(SPOT, symbol)
+                self.spot_resync.done(symbol)
+            return
+        # No sequence numbers on v2 books: the checksum is the only gap detector. Resync this
+        # symbol alone (a pending resync retries by itself if its snapshot fails again).
+        self.checksum_failures += 1
+        book.reset()
+        self.book_lost_sync(SPOT, symbol, "checksum", f"local {actual} != exchange {expected}")
+        self.spot_resync.request(symbol)
+
+    async def _resubscribe_spot_book(self, symbol: str) -> None:
+        """Unsubscribe then subscribe in one coroutine: the order cannot be swapped (a subscribe
+        overtaken by its unsubscribe would leave the book unsubscribed for good)."""
+        conn = self.spot_conn
+        if conn is None:
+            raise ConnectionError("spot not connected")
+        await conn.send(self._book_request([symbol], "unsubscribe"))
+        await conn.send(self._book_request([symbol]))
 
     @staticmethod
     def checksum(book) -> int:
@@ -241,19 +304,6 @@ class KrakenFeed(Feed):
         asks = [asks_text[price] for price, _ in book.asks.top(n)]
         bids = [bids_text[price] for price, _ in book.bids.top(n)]
         return p.book_checksum(asks, bids)
-
-    def _resubscribe_book(self, conn: WsConnection, symbol: str, reason: str) -> None:
-        """Resync one symbol's book only: unsubscribe + subscribe gives a fresh snapshot."""
-        log.warning("%s: %s book out of sync (%s); resubscribing it", self.name, symbol, reason)
-        self.stats.resyncs += 1
-        self.resubscribes[symbol] = self.resubscribes.get(symbol, 0) + 1
-        self.book(SPOT, symbol, keep_text=True).reset()
-        # Back off when a symbol keeps failing (e.g. unexpected precision): 0, 1, 2, 4 ... 60 s.
-        failures = self._consecutive_failures.get(symbol, 0)
-        self._consecutive_failures[symbol] = failures + 1
-        delay = 0.0 if failures == 0 else min(60.0, 2.0 ** (failures - 1))
-        self._send(conn, self._book_request([symbol], "unsubscribe"), delay)
-        self._send(conn, self._book_request([symbol]), delay)
 
     def _candle(self, candle: Candle) -> None:
         """The running candle is re-sent with the same interval_begin; it is closed once a later
@@ -270,14 +320,14 @@ class KrakenFeed(Feed):
 
     # ---- futures -----------------------------------------------------------------------------
     async def _open_perp(self, conn: WsConnection) -> None:
-        symbols = [s for s in self.perp_symbols if self.is_available(s)]
+        subs = self.perp_subscriptions()
         self._fut_seq.clear()
-        for symbol in symbols:
+        for symbol in subs[ep.FUT_BOOK]:
             self.book(PERP, symbol).reset()
         await conn.send(orjson.dumps({"event": "subscribe", "feed": ep.FUT_HEARTBEAT}).decode())
         # One request per product and feed: an error then concerns that subscription only.
-        for symbol in symbols:
-            for feed in (ep.FUT_TICKER, ep.FUT_TRADE, ep.FUT_BOOK):
+        for feed, symbols in subs.items():
+            for symbol in symbols:
                 await conn.send(orjson.dumps({"event": "subscribe", "feed": feed,
                                               "product_ids": [symbol]}).decode())
 
@@ -314,8 +364,10 @@ class KrakenFeed(Feed):
                 bids, asks, seq = p.parse_futures_book_snapshot(msg)
                 self.book(PERP, symbol).load_snapshot(bids, asks, seq)
                 self._fut_seq[symbol] = seq
+                self.book_in_sync(PERP, symbol)
+                self.perp_resync.done(symbol)
             elif feed == ep.FUT_BOOK:
-                self._perp_book_delta(conn, msg)
+                self._perp_book_delta(msg)
             else:
                 return False
         except Exception as exc:
@@ -337,7 +389,7 @@ class KrakenFeed(Feed):
             if oi is not None:
                 self.emit(oi)
 
-    def _perp_book_delta(self, conn: WsConnection, msg: dict) -> None:
+    def _perp_book_delta(self, msg: dict) -> None:
         symbol = msg["product_id"]
         side, price, qty, seq = p.parse_futures_book_delta(msg)
         book = self.book(PERP, symbol)
@@ -347,18 +399,92 @@ class KrakenFeed(Feed):
         if seq <= last:
             return
         if seq != last + 1:
-            self.stats.gaps += 1
-            self.stats.resyncs += 1
-            self.resubscribes[symbol] = self.resubscribes.get(symbol, 0) + 1
-            log.warning("%s: %s book seq gap (%d -> %d); resubscribing", self.name, symbol,
-                        last, seq)
             book.reset()
             self._fut_seq.pop(symbol, None)
-            for event in ("unsubscribe", "subscribe"):
-                self._send(conn, {"event": event, "feed": ep.FUT_BOOK, "product_ids": [symbol]})
+            self.book_lost_sync(PERP, symbol, "sequence_gap", f"seq {last} -> {seq}")
+            self.perp_resync.request(symbol)
             return
         self._fut_seq[symbol] = seq
         if side == "buy":
             book.apply(((price, qty),), (), seq)
         else:
             book.apply((), ((price, qty),), seq)
+
+    async def _resubscribe_perp_book(self, symbol: str) -> None:
+        conn = self.perp_conn
+        if conn is None:
+            raise ConnectionError("futures not connected")
+        for event in ("unsubscribe", "subscribe"):
+            await conn.send(orjson.dumps({"event": event, "feed": ep.FUT_BOOK,
+                                          "product_ids": [symbol]}).decode())
+
+    # ---- REST backfill -----------------------------------------------------------------------
+    async def backfill_trades(self, market: str, symbol: str, since: datetime) -> bool:
+        if market == SPOT:
+            return await self._backfill_spot_trades(symbol, since)
+        return await self._backfill_perp_trades(symbol, since)
+
+    async def _backfill_spot_trades(self, symbol: str, since: datetime) -> bool:
+        """``/0/public/Trades`` pages forward from ``since`` (oldest first) with the ``last``
+        cursor; complete when a page is not full or reaches the time the backfill started (the
+        stream has been delivering since then)."""
+        pair = p.rest_pair(symbol, ep.REST_ASSETS)
+        until = now_utc()
+        cursor = str(int(since.timestamp()))    # seconds; ``last`` cursors are nanoseconds
+        for _ in range(ep.SPOT_TRADES_MAX_PAGES):
+            body = await self.spot_rest.get(ep.SPOT_TRADES_REST, {
+                "pair": pair, "since": cursor, "count": ep.SPOT_TRADES_PAGE})
+            trades, last = p.parse_rest_trades(body, symbol, now_utc())
+            self.emit_backfilled_trades(trades, since, ep.SPOT_TRADES_PAGE)
+            if len(trades) < ep.SPOT_TRADES_PAGE or trades[-1].ts >= until:
+                return True
+            if last == cursor:
+                break
+            cursor = last
+        return False
+
+    async def _backfill_perp_trades(self, symbol: str, since: datetime) -> bool:
+        """``/derivatives/api/v3/history`` pages backwards (100 trades before ``lastTime``)
+        until a page reaches ``since``."""
+        last_time: str | None = None
+        for _ in range(ep.FUT_HISTORY_MAX_PAGES):
+            params = {"symbol": symbol}
+            if last_time is not None:
+                params["lastTime"] = last_time
+            body = await self.perp_rest.get(ep.FUT_HISTORY_REST, params)
+            trades = p.parse_futures_history(body, symbol, now_utc())
+            if not trades:
+                return True
+            if self.emit_backfilled_trades(trades, since, ep.FUT_HISTORY_PAGE):
+                return True
+            # Overlap by 1 ms: trades sharing the boundary millisecond are fetched again
+            # (deduplicated) rather than skipped.
+            oldest = min(t.ts for t in trades) + timedelta(milliseconds=1)
+            following = oldest.strftime("%Y-%m-%dT%H:%M:%S.") + f"{oldest.microsecond // 1000:03d}Z"
+            if following == last_time:
+                break
+            last_time = following
+        return False
+
+    async def backfill_candles(self, market: str, symbol: str, since: datetime) -> None:
+        """Spot only: Kraken Futures has no candle feed (its candles are in the separate charts
+        API, which this collector does not use)."""
+        if market != SPOT or not self.owns(SPOT, symbol, ep.SPOT_KINDS[ep.SPOT_OHLC]):
+            return
+        minute = int(since.timestamp()) // 60 * 60
+        body = await self.spot_rest.get(ep.SPOT_OHLC_REST, {
+            "pair": p.rest_pair(symbol, ep.REST_ASSETS), "interval": ep.SPOT_OHLC_INTERVAL_MIN,
+            "since": minute - 60})
+        for candle in p.parse_rest_ohlc(body, symbol, now_utc()):
+            if candle.ts.timestamp() >= minute:
+                self.emit(candle)
+
+    async def repoll_derivatives(self, symbol: str) -> None:
+        """Funding and open interest come with the futures ticker: its owner re-polls them."""
+        if not self.owns(PERP, symbol, ep.FUT_KINDS[ep.FUT_TICKER]):
+            return
+        body = await self.perp_rest.get(ep.FUT_TICKERS_REST)
+        funding, oi = p.parse_futures_rest_ticker(body, symbol, now_utc())
+        for record in (funding, oi):
+            if record is not None:
+                self.emit(record)

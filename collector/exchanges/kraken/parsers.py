@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any, Iterable
 
 from common.schema import PERP, SPOT, Candle, Funding, OpenInterest, Ticker, Trade, UTC, \
-    ms_to_dt
+    ms_to_dt, s_to_dt
 from common.symbols import pair_from_symbol
 
 EXCHANGE = "kraken"
@@ -27,6 +27,13 @@ def decode(raw: str | bytes) -> Any:
 def v2_symbol(configured: str) -> str:
     """Configured spot symbol (``BTC/USD``, ``XBT/USD``, ``XXBTZUSD``) -> WebSocket v2 name."""
     return pair_from_symbol(configured)
+
+
+def rest_pair(symbol: str, assets: dict[str, str]) -> str:
+    """v2 symbol -> the REST ``pair`` parameter (``BTC/USD`` -> ``XBTUSD``): REST keeps the
+    legacy asset codes (``assets``: v2 code -> REST code)."""
+    base, quote = symbol.split("/")
+    return assets.get(base, base) + assets.get(quote, quote)
 
 
 def parse_time(text: str) -> datetime:
@@ -43,6 +50,14 @@ def parse_time(text: str) -> datetime:
 
 def _f(value: Any) -> float | None:
     return None if value is None or value == "" else float(value)
+
+
+def _int(value: Any) -> int:
+    """int() whose overflow (an infinite float) is a malformed value like any other."""
+    try:
+        return int(value)
+    except OverflowError as exc:
+        raise ValueError(f"not an integer: {value!r}") from exc
 
 
 # ---- spot v2 -------------------------------------------------------------------------------------
@@ -127,6 +142,49 @@ def book_checksum(asks: Iterable[tuple[str, str]], bids: Iterable[tuple[str, str
     return zlib.crc32(text.encode()) & 0xFFFFFFFF
 
 
+# ---- spot REST -----------------------------------------------------------------------------------
+def _rest_result(body: dict) -> tuple[list, Any]:
+    """``{"error": [...], "result": {<pair key>: rows, "last": cursor}}`` -> (rows, last). The pair
+    key is Kraken's own (``XXBTZUSD``), so it is taken as the only key besides ``last``."""
+    if body.get("error"):
+        raise ValueError(f"Kraken REST error: {body['error']!r}")
+    result = body["result"]
+    rows = [value for key, value in result.items() if key != "last"]
+    if len(rows) != 1:
+        raise ValueError(f"expected one pair in the result, got {list(result)!r}")
+    return rows[0], result.get("last")
+
+
+def parse_rest_trades(body: dict, symbol: str, received_at: datetime) -> tuple[list[Trade], str]:
+    """``/0/public/Trades`` -> (trades oldest first, ``last`` cursor). Rows are
+    ``[price, volume, time, "b"|"s", "l"|"m", misc, trade_id]``; ``trade_id`` is the id the v2
+    ``trade`` channel sends, so backfilled and streamed trades share their unique key."""
+    rows, last = _rest_result(body)
+    pair = pair_from_symbol(symbol)
+    out = []
+    for row in rows:
+        side = {"b": "buy", "s": "sell"}[row[3]]
+        out.append(Trade(EXCHANGE, symbol, pair, SPOT, s_to_dt(row[2]), received_at,
+                         trade_id=str(_int(row[6])), price=float(row[0]), size=float(row[1]),
+                         side=side))
+    return out, str(last)
+
+
+def parse_rest_ohlc(body: dict, symbol: str, received_at: datetime) -> list[Candle]:
+    """``/0/public/OHLC`` -> the closed candles. Rows are ``[time, open, high, low, close, vwap,
+    volume, count]``; the last row is the running candle and is left out."""
+    rows, _ = _rest_result(body)
+    pair = pair_from_symbol(symbol)
+    out = []
+    for row in rows[:-1]:
+        volume, vwap = float(row[6]), float(row[5])
+        out.append(Candle(EXCHANGE, symbol, pair, SPOT, s_to_dt(row[0]), received_at,
+                          interval="1m", open=float(row[1]), high=float(row[2]),
+                          low=float(row[3]), close=float(row[4]), volume=volume,
+                          quote_volume=volume * vwap, trades=_int(row[7]), closed=True))
+    return out
+
+
 # ---- futures v1 ----------------------------------------------------------------------------------
 def parse_futures_ticker(msg: dict, received_at: datetime
                          ) -> tuple[Ticker, Funding | None, OpenInterest | None]:
@@ -199,3 +257,54 @@ def parse_futures_book_delta(msg: dict) -> tuple[str, float, float, int]:
     if qty < 0:
         raise ValueError("negative qty")
     return side, float(msg["price"]), qty, int(msg["seq"])
+
+
+# ---- futures REST --------------------------------------------------------------------------------
+def _futures_ok(body: dict) -> dict:
+    if body.get("result") != "success":
+        raise ValueError(f"Kraken Futures REST error: {body.get('error')!r}")
+    return body
+
+
+def parse_futures_history(body: dict, symbol: str, received_at: datetime) -> list[Trade]:
+    """``/derivatives/api/v3/history`` -> trades, newest first. ``uid`` is the id the WebSocket
+    ``trade`` feed sends (the streamed trades' key)."""
+    pair = pair_from_symbol(symbol)
+    out = []
+    for row in _futures_ok(body)["history"]:
+        side = row["side"]
+        if side not in ("buy", "sell"):
+            raise ValueError(f"bad side {side!r}")
+        out.append(Trade(EXCHANGE, symbol, pair, PERP, parse_time(row["time"]), received_at,
+                         trade_id=str(row.get("uid") or row["trade_id"]),
+                         price=float(row["price"]), size=float(row["size"]), side=side))
+    return out
+
+
+def parse_futures_rest_ticker(body: dict, symbol: str, received_at: datetime
+                              ) -> tuple[Funding | None, OpenInterest | None]:
+    """``/derivatives/api/v3/tickers`` -> funding and open interest of ``symbol``.
+
+    REST gives only the absolute ``fundingRate`` (per contract); the stored rate is the relative
+    one, i.e. absolute / index price (the WebSocket ``relative_funding_rate`` is defined as the
+    absolute rate relative to the spot price)."""
+    body = _futures_ok(body)
+    row = next((t for t in body["tickers"] if str(t.get("symbol", "")).upper() == symbol), None)
+    if row is None:
+        raise ValueError(f"{symbol} not in the futures tickers")
+    pair = pair_from_symbol(symbol)
+    ts = parse_time(body["serverTime"]) if body.get("serverTime") else received_at
+    mark, index = _f(row.get("markPrice")), _f(row.get("indexPrice"))
+    funding = None
+    if row.get("tag", "perpetual") == "perpetual" and index:
+        absolute = _f(row.get("fundingRate")) or 0.0
+        predicted = _f(row.get("fundingRatePrediction"))
+        funding = Funding(EXCHANGE, symbol, pair, PERP, ts, received_at, rate=absolute / index,
+                          predicted_rate=predicted / index if predicted is not None else None,
+                          mark_price=mark, index_price=index, interval_hours=1.0)
+    oi = None
+    if row.get("openInterest") is not None:
+        amount = float(row["openInterest"])
+        oi = OpenInterest(EXCHANGE, symbol, pair, PERP, ts, received_at, open_interest=amount,
+                          open_interest_value=amount * mark if mark is not None else None)
+    return funding, oi
