@@ -3,7 +3,6 @@ Futures WebSocket v1 (ticker -> ticker/funding/open interest, trade, book with s
 backfill of trades, closed candles, funding and open interest after a gap."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from datetime import datetime, timedelta

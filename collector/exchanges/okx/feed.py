@@ -205,7 +205,10 @@ class OkxFeed(Feed):
             return False
         event = msg.get("event")
         if event is not None:
-            self._on_event(conn, msg)
+            try:
+                self._on_event(conn, msg)
+            except PARSE_ERRORS as exc:
+                self.malformed(raw, exc)
             return False
         received_at = now_utc()
         try:
