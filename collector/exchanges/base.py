@@ -277,24 +277,27 @@ class Feed:
     async def backfill(self, gap: Gap) -> bool:
         """Re-fetch over REST what ``gap`` missed and ``emit`` it (unique keys make overlaps
         harmless): trades since the gap start, closed candles since then, and on perps funding
-        and open interest re-polled. Books are not backfilled (they resync from a snapshot).
-        Everything goes through the feed's RestClients, i.e. its shared RateBudget. Returns
-        True if the gap is fully covered."""
-        if gap.stream == "book":
+        and open interest re-polled, each only in the partition that owns it. Books are not
+        backfilled (they resync from a snapshot). Everything goes through the feed's
+        RestClients, i.e. its shared RateBudget. Returns True if the gap is fully covered."""
+        kinds = self.backfill_kinds(gap)
+        if not kinds:
             return False
         markets = [SPOT, PERP] if gap.market == "*" else [gap.market]
         since = s_to_dt(gap.start.timestamp() - 1.0)
         complete = True
         for market in markets:
-            symbols = [s for s in self.symbols(market) if gap.symbol in ("*", s)
-                       and self.owns_trades(market, s)]
-            for symbol in symbols:
+            for symbol in self.symbols(market):
+                if gap.symbol not in ("*", symbol):
+                    continue
+                owned = [k for k in kinds if self.owns_backfill(market, symbol, k)]
                 try:
-                    complete &= await self.backfill_trades(market, symbol, since)
-                    if gap.stream != "trade":
+                    if "trades" in owned:
+                        complete &= await self.backfill_trades(market, symbol, since)
+                    if "kline" in owned:
                         await self.backfill_candles(market, symbol, since)
-                        if market == PERP:
-                            await self.repoll_derivatives(symbol)
+                    if "derivatives" in owned and market == PERP:
+                        await self.repoll_derivatives(symbol)
                 except RestError as exc:
                     log.warning("%s: backfill %s %s failed: %s", self.name, market, symbol, exc)
                     complete = False
@@ -304,9 +307,24 @@ class Feed:
         log.info("%s: backfill of %s %s", self.name, gap.id, "complete" if complete else "partial")
         return complete
 
+    def backfill_kinds(self, gap: Gap) -> tuple[str, ...]:
+        """What a gap missed: nothing for a book (it resyncs), trades for a trade-id hole,
+        everything (trades, kline, derivatives) for a connection or restart gap."""
+        if gap.stream == "book":
+            return ()
+        if gap.stream == "trade":
+            return ("trades",)
+        return ("trades", "kline", "derivatives")
+
+    def owns_backfill(self, market: str, symbol: str, kind: str) -> bool:
+        """Whether this partition backfills ``kind`` (trades | kline | derivatives) of
+        (market, symbol): the owner of the matching stream does."""
+        if kind == "trades":
+            return self.owns_trades(market, symbol)
+        return self.owns(market, symbol, "funding" if kind == "derivatives" else kind)
+
     def owns_trades(self, market: str, symbol: str) -> bool:
-        """Whether this partition collects the trades of (market, symbol) (and so backfills
-        that symbol)."""
+        """Whether this partition collects the trades of (market, symbol)."""
         return self.owns(market, symbol, "trades")
 
     async def backfill_trades(self, market: str, symbol: str, since) -> bool:

@@ -291,6 +291,14 @@ class BinanceFeed(Feed):
         stream = "trade" if market == SPOT else "aggTrade"
         return self.owns(market, symbol, stream)
 
+    def owns_backfill(self, market: str, symbol: str, kind: str) -> bool:
+        # Binance partitions by its stream names; open interest is REST-polled as openInterest.
+        if kind == "kline":
+            return self.owns(market, symbol, "kline_1m")
+        if kind == "derivatives":
+            return self.owns(market, symbol, "openInterest")
+        return super().owns_backfill(market, symbol, kind)
+
     def symbols(self, market: str) -> list[str]:
         return self.spot_symbols() if market == SPOT else self.perp_symbols()
 

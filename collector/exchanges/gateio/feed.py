@@ -25,7 +25,6 @@ from collector.connection import HeartbeatPolicy, WsConnection
 from collector.exchanges.base import Feed
 from collector.exchanges.gateio import endpoints as ep
 from collector.exchanges.gateio import parsers as p
-from collector.exchanges.kind_backfill import KindOwnedBackfill
 from collector.rest import RestError
 from common.schema import PERP, SPOT, Candle, now_utc
 
@@ -48,7 +47,7 @@ class BookState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class GateioFeed(KindOwnedBackfill, Feed):
+class GateioFeed(Feed):
     name = "gateio"
     connect_interval_s = ep.CONNECT_INTERVAL_S
     backoff_max_s = ep.BACKOFF_MAX_S
@@ -415,6 +414,10 @@ class GateioFeed(KindOwnedBackfill, Feed):
             if len(body) < ep.TRADES_PAGE:     # internal trades are skipped, not missing
                 return True
         return False
+
+    def owns_backfill(self, market: str, symbol: str, kind: str) -> bool:
+        # Candles and derivatives: the hooks below check the owner of each stream they re-fetch.
+        return kind != "trades" or self.owns_trades(market, symbol)
 
     async def backfill_candles(self, market: str, symbol: str, since: datetime) -> None:
         """Closed 1m candles from the gap's minute (at most the last 1000 points)."""

@@ -13,7 +13,6 @@ import orjson
 from collector import partition
 from collector.connection import HeartbeatPolicy, WsConnection
 from collector.exchanges.base import Feed
-from collector.exchanges.kind_backfill import KindOwnedBackfill
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken import parsers as p
 from collector.resync import ResubscribeScheduler
@@ -27,7 +26,7 @@ def _ping() -> str:
     return '{"method":"ping"}'
 
 
-class KrakenFeed(KindOwnedBackfill, Feed):
+class KrakenFeed(Feed):
     name = "kraken"
     connect_interval_s = ep.CONNECT_INTERVAL_S
     backoff_max_s = ep.BACKOFF_MAX_S
@@ -464,6 +463,10 @@ class KrakenFeed(KindOwnedBackfill, Feed):
                 break
             last_time = following
         return False
+
+    def owns_backfill(self, market: str, symbol: str, kind: str) -> bool:
+        # Candles and derivatives: the hooks below check the owner of each stream they re-fetch.
+        return kind != "trades" or self.owns_trades(market, symbol)
 
     async def backfill_candles(self, market: str, symbol: str, since: datetime) -> None:
         """Spot only: Kraken Futures has no candle feed (its candles are in the separate charts

@@ -430,24 +430,16 @@ class OkxFeed(Feed):
             self.malformed(payload, exc)
 
     # ---- backfill ----------------------------------------------------------------------------
-    async def backfill(self, gap) -> bool:
+    def backfill_kinds(self, gap) -> tuple[str, ...]:
         """A /business gap missed candles only: trades and the derivatives were on /public."""
-        if not gap.stream.endswith(":business"):
-            return await super().backfill(gap)
-        markets = [SPOT, PERP] if gap.market == "*" else [gap.market]
-        since = ms_to_dt(int(gap.start.timestamp() * 1000) - 1000)
-        try:
-            for market in markets:
-                for inst in self.symbols(market):
-                    if self.owns(market, inst, endpoints.CHANNEL_KINDS[endpoints.CANDLE]):
-                        await self.backfill_candles(market, inst, since)
-        except RestError as exc:
-            log.warning("okx: candle backfill of %s failed: %s", gap.id, exc)
-            return False
-        except PARSE_ERRORS as exc:
-            self.malformed(exc, exc)
-            return False
-        return True
+        if gap.stream.endswith(":business"):
+            return ("kline",)
+        return super().backfill_kinds(gap)
+
+    def owns_backfill(self, market: str, symbol: str, kind: str) -> bool:
+        if kind == "derivatives":     # either channel's owner re-polls what it owns
+            return bool(self._polled(symbol))
+        return super().owns_backfill(market, symbol, kind)
 
     async def backfill_trades(self, market: str, symbol: str, since) -> bool:
         payload = await self.rest_for(symbol).get(
