@@ -100,16 +100,36 @@ def _fields(keys: list[tuple[str, int]]) -> tuple[str, ...]:
     return tuple(name for name, _ in keys)
 
 
+def server_specs(specs: list[IndexSpec], with_id: bool) -> list[tuple[IndexSpec, list]]:
+    """(spec, keys as this server holds them): without ``_id`` where the server cannot index it
+    (nx-27017), and then without the specs that duplicate one already listed."""
+    out: list[tuple[IndexSpec, list]] = []
+    seen: dict[str, set[tuple[str, ...]]] = defaultdict(set)
+    for spec in specs:
+        keys = spec.keys if with_id else [k for k in spec.keys if k[0] != "_id"]
+        if _fields(keys) in seen[spec.collection]:
+            continue
+        seen[spec.collection].add(_fields(keys))
+        out.append((spec, keys))
+    return out
+
+
+async def missing_indexes(db, retention: RetentionSettings) -> list[str]:
+    """``collection.name`` of every specified index this database lacks (deployment checks)."""
+    missing = []
+    for spec, keys in server_specs(index_specs(retention), await indexes_can_name_id(db)):
+        info = await db[spec.collection].index_information()
+        if not any([k for k, _ in meta["key"]] == list(_fields(keys)) for meta in info.values()):
+            missing.append(f"{spec.collection}.{spec.name}")
+    return missing
+
+
 async def apply_indexes(db, retention: RetentionSettings) -> int:
     """Create every index; update a changed TTL in place; drop retired indexes once their
     replacement exists. Returns the number of specs applied."""
     specs = index_specs(retention)
-    with_id = await indexes_can_name_id(db)
     applied: dict[str, set[tuple[str, ...]]] = defaultdict(set)
-    for spec in specs:
-        keys = spec.keys if with_id else [k for k in spec.keys if k[0] != "_id"]
-        if not with_id and _fields(keys) in applied[spec.collection]:
-            continue     # without its _id suffix it duplicates an index already applied
+    for spec, keys in server_specs(specs, await indexes_can_name_id(db)):
         applied[spec.collection].add(_fields(keys))
         coll = db[spec.collection]
         try:

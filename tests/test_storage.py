@@ -9,7 +9,7 @@ import pytest
 from collector.writer import Writer
 from common import schema
 from common.indexes import (HISTORY_SORT, READ_KEYS, STREAM_SORT, apply_indexes, index_specs,
-                            indexes_can_name_id)
+                            indexes_can_name_id, missing_indexes)
 from common.schema import Candle, Ticker, Trade, now_utc
 from common.settings import RetentionSettings
 
@@ -22,8 +22,10 @@ def trade(trade_id: str, price: float = 100.0, **kw) -> Trade:
 
 async def test_indexes_are_idempotent_and_enforce_unique_trades(mongo_db):
     retention = RetentionSettings()
+    assert await missing_indexes(mongo_db, retention)            # a fresh database lacks them
     await apply_indexes(mongo_db, retention)
     await apply_indexes(mongo_db, retention)   # second run: no error, nothing new
+    assert await missing_indexes(mongo_db, retention) == []
     info = await mongo_db[schema.TRADES].index_information()
     # nx-27017 renames indexes, so look the TTL up by its option, not its name.
     ttl = [spec for spec in info.values() if "expireAfterSeconds" in spec]

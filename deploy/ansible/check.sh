@@ -83,23 +83,26 @@ run_indexes 1
 echo "-- run 2 (idempotence)"
 run_indexes 0
 PYTHONPATH="$REPO" "$PYTHON" - "$URI" "$DB" <<'PY'
+import asyncio
 import sys
-from pymongo import MongoClient
-from common.indexes import index_specs
+from pymongo import AsyncMongoClient, MongoClient
+from common.indexes import missing_indexes
 from common.settings import RetentionSettings
-client = MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)
-db = client[sys.argv[2]]
-specs = index_specs(RetentionSettings())
-found = 0
-for spec in specs:
-    info = db[spec.collection].index_information()
-    keys = [k for k, _ in spec.keys]
-    if any([k for k, _ in meta["key"]] == keys for meta in info.values()):
-        found += 1
+
+
+async def missing() -> list[str]:
+    client = AsyncMongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)
+    try:
+        return await missing_indexes(client[sys.argv[2]], RetentionSettings())
+    finally:
+        await client.close()
+
+lacking = asyncio.run(missing())
+db = MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)[sys.argv[2]]
 ttl = [m.get("expireAfterSeconds") for m in db["trades"].index_information().values()
        if m.get("expireAfterSeconds") is not None]
-print(f"   {found}/{len(specs)} specified indexes present in {sys.argv[2]}; trades TTL {ttl}")
-sys.exit(0 if found == len(specs) else 1)
+print(f"   specified indexes missing in {sys.argv[2]}: {lacking or 'none'}; trades TTL {ttl}")
+sys.exit(1 if lacking else 0)
 PY
 echo "-- run 3 (CRYPTODATA_RETENTION__TRADES changed in the env file -> TTL update)"
 printf 'CRYPTODATA_RETENTION__TRADES=%s\n' 86400 >> "$ENVFILE"
