@@ -328,19 +328,19 @@ async def test_drop_mid_stream_backfills_missed_trades_candles_and_derivatives(
         # funding re-polled from the contract, open interest from contract_stats since the
         # newest streamed point
         assert await wait_for(lambda: mongo_db[schema.FUNDING_RATES].find_one(
-            {"symbol": "BTC_USDT", "rate": float(FUNDING_RATE_REST)}), timeout_s=5,
+            {"symbol": "BTC_USDT", "rate": float(FUNDING_RATE_REST)}), timeout_s=15,
             what="REST funding")
         (stats,) = [q for path, q in fake.rest_requests
                     if path == "/futures/usdt/contract_stats"][:1]
         assert stats["interval"] == "5m" and int(stats["from"]) > 0
         for row in fake.stats_served:
             doc = await wait_for(lambda: mongo_db[schema.OPEN_INTEREST].find_one(
-                {"symbol": "BTC_USDT", "ts": s_to_dt(row["time"])}), timeout_s=5,
+                {"symbol": "BTC_USDT", "ts": s_to_dt(row["time"])}), timeout_s=15,
                 what="open interest served over REST")
             assert doc["open_interest"] == pytest.approx(row["open_interest"] * MULTIPLIER)
         docs = await wait_for(lambda: mongo_db[schema.GAPS].find(
             {"exchange": "gateio", "cause": "disconnect", "backfilled": True}).to_list(10),
-            timeout_s=5, what="ledger: gaps backfilled")
+            timeout_s=15, what="ledger: gaps backfilled")
         assert len(docs) == 2
 
 
