@@ -8,9 +8,7 @@ from datetime import timedelta
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
 
-from api.app import create_app
 from collector.exchanges.base import STREAM_IDLE_S, FeedContext
 from collector.exchanges.bybit.feed import BybitFeed
 from collector.rest import RestError
@@ -23,6 +21,7 @@ from common.settings import BybitSettings, Settings
 from tests.fakes.bybit import FakeBybit, rest_candle
 from tests.feed_helpers import offline_context
 from tests.faultlog import report
+from tests.feedutil import PERP_TYPES, api_client, wait_for_latest
 from tests.helpers import wait_for
 
 
@@ -279,15 +278,8 @@ async def test_idle_watchdog_reconnects_silent_server(env):
 async def test_realtime_api_shows_every_data_type(env, mongo_uri):
     fake, feed, db = env
     await wait_for(lambda: _all_collections(db), timeout_s=10, what="all seven collections")
-
-    async def perp_complete():
-        kinds = await db[schema.LATEST].distinct("type", {"exchange": "bybit", "market": "perp"})
-        return set(schema.DATA_COLLECTIONS) <= set(kinds)
-    await wait_for(perp_complete, what="perp latest documents")
-    settings = Settings(mongodb_uri=mongo_uri, mongodb_db=db.name, exchanges=["bybit"])
-    client = TestClient(TestServer(create_app(settings)))
-    await client.start_server()
-    try:
+    await wait_for_latest(db, "bybit", {("perp", "BTCUSDT", t) for t in PERP_TYPES})
+    async with api_client(mongo_uri, db, "bybit") as client:
         for spelling in ("BTCUSDT", "btcusdt", "BTC-USDT", "BTC/USDT"):
             resp = await client.get(f"/realtime/bybit/{spelling}")
             assert resp.status == 200, spelling
@@ -312,8 +304,6 @@ async def test_realtime_api_shows_every_data_type(env, mongo_uri):
         assert all(doc["stale"] is False for doc in (*spot.values(), *perp.values()))
         usdc = await (await client.get("/realtime/bybit/BTC_USDC")).json()
         assert set(usdc["data"]["BTCUSDC"]["spot"]) >= common
-    finally:
-        await client.close()
 
 
 # ---- partitioning (offline: only the subscription plan is exercised) ------------------------

@@ -6,10 +6,8 @@ import json
 import time
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from websockets.asyncio.client import connect
 
-from api.app import create_app
 from collector.exchanges.base import STREAM_IDLE_S
 from collector.exchanges.gateio import endpoints as ep
 from collector.exchanges.gateio.feed import GateioFeed
@@ -20,7 +18,8 @@ from common.settings import GateioSettings, Settings
 from tests.fakes.gateio import FUNDING_RATE_REST, MULTIPLIER, SPOT, FakeGate
 from tests.feed_helpers import offline_context
 from tests.faultlog import report
-from tests.feedutil import collection_counts, running_feed
+from tests.feedutil import (PERP_TYPES, SPOT_TYPES, api_client, collection_counts, running_feed,
+                            wait_for_latest)
 from tests.helpers import wait_for
 
 
@@ -348,29 +347,16 @@ async def test_api_realtime_serves_every_type_under_every_spelling(mongo_uri, mo
     settings = settings_for(fake)
     await apply_indexes(mongo_db, settings.retention)
     async with running_feed(GateioFeed, mongo_db, settings, "gateio"):
-        spot_types = {schema.MARKET_DATA, schema.TRADES, schema.ORDER_BOOK, schema.OHLCV,
-                      schema.VOLUME_LIQUIDITY}
-        perp_types = spot_types | {schema.FUNDING_RATES, schema.OPEN_INTEREST}
-
-        async def latest_complete():
-            docs = await mongo_db[schema.LATEST].find({"exchange": "gateio"}).to_list(100)
-            have = {(d["market"], d["symbol"], d["type"]) for d in docs}
-            return have >= {("spot", "BTC_USDT", t) for t in spot_types} | \
-                {("perp", "BTC_USDT", t) for t in perp_types}
-        await wait_for(latest_complete, timeout_s=15, what="every type in latest")
-
-        api_settings = Settings(mongodb_uri=mongo_uri, mongodb_db=mongo_db.name,
-                                exchanges=["gateio"])
-        client = TestClient(TestServer(create_app(api_settings)))
-        await client.start_server()
-        try:
+        await wait_for_latest(mongo_db, "gateio", {("spot", "BTC_USDT", t) for t in SPOT_TYPES} |
+                              {("perp", "BTC_USDT", t) for t in PERP_TYPES})
+        async with api_client(mongo_uri, mongo_db, "gateio") as client:
             for spelling in ("BTC_USDT", "BTC-USDT", "btcusdt"):
                 resp = await client.get(f"/realtime/gateio/{spelling}")
                 assert resp.status == 200, spelling
                 data = (await resp.json())["data"]
                 assert set(data) == {"BTC_USDT"}, spelling     # not BTC_USDC
                 spot, perp = data["BTC_USDT"]["spot"], data["BTC_USDT"]["perp"]
-                assert set(spot) >= spot_types and set(perp) >= perp_types
+                assert set(spot) >= SPOT_TYPES and set(perp) >= PERP_TYPES
                 ticker = spot[schema.MARKET_DATA]
                 assert (ticker["volume_24h"], ticker["quote_volume_24h"],
                         ticker["change_pct_24h"]) == (1000.5, 50000000.25, -1.5)
@@ -388,8 +374,6 @@ async def test_api_realtime_serves_every_type_under_every_spelling(mongo_uri, mo
                 assert oi["open_interest"] == pytest.approx(row["open_interest"] * MULTIPLIER)
                 # perp book sizes in base units (contracts x multiplier)
                 assert perp[schema.ORDER_BOOK]["bids"][0][1] < 5000 * MULTIPLIER + 1e-9
-        finally:
-            await client.close()
 
 
 # ---- offline: wiring, partitions --------------------------------------------------------------

@@ -6,9 +6,7 @@ import asyncio
 import time
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from api.app import create_app
 from collector.exchanges.base import STREAM_IDLE_S
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken.feed import KrakenFeed
@@ -18,7 +16,8 @@ from common.settings import KrakenSettings, Settings
 from tests.fakes.kraken import FUT_FUNDING_ABS, FUT_OPEN_INTEREST, INSTRUMENTS, FakeKraken
 from tests.feed_helpers import offline_context
 from tests.faultlog import report
-from tests.feedutil import collection_counts, running_feed
+from tests.feedutil import (PERP_TYPES, SPOT_TYPES, api_client, collection_counts, running_feed,
+                            wait_for_latest)
 from tests.helpers import wait_for
 
 
@@ -327,28 +326,15 @@ async def test_api_realtime_serves_every_type_under_every_spelling(mongo_uri, mo
     settings = settings_for(fake)
     await apply_indexes(mongo_db, settings.retention)
     async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects):
-        spot_types = {schema.MARKET_DATA, schema.TRADES, schema.ORDER_BOOK, schema.OHLCV,
-                      schema.VOLUME_LIQUIDITY}
-        perp_types = spot_types - {schema.OHLCV} | {schema.FUNDING_RATES, schema.OPEN_INTEREST}
-
-        async def latest_complete():
-            docs = await mongo_db[schema.LATEST].find({"exchange": "kraken"}).to_list(100)
-            have = {(d["market"], d["symbol"], d["type"]) for d in docs}
-            return have >= {("spot", "BTC/USD", t) for t in spot_types} | \
-                {("perp", "PF_XBTUSD", t) for t in perp_types}
-        await wait_for(latest_complete, timeout_s=15, what="every type in latest")
-
-        api_settings = Settings(mongodb_uri=mongo_uri, mongodb_db=mongo_db.name,
-                                exchanges=["kraken"])
-        client = TestClient(TestServer(create_app(api_settings)))
-        await client.start_server()
-        try:
+        await wait_for_latest(mongo_db, "kraken", {("spot", "BTC/USD", t) for t in SPOT_TYPES} |
+                              {("perp", "PF_XBTUSD", t) for t in PERP_TYPES - {schema.OHLCV}})
+        async with api_client(mongo_uri, mongo_db, "kraken") as client:
             for spelling in ("XBT/USD", "XXBTZUSD", "BTC/USD", "btc-usd"):
                 resp = await client.get(f"/realtime/kraken/{spelling}")
                 assert resp.status == 200, spelling
                 body = await resp.json()
                 spot = body["data"]["BTC/USD"]["spot"]
-                assert set(spot) >= spot_types, spelling
+                assert set(spot) >= SPOT_TYPES, spelling
                 ticker = spot[schema.MARKET_DATA]
                 assert (ticker["bid_size"], ticker["ask_size"], ticker["volume_24h"]) == \
                     (1.5, 0.25, 1234.5)
@@ -362,13 +348,11 @@ async def test_api_realtime_serves_every_type_under_every_spelling(mongo_uri, mo
                 assert spot[schema.VOLUME_LIQUIDITY]["exchange"] == "kraken"
             body = await (await client.get("/realtime/kraken/PF_XBTUSD")).json()
             perp = body["data"]["PF_XBTUSD"]["perp"]
-            assert set(perp) >= perp_types
+            assert set(perp) >= PERP_TYPES - {schema.OHLCV}
             assert perp[schema.FUNDING_RATES]["rate"] == pytest.approx(1.0e-05)
             assert perp[schema.OPEN_INTEREST]["open_interest"] == FUT_OPEN_INTEREST
             assert perp[schema.MARKET_DATA]["mark_price"] == 50000.1
             assert "BTC/USD" not in body["data"]     # the futures symbol is its own instrument
-        finally:
-            await client.close()
 
 
 # ---- offline: wiring, limits, partitions ----------------------------------------------------

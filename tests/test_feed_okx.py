@@ -8,9 +8,7 @@ from datetime import timedelta
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
 
-from api.app import create_app
 from collector.exchanges.base import FeedContext
 from collector.exchanges.okx.feed import OkxFeed
 from collector.stats import Stats
@@ -22,6 +20,7 @@ from common.settings import OkxSettings, Settings
 from tests.fakes.okx import FakeOkx, rest_candle
 from tests.feed_helpers import offline_context
 from tests.faultlog import report
+from tests.feedutil import PERP_TYPES, SPOT_TYPES, api_client, wait_for_latest
 from tests.helpers import wait_for
 
 
@@ -397,21 +396,9 @@ async def test_candle_backfill_emits_closed_candles_only(env):
 
 async def test_realtime_api_shows_every_data_type(env, mongo_uri):
     fake, feed, db = env
-
-    async def complete():
-        for market in ("spot", "perp"):
-            kinds = await db[schema.LATEST].distinct("type", {"exchange": "okx",
-                                                              "market": market})
-            wanted = set(schema.DATA_COLLECTIONS) if market == "perp" else \
-                set(schema.DATA_COLLECTIONS) - {schema.FUNDING_RATES, schema.OPEN_INTEREST}
-            if not wanted <= set(kinds):
-                return False
-        return True
-    await wait_for(complete, timeout_s=10, what="latest documents of every type")
-    settings = Settings(mongodb_uri=mongo_uri, mongodb_db=db.name, exchanges=["okx"])
-    client = TestClient(TestServer(create_app(settings)))
-    await client.start_server()
-    try:
+    await wait_for_latest(db, "okx", {("spot", "BTC-USDT", t) for t in SPOT_TYPES} |
+                          {("perp", "BTC-USDT-SWAP", t) for t in PERP_TYPES})
+    async with api_client(mongo_uri, db, "okx") as client:
         for spelling in ("BTC-USDT", "btc-usdt", "BTC_USDT", "BTCUSDT", "BTC/USDT"):
             resp = await client.get(f"/realtime/okx/{spelling}")
             assert resp.status == 200, spelling
@@ -438,8 +425,6 @@ async def test_realtime_api_shows_every_data_type(env, mongo_uri):
         assert perp["open_interest"]["open_interest"] == 5654.74
         assert perp["volume_liquidity"]["volume_24h"] == 17602.13
         assert all(doc["stale"] is False for doc in (*spot.values(), *perp.values()))
-    finally:
-        await client.close()
 
 
 # ---- partitioning (offline: only the subscription plan is exercised) ------------------------
