@@ -231,18 +231,33 @@ def sequence_ok(last_seq_id: int | None, prev_seq_id: int, seq_id: int) -> bool:
 def checksum_string(bids: Iterable[tuple[str, str]], asks: Iterable[tuple[str, str]]) -> str:
     """Interleave the best 25 bids/asks as ``bidPx:bidSz:askPx:askSz:...`` (raw strings); a side
     with fewer levels simply contributes nothing for the missing indexes."""
-    bids = list(bids)[: endpoints.CHECKSUM_LEVELS]
-    asks = list(asks)[: endpoints.CHECKSUM_LEVELS]
-    parts: list[str] = []
-    for i in range(max(len(bids), len(asks))):
-        if i < len(bids):
-            parts += bids[i]
-        if i < len(asks):
-            parts += asks[i]
+    return fragments_string([f"{p}:{s}" for p, s in list(bids)[: endpoints.CHECKSUM_LEVELS]],
+                            [f"{p}:{s}" for p, s in list(asks)[: endpoints.CHECKSUM_LEVELS]])
+
+
+def fragments_string(bids: list[str], asks: list[str]) -> str:
+    """``checksum_string`` from each level's ``"price:size"`` text (best first, at most 25 a
+    side, as ``BookSide.top_fragments`` keeps them): one interleave and one join."""
+    n = min(len(bids), len(asks))
+    parts = [""] * (2 * n)
+    parts[0::2] = bids[:n]
+    parts[1::2] = asks[:n]
+    # Past the shorter side only the longer one's levels remain, in order.
+    parts += bids[n:] or asks[n:]
     return ":".join(parts)
+
+
+def crc32_signed(text: str) -> int:
+    """CRC-32 (IEEE) of ``text`` as a signed 32-bit integer (OKX's checksum form)."""
+    crc = zlib.crc32(text.encode())
+    return crc - (1 << 32) if crc >= (1 << 31) else crc
 
 
 def checksum(bids: Iterable[tuple[str, str]], asks: Iterable[tuple[str, str]]) -> int:
     """CRC-32 (IEEE) of the checksum string as a signed 32-bit integer."""
-    crc = zlib.crc32(checksum_string(bids, asks).encode())
-    return crc - (1 << 32) if crc >= (1 << 31) else crc
+    return crc32_signed(checksum_string(bids, asks))
+
+
+def checksum_fragments(bids: list[str], asks: list[str]) -> int:
+    """``checksum`` from ``"price:size"`` fragments (``fragments_string``)."""
+    return crc32_signed(fragments_string(bids, asks))
