@@ -244,7 +244,9 @@ class OkxFeed(Feed):
             if match:
                 self._ws_rejected.add((match.group(1), match.group(2)))
         elif event == "subscribe":
-            arg = msg.get("arg") or {}
+            arg = msg.get("arg")
+            if not isinstance(arg, dict):
+                return            # not an ack of ours (an ack echoes its {channel, instId})
             key = (arg.get("channel"), arg.get("instId"))
             if key[0] in self.ws_max_silence_s:
                 self._subscribed_at[key] = time.monotonic()
