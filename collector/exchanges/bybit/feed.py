@@ -25,7 +25,7 @@ from collector.exchanges.bybit.parsers import (
 )
 from collector.resync import ResubscribeScheduler
 from collector.rest import RestError
-from common.schema import PERP, SPOT, Funding, OpenInterest, Ticker, now_utc
+from common.schema import PERP, SPOT, Funding, OpenInterest, Ticker, now_utc, received_now
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class BybitFeed(Feed):
         if "topic" not in msg:
             self._on_control(market, msg)
             return False
-        received_at = now_utc()
+        received_at = received_now()
         try:
             kind, _ = topic_parts(msg)
             if kind == "orderbook":

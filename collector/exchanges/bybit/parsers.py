@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from common.schema import Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float
+from common.schema import (
+    Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
+)
 from common.symbols import pair_from_symbol
 
 from collector.exchanges.bybit import endpoints
@@ -41,30 +43,35 @@ def merge_ticker(previous: dict[str, Any] | None, msg: dict[str, Any]) -> dict[s
     else:
         merged = dict(previous)
         merged.update(data)
-    merged["_ts"] = int(msg["ts"])
+    try:
+        merged["_ts"] = int(msg["ts"])
+    except OverflowError as exc:          # int(inf): malformed like any other bad field
+        raise ValueError(f"bad ts {msg['ts']!r}") from exc
     return merged
 
-
-def _pct(value: Any) -> float | None:
-    v = opt_float(value)
-    return None if v is None else v * 100.0
 
 
 def ticker_from_fields(fields: dict[str, Any], market: str, received_at: datetime) -> Ticker:
     symbol = fields["symbol"]
+    get = fields.get
+    hit, miss = price_hit, price_miss
+    # Bybit sends decimal strings; absent and "" mean "not provided" (opt_float's rule, inlined:
+    # thirteen fields per ticker). Prices through the shared text -> float cache.
     return Ticker(
         EXCHANGE, symbol, pair_from_symbol(symbol), market, ms_to_dt(fields["_ts"]), received_at,
-        last=opt_float(fields.get("lastPrice")),
-        bid=opt_float(fields.get("bid1Price")), bid_size=opt_float(fields.get("bid1Size")),
-        ask=opt_float(fields.get("ask1Price")), ask_size=opt_float(fields.get("ask1Size")),
-        open_24h=opt_float(fields.get("prevPrice24h")),
-        high_24h=opt_float(fields.get("highPrice24h")),
-        low_24h=opt_float(fields.get("lowPrice24h")),
-        volume_24h=opt_float(fields.get("volume24h")),
-        quote_volume_24h=opt_float(fields.get("turnover24h")),
-        change_pct_24h=_pct(fields.get("price24hPcnt")),
-        mark_price=opt_float(fields.get("markPrice")),
-        index_price=opt_float(fields.get("indexPrice")),
+        (hit(v) or miss(v)) if (v := get("lastPrice")) else None,
+        (hit(v) or miss(v)) if (v := get("bid1Price")) else None,
+        float(v) if (v := get("bid1Size")) else None,
+        (hit(v) or miss(v)) if (v := get("ask1Price")) else None,
+        float(v) if (v := get("ask1Size")) else None,
+        (hit(v) or miss(v)) if (v := get("prevPrice24h")) else None,
+        (hit(v) or miss(v)) if (v := get("highPrice24h")) else None,
+        (hit(v) or miss(v)) if (v := get("lowPrice24h")) else None,
+        float(v) if (v := get("volume24h")) else None,
+        float(v) if (v := get("turnover24h")) else None,
+        float(v) * 100.0 if (v := get("price24hPcnt")) else None,
+        (hit(v) or miss(v)) if (v := get("markPrice")) else None,
+        (hit(v) or miss(v)) if (v := get("indexPrice")) else None,
     )
 
 

@@ -38,7 +38,7 @@ from collector.exchanges.okx.parsers import (
 from collector.orderbook import OrderBook
 from collector.resync import ResubscribeScheduler
 from collector.rest import RestError
-from common.schema import PERP, SPOT, ms_to_dt, now_utc
+from common.schema import PERP, SPOT, ms_to_dt, now_utc, received_now
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class OkxFeed(Feed):
         if event is not None:
             self._on_event(conn, msg)
             return False
-        received_at = now_utc()
+        received_at = received_now()
         try:
             arg = msg["arg"]
             channel = arg["channel"]

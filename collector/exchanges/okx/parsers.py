@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
-from common.schema import Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float
+from common.schema import (
+    Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
+)
 from common.symbols import pair_from_symbol
 
 from collector.exchanges.okx import endpoints
@@ -38,29 +40,37 @@ def _data(msg: dict[str, Any]) -> list[Any]:
 # ---- tickers ---------------------------------------------------------------------------------
 def parse_tickers(msg: dict[str, Any], received_at: datetime, ct_val: float = 1.0) -> list[Ticker]:
     out = []
+    hit, miss = price_hit, price_miss
     for item in _data(msg):
         inst = item["instId"]
+        get = item.get
         market = market_of(inst)
         factor = ct_val if market == "perp" else 1.0
-        last = opt_float(item.get("last"))
-        open_24h = opt_float(item.get("open24h"))
+        # OKX sends decimal strings; absent and "" mean "not provided" (opt_float's rule,
+        # inlined: ten fields per ticker). Prices through the shared text -> float cache.
+        last = (hit(v) or miss(v)) if (v := get("last")) else None
+        open_24h = (hit(v) or miss(v)) if (v := get("open24h")) else None
         if market == "perp":
             # SWAP: vol24h in contracts, volCcy24h in base coin; quote volume = base * price.
-            volume = opt_float(item.get("volCcy24h"))
+            volume = opt_float(get("volCcy24h"))
             if volume is None:
-                volume = _mul(item.get("vol24h"), factor)
+                volume = _mul(get("vol24h"), factor)
             quote = volume * last if volume is not None and last is not None else None
         else:
-            volume = opt_float(item.get("vol24h"))
-            quote = opt_float(item.get("volCcy24h"))
+            volume = float(v) if (v := get("vol24h")) else None
+            quote = float(v) if (v := get("volCcy24h")) else None
         change = (last - open_24h) / open_24h * 100.0 if last is not None and open_24h else None
         out.append(Ticker(
             EXCHANGE, inst, pair_from_symbol(inst), market, ms_to_dt(item["ts"]), received_at,
-            last=last, bid=opt_float(item.get("bidPx")), bid_size=_mul(item.get("bidSz"), factor),
-            ask=opt_float(item.get("askPx")), ask_size=_mul(item.get("askSz"), factor),
-            open_24h=open_24h, high_24h=opt_float(item.get("high24h")),
-            low_24h=opt_float(item.get("low24h")), volume_24h=volume, quote_volume_24h=quote,
-            change_pct_24h=change))
+            last,
+            (hit(v) or miss(v)) if (v := get("bidPx")) else None,
+            float(v) * factor if (v := get("bidSz")) else None,
+            (hit(v) or miss(v)) if (v := get("askPx")) else None,
+            float(v) * factor if (v := get("askSz")) else None,
+            open_24h,
+            (hit(v) or miss(v)) if (v := get("high24h")) else None,
+            (hit(v) or miss(v)) if (v := get("low24h")) else None,
+            volume, quote, change))
     return out
 
 
