@@ -24,7 +24,7 @@ def topic_parts(msg: dict[str, Any]) -> tuple[str, str]:
     topic = msg["topic"]
     if not isinstance(topic, str) or "." not in topic:
         raise ValueError(f"bad topic {topic!r}")
-    return topic.split(".", 1)[0], topic.rsplit(".", 1)[1]
+    return topic.partition(".")[0], topic.rpartition(".")[2]
 
 
 # ---- tickers ---------------------------------------------------------------------------------

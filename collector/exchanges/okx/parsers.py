@@ -9,7 +9,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from common.schema import (
     Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
@@ -245,7 +245,7 @@ def checksum_string(bids: Iterable[tuple[str, str]], asks: Iterable[tuple[str, s
                             [f"{p}:{s}" for p, s in list(asks)[: endpoints.CHECKSUM_LEVELS]])
 
 
-def fragments_string(bids: list[str], asks: list[str]) -> str:
+def fragments_string(bids: Sequence[str], asks: Sequence[str]) -> str:
     """``checksum_string`` from each level's ``"price:size"`` text (best first, at most 25 a
     side, as ``BookSide.top_fragments`` keeps them): one interleave and one join."""
     n = min(len(bids), len(asks))
@@ -268,6 +268,6 @@ def checksum(bids: Iterable[tuple[str, str]], asks: Iterable[tuple[str, str]]) -
     return crc32_signed(checksum_string(bids, asks))
 
 
-def checksum_fragments(bids: list[str], asks: list[str]) -> int:
+def checksum_fragments(bids: Sequence[str], asks: Sequence[str]) -> int:
     """``checksum`` from ``"price:size"`` fragments (``fragments_string``)."""
     return crc32_signed(fragments_string(bids, asks))
