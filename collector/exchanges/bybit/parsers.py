@@ -19,6 +19,14 @@ from collector.exchanges.bybit import endpoints
 EXCHANGE = "bybit"
 
 
+def _int(value: Any) -> int:
+    """``int()``, with ``int(inf)`` a ValueError like any other malformed number."""
+    try:
+        return int(value)
+    except OverflowError as exc:
+        raise ValueError(f"not an integer: {value!r}") from exc
+
+
 def topic_parts(msg: dict[str, Any]) -> tuple[str, str]:
     """``orderbook.200.BTCUSDT`` -> ("orderbook", "BTCUSDT")."""
     topic = msg["topic"]
@@ -43,10 +51,7 @@ def merge_ticker(previous: dict[str, Any] | None, msg: dict[str, Any]) -> dict[s
     else:
         merged = dict(previous)
         merged.update(data)
-    try:
-        merged["_ts"] = int(msg["ts"])
-    except OverflowError as exc:          # int(inf): malformed like any other bad field
-        raise ValueError(f"bad ts {msg['ts']!r}") from exc
+    merged["_ts"] = _int(msg["ts"])
     return merged
 
 
@@ -121,7 +126,7 @@ def parse_rest_ticker(payload: dict[str, Any], market: str,
     if payload.get("retCode") != 0:
         raise ValueError(f"retCode {payload.get('retCode')}: {payload.get('retMsg')}")
     records: list[Any] = []
-    ts = int(payload["time"])
+    ts = _int(payload["time"])
     for item in payload["result"]["list"]:
         fields = dict(item)
         fields["_ts"] = ts
@@ -164,7 +169,7 @@ def parse_rest_trades(payload: dict[str, Any], market: str,
     for item in _rest_list(payload):
         symbol = item["symbol"]
         out.append(Trade(EXCHANGE, symbol, pair_from_symbol(symbol), market,
-                         ms_to_dt(int(item["time"])), received_at,
+                         ms_to_dt(_int(item["time"])), received_at,
                          trade_id=str(item["execId"]), price=float(item["price"]),
                          size=float(item["size"]), side=_SIDES[item["side"]]))
     return out
@@ -176,11 +181,11 @@ def parse_rest_klines(payload: dict[str, Any], symbol: str, market: str, interva
     """``GET /v5/market/kline`` rows ``[start, open, high, low, close, volume, turnover]``
     (newest first) -> candles oldest first. REST rows carry no ``confirm`` flag: a candle is
     closed when its end is not after the response's server ``time``."""
-    server_ms = int(payload["time"])
+    server_ms = _int(payload["time"])
     span_ms = _INTERVAL_MS[interval]
     out = []
     for row in _rest_list(payload):
-        start = int(row[0])
+        start = _int(row[0])
         out.append(Candle(
             EXCHANGE, symbol, pair_from_symbol(symbol), market, ms_to_dt(start), received_at,
             interval=endpoints.KLINE_INTERVALS[interval], open=float(row[1]),
@@ -231,5 +236,5 @@ def parse_orderbook(msg: dict[str, Any]) -> BookMessage:
     data = msg["data"]
     seq = data.get("seq")
     return BookMessage(symbol=data["s"], snapshot=kind == "snapshot", bids=_levels(data["b"]),
-                       asks=_levels(data["a"]), update_id=int(data["u"]),
-                       seq=int(seq) if seq is not None else None, ts=ms_to_dt(msg["ts"]))
+                       asks=_levels(data["a"]), update_id=_int(data["u"]),
+                       seq=_int(seq) if seq is not None else None, ts=ms_to_dt(msg["ts"]))

@@ -21,6 +21,14 @@ from collector.exchanges.okx import endpoints
 EXCHANGE = "okx"
 
 
+def _int(value: Any) -> int:
+    """``int()``, with ``int(inf)`` a ValueError like any other malformed number."""
+    try:
+        return int(value)
+    except OverflowError as exc:
+        raise ValueError(f"not an integer: {value!r}") from exc
+
+
 def market_of(inst_id: str) -> str:
     return "perp" if inst_id.endswith(endpoints.SWAP_SUFFIX) else "spot"
 
@@ -119,8 +127,8 @@ def trade_id_range(item: dict[str, Any]) -> tuple[int, int]:
     covers ``count`` consecutive fills, but whether its ``tradeId`` is the first or the last of
     them is not documented: return the widest range consistent with either reading, so a
     continuity check built on it never reports a false hole."""
-    trade_id = int(item["tradeId"])
-    count = int(item.get("count") or 1)
+    trade_id = _int(item["tradeId"])
+    count = _int(item.get("count") or 1)
     return trade_id - (count - 1), trade_id + (count - 1)
 
 
@@ -174,7 +182,7 @@ def parse_funding(msg: dict[str, Any], received_at: datetime) -> list[Funding]:
             EXCHANGE, inst, pair_from_symbol(inst), "perp", ms_to_dt(item["ts"]), received_at,
             rate=float(item["fundingRate"]),
             # fundingTime is the settlement time of the current period's rate.
-            next_funding_time=ms_to_dt(int(funding_time)) if funding_time else None,
+            next_funding_time=ms_to_dt(_int(funding_time)) if funding_time else None,
             predicted_rate=opt_float(item.get("nextFundingRate")),
             interval_hours=interval))
     return out
@@ -225,8 +233,9 @@ def parse_books(msg: dict[str, Any], ct_val: float = 1.0) -> list[BookMessage]:
     for item in _data(msg):
         out.append(BookMessage(
             inst_id=inst, snapshot=action == "snapshot", bids=_levels(item["bids"], factor),
-            asks=_levels(item["asks"], factor), seq_id=int(item["seqId"]),
-            prev_seq_id=int(item.get("prevSeqId", -1)), checksum=int(item.get("checksum") or 0),
+            asks=_levels(item["asks"], factor), seq_id=_int(item["seqId"]),
+            prev_seq_id=_int(item.get("prevSeqId", -1)),
+            checksum=_int(item.get("checksum") or 0),
             ts=ms_to_dt(item["ts"])))
     return out
 
