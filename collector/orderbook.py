@@ -8,6 +8,7 @@ checksum is computed over its own text, the book can also keep each level's orig
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from operator import itemgetter
 from typing import Iterable, Iterator, Sequence
 
 
@@ -21,15 +22,19 @@ class BookSide:
     levels a book holds). Best level and top-N are list reads.
     """
 
-    __slots__ = ("is_bid", "levels", "keys", "text", "_key_cache")
+    __slots__ = ("is_bid", "levels", "keys", "text", "frags", "_key_cache")
 
-    def __init__(self, is_bid: bool, keep_text: bool = False) -> None:
+    def __init__(self, is_bid: bool, keep_text: bool = False,
+                 keep_fragments: bool = False) -> None:
         self.is_bid = is_bid
         self.levels: dict[float, float] = {}
         self.keys: list[float] = []
         self._key_cache: dict[str, float] = {}
         # price -> (price text, size text), only for checksum protocols that need the raw strings.
         self.text: dict[float, tuple[str, str]] | None = {} if keep_text else None
+        # key -> "price:size" as sent: the pieces of a checksum string (OKX), joined without
+        # any float formatting; kept only when asked for.
+        self.frags: dict[float, str] | None = {} if keep_fragments else None
 
     def __len__(self) -> int:
         return len(self.levels)
@@ -39,6 +44,8 @@ class BookSide:
         self.keys.clear()
         if self.text is not None:
             self.text.clear()
+        if self.frags is not None:
+            self.frags.clear()
 
     def set(self, price: float, size: float, price_text: str = "", size_text: str = "") -> None:
         key = -price if self.is_bid else price
@@ -50,15 +57,19 @@ class BookSide:
                 del keys[bisect_left(keys, key)]
             if self.text is not None:
                 self.text.pop(price, None)
+            if self.frags is not None:
+                self.frags.pop(key, None)
         else:
             if key not in levels:
                 insort(self.keys, key)
             levels[key] = size
             if self.text is not None:
                 self.text[price] = (price_text, size_text)
+            if self.frags is not None:
+                self.frags[key] = price_text + ":" + size_text
 
     def apply(self, levels: Iterable[tuple[float, float]]) -> None:
-        if self.text is not None:
+        if self.text is not None or self.frags is not None:
             for price, size in levels:
                 self.set(price, size)
             return
@@ -80,7 +91,10 @@ class BookSide:
     def apply_text(self, levels: Sequence[Sequence[str]]) -> None:
         """Like ``apply`` for levels still in wire form (``[["price", "qty", ...], ...]``):
         converts while applying, without building intermediate tuples."""
-        if self.text is not None:
+        if self.frags is not None and self.text is None:
+            self.apply_text_fragments(levels)
+            return
+        if self.text is not None or self.frags is not None:
             for level in levels:
                 self.set(float(level[0]), float(level[1]), level[0], level[1])
             return
@@ -92,13 +106,15 @@ class BookSide:
         cache = self._key_cache
         if len(cache) > 16384:
             cache.clear()
-        get = cache.get
         # [price, qty] pairs (Binance) unpack faster than indexing; longer levels (OKX-style
         # [price, qty, ...]) are sliced. All levels of one message must have the same shape.
         pairs = levels if levels and len(levels[0]) == 2 else [lv[:2] for lv in levels]
         for price, qty in pairs:
-            key = get(price)
-            if key is None:
+            # A subscript in a try (free in 3.11 unless it raises) beats cache.get(): misses
+            # are rare once the book is warm.
+            try:
+                key = cache[price]
+            except KeyError:
                 key = cache[price] = sign * float(price)
             size = float(qty)
             if size == 0.0:
@@ -109,6 +125,46 @@ class BookSide:
                 if key not in book:
                     insort(keys, key)
                 book[key] = size
+
+    def apply_text_fragments(self, levels: Sequence[Sequence[str]], factor: float = 1.0) -> None:
+        """Wire-form levels (``[["price", "size", ...], ...]``) on a side that keeps checksum
+        fragments: sizes are ``float(size) * factor`` (contracts -> base units) and each level's
+        ``"price:size"`` text is kept as sent. ``set`` inlined, prices through the key cache."""
+        frags = self.frags
+        assert frags is not None and self.text is None
+        book = self.levels
+        keys = self.keys
+        sign = -1.0 if self.is_bid else 1.0
+        cache = self._key_cache
+        if len(cache) > 16384:
+            cache.clear()
+        for level in levels:
+            price_text = level[0]
+            size_text = level[1]
+            try:                                    # see apply_text
+                key = cache[price_text]
+            except KeyError:
+                key = cache[price_text] = sign * float(price_text)
+            size = float(size_text) * factor
+            if size == 0.0:
+                if key in book:
+                    del book[key]
+                    del keys[bisect_left(keys, key)]
+                    del frags[key]
+            else:
+                if key not in book:
+                    insort(keys, key)
+                book[key] = size
+                frags[key] = price_text + ":" + size_text
+
+    def top_fragments(self, n: int) -> Sequence[str]:
+        """The best ``n`` levels' ``"price:size"`` wire text, best first."""
+        frags = self.frags
+        assert frags is not None
+        top = self.keys[:n]
+        if len(top) > 1:
+            return itemgetter(*top)(frags)     # one C call for all lookups (a tuple)
+        return [frags[key] for key in top]
 
     def best(self) -> tuple[float, float] | None:
         if not self.keys:
@@ -134,11 +190,13 @@ class BookSide:
             return
         dropped = keys[depth:]
         del keys[depth:]
-        levels, text = self.levels, self.text
+        levels, text, frags = self.levels, self.text, self.frags
         for key in dropped:
             del levels[key]
             if text is not None:
                 text.pop(-key if self.is_bid else key, None)
+            if frags is not None:
+                del frags[key]
 
 
 class OrderBook:
@@ -146,9 +204,10 @@ class OrderBook:
 
     __slots__ = ("bids", "asks", "update_id", "synced", "depth", "changed")
 
-    def __init__(self, depth: int = 1000, keep_text: bool = False) -> None:
-        self.bids = BookSide(True, keep_text)
-        self.asks = BookSide(False, keep_text)
+    def __init__(self, depth: int = 1000, keep_text: bool = False,
+                 keep_fragments: bool = False) -> None:
+        self.bids = BookSide(True, keep_text, keep_fragments)
+        self.asks = BookSide(False, keep_text, keep_fragments)
         self.update_id: int | None = None
         self.synced = False
         self.depth = depth

@@ -92,6 +92,24 @@ def received_now(_time=time.time) -> datetime:
     return _received_dt
 
 
+# Price text -> float, shared by the parsers' hot paths. Prices on a live stream recur (they sit
+# on the tick grid near the current price; 24 h open/high/low change rarely), so a dict hit
+# (~50 ns) replaces float() of a decimal string (~200 ns). Sizes and volumes almost never
+# repeat: not cached. Bounded: cleared when full. Use ``price_hit(text) or price_miss(text)``:
+# a miss (or a cached 0.0) converts with float(), so malformed text raises exactly as float().
+_PRICES: dict[str, float] = {}
+_PRICES_MAX = 8192
+price_hit = _PRICES.get
+
+
+def price_miss(text: str) -> float:
+    value = float(text)
+    if len(_PRICES) >= _PRICES_MAX:
+        _PRICES.clear()
+    _PRICES[text] = value
+    return value
+
+
 def opt_float(value: Any) -> float | None:
     """Exchange numeric text -> float; empty strings and None mean 'not provided'."""
     if value is None or value == "":

@@ -299,3 +299,21 @@ async def test_trade_id_check_turns_itself_off_when_ids_are_not_consecutive():
     assert any("not consecutive" in key for key in f.stats.errors)
     f.on_message(None, trades("BTC-USDC", (1_000, 1)))
     assert len(trade_gaps(f)) == 5
+
+
+def test_checksum_from_kept_fragments_matches_text():
+    """The feed's checksum path (each level's "price:size" text kept by the book) gives the
+    same value as the text one, sides of unequal length included."""
+    from collector.orderbook import OrderBook
+    book = OrderBook(400, keep_fragments=True)
+    book.bids.apply_text_fragments([["3366.1", "7", "0", "1"], ["3366", "6", "0", "1"],
+                                    ["3365.5", "0.10", "0", "1"], ["3360", "1", "0", "1"]])
+    book.asks.apply_text_fragments([["3366.8", "9", "0", "1"], ["3368", "8", "0", "1"]])
+    book.bids.apply_text_fragments([["3360", "0", "0", "0"]])          # deleted
+    bids = [("3366.1", "7"), ("3366", "6"), ("3365.5", "0.10")]
+    asks = [("3366.8", "9"), ("3368", "8")]
+    assert book.bids.top(5) == [[3366.1, 7.0], [3366.0, 6.0], [3365.5, 0.1]]
+    assert parsers.checksum_fragments(book.bids.top_fragments(25),
+                                      book.asks.top_fragments(25)) == parsers.checksum(bids, asks)
+    book.truncate(1)
+    assert book.bids.top_fragments(25) == ["3366.1:7"] and book.asks.top_fragments(25) == ["3366.8:9"]

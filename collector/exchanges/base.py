@@ -121,11 +121,13 @@ class Feed:
     def rest(self, base_url: str) -> RestClient:
         return RestClient(self.ctx.session, base_url, self.rest_budget)
 
-    def book(self, market: str, symbol: str, *, keep_text: bool = False) -> OrderBook:
+    def book(self, market: str, symbol: str, *, keep_text: bool = False,
+             keep_fragments: bool = False) -> OrderBook:
         key = (market, symbol)
         book = self.books.get(key)
         if book is None:
-            book = self.books[key] = OrderBook(self.cfg.book_depth, keep_text=keep_text)
+            book = self.books[key] = OrderBook(self.cfg.book_depth, keep_text=keep_text,
+                                               keep_fragments=keep_fragments)
         return book
 
     def emit(self, record: Record, *, history: bool = True) -> None:

@@ -7,28 +7,16 @@ from typing import Any
 
 from collector.booksync import Diff
 from collector.orderbook import parse_levels
-from common.schema import Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float
+from common.schema import (
+    Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
+)
 from common.symbols import pair_from_symbol
 
 EXCHANGE = "binance"
 _pair = lru_cache(maxsize=4096)(pair_from_symbol)
 
-# Price text -> float. Prices on a live stream recur (they sit on the tick grid near the current
-# price; 24 h open/high/low change rarely), so a dict hit (~50 ns) replaces float() of a
-# 14-digit decimal string (~200 ns). Sizes and volumes almost never repeat: not cached.
-# Bounded: cleared when full. ``_price(text) or _price_miss(text)``: a miss (or a cached 0.0)
-# converts with float(), so malformed text raises exactly as float() does.
-_PRICES: dict[str, float] = {}
-_PRICES_MAX = 8192
-_price = _PRICES.get
-
-
-def _price_miss(text: str) -> float:
-    value = float(text)
-    if len(_PRICES) >= _PRICES_MAX:
-        _PRICES.clear()
-    _PRICES[text] = value
-    return value
+# Price text -> float through the shared bounded cache (common.schema.price_hit/price_miss).
+_price, _price_miss = price_hit, price_miss
 
 
 def _base(symbol: str, market: str, ts: datetime, received_at: datetime) -> tuple:

@@ -25,7 +25,7 @@ from collector.exchanges.bybit.parsers import (
 )
 from collector.resync import ResubscribeScheduler
 from collector.rest import RestError
-from common.schema import PERP, SPOT, Funding, OpenInterest, Ticker, now_utc
+from common.schema import PERP, SPOT, Funding, OpenInterest, Ticker, now_utc, received_now
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class BybitFeed(Feed):
         if "topic" not in msg:
             self._on_control(market, msg)
             return False
-        received_at = now_utc()
+        received_at = received_now()
         try:
             kind, _ = topic_parts(msg)
             if kind == "orderbook":
@@ -262,6 +262,8 @@ class BybitFeed(Feed):
 
     # ---- order book --------------------------------------------------------------------------
     def _on_book(self, market: str, conn: WsConnection | None, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "delta" and self._apply_delta(market, msg["data"]):
+            return
         update = parse_orderbook(msg)
         key = (market, update.symbol)
         book = self.book(market, update.symbol)
@@ -285,6 +287,27 @@ class BybitFeed(Feed):
             return        # duplicate
         book.apply(update.bids, update.asks, update.update_id)
         book.truncate(self.depth)
+
+    def _apply_delta(self, market: str, data: dict[str, Any]) -> bool:
+        """The hot path: a delta that moves a synced book forward, applied straight from the
+        decoded message (``OrderBook.apply_text``: no tuples, prices through its text cache).
+        False (nothing done) for anything else, which ``parse_orderbook`` and the rules below
+        handle (snapshots, an unsynced book, a duplicate or backwards update id)."""
+        symbol = data["s"]
+        book = self.books.get((market, symbol))
+        if book is None or not book.synced:
+            return False
+        update_id = int(data["u"])
+        if book.update_id is None or update_id <= book.update_id:
+            return False
+        try:
+            book.apply_text(data["b"], data["a"], update_id)
+        except (KeyError, IndexError, TypeError, ValueError):
+            # A malformed level may have been half applied: rebuild this book.
+            self.lose_sync(market, symbol, "malformed delta")
+            raise
+        book.truncate(self.depth)
+        return True
 
     def lose_sync(self, market: str, symbol: str, reason: str) -> None:
         """Drop one symbol's book and resubscribe its order-book topic only (cool-down, retry

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from common.schema import Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float
+from common.schema import (
+    Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
+)
 from common.symbols import pair_from_symbol
 
 from collector.exchanges.bybit import endpoints
@@ -17,12 +19,20 @@ from collector.exchanges.bybit import endpoints
 EXCHANGE = "bybit"
 
 
+def _int(value: Any) -> int:
+    """``int()``, with ``int(inf)`` a ValueError like any other malformed number."""
+    try:
+        return int(value)
+    except OverflowError as exc:
+        raise ValueError(f"not an integer: {value!r}") from exc
+
+
 def topic_parts(msg: dict[str, Any]) -> tuple[str, str]:
     """``orderbook.200.BTCUSDT`` -> ("orderbook", "BTCUSDT")."""
     topic = msg["topic"]
     if not isinstance(topic, str) or "." not in topic:
         raise ValueError(f"bad topic {topic!r}")
-    return topic.split(".", 1)[0], topic.rsplit(".", 1)[1]
+    return topic.partition(".")[0], topic.rpartition(".")[2]
 
 
 # ---- tickers ---------------------------------------------------------------------------------
@@ -41,30 +51,32 @@ def merge_ticker(previous: dict[str, Any] | None, msg: dict[str, Any]) -> dict[s
     else:
         merged = dict(previous)
         merged.update(data)
-    merged["_ts"] = int(msg["ts"])
+    merged["_ts"] = _int(msg["ts"])
     return merged
 
-
-def _pct(value: Any) -> float | None:
-    v = opt_float(value)
-    return None if v is None else v * 100.0
 
 
 def ticker_from_fields(fields: dict[str, Any], market: str, received_at: datetime) -> Ticker:
     symbol = fields["symbol"]
+    get = fields.get
+    hit, miss = price_hit, price_miss
+    # Bybit sends decimal strings; absent and "" mean "not provided" (opt_float's rule, inlined:
+    # thirteen fields per ticker). Prices through the shared text -> float cache.
     return Ticker(
         EXCHANGE, symbol, pair_from_symbol(symbol), market, ms_to_dt(fields["_ts"]), received_at,
-        last=opt_float(fields.get("lastPrice")),
-        bid=opt_float(fields.get("bid1Price")), bid_size=opt_float(fields.get("bid1Size")),
-        ask=opt_float(fields.get("ask1Price")), ask_size=opt_float(fields.get("ask1Size")),
-        open_24h=opt_float(fields.get("prevPrice24h")),
-        high_24h=opt_float(fields.get("highPrice24h")),
-        low_24h=opt_float(fields.get("lowPrice24h")),
-        volume_24h=opt_float(fields.get("volume24h")),
-        quote_volume_24h=opt_float(fields.get("turnover24h")),
-        change_pct_24h=_pct(fields.get("price24hPcnt")),
-        mark_price=opt_float(fields.get("markPrice")),
-        index_price=opt_float(fields.get("indexPrice")),
+        (hit(v) or miss(v)) if (v := get("lastPrice")) else None,
+        (hit(v) or miss(v)) if (v := get("bid1Price")) else None,
+        float(v) if (v := get("bid1Size")) else None,
+        (hit(v) or miss(v)) if (v := get("ask1Price")) else None,
+        float(v) if (v := get("ask1Size")) else None,
+        (hit(v) or miss(v)) if (v := get("prevPrice24h")) else None,
+        (hit(v) or miss(v)) if (v := get("highPrice24h")) else None,
+        (hit(v) or miss(v)) if (v := get("lowPrice24h")) else None,
+        float(v) if (v := get("volume24h")) else None,
+        float(v) if (v := get("turnover24h")) else None,
+        float(v) * 100.0 if (v := get("price24hPcnt")) else None,
+        (hit(v) or miss(v)) if (v := get("markPrice")) else None,
+        (hit(v) or miss(v)) if (v := get("indexPrice")) else None,
     )
 
 
@@ -114,7 +126,7 @@ def parse_rest_ticker(payload: dict[str, Any], market: str,
     if payload.get("retCode") != 0:
         raise ValueError(f"retCode {payload.get('retCode')}: {payload.get('retMsg')}")
     records: list[Any] = []
-    ts = int(payload["time"])
+    ts = _int(payload["time"])
     for item in payload["result"]["list"]:
         fields = dict(item)
         fields["_ts"] = ts
@@ -157,7 +169,7 @@ def parse_rest_trades(payload: dict[str, Any], market: str,
     for item in _rest_list(payload):
         symbol = item["symbol"]
         out.append(Trade(EXCHANGE, symbol, pair_from_symbol(symbol), market,
-                         ms_to_dt(int(item["time"])), received_at,
+                         ms_to_dt(_int(item["time"])), received_at,
                          trade_id=str(item["execId"]), price=float(item["price"]),
                          size=float(item["size"]), side=_SIDES[item["side"]]))
     return out
@@ -169,11 +181,11 @@ def parse_rest_klines(payload: dict[str, Any], symbol: str, market: str, interva
     """``GET /v5/market/kline`` rows ``[start, open, high, low, close, volume, turnover]``
     (newest first) -> candles oldest first. REST rows carry no ``confirm`` flag: a candle is
     closed when its end is not after the response's server ``time``."""
-    server_ms = int(payload["time"])
+    server_ms = _int(payload["time"])
     span_ms = _INTERVAL_MS[interval]
     out = []
     for row in _rest_list(payload):
-        start = int(row[0])
+        start = _int(row[0])
         out.append(Candle(
             EXCHANGE, symbol, pair_from_symbol(symbol), market, ms_to_dt(start), received_at,
             interval=endpoints.KLINE_INTERVALS[interval], open=float(row[1]),
@@ -224,5 +236,5 @@ def parse_orderbook(msg: dict[str, Any]) -> BookMessage:
     data = msg["data"]
     seq = data.get("seq")
     return BookMessage(symbol=data["s"], snapshot=kind == "snapshot", bids=_levels(data["b"]),
-                       asks=_levels(data["a"]), update_id=int(data["u"]),
-                       seq=int(seq) if seq is not None else None, ts=ms_to_dt(msg["ts"]))
+                       asks=_levels(data["a"]), update_id=_int(data["u"]),
+                       seq=_int(seq) if seq is not None else None, ts=ms_to_dt(msg["ts"]))

@@ -31,25 +31,20 @@ from collector.connection import HeartbeatPolicy, WsConnection
 from collector.exchanges.base import Feed
 from collector.exchanges.okx import endpoints
 from collector.exchanges.okx.parsers import (
-    BookMessage, checksum, market_of, parse_books, parse_candles, parse_funding,
+    BookMessage, checksum_fragments, market_of, parse_books, parse_candles, parse_funding,
     parse_open_interest, parse_rest_candles, parse_rest_trades, parse_tickers, parse_trades,
     rest_data, sequence_ok, trade_id_range,
 )
-from collector.orderbook import BookSide, OrderBook
+from collector.orderbook import OrderBook
 from collector.resync import ResubscribeScheduler
 from collector.rest import RestError
-from common.schema import PERP, SPOT, ms_to_dt, now_utc
+from common.schema import PERP, SPOT, ms_to_dt, now_utc, received_now
 
 log = logging.getLogger(__name__)
 
 PARSE_ERRORS = (KeyError, ValueError, TypeError, IndexError, AttributeError)
 # 60018 "Wrong URL or channel:funding-rate,instId:BTC-USDT-SWAP doesn't exist. ..."
 _REJECTED_ARG = re.compile(r"channel:([\w-]+),\s*instId:([\w-]+)")
-
-
-def _top_text(side: BookSide, n: int) -> list[tuple[str, str]]:
-    assert side.text is not None
-    return [side.text[price] for price, _ in side.top(n)]
 
 
 class OkxFeed(Feed):
@@ -182,7 +177,7 @@ class OkxFeed(Feed):
     def on_disconnect(self, conn: WsConnection, reason: str) -> None:
         for inst, c in self.book_conn.items():
             if c is conn:
-                self.book(market_of(inst), inst, keep_text=True).reset()
+                self.book(market_of(inst), inst, keep_fragments=True).reset()
         # The reconnect subscribes (and so snapshots) every book on it again.
         self.resync.cancel(lambda inst: self.book_conn.get(inst) is conn)
         # The connection gap covers (and backfills) the trades missed meanwhile: no second,
@@ -210,14 +205,15 @@ class OkxFeed(Feed):
             except PARSE_ERRORS as exc:
                 self.malformed(raw, exc)
             return False
-        received_at = now_utc()
+        received_at = received_now()
         try:
             arg = msg["arg"]
             channel = arg["channel"]
             inst = arg["instId"]
             if channel == endpoints.BOOKS:
-                for update in parse_books(msg, self.ct(inst)):
-                    self._on_book(update)
+                if not self._on_book_update(msg, inst):
+                    for update in parse_books(msg, self.ct(inst)):
+                        self._on_book(update)
             elif channel == endpoints.TRADES:
                 trades = parse_trades(msg, received_at, self.ct(inst))
                 if inst not in self._trade_check_off:
@@ -251,7 +247,9 @@ class OkxFeed(Feed):
             if match:
                 self._ws_rejected.add((match.group(1), match.group(2)))
         elif event == "subscribe":
-            arg = msg.get("arg") or {}
+            arg = msg.get("arg")
+            if not isinstance(arg, dict):
+                return            # not an ack of ours (an ack echoes its {channel, instId})
             key = (arg.get("channel"), arg.get("instId"))
             if key[0] in self.ws_max_silence_s:
                 self._subscribed_at[key] = time.monotonic()
@@ -300,10 +298,53 @@ class OkxFeed(Feed):
         return True
 
     # ---- order book --------------------------------------------------------------------------
+    def _on_book_update(self, msg: dict[str, Any], inst: str) -> bool:
+        """The hot path: an ``update`` of a synced book, applied straight from the decoded
+        message (no BookMessage, no per-level tuples; text kept as sent), then its checksum.
+        False (nothing done) for anything else, which ``parse_books``/``_on_book`` handle."""
+        book = self.books.get((market_of(inst), inst))
+        if book is None or not book.synced or msg.get("action") != "update":
+            return False
+        data = msg["data"]
+        if not isinstance(data, list):
+            return False
+        factor = self.ct(inst)
+        for item in data:
+            if not book.synced:
+                break                 # an earlier item lost sync: a snapshot is coming
+            prev_seq_id = int(item.get("prevSeqId", -1))
+            seq_id = int(item["seqId"])
+            if not sequence_ok(book.update_id, prev_seq_id, seq_id):
+                self.lose_sync(inst, "sequence_gap", f"last seqId {book.update_id}, "
+                                                     f"prevSeqId {prev_seq_id}")
+                return True
+            try:
+                book.bids.apply_text_fragments(item["bids"], factor)
+                book.asks.apply_text_fragments(item["asks"], factor)
+                book.update_id = seq_id
+                book.changed = True
+                book.truncate(self.depth)
+                self._verify_checksum(inst, book, int(item.get("checksum") or 0))
+            except PARSE_ERRORS as exc:
+                # Possibly half applied (or odd text kept): rebuild this book, count the message.
+                self.lose_sync(inst, "sequence_gap", f"malformed update: {exc!r}")
+                raise
+        return True
+
+    def _verify_checksum(self, inst: str, book: OrderBook, expected: int) -> None:
+        """OKX checks every update that carries a (non-zero) checksum: CRC32 of the top 25."""
+        if not expected:
+            return
+        self.checksum_checked += 1
+        local = checksum_fragments(book.bids.top_fragments(endpoints.CHECKSUM_LEVELS),
+                                   book.asks.top_fragments(endpoints.CHECKSUM_LEVELS))
+        if local != expected:
+            self.lose_sync(inst, "checksum", f"local {local}, exchange {expected}")
+
     def _on_book(self, update: BookMessage) -> None:
         inst = update.inst_id
         market = market_of(inst)
-        book = self.book(market, inst, keep_text=True)
+        book = self.book(market, inst, keep_fragments=True)
         book.depth = self.depth
         if update.snapshot:
             book.bids.clear()
@@ -322,13 +363,7 @@ class OkxFeed(Feed):
                                                      f"prevSeqId {update.prev_seq_id}")
                 return
             self._apply(book, update)
-        if update.checksum:
-            self.checksum_checked += 1
-            local = checksum(_top_text(book.bids, endpoints.CHECKSUM_LEVELS),
-                             _top_text(book.asks, endpoints.CHECKSUM_LEVELS))
-            if local != update.checksum:
-                self.lose_sync(inst, "checksum",
-                               f"local {local}, exchange {update.checksum}")
+        self._verify_checksum(inst, book, update.checksum)
 
     def _apply(self, book: OrderBook, update: BookMessage) -> None:
         for side, levels in ((book.bids, update.bids), (book.asks, update.asks)):
@@ -342,7 +377,7 @@ class OkxFeed(Feed):
         """Discard one instrument's book and resubscribe its ``books`` channel alone."""
         market = market_of(inst)
         self.book_lost_sync(market, inst, cause, detail)
-        self.book(market, inst, keep_text=True).reset()
+        self.book(market, inst, keep_fragments=True).reset()
         self.resync.request(inst)
 
     async def _resubscribe_book(self, inst: str) -> None:

@@ -9,14 +9,24 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-from common.schema import Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float
+from common.schema import (
+    Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
+)
 from common.symbols import pair_from_symbol
 
 from collector.exchanges.okx import endpoints
 
 EXCHANGE = "okx"
+
+
+def _int(value: Any) -> int:
+    """``int()``, with ``int(inf)`` a ValueError like any other malformed number."""
+    try:
+        return int(value)
+    except OverflowError as exc:
+        raise ValueError(f"not an integer: {value!r}") from exc
 
 
 def market_of(inst_id: str) -> str:
@@ -38,29 +48,37 @@ def _data(msg: dict[str, Any]) -> list[Any]:
 # ---- tickers ---------------------------------------------------------------------------------
 def parse_tickers(msg: dict[str, Any], received_at: datetime, ct_val: float = 1.0) -> list[Ticker]:
     out = []
+    hit, miss = price_hit, price_miss
     for item in _data(msg):
         inst = item["instId"]
+        get = item.get
         market = market_of(inst)
         factor = ct_val if market == "perp" else 1.0
-        last = opt_float(item.get("last"))
-        open_24h = opt_float(item.get("open24h"))
+        # OKX sends decimal strings; absent and "" mean "not provided" (opt_float's rule,
+        # inlined: ten fields per ticker). Prices through the shared text -> float cache.
+        last = (hit(v) or miss(v)) if (v := get("last")) else None
+        open_24h = (hit(v) or miss(v)) if (v := get("open24h")) else None
         if market == "perp":
             # SWAP: vol24h in contracts, volCcy24h in base coin; quote volume = base * price.
-            volume = opt_float(item.get("volCcy24h"))
+            volume = opt_float(get("volCcy24h"))
             if volume is None:
-                volume = _mul(item.get("vol24h"), factor)
+                volume = _mul(get("vol24h"), factor)
             quote = volume * last if volume is not None and last is not None else None
         else:
-            volume = opt_float(item.get("vol24h"))
-            quote = opt_float(item.get("volCcy24h"))
+            volume = float(v) if (v := get("vol24h")) else None
+            quote = float(v) if (v := get("volCcy24h")) else None
         change = (last - open_24h) / open_24h * 100.0 if last is not None and open_24h else None
         out.append(Ticker(
             EXCHANGE, inst, pair_from_symbol(inst), market, ms_to_dt(item["ts"]), received_at,
-            last=last, bid=opt_float(item.get("bidPx")), bid_size=_mul(item.get("bidSz"), factor),
-            ask=opt_float(item.get("askPx")), ask_size=_mul(item.get("askSz"), factor),
-            open_24h=open_24h, high_24h=opt_float(item.get("high24h")),
-            low_24h=opt_float(item.get("low24h")), volume_24h=volume, quote_volume_24h=quote,
-            change_pct_24h=change))
+            last,
+            (hit(v) or miss(v)) if (v := get("bidPx")) else None,
+            float(v) * factor if (v := get("bidSz")) else None,
+            (hit(v) or miss(v)) if (v := get("askPx")) else None,
+            float(v) * factor if (v := get("askSz")) else None,
+            open_24h,
+            (hit(v) or miss(v)) if (v := get("high24h")) else None,
+            (hit(v) or miss(v)) if (v := get("low24h")) else None,
+            volume, quote, change))
     return out
 
 
@@ -109,8 +127,8 @@ def trade_id_range(item: dict[str, Any]) -> tuple[int, int]:
     covers ``count`` consecutive fills, but whether its ``tradeId`` is the first or the last of
     them is not documented: return the widest range consistent with either reading, so a
     continuity check built on it never reports a false hole."""
-    trade_id = int(item["tradeId"])
-    count = int(item.get("count") or 1)
+    trade_id = _int(item["tradeId"])
+    count = _int(item.get("count") or 1)
     return trade_id - (count - 1), trade_id + (count - 1)
 
 
@@ -164,7 +182,7 @@ def parse_funding(msg: dict[str, Any], received_at: datetime) -> list[Funding]:
             EXCHANGE, inst, pair_from_symbol(inst), "perp", ms_to_dt(item["ts"]), received_at,
             rate=float(item["fundingRate"]),
             # fundingTime is the settlement time of the current period's rate.
-            next_funding_time=ms_to_dt(int(funding_time)) if funding_time else None,
+            next_funding_time=ms_to_dt(_int(funding_time)) if funding_time else None,
             predicted_rate=opt_float(item.get("nextFundingRate")),
             interval_hours=interval))
     return out
@@ -215,8 +233,9 @@ def parse_books(msg: dict[str, Any], ct_val: float = 1.0) -> list[BookMessage]:
     for item in _data(msg):
         out.append(BookMessage(
             inst_id=inst, snapshot=action == "snapshot", bids=_levels(item["bids"], factor),
-            asks=_levels(item["asks"], factor), seq_id=int(item["seqId"]),
-            prev_seq_id=int(item.get("prevSeqId", -1)), checksum=int(item.get("checksum") or 0),
+            asks=_levels(item["asks"], factor), seq_id=_int(item["seqId"]),
+            prev_seq_id=_int(item.get("prevSeqId", -1)),
+            checksum=_int(item.get("checksum") or 0),
             ts=ms_to_dt(item["ts"])))
     return out
 
@@ -231,18 +250,33 @@ def sequence_ok(last_seq_id: int | None, prev_seq_id: int, seq_id: int) -> bool:
 def checksum_string(bids: Iterable[tuple[str, str]], asks: Iterable[tuple[str, str]]) -> str:
     """Interleave the best 25 bids/asks as ``bidPx:bidSz:askPx:askSz:...`` (raw strings); a side
     with fewer levels simply contributes nothing for the missing indexes."""
-    bids = list(bids)[: endpoints.CHECKSUM_LEVELS]
-    asks = list(asks)[: endpoints.CHECKSUM_LEVELS]
-    parts: list[str] = []
-    for i in range(max(len(bids), len(asks))):
-        if i < len(bids):
-            parts += bids[i]
-        if i < len(asks):
-            parts += asks[i]
+    return fragments_string([f"{p}:{s}" for p, s in list(bids)[: endpoints.CHECKSUM_LEVELS]],
+                            [f"{p}:{s}" for p, s in list(asks)[: endpoints.CHECKSUM_LEVELS]])
+
+
+def fragments_string(bids: Sequence[str], asks: Sequence[str]) -> str:
+    """``checksum_string`` from each level's ``"price:size"`` text (best first, at most 25 a
+    side, as ``BookSide.top_fragments`` keeps them): one interleave and one join."""
+    n = min(len(bids), len(asks))
+    parts = [""] * (2 * n)
+    parts[0::2] = bids[:n]
+    parts[1::2] = asks[:n]
+    # Past the shorter side only the longer one's levels remain, in order.
+    parts += bids[n:] or asks[n:]
     return ":".join(parts)
+
+
+def crc32_signed(text: str) -> int:
+    """CRC-32 (IEEE) of ``text`` as a signed 32-bit integer (OKX's checksum form)."""
+    crc = zlib.crc32(text.encode())
+    return crc - (1 << 32) if crc >= (1 << 31) else crc
 
 
 def checksum(bids: Iterable[tuple[str, str]], asks: Iterable[tuple[str, str]]) -> int:
     """CRC-32 (IEEE) of the checksum string as a signed 32-bit integer."""
-    crc = zlib.crc32(checksum_string(bids, asks).encode())
-    return crc - (1 << 32) if crc >= (1 << 31) else crc
+    return crc32_signed(checksum_string(bids, asks))
+
+
+def checksum_fragments(bids: Sequence[str], asks: Sequence[str]) -> int:
+    """``checksum`` from ``"price:size"`` fragments (``fragments_string``)."""
+    return crc32_signed(fragments_string(bids, asks))
