@@ -1,15 +1,18 @@
 """Pure Kraken parsers: decoded message (+ local receive time) -> normalized records.
 
-Spot v2 sends numbers as JSON numbers "with the engine's precision"; ``decode`` keeps them as
-``Decimal`` so order-book checksums can be computed from exact values. Every function raises
+Spot v2 sends numbers as JSON numbers "with the engine's precision". ``decode`` keeps them as
+``Decimal`` (exact digits, trailing zeros kept); the feed's hot path decodes with orjson (floats)
+and formats book levels from the floats with ``levels_fast``, which proves each text exact or
+raises ``Inexact`` (the feed then re-decodes that message with ``decode``). Every function raises
 (KeyError/TypeError/ValueError/...) on malformed input; the feed counts and skips such messages.
 """
 from __future__ import annotations
 
 import json
 import zlib
-from datetime import datetime
-from decimal import Decimal
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, Iterable
 
 from common.schema import PERP, SPOT, Candle, Funding, OpenInterest, Ticker, Trade, UTC, \
@@ -17,6 +20,7 @@ from common.schema import PERP, SPOT, Candle, Funding, OpenInterest, Ticker, Tra
 from common.symbols import pair_from_symbol
 
 EXCHANGE = "kraken"
+_pair = lru_cache(maxsize=4096)(pair_from_symbol)
 
 
 def decode(raw: str | bytes) -> Any:
@@ -48,6 +52,24 @@ def parse_time(text: str) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
+_fromisoformat = datetime.fromisoformat
+_UTC = timezone.utc
+
+
+def parse_time_fast(text: str) -> datetime:
+    """``parse_time`` for the usual ``...Z`` form: Python's own parser (3.11+: any number of
+    fractional digits, truncated to microseconds, 'Z' = UTC) gives the same datetime; any other
+    form goes through ``parse_time``."""
+    if text[-1:] == "Z":
+        try:
+            dt = _fromisoformat(text)
+        except ValueError:
+            return parse_time(text)
+        if dt.tzinfo is _UTC:
+            return dt
+    return parse_time(text)
+
+
 def _f(value: Any) -> float | None:
     return None if value is None or value == "" else float(value)
 
@@ -69,21 +91,27 @@ def parse_instrument_pairs(msg: dict) -> dict[str, tuple[int, int]]:
 
 def parse_ticker(item: dict, received_at: datetime) -> Ticker:
     symbol = item["symbol"]
-    last = _f(item.get("last"))
-    volume = _f(item.get("volume"))
-    vwap = _f(item.get("vwap"))
-    change = _f(item.get("change"))
-    ts = parse_time(item["timestamp"]) if item.get("timestamp") else received_at
+    get = item.get
+    # _f's rule (None and "" mean absent) inlined: 10 calls per ticker.
+    last = None if (v := get("last")) is None or v == "" else float(v)
+    volume = None if (v := get("volume")) is None or v == "" else float(v)
+    vwap = None if (v := get("vwap")) is None or v == "" else float(v)
+    change = None if (v := get("change")) is None or v == "" else float(v)
+    ts = parse_time_fast(v) if (v := get("timestamp")) else received_at
     return Ticker(
-        EXCHANGE, symbol, pair_from_symbol(symbol), SPOT, ts, received_at,
-        last=last, bid=_f(item["bid"]), bid_size=_f(item.get("bid_qty")),
-        ask=_f(item["ask"]), ask_size=_f(item.get("ask_qty")),
-        open_24h=(last - change) if last is not None and change is not None else None,
-        high_24h=_f(item.get("high")), low_24h=_f(item.get("low")),
-        volume_24h=volume,
+        EXCHANGE, symbol, _pair(symbol), SPOT, ts, received_at,
+        last,
+        None if (v := item["bid"]) is None or v == "" else float(v),
+        None if (v := get("bid_qty")) is None or v == "" else float(v),
+        None if (v := item["ask"]) is None or v == "" else float(v),
+        None if (v := get("ask_qty")) is None or v == "" else float(v),
+        (last - change) if last is not None and change is not None else None,
+        None if (v := get("high")) is None or v == "" else float(v),
+        None if (v := get("low")) is None or v == "" else float(v),
+        volume,
         # Kraken has no quote-volume field: 24 h volume x 24 h VWAP is the quote volume.
-        quote_volume_24h=volume * vwap if volume is not None and vwap is not None else None,
-        change_pct_24h=_f(item.get("change_pct")))
+        volume * vwap if volume is not None and vwap is not None else None,
+        None if (v := get("change_pct")) is None or v == "" else float(v))
 
 
 def parse_trades(msg: dict, received_at: datetime) -> list[Trade]:
@@ -91,12 +119,13 @@ def parse_trades(msg: dict, received_at: datetime) -> list[Trade]:
     for item in msg["data"]:
         symbol = item["symbol"]
         side = item["side"]
-        if side not in ("buy", "sell"):
+        if side != "buy" and side != "sell":
             raise ValueError(f"bad side {side!r}")
-        out.append(Trade(EXCHANGE, symbol, pair_from_symbol(symbol), SPOT,
-                         parse_time(item["timestamp"]), received_at,
-                         trade_id=str(int(item["trade_id"])), price=float(item["price"]),
-                         size=float(item["qty"]), side=side))
+        # Positional construction (trade_id, price, size, side): cheaper than keywords.
+        out.append(Trade(EXCHANGE, symbol, _pair(symbol), SPOT,
+                         parse_time_fast(item["timestamp"]), received_at,
+                         str(int(item["trade_id"])), float(item["price"]),
+                         float(item["qty"]), side))
     return out
 
 
@@ -118,7 +147,10 @@ def checksum_text(value: Decimal | int | float | str, precision: int | None) -> 
     zeros stripped (``45285.2`` -> ``452852``; ``0.00100000`` -> ``100000``)."""
     dec = value if isinstance(value, Decimal) else Decimal(str(value))
     if precision is not None:
-        dec = dec.quantize(Decimal(1).scaleb(-precision))
+        try:
+            dec = dec.quantize(Decimal(1).scaleb(-precision))
+        except InvalidOperation as exc:   # more digits than the decimal context holds
+            raise ValueError(f"cannot fix {value!r} to {precision} places") from exc
     return format(dec, "f").replace(".", "").lstrip("0")
 
 
@@ -133,6 +165,63 @@ def parse_levels(levels: Iterable[dict], price_precision: int | None,
         out.append((float(price), float(qty), checksum_text(price, price_precision),
                     checksum_text(qty, qty_precision)))
     return out
+
+
+class Inexact(ValueError):
+    """A number whose checksum text cannot be proven exact from its float."""
+
+
+def _exact_text(value: float, spec: str) -> str:
+    """Checksum text of a float decoded from a JSON number (orjson: correctly rounded), fixed to
+    ``spec`` (``.{precision}f``). Exact when proven: ``s`` = the float rounded to the precision
+    reads back as the same float and has at most 15 significant digits; then the received decimal
+    D and ``s`` both lie within ~1 ulp of the float, i.e. |D - s| < 4e-16 x 10^(15-precision) <
+    half a unit of the precision, so quantizing D (the exact path) gives ``s``. Otherwise
+    (more digits than the precision, or too many significant digits) raises ``Inexact``."""
+    s = format(value, spec)
+    if float(s) != value:
+        raise Inexact(s)
+    t = s.replace(".", "").lstrip("0")
+    if len(t) > 15:
+        raise Inexact(s)
+    return t
+
+
+FastLevel = tuple[float, float, str]   # price, qty, price text + qty text (checksum form)
+_PRICE_TEXTS_MAX = 16384
+
+
+def levels_fast(levels: Iterable[dict], price_spec: str, qty_spec: str,
+                price_texts: dict[float, str]) -> list[FastLevel]:
+    """Book levels of an orjson-decoded message -> (price, qty, checksum text of the level).
+    ``price_texts`` caches price -> text for this pair's precision (prices recur on the tick
+    grid). Deletions (qty 0) carry no text. Raises ``Inexact`` for anything but floats whose text
+    is proven exact (ints, strings, too many digits): the caller then uses the exact path."""
+    out = []
+    append = out.append
+    for level in levels:
+        price = level["price"]
+        qty = level["qty"]
+        if type(price) is not float or type(qty) is not float:
+            raise Inexact("not a float")
+        ptext = price_texts.get(price)
+        if ptext is None:
+            ptext = _exact_text(price, price_spec)
+            if len(price_texts) >= _PRICE_TEXTS_MAX:
+                price_texts.clear()
+            price_texts[price] = ptext
+        if qty == 0.0:
+            append((price, qty, ""))
+        else:
+            append((price, qty, ptext + _exact_text(qty, qty_spec)))
+    return out
+
+
+def levels_exact(levels: Iterable[dict], price_precision: int | None,
+                 qty_precision: int | None) -> list[FastLevel]:
+    """``levels_fast``'s output from a ``decode``d (Decimal) message: the exact path."""
+    return [(price, qty, pt + qt)
+            for price, qty, pt, qt in parse_levels(levels, price_precision, qty_precision)]
 
 
 def book_checksum(asks: Iterable[tuple[str, str]], bids: Iterable[tuple[str, str]]) -> int:
