@@ -73,8 +73,8 @@ class KrakenFeed(Feed):
         self.perp_rest = RestClient(ctx.session, cfg.perp_rest_url,
                                     RateBudget(ep.FUT_REST_CALLS, ep.FUT_REST_WINDOW_S))
         self.precision: dict[str, tuple[int, int]] = {}
-        # symbol -> (precision, price format, qty format, price -> checksum text)
-        self._texts: dict[str, tuple[tuple[int, int], str, str, dict[float, str]]] = {}
+        # symbol -> (precision, price -> checksum text at that precision)
+        self._texts: dict[str, tuple[tuple[int, int], dict[float, str]]] = {}
         self._book_subscribed: set[str] = set()
         self._candles: dict[str, Candle] = {}
         self._fut_seq: dict[str, int] = {}
@@ -286,13 +286,12 @@ class KrakenFeed(Feed):
             self._book_subscribed.update(ready)
             self._send(conn, self._book_request(ready))
 
-    def _price_texts(self, symbol: str, precision: tuple[int, int]) -> tuple[str, str, dict]:
-        """(price format, qty format, price -> checksum text cache) of a pair's precision."""
+    def _price_texts(self, symbol: str, precision: tuple[int, int]) -> dict[float, str]:
+        """Price -> checksum text cache of a pair at its current precision."""
         entry = self._texts.get(symbol)
         if entry is None or entry[0] != precision:
-            entry = self._texts[symbol] = (precision, f".{precision[0]}f", f".{precision[1]}f",
-                                           {})
-        return entry[1], entry[2], entry[3]
+            entry = self._texts[symbol] = (precision, {})
+        return entry[1]
 
     def _spot_books(self, raw: str | bytes, msg: dict) -> None:
         """Every level is parsed (and its checksum text made) before any book changes. Fast path:
@@ -306,9 +305,10 @@ class KrakenFeed(Feed):
                 precision = self.precision.get(item["symbol"])
                 if precision is None:
                     raise p.Inexact("no instrument precision")
-                pspec, qspec, cache = self._price_texts(item["symbol"], precision)
-                parsed.append((item, p.levels_fast(item["bids"], pspec, qspec, cache),
-                               p.levels_fast(item["asks"], pspec, qspec, cache)))
+                pp, qp = precision
+                cache = self._price_texts(item["symbol"], precision)
+                parsed.append((item, p.levels_fast(item["bids"], pp, qp, cache),
+                               p.levels_fast(item["asks"], pp, qp, cache)))
         except p.Inexact:
             msg = p.decode(raw)
             kind = msg["type"]

@@ -171,49 +171,68 @@ class Inexact(ValueError):
     """A number whose checksum text cannot be proven exact from its float."""
 
 
-def _exact_text(value: float, spec: str) -> str:
-    """Checksum text of a float decoded from a JSON number (orjson: correctly rounded), fixed to
-    ``spec`` (``.{precision}f``). Exact when proven: ``s`` = the float rounded to the precision
-    reads back as the same float and has at most 15 significant digits; then the received decimal
-    D and ``s`` both lie within ~1 ulp of the float, i.e. |D - s| < 4e-16 x 10^(15-precision) <
-    half a unit of the precision, so quantizing D (the exact path) gives ``s``. Otherwise
-    (more digits than the precision, or too many significant digits) raises ``Inexact``."""
-    s = format(value, spec)
-    if float(s) != value:
-        raise Inexact(s)
-    t = s.replace(".", "").lstrip("0")
-    if len(t) > 15:
-        raise Inexact(s)
-    return t
+def _exact_text(value: float | int, precision: int, scale: float) -> str:
+    """Checksum text of a number decoded by orjson (a correctly rounded float, or an int) fixed
+    to ``precision`` places, i.e. the decimal digits of N = round(D x 10^precision) for the
+    received decimal D (``checksum_text`` computes the same with exact decimals).
+
+    For a float x: m = x * 10^p (``scale``) and r = int(m + 0.5). Proven equal to the exact
+    path when 1 <= r < 10^15 and |m - r| <= 0.1: then |D x 10^p - m| <= 2 x 2^-52 x 10^15 < 0.45
+    - 0.1 (decoding and the product each within an ulp, allowing one more than correct rounding),
+    so D x 10^p lies within 0.45 of r and quantizing D to p places (any round-to-nearest) gives r.
+    Anything else (a value near a rounding tie, too many digits, <= 0, bool, str) raises
+    ``Inexact``."""
+    if type(value) is float:
+        if value > 0.0:
+            m = value * scale
+            if m < 1e15:
+                r = int(m + 0.5)
+                d = m - r
+                if r and -0.1 <= d <= 0.1:
+                    return str(r)
+    elif type(value) is int and 0 < value < 10 ** (15 - precision):
+        return str(value * 10 ** precision)
+    raise Inexact(repr(value))
 
 
 FastLevel = tuple[float, float, str]   # price, qty, price text + qty text (checksum form)
 _PRICE_TEXTS_MAX = 16384
 
 
-def levels_fast(levels: Iterable[dict], price_spec: str, qty_spec: str,
+def levels_fast(levels: Iterable[dict], price_precision: int, qty_precision: int,
                 price_texts: dict[float, str]) -> list[FastLevel]:
     """Book levels of an orjson-decoded message -> (price, qty, checksum text of the level).
     ``price_texts`` caches price -> text for this pair's precision (prices recur on the tick
-    grid). Deletions (qty 0) carry no text. Raises ``Inexact`` for anything but floats whose text
-    is proven exact (ints, strings, too many digits): the caller then uses the exact path."""
+    grid). Deletions (qty 0) carry no text. Raises ``Inexact`` for a number whose text cannot be
+    proven exact (see ``_exact_text``): the caller then uses the exact path."""
     out = []
     append = out.append
+    pscale = 10.0 ** price_precision
+    qscale = 10.0 ** qty_precision
+    if price_precision > 22 or qty_precision > 22:   # 10^p no longer exact as a float
+        raise Inexact("precision")
+    get = price_texts.get
     for level in levels:
         price = level["price"]
         qty = level["qty"]
-        if type(price) is not float or type(qty) is not float:
-            raise Inexact("not a float")
-        ptext = price_texts.get(price)
-        if ptext is None:
-            ptext = _exact_text(price, price_spec)
+        ptext = get(price)
+        if ptext is None or type(price) is not float:
+            ptext = _exact_text(price, price_precision, pscale)   # ints pass, bools raise
             if len(price_texts) >= _PRICE_TEXTS_MAX:
                 price_texts.clear()
             price_texts[price] = ptext
-        if qty == 0.0:
-            append((price, qty, ""))
-        else:
-            append((price, qty, ptext + _exact_text(qty, qty_spec)))
+            price = float(price)
+        # _exact_text inlined for the usual case (a positive float).
+        if type(qty) is float and 0.0 < qty * qscale < 1e15:
+            m = qty * qscale
+            r = int(m + 0.5)
+            if -0.1 <= m - r <= 0.1 and r:
+                append((price, qty, ptext + str(r)))
+                continue
+        if qty == 0 and (type(qty) is float or type(qty) is int):
+            append((price, 0.0, ""))
+            continue
+        append((price, float(qty), ptext + _exact_text(qty, qty_precision, qscale)))
     return out
 
 
