@@ -92,26 +92,26 @@ def parse_instrument_pairs(msg: dict) -> dict[str, tuple[int, int]]:
 def parse_ticker(item: dict, received_at: datetime) -> Ticker:
     symbol = item["symbol"]
     get = item.get
-    # _f's rule (None and "" mean absent) inlined: 10 calls per ticker.
-    last = None if (v := get("last")) is None or v == "" else float(v)
-    volume = None if (v := get("volume")) is None or v == "" else float(v)
-    vwap = None if (v := get("vwap")) is None or v == "" else float(v)
-    change = None if (v := get("change")) is None or v == "" else float(v)
+    # orjson floats as they are (float(x) of a float is x); anything else by _f's rule.
+    last = v if type(v := get("last")) is float else _f(v)
+    volume = v if type(v := get("volume")) is float else _f(v)
+    vwap = v if type(v := get("vwap")) is float else _f(v)
+    change = v if type(v := get("change")) is float else _f(v)
     ts = parse_time_fast(v) if (v := get("timestamp")) else received_at
     return Ticker(
         EXCHANGE, symbol, _pair(symbol), SPOT, ts, received_at,
         last,
-        None if (v := item["bid"]) is None or v == "" else float(v),
-        None if (v := get("bid_qty")) is None or v == "" else float(v),
-        None if (v := item["ask"]) is None or v == "" else float(v),
-        None if (v := get("ask_qty")) is None or v == "" else float(v),
+        v if type(v := item["bid"]) is float else _f(v),
+        v if type(v := get("bid_qty")) is float else _f(v),
+        v if type(v := item["ask"]) is float else _f(v),
+        v if type(v := get("ask_qty")) is float else _f(v),
         (last - change) if last is not None and change is not None else None,
-        None if (v := get("high")) is None or v == "" else float(v),
-        None if (v := get("low")) is None or v == "" else float(v),
+        v if type(v := get("high")) is float else _f(v),
+        v if type(v := get("low")) is float else _f(v),
         volume,
         # Kraken has no quote-volume field: 24 h volume x 24 h VWAP is the quote volume.
         volume * vwap if volume is not None and vwap is not None else None,
-        None if (v := get("change_pct")) is None or v == "" else float(v))
+        v if type(v := get("change_pct")) is float else _f(v))
 
 
 def parse_trades(msg: dict, received_at: datetime) -> list[Trade]:
