@@ -54,6 +54,79 @@ def test_checksum_matic_snapshot_and_update_need_instrument_precision():
     assert KrakenFeed.checksum(raw) == 3830085102
 
 
+def _fast_book(msg_text: str, price_prec: int, qty_prec: int, book=None):
+    """The feed's hot path: orjson floats -> levels_fast -> one text per level."""
+    from collector.exchanges.kraken.feed import _apply
+    msg = orjson.loads(msg_text)
+    book = book or OrderBook(100, keep_text=True)
+    item = msg["data"][0]
+    if msg["type"] == "snapshot":
+        book.load_snapshot((), ())
+    cache: dict = {}
+    _apply(book.asks, p.levels_fast(item["asks"], price_prec, qty_prec, cache))
+    _apply(book.bids, p.levels_fast(item["bids"], price_prec, qty_prec, cache))
+    book.truncate(10)
+    return book, item["checksum"]
+
+
+def test_fast_path_reproduces_the_documented_checksums():
+    (guide,) = (FIX / "v2_book_checksum_guide.jsonl").read_text().split()
+    book, expected = _fast_book(guide, 1, 8)
+    assert KrakenFeed.checksum(book) == expected == 3310070434
+    snapshot, update = (FIX / "v2_book.jsonl").read_text().split()
+    book, expected = _fast_book(snapshot, 4, 8)
+    assert KrakenFeed.checksum(book) == expected == 2439117997
+    book, expected = _fast_book(update, 4, 8, book)
+    assert KrakenFeed.checksum(book) == expected == 2114181697
+
+
+def test_fast_levels_equal_the_exact_path_or_refuse():
+    import random
+    rng = random.Random(7)
+    fast_count = 0
+    for _ in range(20000):
+        pp, qp = rng.randint(0, 10), rng.randint(0, 10)
+
+        def num(prec):
+            digits = rng.randint(0, prec + (3 if rng.random() < 0.2 else 0))
+            whole = 0 if rng.random() < 0.3 else rng.randint(0, 10 ** rng.randint(0, 16 - prec))
+            frac = "".join(rng.choice("0123456789") for _ in range(digits))
+            return f"{whole}.{frac or '0'}"
+        text = "[" + ",".join(f'{{"price":{num(pp)},"qty":{num(qp)}}}' for _ in range(2)) + "]"
+        exact = [(a, b, c if b != 0 else "") for a, b, c in p.levels_exact(p.decode(text), pp, qp)]
+        try:
+            fast = p.levels_fast(orjson.loads(text), pp, qp, {})
+        except p.Inexact:
+            continue
+        fast_count += 1
+        assert fast == exact, text
+    assert fast_count > 8000
+    # Near a rounding tie, >= 10^15 units of the precision, below one unit, text, bool, negative:
+    # refused (the exact path decides).
+    for level in ({"price": 1.23, "qty": 0.123456785}, {"price": 1.5, "qty": 12345678.12345678},
+                  {"price": 1.5, "qty": 1e-9}, {"price": "1.5", "qty": 1.0},
+                  {"price": True, "qty": 1.0}, {"price": 1.5, "qty": -1.0}):
+        with pytest.raises(p.Inexact):
+            p.levels_fast([level], 2, 8, {})
+    # More places than the precision but far from a tie, and ints: the exact path's text.
+    assert p.levels_fast([{"price": 2, "qty": 0.123456789}], 2, 8, {}) == [
+        (2.0, 0.123456789, "200" + "12345679")]
+
+
+def test_feed_falls_back_to_exact_decimals_for_unprovable_numbers():
+    feed = KrakenFeed.__new__(KrakenFeed)
+    feed.precision = {"X/USD": (2, 8)}
+    feed._texts = {}
+    seen = []
+    feed._spot_book = lambda kind, item, bids, asks: seen.append((kind, bids, asks))
+    raw = ('{"channel":"book","type":"update","data":[{"symbol":"X/USD","bids":[{"price":1.5,'
+           '"qty":0.1234567891}],"asks":[],"checksum":1}]}')
+    feed._spot_books(raw, orjson.loads(raw))
+    (kind, bids, asks), = seen
+    # Exact path: the Decimal quantized to 8 places (ROUND_HALF_EVEN), float from the Decimal.
+    assert kind == "update" and asks == [] and bids == [(1.5, 0.1234567891, "15012345679")]
+
+
 def test_ticker():
     snap, _ = lines("v2_ticker.jsonl")
     t = p.parse_ticker(snap["data"][0], NOW)

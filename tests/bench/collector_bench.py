@@ -39,8 +39,10 @@ OTHER_EXCHANGES = ("bybit", "okx", "kraken", "gateio")
 
 
 class Bench:
-    def __init__(self, quick: bool, reps: int | None) -> None:
+    def __init__(self, quick: bool, reps: int | None,
+                 exchanges: tuple[str, ...] = OTHER_EXCHANGES) -> None:
         self.quick = quick
+        self.other_exchanges = exchanges
         self.reps = reps or (1 if quick else 3)
         self.procs: list[subprocess.Popen] = []
         self.tmp = tempfile.mkdtemp(prefix="cryptodata-bench-")
@@ -128,7 +130,7 @@ class Bench:
         """Bybit, OKX, Kraken, Gate.io: storage-off msgs/s of each exchange's real feed against
         its own floor (the same frames, plain websockets + orjson), trades / tickers / depth."""
         out: dict[str, dict[str, Any]] = {}
-        for exchange in OTHER_EXCHANGES:
+        for exchange in self.other_exchanges:
             out[exchange] = {}
             for kind in ("trade", "ticker", "depth"):
                 if self.quick:
@@ -382,8 +384,13 @@ def main() -> None:
     parser.add_argument("--json", default="", help="also write all results to this file")
     parser.add_argument("--only", default="",
                         help="comma list: throughput,exchanges,storage,latency,program,growth")
+    parser.add_argument("--exchanges", default="",
+                        help="comma list restricting the exchanges section: " +
+                             ",".join(OTHER_EXCHANGES))
     args = parser.parse_args()
-    bench = Bench(args.quick, args.reps)
+    chosen = tuple(e for e in OTHER_EXCHANGES
+                   if not args.exchanges or e in args.exchanges.split(","))
+    bench = Bench(args.quick, args.reps, chosen)
     started = time.monotonic()
     all_sections = ("throughput", "exchanges", "storage", "latency", "program", "growth")
     sections = [s for s in all_sections if not args.only or s in args.only.split(",")]

@@ -26,7 +26,7 @@ from collector.exchanges.base import Feed
 from collector.exchanges.gateio import endpoints as ep
 from collector.exchanges.gateio import parsers as p
 from collector.rest import RestError
-from common.schema import PERP, SPOT, Candle, now_utc
+from common.schema import PERP, SPOT, Candle, now_utc, received_now
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class GateioFeed(Feed):
                 return False
             if event != "update":
                 return False   # subscribe/unsubscribe acks, pongs
-            received_at = now_utc()
+            received_at = received_now()
             if channel == ep.SPOT_BOOK:
                 self._book_update(SPOT, *p.parse_spot_book_update(msg))
             elif channel == ep.FUT_BOOK:

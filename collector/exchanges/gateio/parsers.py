@@ -6,6 +6,7 @@ contract's ``multiplier`` (``quanto_multiplier``) and returns base units. Malfor
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from common.schema import PERP, SPOT, Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, \
@@ -13,6 +14,26 @@ from common.schema import PERP, SPOT, Candle, Funding, OpenInterest, Ticker, Tra
 from common.symbols import pair_from_symbol
 
 EXCHANGE = "gateio"
+_pair = lru_cache(maxsize=4096)(pair_from_symbol)
+
+# Price text -> float (as in the Binance parsers): prices recur on the tick grid, so a dict hit
+# replaces float() of the text. Bounded (cleared when full). ``_price(text) or _price_miss(text)``:
+# a miss (or a cached 0.0) goes through float(), which raises on malformed text exactly as
+# before. Only str keys are stored, so a number (orjson float/int) never hits a cached entry.
+_PRICES: dict[str, float] = {}
+_PRICES_MAX = 8192
+
+
+_price = _PRICES.get
+
+
+def _price_miss(text: Any) -> float:
+    value = float(text)
+    if type(text) is str:
+        if len(_PRICES) >= _PRICES_MAX:
+            _PRICES.clear()
+        _PRICES[text] = value
+    return value
 
 Levels = list[tuple[float, float]]
 
@@ -29,12 +50,20 @@ def msg_time(msg: dict, received_at: datetime) -> datetime:
 def parse_spot_ticker(msg: dict, received_at: datetime) -> Ticker:
     r = msg["result"]
     symbol = r["currency_pair"]
-    return Ticker(EXCHANGE, symbol, pair_from_symbol(symbol), SPOT, msg_time(msg, received_at),
-                  received_at, last=opt_float(r.get("last")), bid=opt_float(r.get("highest_bid")),
-                  ask=opt_float(r.get("lowest_ask")), high_24h=opt_float(r.get("high_24h")),
-                  low_24h=opt_float(r.get("low_24h")), volume_24h=opt_float(r.get("base_volume")),
-                  quote_volume_24h=opt_float(r.get("quote_volume")),
-                  change_pct_24h=opt_float(r.get("change_percentage")))
+    get = r.get
+    price, miss = _price, _price_miss
+    # opt_float's rule (None and "" mean absent) inlined; prices through the text cache.
+    return Ticker(EXCHANGE, symbol, _pair(symbol), SPOT, msg_time(msg, received_at), received_at,
+                  None if (v := get("last")) is None or v == "" else (price(v) or miss(v)),
+                  None if (v := get("highest_bid")) is None or v == "" else (price(v) or miss(v)),
+                  None,
+                  None if (v := get("lowest_ask")) is None or v == "" else (price(v) or miss(v)),
+                  None, None,
+                  None if (v := get("high_24h")) is None or v == "" else (price(v) or miss(v)),
+                  None if (v := get("low_24h")) is None or v == "" else (price(v) or miss(v)),
+                  None if (v := get("base_volume")) is None or v == "" else float(v),
+                  None if (v := get("quote_volume")) is None or v == "" else float(v),
+                  None if (v := get("change_percentage")) is None or v == "" else float(v))
 
 
 def parse_spot_trade(msg: dict, received_at: datetime) -> Trade:
@@ -54,9 +83,11 @@ def _spot_trade(r: dict, received_at: datetime) -> Trade:
         raise ValueError(f"bad side {side!r}")
     ts = ms_to_dt(float(r["create_time_ms"])) if r.get("create_time_ms") else \
         s_to_dt(r["create_time"])
-    return Trade(EXCHANGE, symbol, pair_from_symbol(symbol), SPOT, ts, received_at,
-                 trade_id=str(int(r["id"])), price=float(r["price"]), size=float(r["amount"]),
-                 side=side)
+    price = r["price"]
+    # Positional (trade_id, price, size, side): cheaper than keywords on the hot path.
+    return Trade(EXCHANGE, symbol, _pair(symbol), SPOT, ts, received_at,
+                 str(int(r["id"])), _price(price) or _price_miss(price), float(r["amount"]),
+                 side)
 
 
 def parse_spot_candle(msg: dict, received_at: datetime) -> Candle:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left, insort
+from zlib import crc32 as _crc32
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,11 +17,35 @@ from collector.connection import HeartbeatPolicy, WsConnection
 from collector.exchanges.base import Feed
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken import parsers as p
+from collector.orderbook import BookSide
 from collector.resync import ResubscribeScheduler
 from collector.rest import RateBudget, RestClient, RestError
-from common.schema import PERP, SPOT, Candle, now_utc
+from common.schema import PERP, SPOT, Candle, now_utc, received_now
 
 log = logging.getLogger(__name__)
+
+
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
+
+def _apply(side: BookSide, levels: list) -> None:
+    """(price, qty, checksum text) levels onto a kept-text book side (``BookSide.set`` inlined,
+    one text string per level)."""
+    book, keys, text = side.levels, side.keys, side.text
+    sign = -1.0 if side.is_bid else 1.0
+    for price, qty, level_text in levels:
+        key = sign * price
+        if qty == 0.0:
+            if key in book:
+                del book[key]
+                del keys[bisect_left(keys, key)]
+            text.pop(price, None)
+        else:
+            if key not in book:
+                insort(keys, key)
+            book[key] = qty
+            text[price] = level_text
 
 
 def _ping() -> str:
@@ -47,6 +73,8 @@ class KrakenFeed(Feed):
         self.perp_rest = RestClient(ctx.session, cfg.perp_rest_url,
                                     RateBudget(ep.FUT_REST_CALLS, ep.FUT_REST_WINDOW_S))
         self.precision: dict[str, tuple[int, int]] = {}
+        # symbol -> (precision, price -> checksum text at that precision)
+        self._texts: dict[str, tuple[tuple[int, int], dict[float, str]]] = {}
         self._book_subscribed: set[str] = set()
         self._candles: dict[str, Candle] = {}
         self._fut_seq: dict[str, int] = {}
@@ -190,23 +218,26 @@ class KrakenFeed(Feed):
     def _on_spot(self, conn: WsConnection, raw: str | bytes) -> bool | None:
         self.stats.messages += 1
         try:
-            msg = p.decode(raw)
+            try:
+                msg = _loads(raw)   # floats; books prove their checksum texts (see parsers)
+            except _JSONDecodeError:
+                msg = p.decode(raw)   # whatever orjson refuses, the exact decoder judges
             channel = msg.get("channel")
             if channel is None:
                 return self._spot_control(conn, msg)
             if channel == ep.SPOT_HEARTBEAT or channel == ep.SPOT_STATUS:
                 return False    # keep-alive, not data: the idle watchdog must not count it
-            received_at = now_utc()
             if channel == ep.SPOT_BOOK:
-                for item in msg["data"]:
-                    self._spot_book(msg["type"], item)
+                self._spot_books(raw, msg)
             elif channel == ep.SPOT_TICKER:
+                received_at = received_now()
                 for item in msg["data"]:
                     self.emit(p.parse_ticker(item, received_at))
             elif channel == ep.SPOT_TRADE:
-                for trade in p.parse_trades(msg, received_at):
+                for trade in p.parse_trades(msg, received_now()):
                     self.emit(trade)
             elif channel == ep.SPOT_OHLC:
+                received_at = received_now()
                 for item in msg["data"]:
                     self._candle(p.parse_candle(item, received_at))
             elif channel == ep.SPOT_INSTRUMENT:
@@ -255,20 +286,49 @@ class KrakenFeed(Feed):
             self._book_subscribed.update(ready)
             self._send(conn, self._book_request(ready))
 
-    def _spot_book(self, kind: str, item: dict) -> None:
+    def _price_texts(self, symbol: str, precision: tuple[int, int]) -> dict[float, str]:
+        """Price -> checksum text cache of a pair at its current precision."""
+        entry = self._texts.get(symbol)
+        if entry is None or entry[0] != precision:
+            entry = self._texts[symbol] = (precision, {})
+        return entry[1]
+
+    def _spot_books(self, raw: str | bytes, msg: dict) -> None:
+        """Every level is parsed (and its checksum text made) before any book changes. Fast path:
+        floats formatted to the instrument precision, each text proven exact; a message with a
+        number that cannot be proven (or a pair without known precision) is decoded again with
+        exact decimals (``p.decode``) and parsed from those."""
+        kind = msg["type"]
+        parsed = []
+        try:
+            for item in msg["data"]:
+                precision = self.precision.get(item["symbol"])
+                if precision is None:
+                    raise p.Inexact("no instrument precision")
+                pp, qp = precision
+                cache = self._price_texts(item["symbol"], precision)
+                parsed.append((item, p.levels_fast(item["bids"], pp, qp, cache),
+                               p.levels_fast(item["asks"], pp, qp, cache)))
+        except p.Inexact:
+            msg = p.decode(raw)
+            kind = msg["type"]
+            parsed = []
+            for item in msg["data"]:
+                price_prec, qty_prec = self.precision.get(item["symbol"], (None, None))
+                parsed.append((item, p.levels_exact(item["bids"], price_prec, qty_prec),
+                               p.levels_exact(item["asks"], price_prec, qty_prec)))
+        for item, bids, asks in parsed:
+            self._spot_book(kind, item, bids, asks)
+
+    def _spot_book(self, kind: str, item: dict, bids: list, asks: list) -> None:
         symbol = item["symbol"]
         book = self.book(SPOT, symbol, keep_text=True)
-        price_prec, qty_prec = self.precision.get(symbol, (None, None))
-        bids = p.parse_levels(item["bids"], price_prec, qty_prec)
-        asks = p.parse_levels(item["asks"], price_prec, qty_prec)
         if kind == "snapshot":
             book.load_snapshot((), ())
         elif not book.synced:
             return   # waiting for the snapshot of a resubscription
-        for price, qty, ptext, qtext in asks:
-            book.asks.set(price, qty, ptext, qtext)
-        for price, qty, ptext, qtext in bids:
-            book.bids.set(price, qty, ptext, qtext)
+        _apply(book.asks, asks)
+        _apply(book.bids, bids)
         book.changed = True
         # Kraken never deletes levels that fall out of the subscribed depth.
         book.truncate(self.book_depth)
@@ -297,11 +357,15 @@ class KrakenFeed(Feed):
 
     @staticmethod
     def checksum(book) -> int:
+        """CRC32 of the top 10 asks then top 10 bids, from each level's kept checksum text (one
+        string per level; ``(price text, qty text)`` pairs from ``BookSide.set`` work too)."""
         n = ep.CHECKSUM_LEVELS
         asks_text, bids_text = book.asks.text, book.bids.text
-        asks = [asks_text[price] for price, _ in book.asks.top(n)]
-        bids = [bids_text[price] for price, _ in book.bids.top(n)]
-        return p.book_checksum(asks, bids)
+        texts = [asks_text[key] for key in book.asks.keys[:n]]
+        texts += [bids_text[-key] for key in book.bids.keys[:n]]
+        if texts and type(texts[0]) is tuple:
+            texts = ["".join(t) for t in texts]
+        return _crc32("".join(texts).encode()) & 0xFFFFFFFF
 
     def _candle(self, candle: Candle) -> None:
         """The running candle is re-sent with the same interval_begin; it is closed once a later

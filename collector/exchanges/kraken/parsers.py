@@ -1,15 +1,18 @@
 """Pure Kraken parsers: decoded message (+ local receive time) -> normalized records.
 
-Spot v2 sends numbers as JSON numbers "with the engine's precision"; ``decode`` keeps them as
-``Decimal`` so order-book checksums can be computed from exact values. Every function raises
+Spot v2 sends numbers as JSON numbers "with the engine's precision". ``decode`` keeps them as
+``Decimal`` (exact digits, trailing zeros kept); the feed's hot path decodes with orjson (floats)
+and formats book levels from the floats with ``levels_fast``, which proves each text exact or
+raises ``Inexact`` (the feed then re-decodes that message with ``decode``). Every function raises
 (KeyError/TypeError/ValueError/...) on malformed input; the feed counts and skips such messages.
 """
 from __future__ import annotations
 
 import json
 import zlib
-from datetime import datetime
-from decimal import Decimal
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, Iterable
 
 from common.schema import PERP, SPOT, Candle, Funding, OpenInterest, Ticker, Trade, UTC, \
@@ -17,6 +20,7 @@ from common.schema import PERP, SPOT, Candle, Funding, OpenInterest, Ticker, Tra
 from common.symbols import pair_from_symbol
 
 EXCHANGE = "kraken"
+_pair = lru_cache(maxsize=4096)(pair_from_symbol)
 
 
 def decode(raw: str | bytes) -> Any:
@@ -48,6 +52,24 @@ def parse_time(text: str) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
+_fromisoformat = datetime.fromisoformat
+_UTC = timezone.utc
+
+
+def parse_time_fast(text: str) -> datetime:
+    """``parse_time`` for the usual ``...Z`` form: Python's own parser (3.11+: any number of
+    fractional digits, truncated to microseconds, 'Z' = UTC) gives the same datetime; any other
+    form goes through ``parse_time``."""
+    if text[-1:] == "Z":
+        try:
+            dt = _fromisoformat(text)
+        except ValueError:
+            return parse_time(text)
+        if dt.tzinfo is _UTC:
+            return dt
+    return parse_time(text)
+
+
 def _f(value: Any) -> float | None:
     return None if value is None or value == "" else float(value)
 
@@ -69,21 +91,27 @@ def parse_instrument_pairs(msg: dict) -> dict[str, tuple[int, int]]:
 
 def parse_ticker(item: dict, received_at: datetime) -> Ticker:
     symbol = item["symbol"]
-    last = _f(item.get("last"))
-    volume = _f(item.get("volume"))
-    vwap = _f(item.get("vwap"))
-    change = _f(item.get("change"))
-    ts = parse_time(item["timestamp"]) if item.get("timestamp") else received_at
+    get = item.get
+    # orjson floats as they are (float(x) of a float is x); anything else by _f's rule.
+    last = v if type(v := get("last")) is float else _f(v)
+    volume = v if type(v := get("volume")) is float else _f(v)
+    vwap = v if type(v := get("vwap")) is float else _f(v)
+    change = v if type(v := get("change")) is float else _f(v)
+    ts = parse_time_fast(v) if (v := get("timestamp")) else received_at
     return Ticker(
-        EXCHANGE, symbol, pair_from_symbol(symbol), SPOT, ts, received_at,
-        last=last, bid=_f(item["bid"]), bid_size=_f(item.get("bid_qty")),
-        ask=_f(item["ask"]), ask_size=_f(item.get("ask_qty")),
-        open_24h=(last - change) if last is not None and change is not None else None,
-        high_24h=_f(item.get("high")), low_24h=_f(item.get("low")),
-        volume_24h=volume,
+        EXCHANGE, symbol, _pair(symbol), SPOT, ts, received_at,
+        last,
+        v if type(v := item["bid"]) is float else _f(v),
+        v if type(v := get("bid_qty")) is float else _f(v),
+        v if type(v := item["ask"]) is float else _f(v),
+        v if type(v := get("ask_qty")) is float else _f(v),
+        (last - change) if last is not None and change is not None else None,
+        v if type(v := get("high")) is float else _f(v),
+        v if type(v := get("low")) is float else _f(v),
+        volume,
         # Kraken has no quote-volume field: 24 h volume x 24 h VWAP is the quote volume.
-        quote_volume_24h=volume * vwap if volume is not None and vwap is not None else None,
-        change_pct_24h=_f(item.get("change_pct")))
+        volume * vwap if volume is not None and vwap is not None else None,
+        v if type(v := get("change_pct")) is float else _f(v))
 
 
 def parse_trades(msg: dict, received_at: datetime) -> list[Trade]:
@@ -91,12 +119,13 @@ def parse_trades(msg: dict, received_at: datetime) -> list[Trade]:
     for item in msg["data"]:
         symbol = item["symbol"]
         side = item["side"]
-        if side not in ("buy", "sell"):
+        if side != "buy" and side != "sell":
             raise ValueError(f"bad side {side!r}")
-        out.append(Trade(EXCHANGE, symbol, pair_from_symbol(symbol), SPOT,
-                         parse_time(item["timestamp"]), received_at,
-                         trade_id=str(int(item["trade_id"])), price=float(item["price"]),
-                         size=float(item["qty"]), side=side))
+        # Positional construction (trade_id, price, size, side): cheaper than keywords.
+        out.append(Trade(EXCHANGE, symbol, _pair(symbol), SPOT,
+                         parse_time_fast(item["timestamp"]), received_at,
+                         str(int(item["trade_id"])), float(item["price"]),
+                         float(item["qty"]), side))
     return out
 
 
@@ -118,7 +147,10 @@ def checksum_text(value: Decimal | int | float | str, precision: int | None) -> 
     zeros stripped (``45285.2`` -> ``452852``; ``0.00100000`` -> ``100000``)."""
     dec = value if isinstance(value, Decimal) else Decimal(str(value))
     if precision is not None:
-        dec = dec.quantize(Decimal(1).scaleb(-precision))
+        try:
+            dec = dec.quantize(Decimal(1).scaleb(-precision))
+        except InvalidOperation as exc:   # more digits than the decimal context holds
+            raise ValueError(f"cannot fix {value!r} to {precision} places") from exc
     return format(dec, "f").replace(".", "").lstrip("0")
 
 
@@ -133,6 +165,82 @@ def parse_levels(levels: Iterable[dict], price_precision: int | None,
         out.append((float(price), float(qty), checksum_text(price, price_precision),
                     checksum_text(qty, qty_precision)))
     return out
+
+
+class Inexact(ValueError):
+    """A number whose checksum text cannot be proven exact from its float."""
+
+
+def _exact_text(value: float | int, precision: int, scale: float) -> str:
+    """Checksum text of a number decoded by orjson (a correctly rounded float, or an int) fixed
+    to ``precision`` places, i.e. the decimal digits of N = round(D x 10^precision) for the
+    received decimal D (``checksum_text`` computes the same with exact decimals).
+
+    For a float x: m = x * 10^p (``scale``) and r = int(m + 0.5). Proven equal to the exact
+    path when 1 <= r < 10^15 and |m - r| <= 0.1: then |D x 10^p - m| <= 2 x 2^-52 x 10^15 < 0.45
+    - 0.1 (decoding and the product each within an ulp, allowing one more than correct rounding),
+    so D x 10^p lies within 0.45 of r and quantizing D to p places (any round-to-nearest) gives r.
+    Anything else (a value near a rounding tie, too many digits, <= 0, bool, str) raises
+    ``Inexact``."""
+    if type(value) is float:
+        if value > 0.0:
+            m = value * scale
+            if m < 1e15:
+                r = int(m + 0.5)
+                d = m - r
+                if r and -0.1 <= d <= 0.1:
+                    return str(r)
+    elif type(value) is int and 0 < value < 10 ** (15 - precision):
+        return str(value * 10 ** precision)
+    raise Inexact(repr(value))
+
+
+FastLevel = tuple[float, float, str]   # price, qty, price text + qty text (checksum form)
+_PRICE_TEXTS_MAX = 16384
+
+
+def levels_fast(levels: Iterable[dict], price_precision: int, qty_precision: int,
+                price_texts: dict[float, str]) -> list[FastLevel]:
+    """Book levels of an orjson-decoded message -> (price, qty, checksum text of the level).
+    ``price_texts`` caches price -> text for this pair's precision (prices recur on the tick
+    grid). Deletions (qty 0) carry no text. Raises ``Inexact`` for a number whose text cannot be
+    proven exact (see ``_exact_text``): the caller then uses the exact path."""
+    out = []
+    append = out.append
+    pscale = 10.0 ** price_precision
+    qscale = 10.0 ** qty_precision
+    if price_precision > 22 or qty_precision > 22:   # 10^p no longer exact as a float
+        raise Inexact("precision")
+    get = price_texts.get
+    for level in levels:
+        price = level["price"]
+        qty = level["qty"]
+        ptext = get(price)
+        if ptext is None or type(price) is not float:
+            ptext = _exact_text(price, price_precision, pscale)   # ints pass, bools raise
+            if len(price_texts) >= _PRICE_TEXTS_MAX:
+                price_texts.clear()
+            price_texts[price] = ptext
+            price = float(price)
+        # _exact_text inlined for the usual case (a positive float).
+        if type(qty) is float and 0.0 < qty * qscale < 1e15:
+            m = qty * qscale
+            r = int(m + 0.5)
+            if -0.1 <= m - r <= 0.1 and r:
+                append((price, qty, ptext + str(r)))
+                continue
+        if qty == 0 and (type(qty) is float or type(qty) is int):
+            append((price, 0.0, ""))
+            continue
+        append((price, float(qty), ptext + _exact_text(qty, qty_precision, qscale)))
+    return out
+
+
+def levels_exact(levels: Iterable[dict], price_precision: int | None,
+                 qty_precision: int | None) -> list[FastLevel]:
+    """``levels_fast``'s output from a ``decode``d (Decimal) message: the exact path."""
+    return [(price, qty, pt + qt)
+            for price, qty, pt, qt in parse_levels(levels, price_precision, qty_precision)]
 
 
 def book_checksum(asks: Iterable[tuple[str, str]], bids: Iterable[tuple[str, str]]) -> int:
