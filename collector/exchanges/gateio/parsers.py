@@ -10,30 +10,14 @@ from functools import lru_cache
 from typing import Any
 
 from common.schema import PERP, SPOT, Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, \
-    opt_float, s_to_dt
+    opt_float, price_hit, price_miss, s_to_dt
 from common.symbols import pair_from_symbol
 
 EXCHANGE = "gateio"
 _pair = lru_cache(maxsize=4096)(pair_from_symbol)
 
-# Price text -> float (as in the Binance parsers): prices recur on the tick grid, so a dict hit
-# replaces float() of the text. Bounded (cleared when full). ``_price(text) or _price_miss(text)``:
-# a miss (or a cached 0.0) goes through float(), which raises on malformed text exactly as
-# before. Only str keys are stored, so a number (orjson float/int) never hits a cached entry.
-_PRICES: dict[str, float] = {}
-_PRICES_MAX = 8192
-
-
-_price = _PRICES.get
-
-
-def _price_miss(text: Any) -> float:
-    value = float(text)
-    if type(text) is str:
-        if len(_PRICES) >= _PRICES_MAX:
-            _PRICES.clear()
-        _PRICES[text] = value
-    return value
+# Price text -> float through the shared bounded cache (common.schema.price_hit/price_miss).
+_price, _price_miss = price_hit, price_miss
 
 Levels = list[tuple[float, float]]
 

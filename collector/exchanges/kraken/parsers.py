@@ -323,13 +323,19 @@ def parse_futures_ticker(msg: dict, received_at: datetime
                           next_funding_time=ms_to_dt(nxt) if nxt else None,
                           predicted_rate=_f(msg.get("relative_funding_rate_prediction")),
                           mark_price=mark, index_price=index, interval_hours=1.0)
-    oi = None
-    if msg.get("openInterest") is not None:
-        amount = float(msg["openInterest"])
-        # PF_ (linear) contracts are 1 unit of base; the value uses the mark price.
-        oi = OpenInterest(EXCHANGE, symbol, pair, PERP, ts, received_at, open_interest=amount,
-                          open_interest_value=amount * mark if mark is not None else None)
+    oi = _open_interest(msg.get("openInterest"), symbol, pair, ts, received_at, mark)
     return ticker, funding, oi
+
+
+def _open_interest(amount: Any, symbol: str, pair: str, ts: datetime, received_at: datetime,
+                   mark: float | None) -> OpenInterest | None:
+    """Futures open interest (WebSocket ticker and REST tickers alike): PF_ (linear) contracts
+    are 1 unit of base; the value uses the mark price."""
+    if amount is None:
+        return None
+    oi = float(amount)
+    return OpenInterest(EXCHANGE, symbol, pair, PERP, ts, received_at, open_interest=oi,
+                        open_interest_value=oi * mark if mark is not None else None)
 
 
 def parse_futures_instruments(body: dict) -> set[str]:
@@ -410,9 +416,4 @@ def parse_futures_rest_ticker(body: dict, symbol: str, received_at: datetime
         funding = Funding(EXCHANGE, symbol, pair, PERP, ts, received_at, rate=absolute / index,
                           predicted_rate=predicted / index if predicted is not None else None,
                           mark_price=mark, index_price=index, interval_hours=1.0)
-    oi = None
-    if row.get("openInterest") is not None:
-        amount = float(row["openInterest"])
-        oi = OpenInterest(EXCHANGE, symbol, pair, PERP, ts, received_at, open_interest=amount,
-                          open_interest_value=amount * mark if mark is not None else None)
-    return funding, oi
+    return funding, _open_interest(row.get("openInterest"), symbol, pair, ts, received_at, mark)
