@@ -9,7 +9,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -105,8 +105,11 @@ class WsConnection:
         throttle: ConnectThrottle | None = None,
         healthy_after_s: float = 30.0,
         open_timeout_s: float = 10.0,
+        meta: Any = None,
     ) -> None:
         self.name = name
+        # What the owner knows about this connection (the feeds' ``ConnMeta``); opaque here.
+        self.meta = meta
         self._url = url
         self.on_message = on_message
         self.on_open = on_open

@@ -69,7 +69,7 @@ async def test_all_seven_data_types_are_stored(running, mongo_db):
     assert book["bids"][0][0] < book["asks"][0][0]
     assert perp_ticker["bid"] < perp_ticker["ask"]       # filled from the live book
     # BTCBUSD is delisted: reported once, skipped, visible in stats.
-    assert "BTCBUSD" in feed.stats.unavailable_symbols
+    assert feed.stats.unavailable_symbols == {"spot:BTCBUSD": "Invalid symbol."}
     assert await mongo_db[schema.TRADES].count_documents({"symbol": "BTCBUSD"}) == 0
 
 

@@ -9,7 +9,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from collector.exchanges.base import STREAM_IDLE_S, FeedContext
+from collector.exchanges.base import FeedContext
+from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.exchanges.bybit.feed import BybitFeed
 from collector.rest import RestError
 from collector.stats import Stats

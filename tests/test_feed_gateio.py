@@ -8,7 +8,7 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
-from collector.exchanges.base import STREAM_IDLE_S
+from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.exchanges.gateio import endpoints as ep
 from collector.exchanges.gateio.feed import GateioFeed
 from common import schema

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from collector.exchanges.base import STREAM_IDLE_S
+from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken.feed import KrakenFeed
 from common import schema

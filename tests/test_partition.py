@@ -14,7 +14,9 @@ from pymongo import AsyncMongoClient
 
 from collector import partition
 from collector.exchanges.binance import endpoints as ep
+from collector.exchanges.base import FeedContext
 from collector.exchanges.binance.feed import BinanceFeed
+from collector.stats import Stats
 from common import schema
 from common.settings import BinanceSettings
 from tests.conftest import ROOT
@@ -57,18 +59,14 @@ def test_partition_spec_parsing():
 
 
 def _feed_streams(spec: str) -> list[str]:
+    """The Binance streams one partition's feed subscribes (no network: only the plan)."""
     cfg = BinanceSettings(spot_symbols=SYMBOLS[:12], perp_symbols=SYMBOLS[:6],
                           spot_ws_url="ws://x", perp_ws_url="ws://x")
-    feed = BinanceFeed.__new__(BinanceFeed)     # no network: only stream selection is exercised
-    feed.cfg = cfg
-    feed.ctx = SimpleNamespace(settings=SimpleNamespace(partition=spec))
-    feed.stats = SimpleNamespace(unavailable_symbols={})
-    out = []
-    for market, symbols, templates in (("spot", cfg.spot_symbols, ep.SPOT_STREAMS),
-                                       ("perp", cfg.perp_symbols, ep.PERP_PUBLIC_STREAMS),
-                                       ("perp", cfg.perp_symbols, ep.PERP_MARKET_STREAMS)):
-        out += [f"{market}:{s}" for s in feed._streams(market, symbols, templates)]
-    return out
+    ctx = FeedContext(settings=SimpleNamespace(partition=spec), writer=None, stats=Stats(),
+                      session=None, poll_interval_s=30.0)
+    feed = BinanceFeed(cfg, ctx)
+    return [f"{conn.meta.market}:{feed.arg_text(sub)}" for conn in feed.build_connections()
+            for sub in conn.meta.subscriptions]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
@@ -111,9 +109,9 @@ async def test_two_real_collector_processes_split_binance_without_overlap(mongo_
 
     try:
         expected = {f"{route}|{s}" for route, streams in (
-            ("/stream", [t.format(s=s) for s in ("btcusdt", "btcusdc") for t in ep.SPOT_STREAMS]),
-            ("/public/stream", [t.format(s="btcusdt") for t in ep.PERP_PUBLIC_STREAMS]),
-            ("/market/stream", [t.format(s="btcusdt") for t in ep.PERP_MARKET_STREAMS]))
+            ("/stream", [t.name.format(s=s) for s in ("btcusdt", "btcusdc") for t in ep.SPOT_STREAMS]),
+            ("/public/stream", [t.name.format(s="btcusdt") for t in ep.PERP_PUBLIC_STREAMS]),
+            ("/market/stream", [t.name.format(s="btcusdt") for t in ep.PERP_MARKET_STREAMS]))
             for s in streams}
         start("0/2")
         start("1/2")

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from collector.exchanges.base import Feed
+from collector.kit.spec import VenueSpec
 from collector.resync import ResubscribeScheduler
 from common.settings import ExchangeSettings
 from tests.feed_helpers import offline_context
@@ -75,6 +76,7 @@ async def test_not_connected_ends_the_resync_and_cancel_drops_pending():
 
 class _Feed(Feed):
     name = "test"
+    spec = VenueSpec("test", ())
 
 
 def test_book_integrity_state_and_ledger():

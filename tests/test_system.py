@@ -115,7 +115,7 @@ def test_pipeline_under_supervisord_survives_kill_9(system):
                                  r[1]["exchanges"]["binance"]["fresh"] else None)(
         http_json(f"{api}/health")), timeout_s=20, what="healthy /health")
     assert health["mongodb"]["reachable"] is True and health["status"] == "healthy"
-    assert "BTCBUSD" in health["exchanges"]["binance"]["unavailable_symbols"]
+    assert "spot:BTCBUSD" in health["exchanges"]["binance"]["unavailable_symbols"]
     assert health["exchanges"]["binance"]["gap_ledger"]["last_24h"] >= 1
     log_text = (system.logs / "data_collection.log").read_text()
     assert "collector started" in log_text

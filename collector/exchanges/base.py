@@ -1,29 +1,48 @@
-"""What every exchange feed shares: record routing to the writer, malformed-message accounting,
-connection wiring, REST budget, and the fixed-cadence book snapshot / liquidity sampler."""
+"""The skeleton every exchange feed fills in.
+
+A feed declares its venue (``spec``: connections, channels, limits, book protocol, in the
+exchange's ``endpoints.py``), formats its subscribe requests (``subscribe_requests``), names the
+channel of a decoded message (``channel_of``) and handles each channel (``routes``); parsers own
+the wire format. Everything else is here or in ``collector.kit``: connections planned from the
+spec within the venue's limits and this process's partition, one message loop with one error
+and counter policy, (market, symbol) availability, book integrity state, trade-id continuity,
+the change-or-interval rule, the candle closer, backfill orchestration, rotation and samplers.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Coroutine
+from typing import Any, Callable, ClassVar, Coroutine, Mapping, cast
 
 import aiohttp
+import orjson
 
 from collector import partition
+from collector.connection import Backoff, ConnectThrottle, MessageHandler, WsConnection
 from collector.gaps import Gap, GapLedger
-from collector.connection import Backoff, ConnectThrottle, HeartbeatPolicy, MessageHandler, \
-    OpenHandler, WsConnection
-from collector.liquidity import compute_liquidity
+from collector.kit.availability import Availability
+from collector.kit.backfill import Backfill
+from collector.kit.emitters import CandleCloser, ChangeOrInterval
+from collector.kit.rotation import rotate_forever
+from collector.kit.samplers import sample_books, sample_liquidity
+from collector.kit.spec import Channel, ConnMeta, Subscription, VenueSpec, batches, \
+    plan_connections
+from collector.kit.tradeids import TradeIdContinuity
 from collector.orderbook import OrderBook
-from collector.rest import RateBudget, RestClient, RestError
+from collector.rest import RateBudget, RestClient
 from collector.stats import Stats
 from collector.writer import Writer
-from common.schema import PERP, SPOT, BookSnapshot, Record, Ticker, now_utc, s_to_dt
+from common.schema import Candle, Record, Ticker, ms_to_dt, s_to_dt
 from common.settings import ExchangeSettings, Settings
 from common.symbols import pair_from_symbol
 
 log = logging.getLogger(__name__)
+
+# A channel handler: (connection, decoded message, raw frame) -> False for control traffic
+# (acks, pongs, heartbeats: not data for the idle watchdog), True/None for data.
+Handler = Callable[[WsConnection, Any, "str | bytes"], "bool | None"]
 
 
 @dataclass
@@ -36,61 +55,30 @@ class FeedContext:
     gaps: GapLedger | None = None
 
 
-# Expected worst-case silence per stream kind (seconds) -> the idle watchdog of a connection uses
-# the shortest among its streams: books/tickers push every 100 ms-1 s, mark price every 1-3 s,
-# candles every ~2 s, while trades on a quiet symbol can pause for minutes.
-# Messages a rotation's replacement connection may hold back before the switch is forced.
-ROTATION_HOLD_MAX = 50_000
-
-STREAM_IDLE_S = {"book": 10.0, "ticker": 20.0, "funding": 15.0, "kline": 30.0, "trades": 300.0}
-
-
-class _HoldBack:
-    """A rotation replacement's message handler: holds messages back until ``release``, then
-    passes them (and everything after) to the feed's handler."""
-
-    def __init__(self, handler: MessageHandler) -> None:
-        self.handler = handler
-        self.held: list[str | bytes] | None = []
-        self.full = asyncio.Event()
-
-    def __call__(self, conn: WsConnection, raw: str | bytes) -> bool | None:
-        if self.held is None:
-            return self.handler(conn, raw)
-        self.held.append(raw)
-        if len(self.held) >= ROTATION_HOLD_MAX:
-            self.full.set()
-        return True
-
-    def release(self, conn: WsConnection) -> int:
-        backlog, self.held = self.held or [], None
-        for raw in backlog:
-            self.handler(conn, raw)
-        return len(backlog)
-
-
-class Feed:
-    """Base class of the five exchange feeds. Subclasses implement ``build_connections`` and,
-    where needed, ``prepare`` (symbol validation) and ``pollers`` (REST polling tasks)."""
-
+class Feed(Backfill):
     name: ClassVar[str] = ""
-    # Seconds between connection attempts to this exchange (connection-rate limits).
-    connect_interval_s: ClassVar[float] = 0.5
-    backoff_max_s: ClassVar[float] = 60.0
-    # REST request weight allowed per window (seconds).
-    rest_weight_per_window: ClassVar[float] = 600.0
-    rest_window_s: ClassVar[float] = 60.0
+    spec: ClassVar[VenueSpec]
 
     def __init__(self, cfg: ExchangeSettings, ctx: FeedContext) -> None:
         self.cfg = cfg
         self.ctx = ctx
         self.writer = ctx.writer
         self.stats = ctx.stats.exchange(self.name)
-        self.throttle = ConnectThrottle(self.connect_interval_s)
-        self.rest_budget = RateBudget(self.rest_weight_per_window, self.rest_window_s)
+        limits = self.spec.limits
+        # Connection-rate limits are per IP: partitions on one host share them.
+        _, partitions = partition.parse_partition(ctx.settings.partition)
+        self.throttle = ConnectThrottle(limits.connect_interval_s * partitions)
+        self.rest_budget = RateBudget(limits.rest_weight_per_window, limits.rest_window_s)
+        self.availability = Availability(self.name, self.stats.unavailable_symbols)
         self.books: dict[tuple[str, str], OrderBook] = {}
         self.tickers: dict[tuple[str, str], Ticker] = {}
         self.connections: list[WsConnection] = []
+        self.connection_kinds: dict[str, set[str]] = {}   # gap stream -> data kinds carried
+        self.routes: Mapping[Any, Handler] = {}
+        self.trade_ids = TradeIdContinuity()
+        self.candles = CandleCloser()
+        self.derived = ChangeOrInterval(min_interval_s=1.0,
+                                        max_interval_s=min(ctx.poll_interval_s, 60.0))
         self._pairs: dict[str, str] = {}
         self._tasks: list[asyncio.Task] = []
         self._malformed_logged_at = 0.0
@@ -101,25 +89,44 @@ class Feed:
         # Books that lost integrity and are resyncing: (market, symbol) -> epoch seconds since.
         self._books_resyncing: dict[tuple[str, str], float] = {}
 
-    # ---- helpers for subclasses -------------------------------------------------------------
-    def pair(self, symbol: str) -> str:
-        pair = self._pairs.get(symbol)
-        if pair is None:
-            pair = self._pairs[symbol] = pair_from_symbol(symbol)
-        return pair
+    # ---- symbols, ownership, channels --------------------------------------------------------
+    def configured_symbols(self, market: str) -> list[str]:
+        """Native symbols of ``market`` as configured (feeds normalize spellings here)."""
+        return list(self.cfg.spot_symbols if market == "spot" else self.cfg.perp_symbols)
+
+    def symbols(self, market: str) -> list[str]:
+        """Configured symbols of ``market`` that the exchange has not rejected."""
+        return [s for s in self.configured_symbols(market) if self.is_available(market, s)]
+
+    def mark_unavailable(self, market: str, symbol: str, reason: str) -> None:
+        self.availability.mark(market, symbol, reason)
+
+    def is_available(self, market: str, symbol: str) -> bool:
+        return self.availability.ok(market, symbol)
 
     def owns(self, market: str, symbol: str, stream: str) -> bool:
         """Whether this process's partition owns the (market, symbol, stream) subscription
         (always true without ``CRYPTODATA_PARTITION``); see collector/partition.py."""
         return partition.owns(self.ctx.settings.partition, self.name, market, symbol, stream)
 
-    def symbols(self, market: str) -> list[str]:
-        """Configured native symbols of ``market`` that are not marked unavailable."""
-        configured = self.cfg.spot_symbols if market == SPOT else self.cfg.perp_symbols
-        return [s for s in configured if self.is_available(s)]
+    def channels(self, market: str) -> list[Channel]:
+        return [ch for conn in self.spec.connections if conn.market == market
+                for ch in conn.channels]
 
-    def rest(self, base_url: str) -> RestClient:
-        return RestClient(self.ctx.session, base_url, self.rest_budget)
+    def owned(self, market: str, kind: str) -> list[str]:
+        """Available symbols of ``market`` whose ``kind`` channel this partition owns."""
+        return [s for s in self.symbols(market)
+                if any(self.owns(market, s, ch.partition_stream)
+                       for ch in self.channels(market) if ch.kind == kind)]
+
+    def pair(self, symbol: str) -> str:
+        pair = self._pairs.get(symbol)
+        if pair is None:
+            pair = self._pairs[symbol] = pair_from_symbol(symbol)
+        return pair
+
+    def rest(self, base_url: str, budget: RateBudget | None = None) -> RestClient:
+        return RestClient(self.ctx.session, base_url, budget or self.rest_budget)
 
     def book(self, market: str, symbol: str, *, keep_text: bool = False,
              keep_fragments: bool = False) -> OrderBook:
@@ -130,6 +137,7 @@ class Feed:
                                                keep_fragments=keep_fragments)
         return book
 
+    # ---- records -----------------------------------------------------------------------------
     def emit(self, record: Record, *, history: bool = True) -> None:
         """Hand a normalized record to the writer and note it for freshness/logging."""
         if isinstance(record, Ticker):
@@ -138,6 +146,36 @@ class Feed:
         stats = self.stats
         stats.records[record.collection] += 1
         stats.last_record_at[record.collection][f"{record.market}:{record.symbol}"] = time.time()
+
+    def emit_derived(self, record: Record, value: Any) -> None:
+        """Funding / open interest pushed with every ticker: ``latest`` always, history on
+        change or once per interval (``ChangeOrInterval``)."""
+        key = (record.collection, record.market, record.symbol)
+        self.emit(record, history=self.derived.due(key, value))
+
+    def emit_candle(self, candle: Candle) -> None:
+        """A running candle of a venue without a closed flag (``CandleCloser``)."""
+        for record in self.candles.push(candle):
+            self.emit(record)
+
+    def check_trade_ids(self, market: str, symbol: str, low: int, high: int,
+                        at_ms: int) -> None:
+        """Trade-id continuity: a hole is a ``trade`` gap, backfilled by the trades' owner."""
+        key = (market, symbol)
+        hole = self.trade_ids.check(key, low, high, at_ms)
+        while self.trade_ids.newly_off:
+            off = self.trade_ids.newly_off.pop()
+            self.stats.error_once(self.name, f"{off[0]} {off[1]}: trade ids not consecutive "
+                                             f"(too many holes a minute); id check off")
+        if hole is None:
+            return
+        gap = self.gaps.record(self.name, symbol, market, "trade", "sequence_gap",
+                               start=ms_to_dt(hole.start_ms), end=ms_to_dt(hole.end_ms),
+                               detail=f"trade ids {hole.first_missing}..{hole.last_missing} "
+                                      f"missing")
+        gap.extra["missing_ids"] = [hole.first_missing, hole.last_missing]
+        if self.cfg.backfill and self.owns_backfill(market, symbol, "trades"):
+            self.spawn(self.run_backfill(gap))
 
     def malformed(self, raw: Any, exc: BaseException) -> None:
         """Count, log (at most once per 10 s) and skip a message that did not parse."""
@@ -148,66 +186,144 @@ class Feed:
             log.warning("%s: skipped malformed message (%d so far): %r: %.200r",
                         self.name, self.stats.malformed, exc, raw)
 
-    def mark_unavailable(self, symbol: str, reason: str) -> None:
-        """Report an unknown/delisted symbol once; it is skipped from then on."""
-        if symbol not in self.stats.unavailable_symbols:
-            log.error("%s: symbol %s unavailable, skipping it: %s", self.name, symbol, reason)
-        self.stats.unavailable_symbols[symbol] = reason[:200]
+    # ---- connections -------------------------------------------------------------------------
+    def subscribe_requests(self, meta: ConnMeta, subs: list[Subscription]) -> list[str]:
+        """The messages that subscribe ``subs`` on a fresh connection (venue format)."""
+        raise NotImplementedError
 
-    def is_available(self, symbol: str) -> bool:
-        return symbol not in self.stats.unavailable_symbols
+    def arg_text(self, sub: Subscription) -> str:
+        """A subscription's argument as sent (for per-connection size limits)."""
+        return f"{sub.channel.name}.{sub.symbol}"
 
-    def idle_timeout_for(self, kinds: list[str] | None) -> float:
-        """Idle threshold of a connection: an explicitly configured ``idle_timeout_s`` wins,
-        else the shortest expected silence among its stream kinds (STREAM_IDLE_S)."""
-        if not kinds or "idle_timeout_s" in self.cfg.model_fields_set:
-            return self.cfg.idle_timeout_s
-        return min(STREAM_IDLE_S.get(k, self.cfg.idle_timeout_s) for k in kinds)
+    def on_connection_open(self, meta: ConnMeta) -> None:
+        """Hook: a connection (re)opened, before its subscriptions are sent."""
 
-    def connection(self, name: str, url: str, *, on_message: MessageHandler,
-                   on_open: OpenHandler | None = None,
-                   heartbeat: HeartbeatPolicy = HeartbeatPolicy(),
-                   idle_timeout_s: float | None = None,
-                   kinds: list[str] | None = None, market: str = "*") -> WsConnection:
-        feed = self
+    def build_connections(self) -> list[WsConnection]:
+        plan = plan_connections(self.spec, self.symbols, self.owns,
+                                lambda field: getattr(self.cfg, field), self.arg_text)
+        conns = []
+        for conn_spec, label, url, subs in plan:
+            meta = ConnMeta(conn_spec, label, url, tuple(subs))
+            self.connection_kinds[f"{self.name}:{label}"] = meta.kinds
+            conns.append(self.new_connection(meta))
+        return conns
 
-        def tracked(conn: WsConnection, raw: str | bytes) -> bool | None:
-            result = on_message(conn, raw)
-            if feed._awaiting_data and result is not False:
-                feed._data_resumed(conn)
-            return result
-
+    def new_connection(self, meta: ConnMeta, on_message: MessageHandler | None = None
+                       ) -> WsConnection:
+        idle = self.cfg.idle_timeout_s if "idle_timeout_s" in self.cfg.model_fields_set \
+            else meta.idle_timeout_s(self.cfg.idle_timeout_s)
         conn = WsConnection(
-            f"{self.name}:{name}", url, on_message=tracked, on_open=on_open,
-            on_close=self._on_close, heartbeat=heartbeat,
-            idle_timeout_s=idle_timeout_s or self.idle_timeout_for(kinds),
-            backoff=Backoff(max_s=self.backoff_max_s), throttle=self.throttle)
-        conn.market = market  # type: ignore[attr-defined]
-        conn.label = name  # type: ignore[attr-defined]
-        conn.spec = (name, url, tracked, on_open, heartbeat,  # type: ignore[attr-defined]
-                     conn.idle_timeout_s)
+            f"{self.name}:{meta.label}", meta.url, on_message=on_message or self._tracked,
+            on_open=self._open, on_close=self._on_close, heartbeat=meta.spec.heartbeat,
+            idle_timeout_s=idle, backoff=Backoff(max_s=self.spec.limits.backoff_max_s),
+            throttle=self.throttle, meta=meta)
         self.connections.append(conn)
         return conn
 
+    @staticmethod
+    def meta(conn: WsConnection) -> ConnMeta:
+        return cast(ConnMeta, conn.meta)
+
+    async def _open(self, conn: WsConnection) -> None:
+        meta = self.meta(conn)
+        self.on_connection_open(meta)
+        live = [s for s in meta.subscriptions if self.is_available(s.market, s.symbol)]
+        await self.send_paced(conn, self.subscribe_requests(meta, live))
+
+    async def send_paced(self, conn: WsConnection, messages: list[str]) -> None:
+        """Send requests on one connection at the venue's request rate."""
+        interval = self.spec.limits.request_interval_s
+        for i, text in enumerate(messages):
+            if i and interval:
+                await asyncio.sleep(interval)
+            await conn.send(text)
+
+    def batched(self, subs: list[Subscription]) -> list[list[Subscription]]:
+        return [list(b) for b in batches(subs, self.spec.limits.args_per_request)]
+
+    def send_soon(self, conn: WsConnection, text: str) -> None:
+        """Fire-and-forget send from the synchronous message handler."""
+        async def send() -> None:
+            try:
+                await conn.send(text)
+            except Exception as exc:   # connection dropped: the reconnect resubscribes
+                log.debug("%s: send failed: %r", conn.name, exc)
+        self.spawn(send())
+
+    # ---- the message loop --------------------------------------------------------------------
+    def decode(self, raw: str | bytes) -> Any:
+        """The venue's frame decoder (raises ValueError on malformed text)."""
+        return orjson.loads(raw)
+
+    def channel_of(self, msg: Any) -> Any:
+        """The route key of a decoded message; None for control traffic."""
+        raise NotImplementedError
+
+    def on_control(self, conn: WsConnection, msg: Any) -> None:
+        """Acks, pongs, errors, notices."""
+
+    def handle(self, conn: WsConnection, raw: str | bytes) -> bool | None:
+        """Decode -> count -> dispatch by channel. Every frame counts as a message; one that
+        does not decode or parse is counted as malformed, logged and skipped."""
+        self.stats.messages += 1
+        try:
+            msg = self.decode(raw)
+            key = self.channel_of(msg)
+            if key is None:
+                self.on_control(conn, msg)
+                return False
+            handler = self.routes.get(key)
+            if handler is None:
+                return False
+            return handler(conn, msg, raw)
+        except Exception as exc:  # noqa: BLE001 - one bad message must never stop the feed
+            self.malformed(raw, exc)
+            return True
+
+    def _tracked(self, conn: WsConnection, raw: str | bytes) -> bool | None:
+        result = self.handle(conn, raw)
+        if self._awaiting_data and result is not False:
+            self._data_resumed(conn)
+        return result
+
+    # ---- disconnects and gaps ----------------------------------------------------------------
     def _on_close(self, conn: WsConnection, reason: str) -> None:
         self.stats.reconnects += 1
+        meta = self.meta(conn)
         cause = "idle" if reason.startswith("no data") else "disconnect"
-        stream = f"{self.name}:{getattr(conn, 'label', conn.name)}"
         # The gap starts at the last data message, not at the detection: an idle watchdog
         # notices a silent connection only after its threshold, and backfill must cover that.
         start = None
         if conn.last_data_at:
             silent_s = asyncio.get_running_loop().time() - conn.last_data_at
             start = s_to_dt(time.time() - max(0.0, silent_s))
-        gap = self.gaps.open(self.name, "*", getattr(conn, "market", "*"), stream, cause,
+        gap = self.gaps.open(self.name, "*", meta.market, f"{self.name}:{meta.label}", cause,
                              start=start, detail=reason)
         self._awaiting_data[conn] = gap
-        self.on_disconnect(conn, reason)
+        symbols = meta.symbols()
+        # What was missed meanwhile: the connection gap covers (and backfills) it, so the first
+        # trade after the reconnect is no second hole, and running candles are never final.
+        self.trade_ids.forget((meta.market, s) for s in symbols)
+        self.candles.drop(meta.market, symbols)
+        self.on_disconnect(meta, reason)
 
-    def on_disconnect(self, conn: WsConnection, reason: str) -> None:
-        """Hook: a connection dropped (books on it must resync)."""
+    def on_disconnect(self, meta: ConnMeta, reason: str) -> None:
+        """Hook: a connection dropped (its books must resync)."""
 
-    # ---- book integrity (every exchange) -----------------------------------------------------
+    def await_data(self, gap: Gap) -> None:
+        """Close ``gap`` (and backfill it) when the first data message arrives on any
+        connection (collector restart)."""
+        self._awaiting_data["*"] = gap
+
+    def _data_resumed(self, conn: WsConnection) -> None:
+        for key in (conn, "*"):
+            gap = self._awaiting_data.pop(key, None)
+            if gap is not None:
+                self.gaps.close(gap)
+                if self.cfg.backfill:
+                    self.spawn(self.run_backfill(gap))
+
+    # ---- book integrity ----------------------------------------------------------------------
     def book_lost_sync(self, market: str, symbol: str, cause: str, detail: str = "") -> None:
         """A book can no longer be trusted (sequence gap, checksum mismatch, crossed book):
         count it, mark it resyncing (``/realtime`` and ``/orderbook`` show that) and open its
@@ -246,172 +362,33 @@ class Feed:
                 "update_id": book.update_id}
         return states
 
-    def await_data(self, gap: Gap) -> None:
-        """Close ``gap`` (and backfill it) when the first data message arrives on any
-        connection (collector restart)."""
-        self._awaiting_data["*"] = gap
-
-    def _data_resumed(self, conn: WsConnection) -> None:
-        for key in (conn, "*"):
-            gap = self._awaiting_data.pop(key, None)
-            if gap is not None:
-                self.gaps.close(gap)
-                if self.cfg.backfill:
-                    self._spawn(self._run_backfill(gap))
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.append(task)
-        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
-
-    async def _run_backfill(self, gap: Gap) -> None:
-        try:
-            done = await self.backfill(gap)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - a failed backfill leaves the gap marked not backfilled
-            log.exception("%s: backfill of %s failed", self.name, gap.id)
-            return
-        if done:
-            self.stats.backfills += 1
-            self.gaps.mark_backfilled(gap)
-
-    async def backfill(self, gap: Gap) -> bool:
-        """Re-fetch over REST what ``gap`` missed and ``emit`` it (unique keys make overlaps
-        harmless): trades since the gap start, closed candles since then, and on perps funding
-        and open interest re-polled, each only in the partition that owns it. Books are not
-        backfilled (they resync from a snapshot). Everything goes through the feed's
-        RestClients, i.e. its shared RateBudget. Returns True if the gap is fully covered."""
-        kinds = self.backfill_kinds(gap)
-        if not kinds:
-            return False
-        markets = [SPOT, PERP] if gap.market == "*" else [gap.market]
-        since = s_to_dt(gap.start.timestamp() - 1.0)
-        complete = True
-        for market in markets:
-            for symbol in self.symbols(market):
-                if gap.symbol not in ("*", symbol):
-                    continue
-                owned = [k for k in kinds if self.owns_backfill(market, symbol, k)]
-                try:
-                    if "trades" in owned:
-                        complete &= await self.backfill_trades(market, symbol, since)
-                    if "kline" in owned:
-                        await self.backfill_candles(market, symbol, since)
-                    if "derivatives" in owned and market == PERP:
-                        await self.repoll_derivatives(symbol)
-                except RestError as exc:
-                    log.warning("%s: backfill %s %s failed: %s", self.name, market, symbol, exc)
-                    complete = False
-                except (KeyError, TypeError, ValueError, IndexError) as exc:
-                    self.malformed(exc, exc)
-                    complete = False
-        log.info("%s: backfill of %s %s", self.name, gap.id, "complete" if complete else "partial")
-        return complete
-
-    def backfill_kinds(self, gap: Gap) -> tuple[str, ...]:
-        """What a gap missed: nothing for a book (it resyncs), trades for a trade-id hole,
-        everything (trades, kline, derivatives) for a connection or restart gap."""
-        if gap.stream == "book":
-            return ()
-        if gap.stream == "trade":
-            return ("trades",)
-        return ("trades", "kline", "derivatives")
-
-    def owns_backfill(self, market: str, symbol: str, kind: str) -> bool:
-        """Whether this partition backfills ``kind`` (trades | kline | derivatives) of
-        (market, symbol): the owner of the matching stream does."""
-        if kind == "trades":
-            return self.owns_trades(market, symbol)
-        return self.owns(market, symbol, "funding" if kind == "derivatives" else kind)
-
-    def owns_trades(self, market: str, symbol: str) -> bool:
-        """Whether this partition collects the trades of (market, symbol)."""
-        return self.owns(market, symbol, "trades")
-
-    async def backfill_trades(self, market: str, symbol: str, since) -> bool:
-        """Hook: emit the trades of (market, symbol) since ``since`` (aware datetime) from the
-        exchange's REST API; True if the fetched page reaches back to ``since``."""
-        return False
-
-    async def backfill_candles(self, market: str, symbol: str, since) -> None:
-        """Hook: emit the closed 1m candles of (market, symbol) since ``since``."""
-
-    async def repoll_derivatives(self, symbol: str) -> None:
-        """Hook: re-poll funding and open interest of a perpetual over REST."""
-
-    def emit_backfilled_trades(self, trades: list, since, page_limit: int) -> bool:
-        """Emit the trades of one REST page at or after ``since``; True if the page reaches
-        back to ``since`` (it held older trades, or fewer than a full page)."""
-        fresh = [t for t in trades if t.ts >= since]
-        for trade in fresh:
-            self.emit(trade)
-        self.stats.backfilled_trades += len(fresh)
-        return bool(trades) and (len(fresh) < len(trades) or len(trades) < page_limit)
-
-    # ---- make-before-break rotation ----------------------------------------------------------
-    async def _rotate_loop(self, conn: WsConnection) -> None:
-        """Before the exchange's forced cut: open a replacement connection, wait until it
-        delivers data, then stop the old one (no disconnect, no gap).
-
-        Until the switch the replacement's messages are held back (bounded) and handed to the
-        feed right after the old connection stopped, in order: both connections carry the same
-        streams, and interleaving them could apply a book diff before its predecessor (a false
-        sequence gap). What the held-back messages repeat is harmless: trades/candles dedupe on
-        unique keys, book diffs already applied are stale and ignored."""
-        every = self.cfg.rotate_after_s
-        while True:
-            await asyncio.sleep(every)
-            name, url, handler, on_open, heartbeat, idle = conn.spec  # type: ignore[attr-defined]
-            hold = _HoldBack(handler)
-            new = WsConnection(conn.name, url, on_message=hold, on_open=on_open,
-                               on_close=self._on_close, heartbeat=heartbeat, idle_timeout_s=idle,
-                               backoff=Backoff(max_s=self.backoff_max_s), throttle=self.throttle)
-            for attr in ("market", "label", "spec", "book_market"):
-                if hasattr(conn, attr):
-                    setattr(new, attr, getattr(conn, attr))
-            self._tasks.append(asyncio.get_running_loop().create_task(new.run()))
-            self.connections.append(new)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not hold.full.is_set() and not (
-                    new.connected.is_set() and new.last_data_at > 0 and
-                    asyncio.get_running_loop().time() - new.last_data_at < 1.0):
-                await asyncio.sleep(0.05)
-            if not new.connected.is_set():
-                log.warning("%s: rotation failed (replacement not connected); retrying", conn.name)
-                await new.stop()       # its run() returns on its own (never cancel: gathered)
-                self.connections.remove(new)
-                continue
-            await conn.stop()           # stopping: no on_close, hence no gap; run() returns
-            self.connections.remove(conn)
-            released = hold.release(new)
-            self.rotations += 1
-            log.info("%s rotated (make-before-break, %d messages held back)", conn.name,
-                     released)
-            conn = new
-
-    # ---- to implement ------------------------------------------------------------------------
+    # ---- lifecycle ---------------------------------------------------------------------------
     async def prepare(self) -> None:
-        """Validate symbols etc. before connecting (optional)."""
-
-    def build_connections(self) -> list[WsConnection]:
-        raise NotImplementedError
+        """Validate symbols, load contract sizes etc. before connecting (optional)."""
 
     def pollers(self) -> list[Coroutine[Any, Any, None]]:
         """REST polling loops (optional)."""
         return []
 
-    # ---- lifecycle ---------------------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+
+    def start_task(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coro))
+
     async def run(self) -> None:
         await self.prepare()
-        loop = asyncio.get_running_loop()
         conns = self.build_connections()
-        self._tasks = [loop.create_task(conn.run()) for conn in conns]
-        if self.cfg.rotate_after_s > 0:
-            self._tasks += [loop.create_task(self._rotate_loop(conn)) for conn in conns]
-        self._tasks += [loop.create_task(coro) for coro in self.pollers()]
-        self._tasks.append(loop.create_task(self._sample_books()))
-        self._tasks.append(loop.create_task(self._sample_liquidity()))
+        for conn in conns:
+            self.start_task(conn.run())
+            if self.cfg.rotate_after_s > 0:
+                self.start_task(rotate_forever(self, conn, self.cfg.rotate_after_s))
+        for coro in self.pollers():
+            self.start_task(coro)
+        self.start_task(sample_books(self))
+        self.start_task(sample_liquidity(self))
         await asyncio.gather(*self._tasks)
 
     async def stop(self) -> None:
@@ -427,32 +404,3 @@ class Feed:
         return {conn.name: {"connected": conn.connected.is_set(), "connects": conn.connects,
                             "disconnects": conn.disconnects, "last_error": conn.last_error}
                 for conn in self.connections}
-
-    async def _sample_books(self) -> None:
-        settings = self.ctx.settings
-        levels = settings.book_snapshot_levels
-        while True:
-            await asyncio.sleep(settings.book_snapshot_interval_s)
-            now = now_utc()
-            for (market, symbol), book in self.books.items():
-                if not book.synced or not book.changed:
-                    continue
-                book.changed = False
-                self.emit(BookSnapshot(self.name, symbol, self.pair(symbol), market, now, now,
-                                       bids=book.bids.top(levels), asks=book.asks.top(levels),
-                                       depth=levels, update_id=book.update_id))
-
-    async def _sample_liquidity(self) -> None:
-        settings = self.ctx.settings
-        while True:
-            await asyncio.sleep(settings.liquidity_interval_s)
-            now = now_utc()
-            for (market, symbol), book in self.books.items():
-                if not book.synced:
-                    continue
-                record = compute_liquidity(book, self.tickers.get((market, symbol)),
-                                           exchange=self.name, symbol=symbol,
-                                           pair=self.pair(symbol), market=market, ts=now,
-                                           received_at=now)
-                if record is not None:
-                    self.emit(record)

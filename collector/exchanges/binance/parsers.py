@@ -6,7 +6,7 @@ from functools import lru_cache
 from typing import Any
 
 from collector.booksync import Diff
-from collector.orderbook import parse_levels
+from collector.orderbook import OrderBook, parse_levels
 from common.schema import (
     Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
 )
@@ -83,6 +83,19 @@ def _levels(raw: list) -> list[tuple[float, float]]:
 def parse_depth(d: dict[str, Any]) -> Diff:
     """``depthUpdate`` -> Diff (``pu`` present on USD-M only)."""
     return Diff(int(d["U"]), int(d["u"]), d.get("pu"), _levels(d["b"]), _levels(d["a"]))
+
+
+def depth_ids(d: dict[str, Any]) -> tuple[int, int, int | None]:
+    """``depthUpdate`` sequence fields: first id ``U``, last id ``u``, previous last id ``pu``
+    (USD-M only; spot continuity is ``U == previous u + 1``)."""
+    pu = d.get("pu")
+    return int(d["U"]), int(d["u"]), None if pu is None else int(pu)
+
+
+def apply_depth(book: OrderBook, d: dict[str, Any], last_id: int) -> None:
+    """The hot path: a ``depthUpdate`` that continues a synced book, applied straight from the
+    decoded message (absolute sizes; "0" deletes the level)."""
+    book.apply_text(d["b"], d["a"], last_id)
 
 
 def parse_depth_snapshot(payload: dict[str, Any]):

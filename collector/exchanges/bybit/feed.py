@@ -17,7 +17,7 @@ from typing import Any, Coroutine
 import orjson
 
 from collector.connection import HeartbeatPolicy, WsConnection
-from collector.exchanges.base import Feed
+from collector.exchanges.legacy_base import Feed
 from collector.exchanges.bybit import endpoints
 from collector.exchanges.bybit.parsers import (
     parse_kline, parse_orderbook, parse_rest_klines, parse_rest_ticker, parse_rest_trades,

@@ -22,7 +22,7 @@ import orjson
 
 from collector.booksync import Diff, Outcome, SnapshotDiffSync
 from collector.connection import HeartbeatPolicy, WsConnection
-from collector.exchanges.base import Feed
+from collector.exchanges.legacy_base import Feed
 from collector.exchanges.gateio import endpoints as ep
 from collector.exchanges.gateio import parsers as p
 from collector.rest import RestError

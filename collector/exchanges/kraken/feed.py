@@ -14,7 +14,7 @@ import orjson
 
 from collector import partition
 from collector.connection import HeartbeatPolicy, WsConnection
-from collector.exchanges.base import Feed
+from collector.exchanges.legacy_base import Feed
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken import parsers as p
 from collector.orderbook import BookSide

@@ -28,7 +28,7 @@ from typing import Any, Coroutine
 import orjson
 
 from collector.connection import HeartbeatPolicy, WsConnection
-from collector.exchanges.base import Feed
+from collector.exchanges.legacy_base import Feed
 from collector.exchanges.okx import endpoints
 from collector.exchanges.okx.parsers import (
     BookMessage, checksum_fragments, market_of, parse_books, parse_candles, parse_funding,
