@@ -26,15 +26,16 @@ from collector.kit.availability import Availability
 from collector.kit.backfill import Backfill
 from collector.kit.emitters import CandleCloser, ChangeOrInterval
 from collector.kit.rotation import rotate_forever
-from collector.kit.samplers import sample_books, sample_liquidity
+from collector.kit.samplers import sample_books, sample_liquidity, sample_trade_candles
 from collector.kit.spec import Channel, ConnMeta, Subscription, VenueSpec, batches, \
     plan_connections
+from collector.kit.trade_candles import TradeCandles
 from collector.kit.tradeids import TradeIdContinuity
 from collector.orderbook import OrderBook
 from collector.rest import RateBudget, RestClient
 from collector.stats import Stats
 from collector.writer import Writer
-from common.schema import Candle, Record, Ticker, ms_to_dt, s_to_dt
+from common.schema import Candle, Record, Ticker, Trade, ms_to_dt, s_to_dt
 from common.settings import ExchangeSettings, Settings
 from common.symbols import pair_from_symbol
 
@@ -77,6 +78,8 @@ class Feed(Backfill):
         self.routes: Mapping[Any, Handler] = {}
         self.trade_ids = TradeIdContinuity()
         self.candles = CandleCloser()
+        # Markets whose candles are built from trades (no exchange candles): set by the feed.
+        self.trade_candles: TradeCandles | None = None
         self.derived = ChangeOrInterval(min_interval_s=1.0,
                                         max_interval_s=min(ctx.poll_interval_s, 60.0))
         self._pairs: dict[str, str] = {}
@@ -142,6 +145,8 @@ class Feed(Backfill):
         """Hand a normalized record to the writer and note it for freshness/logging."""
         if isinstance(record, Ticker):
             self.tickers[(record.market, record.symbol)] = record
+        elif self.trade_candles is not None and isinstance(record, Trade):
+            self.trade_candles.add(record)
         self.writer.submit(record, history=history)
         stats = self.stats
         stats.records[record.collection] += 1
@@ -389,6 +394,8 @@ class Feed(Backfill):
             self.start_task(coro)
         self.start_task(sample_books(self))
         self.start_task(sample_liquidity(self))
+        if self.trade_candles is not None:
+            self.start_task(sample_trade_candles(self))
         await asyncio.gather(*self._tasks)
 
     async def stop(self) -> None:
