@@ -9,6 +9,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
 
+from common.status import MergedStatus
+
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 EXCHANGE_FIELDS = ("messages", "reconnects", "gaps", "malformed", "resyncs")
 WRITER_FIELDS = ("stored", "pending", "duplicates", "dropped", "write_errors", "last_write_ms")
@@ -66,7 +68,7 @@ class Metrics:
                     time.perf_counter() - started)
         return middleware
 
-    def update_collector(self, status_doc: dict | None) -> None:
+    def update_collector(self, status_doc: MergedStatus | None) -> None:
         """``status_doc``: the merged status (api.status.merge_status)."""
         if status_doc is None:
             self.reported.set(0)

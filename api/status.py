@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from common.status import BookState, CollectorStatus, MergedStatus
+
 COLLECTOR_ID = "collector"
 PARTITION_PREFIX = "collector-"
 # Summed per key across processes; every other nested dict is united (newest document wins).
@@ -84,7 +86,7 @@ def _merge_writer(writers: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def merge_status(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
+def merge_status(docs: list[CollectorStatus]) -> MergedStatus | None:
     """One status view over every collector process; ``processes`` lists each one."""
     docs = [d for d in docs if isinstance(d.get("updated_at"), datetime)]
     if not docs:
@@ -111,8 +113,8 @@ def merge_status(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def book_state(status: dict[str, Any] | None, exchange: str, market: str,
-               symbol: str) -> dict[str, Any] | None:
+def book_state(status: MergedStatus | None, exchange: str, market: str,
+               symbol: str) -> BookState | None:
     """The collector's sync state of one book (``{"state", "since", "update_id"}``), if reported."""
     books = (((status or {}).get("exchanges") or {}).get(exchange) or {}).get("books") or {}
     book = books.get(f"{market}:{symbol}")

@@ -37,6 +37,7 @@ from collector.stats import Stats
 from collector.writer import Writer
 from common.schema import Candle, Record, Ticker, Trade, ms_to_dt, s_to_dt
 from common.settings import ExchangeSettings, Settings
+from common.status import BookState, ConnectionStatus
 from common.symbols import pair_from_symbol
 
 log = logging.getLogger(__name__)
@@ -350,10 +351,10 @@ class Feed(Backfill):
         if gap is not None:
             self.gaps.close(gap)        # a book cannot be backfilled: it is resynced
 
-    def book_states(self) -> dict[str, dict[str, Any]]:
+    def book_states(self) -> dict[str, BookState]:
         """Per book ``market:symbol``: state live | syncing (first snapshot pending) |
         resyncing (lost integrity or its connection), since when, and the last update id."""
-        states = {}
+        states: dict[str, BookState] = {}
         for (market, symbol), book in self.books.items():
             since = self._books_resyncing.get((market, symbol))
             if book.synced:
@@ -407,7 +408,7 @@ class Feed(Backfill):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def connection_status(self) -> dict[str, dict[str, Any]]:
+    def connection_status(self) -> dict[str, ConnectionStatus]:
         return {conn.name: {"connected": conn.connected.is_set(), "connects": conn.connects,
                             "disconnects": conn.disconnects, "last_error": conn.last_error}
                 for conn in self.connections}
