@@ -14,7 +14,7 @@ from api.keys import HUB, METRICS, QUERIES, SETTINGS, SPEC
 from api.openapi import render_docs
 from api.params import EXCHANGES, MARKETS, BadRequest, NotFound, choice, filters, int_param, only
 from api.queries import Queries
-from api.status import book_state
+from api.status import book_state, exchange_status
 from common import schema
 from common.settings import Settings
 
@@ -200,7 +200,7 @@ async def orderbook(request: web.Request) -> web.Response:
     symbols = await queries.resolve_symbols(exchange, request.match_info["symbol"])
     docs = await queries.latest_of_type(schema.ORDER_BOOK, exchange, symbols)
     status_doc = await queries.status()
-    ex_status = ((status_doc or {}).get("exchanges") or {}).get(exchange, {})
+    ex_status = exchange_status(status_doc, exchange)
     stale_after = _settings(request).stale_after_s
     now = datetime.now(timezone.utc)
     books = []

@@ -170,9 +170,8 @@ class Feed(Backfill):
         key = (market, symbol)
         hole = self.trade_ids.check(key, low, high, at_ms)
         while self.trade_ids.newly_off:
-            off = self.trade_ids.newly_off.pop()
-            self.stats.error_once(self.name, f"{off[0]} {off[1]}: trade ids not consecutive "
-                                             f"(too many holes a minute); id check off")
+            self.stats.error_once(self.name, f"{self.trade_ids.newly_off.pop()}: trade ids not "
+                                             f"consecutive (too many holes a minute); check off")
         if hole is None:
             return
         gap = self.gaps.record(self.name, symbol, market, "trade", "sequence_gap",
@@ -379,7 +378,11 @@ class Feed(Backfill):
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.append(task)
-        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+        task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     def start_task(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro))
