@@ -34,7 +34,7 @@ run: install
 	  env $(RUN_ENV) $(VENV)/bin/supervisord -c supervisord.conf; \
 	fi
 	@sleep 4; $(CTL) status || true
-	@echo "API: http://127.0.0.1:5001/health   logs: logs/   stop: make stop"
+	@echo "Dashboard: http://127.0.0.1:5001/   API: http://127.0.0.1:5001/health   logs: logs/   stop: make stop"
 
 ## The same in the foreground (Ctrl-C stops everything).
 run-fg: install
