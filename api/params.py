@@ -159,13 +159,13 @@ def filters(request: web.Request, *, interval: bool = False) -> Filters:
     until = parse_time("until", until_text) if until_text is not None else None
     # since > until is an empty range: an empty page, not an error.
     cursor_text = _single(query, "cursor")
-    cursor = decode_cursor(cursor_text) if cursor_text else None
+    cursor = decode_cursor(cursor_text) if cursor_text is not None else None
     symbol = _single(query, "symbol")
     if symbol is not None:
         check_symbol("symbol", symbol)
     return Filters(
         exchange=choice(query, "exchange", EXCHANGES),
-        symbol=symbol or None,
+        symbol=symbol,
         market=choice(query, "market", MARKETS),
         limit=limit, since=since, until=until,
         interval=(choice(query, "interval", INTERVALS) or "1m") if interval else None,
@@ -175,7 +175,7 @@ def filters(request: web.Request, *, interval: bool = False) -> Filters:
 
 def int_param(query, name: str, default: int, low: int, high: int) -> int:
     text = _single(query, name)
-    if text is None or text == "":
+    if text is None:
         return default
     value = ascii_int(text)
     if value is None or not low <= value <= high:
