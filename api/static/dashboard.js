@@ -146,7 +146,10 @@ async function pollHealth() {
     renderExchanges();
     render();
   } catch (err) {
-    if (!(err instanceof Unauthorized)) setProblem("api", "API unreachable, retrying");
+    if (!(err instanceof Unauthorized)) {
+      setProblem("api", "API unreachable, retrying");
+      badge($("#collector"), "unknown", "collector ?");
+    }
   } finally {
     setTimeout(pollHealth, HEALTH_EVERY_MS);
   }
