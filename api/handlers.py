@@ -12,6 +12,7 @@ from pymongo.errors import PyMongoError
 from api import analysis
 from api.json import json_response
 from api.keys import HUB, METRICS, QUERIES, SETTINGS, SPEC
+from api.metrics import gap_metrics
 from api.openapi import render_docs
 from api.params import (EXCHANGES, MARKETS, BadRequest, NotFound, check_symbol, choice, filters,
                         TYPES, int_param, only)
@@ -263,6 +264,7 @@ async def metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
     try:
         m.update_collector(await _queries(request).status())
+        m.update_gaps(await gap_metrics(_queries(request).db))   # one scrape per ~15 s
     except PyMongoError:
         m.reported.set(0)
     m.ws_clients.set(len(request.app[HUB].clients))
