@@ -28,6 +28,7 @@ $(VENV)/.installed: requirements.txt
 ## Set up and start MongoDB (embedded), the collector and the API under supervisord.
 run: install
 	@mkdir -p var logs
+	@ln -sfn logs/data_collection.log data_collection.log   # the runbook greps it here
 	@if [ -S var/supervisor.sock ] && $(CTL) status >/dev/null 2>&1; then \
 	  $(CTL) restart all; \
 	else \
