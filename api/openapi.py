@@ -25,9 +25,15 @@ def build_spec(routes, auth: bool) -> dict[str, Any]:
     path), 405 (with ``Allow``), 429, 500, 503 (database unreachable), 401 where a key applies.
     ``/ws`` is left out: OpenAPI 3.0 cannot describe a WebSocket (its protocol is in /docs)."""
     paths: dict[str, Any] = {}
+    used_ids: set[str] = set()
     for r in routes:
         if r.path == "/ws":
             continue
+        # operationId must be unique; a handler serving two paths gets the path in the second.
+        op_id = r.handler.__name__
+        if op_id in used_ids:
+            op_id = f"{op_id}_{re.sub(r'[^A-Za-z0-9]+', '_', r.path).strip('_') or 'root'}"
+        used_ids.add(op_id)
         responses: dict[str, Any] = {
             "200": {"description": "OK", "content": {r.content_type: {"schema": {
                 "type": "object"} if r.content_type == "application/json" else {
@@ -40,7 +46,7 @@ def build_spec(routes, auth: bool) -> dict[str, Any]:
             "500": _error("internal error (body has the request id)"),
             "503": _error("database unavailable"),
         }
-        op: dict[str, Any] = {"summary": r.summary, "operationId": r.handler.__name__,
+        op: dict[str, Any] = {"summary": r.summary, "operationId": op_id,
                               "tags": [r.tag], "parameters": r.params, "responses": responses}
         if auth:
             if r.path in AUTH_EXEMPT:

@@ -340,6 +340,9 @@ async def test_openapi_matches_the_route_table_and_docs_render(client):
                   if r.method != "HEAD" and not r.resource.canonical.startswith("/static")}
     assert registered == table
     assert spec["openapi"].startswith("3.")
+    ids = [op["operationId"] for ops in spec["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))              # / and /dashboard share a handler
+    assert spec["paths"]["/trades"]["get"]["responses"]["405"]["headers"]["Allow"]
     html = await (await client.get("/docs")).text()
     assert "<script" not in html and "https://" not in html and "http://" not in html  # no CDN
     for _, path in table:
@@ -887,3 +890,12 @@ def test_api_bench_prints_figures_for_every_endpoint_in_both_modes():
             cells = [c.strip() for c in row.strip("|").split("|")]
             p50, p99, rps = (float(c) for c in cells[3:6])
             assert 0 < p50 <= p99 and rps > 0, row
+
+
+async def test_405_says_which_methods_are_allowed(client):
+    """RFC 9110: a 405 carries Allow; the body keeps the one JSON error shape."""
+    for method, path in (("POST", "/trades"), ("DELETE", "/realtime/okx"), ("PUT", "/")):
+        resp = await client.request(method, path)
+        assert resp.status == 405, (method, path)
+        assert {m.strip() for m in resp.headers["Allow"].split(",")} == {"GET"}, resp.headers
+        assert await resp.json() == {"error": {"status": 405, "message": "Method Not Allowed"}}
