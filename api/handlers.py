@@ -291,7 +291,7 @@ async def dashboard(request: web.Request) -> web.Response:
 
 
 async def ws(request: web.Request) -> web.StreamResponse:
-    only(request.query, {"key"})         # ?key= is read by the security middleware
+    only(request.query, {"api_key"})     # read by the security middleware
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise BadRequest("this endpoint speaks WebSocket (send Upgrade: websocket)")
     return await request.app[HUB].handle(request)

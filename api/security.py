@@ -90,8 +90,9 @@ def security_middleware(settings: Settings):
         path = request.path
         given = request.headers.get("X-API-Key", "")
         if not given and path == "/ws":
-            # Browsers cannot send headers on a WebSocket; the access log has no query string.
-            given = request.query.get("key", "")
+            # Browsers cannot send headers on a WebSocket; the access log has no query string
+            # and Sentry scrubs api_key=.
+            given = request.query.get("api_key", "")
         identity = None
         if required and path not in AUTH_EXEMPT and not path.startswith(AUTH_EXEMPT_PREFIX):
             if not given:

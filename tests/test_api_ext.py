@@ -21,6 +21,7 @@ from datetime import timedelta
 
 import orjson
 import pytest
+from yarl import URL
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from bson import ObjectId
@@ -230,6 +231,26 @@ async def test_auth_on_requires_a_valid_key_except_health(make_client):
     assert (await client.get("/trades", headers={"X-API-Key": "k-123"})).status == 200
     assert (await client.get("/health")).status == 200
     assert (await client.get("/metrics")).status == 401
+
+
+async def test_ws_takes_the_key_as_api_key_query_and_only_ws(make_client):
+    """Browsers cannot send headers on a WebSocket: /ws (only) accepts ?api_key=; the page and
+    its static files need no key."""
+    client = await make_client(api_auth="on", api_keys=["k-123"])
+    ws = await client.ws_connect("/ws?api_key=k-123")
+    await ws.send_json({"op": "ping"})
+    assert await ws.receive_json() == {"op": "pong"}
+    await ws.close()
+    resp = await client.get("/ws?api_key=wrong", headers={"Upgrade": "websocket"})
+    assert resp.status == 401
+    assert (await client.get("/trades?api_key=k-123")).status == 401
+    for path in ("/", "/dashboard", "/static/dashboard.js",
+                 "/static/vendor/lightweight-charts-4.2.3/LICENSE"):
+        assert (await client.get(path)).status == 200, path
+    # Nothing outside api/static/ is served, key or not.
+    for path in ("/static/..%2fkeys.py", "/static/%2e%2e/keys.py"):
+        resp = await client.get(URL(path, encoded=True), headers={"X-API-Key": "k-123"})
+        assert resp.status in (403, 404), (path, resp.status)
 
 
 async def test_auth_auto_off_on_loopback_on_elsewhere(make_client):
@@ -568,7 +589,7 @@ async def test_route_accepts_exactly_its_openapi_parameters(client, route):
     # Every parameter some other route takes, and one nobody takes: a 400 here.
     others = {p["name"] for ops in spec["paths"].values() for op in ops.values()
               for p in op["parameters"] if p["in"] == "query"} - set(query)
-    for name in sorted(others - ({"key"} if route.path == "/ws" else set())) + ["zz_undocumented"]:
+    for name in sorted(others - ({"api_key"} if route.path == "/ws" else set())) + ["zz_undocumented"]:
         resp = await client.get(path, params={name: _valid_values().get(name, "1")})
         assert resp.status == 400, (path, name, await resp.text())
         assert "unknown parameter" in (await resp.json())["error"]["message"], (path, name)

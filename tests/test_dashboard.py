@@ -163,7 +163,7 @@ async def test_dashboard_asks_for_the_key_once_when_the_api_requires_one(
             "document.querySelector('#keyerror').textContent === 'key rejected' && "
             f"!{form}.hidden")), what="wrong key rejected")
         browser.js(f"document.querySelector('#key').value = 'dash-key'; {form}.requestSubmit()")
-        # Data over HTTP (X-API-Key) and the live stream (/ws?key=) both authenticated.
+        # Data over HTTP (X-API-Key) and the live stream (/ws?api_key=) both authenticated.
         await wait_for(lambda: _async(lambda: browser.js(
             "document.querySelectorAll('#markets tbody tr').length === 5 "
             "&& window.dashboard.wsOpen")), timeout_s=60, what="rows and stream with the key")

@@ -268,8 +268,8 @@ function onRecord(rec) {
 
 function connectWs() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  // Browsers cannot set headers on a WebSocket: the key goes in ?key= (never logged).
-  const query = apiKey() ? `?key=${encodeURIComponent(apiKey())}` : "";
+  // Browsers cannot set headers on a WebSocket: the key goes in ?api_key= (the access log has no query string; Sentry scrubs api_key=).
+  const query = apiKey() ? `?api_key=${encodeURIComponent(apiKey())}` : "";
   const ws = new WebSocket(`${proto}://${location.host}/ws${query}`);
   state.ws = ws;
   ws.onopen = () => {
