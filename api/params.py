@@ -56,7 +56,8 @@ _LEAP = r"(19(7[26]|8[048]|9[26])|2[0-9](0[48]|[2468][048]|[13579][26])|2000|240
 _YEAR = r"(19[7-9][0-9]|2[0-9]{3})"
 _DATE = (rf"({_YEAR}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)"
          rf"|(0[13578]|1[02])-31)|{_LEAP}-02-29)")
-_TIME = r"T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?"
+_TIME = (r"T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+         r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?")
 TIME_PATTERN = rf"^([0-9]{{1,13}}|{_DATE}({_TIME})?)$"
 _TIME_RE = re.compile(TIME_PATTERN)
 # Symbols: 1 to 40 printable ASCII characters (every exchange's symbols are ASCII).
@@ -113,7 +114,8 @@ class Filters:
 
 # The cursor is ``<epoch_ms>.<kind><id>`` (kind o: ObjectId hex, i: integer, s: ASCII string):
 # readable, and a grammar the OpenAPI ``pattern`` states exactly, so every well-formed cursor is a
-# valid position (possibly past the end: an empty page) and nothing else is accepted.
+# valid position (possibly past the end: an empty page) and nothing else is accepted. String ids
+# are the gap ledger's ASCII keys (``exchange:market:symbol:stream:ms``); records use ObjectIds.
 CURSOR_PATTERN = r"^[0-9]{1,13}\.(o[0-9a-f]{24}|i-?[0-9]{1,18}|s[ -~]{1,200})$"
 _CURSOR_RE = re.compile(CURSOR_PATTERN)
 

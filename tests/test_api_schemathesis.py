@@ -38,7 +38,8 @@ async def test_schemathesis_all_checks_zero_failures(mongo_uri, mongo_db, tmp_pa
         args = ["--header", "X-API-Key: contract-key"]
     with api_process(mongo_uri, mongo_db.name, tmp_path / "api.log", **env) as url:
         code, out = run_schemathesis(url, *args)
-    summary = [line for line in out.splitlines() if re.search(r"generated|issues found|failures in", line)]
+    summary = [line for line in out.splitlines()
+               if re.search(r"generated|issues found|failures in", line)]
     print("\n".join(summary))
     assert code == 0, out[-6000:]
     assert re.search(r"No issues found in", out), out[-3000:]

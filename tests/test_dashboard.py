@@ -39,13 +39,13 @@ def browser():
 
 def money(x: float, digits: int = 8) -> str:
     """What the page shows (toLocaleString en-US, at most ``digits`` decimals)."""
-    text = f"{x:,.{digits}f}".rstrip("0").rstrip(".")
-    return text
+    return f"{x:,.{digits}f}".rstrip("0").rstrip(".")
 
 
 ROWS_JS = """[...document.querySelectorAll('#markets tbody tr')].map(tr => ({
   key: tr.dataset.key, state: tr.dataset.state,
-  cells: Object.fromEntries([...tr.querySelectorAll('td[class]')].map(td => [td.className, td.textContent]))
+  cells: Object.fromEntries([...tr.querySelectorAll('td[class]')]
+    .map(td => [td.className, td.textContent]))
 }))"""
 CARDS_JS = """Object.fromEntries([...document.querySelectorAll('#exchanges .exchange')].map(c =>
   [c.dataset.exchange, {fresh: c.querySelector('.fresh').dataset.state,
@@ -112,8 +112,8 @@ async def test_dashboard_live_stale_and_reconnecting(mongo_uri, mongo_db, tmp_pa
                                            and r["cells"]["last"] == "66,000.25" for r in rs))
             # A book the collector reports as resyncing.
             resyncing[0] = "kraken"
-            rows = await rows_when(lambda rs: any(r["key"] == "kraken|spot|BTC/USD"
-                                                  and r["cells"]["book"] == "resyncing" for r in rs))
+            await rows_when(lambda rs: any(r["key"] == "kraken|spot|BTC/USD"
+                                           and r["cells"]["book"] == "resyncing" for r in rs))
             cards = browser.js(CARDS_JS)
             assert cards["kraken"]["books"] == "books: 0 live, 1 resyncing"
             shot = browser.screenshot(SCREENSHOTS / "dashboard.png")
