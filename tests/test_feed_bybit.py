@@ -47,8 +47,8 @@ async def env(mongo_db):
     ctx = FeedContext(settings=settings, writer=writer, stats=Stats(), session=session,
                       poll_interval_s=0.5)
     feed = BybitFeed(settings.bybit, ctx)
-    feed.derived_min_interval_s = 0.0
-    feed.resync.cooldown_s = 0.3
+    feed.derived.min_interval_s = 0.0
+    feed.book_driver.scheduler.cooldown_s = 0.3
     writer_task = asyncio.create_task(writer.run())
     feed_task = asyncio.create_task(feed.run())
     try:
@@ -83,7 +83,8 @@ async def test_all_collections_and_awkward_cases(env):
     assert [k for k in feed.stats.errors if "BADUSDT" in k] == \
         ["spot subscribe tickers.BADUSDT failed: Invalid topic: tickers.BADUSDT"]
     assert sum(feed.stats.errors.values()) == 1
-    assert "BADUSDT" in feed.stats.unavailable_symbols and "BADUSDT" not in feed.symbols("spot")
+    assert "spot:BADUSDT" in feed.stats.unavailable_symbols and \
+        "BADUSDT" not in feed.symbols("spot")
     singles = [m["args"] for p, m in fake.sent_ops("subscribe") if len(m["args"]) == 1]
     assert ["tickers.BTCUSDT"] in singles and ["kline.1.BTCUSDC"] in singles
     assert not [a for a in singles if "BADUSDT" in a[0]]
@@ -172,14 +173,14 @@ async def test_backwards_u_resyncs_that_symbol_only_and_u1_snapshot_resets(env):
 async def test_already_subscribed_is_no_error_and_the_rest_of_the_request_is_retried(env):
     fake, feed, db = env
     await wait_for(lambda: _async(_synced(feed, "BTCUSDC")), what="spot book synced")
-    conn = feed.market_conn["spot"]
-    await feed._send_op(conn, "spot", "unsubscribe", ["tickers.BTCUSDC"])
+    conn = _conn(feed, "spot")
+    await conn.send(feed._request("spot", "unsubscribe", ["tickers.BTCUSDC"]))
     ws = fake.live("spot")[0]
     await wait_for(lambda: _async("tickers.BTCUSDC" not in ws.state_dict["topics"]),
                    what="unsubscribed")
     errors = dict(feed.stats.errors)
     # one topic of the request is live already: the server refuses the request
-    await feed._send_op(conn, "spot", "subscribe", ["tickers.BTCUSDT", "tickers.BTCUSDC"])
+    await conn.send(feed._request("spot", "subscribe", ["tickers.BTCUSDT", "tickers.BTCUSDC"]))
     await wait_for(lambda: _async("tickers.BTCUSDC" in ws.state_dict["topics"]),
                    what="the other topic retried alone")
     assert feed.already_subscribed == 1 and feed.stats.errors == errors
@@ -314,8 +315,9 @@ SYMBOLS = [f"SYM{i}USDT" for i in range(10)] + ["BTCUSDT", "BTCUSDC"]
 def _plan(spec: str) -> tuple[list[tuple[str, str]], list[str]]:
     cfg = BybitSettings(spot_symbols=SYMBOLS, perp_symbols=SYMBOLS[:6])
     feed = BybitFeed(cfg, offline_context(Settings(partition=spec)))
-    subs = [(market, topic) for market in ("spot", "perp") for topic in feed.topics(market)]
-    return subs, feed.polled_symbols()
+    subs = [(conn.meta.market, feed.arg_text(sub)) for conn in feed.build_connections()
+            for sub in conn.meta.subscriptions]
+    return subs, feed.owned("perp", "ticker")
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -338,10 +340,14 @@ def test_idle_threshold_follows_the_streams_a_connection_carries():
         feed = BybitFeed(BybitSettings(spot_symbols=["BTCUSDT"], perp_symbols=[]),
                          offline_context(Settings(partition=f"{i}/4")))
         for conn in feed.build_connections():
-            kinds = {kind for kind, _ in feed.subscriptions("spot")}
+            kinds = conn.meta.kinds
             assert conn.idle_timeout_s == min(STREAM_IDLE_S[k] for k in kinds)
     feed = BybitFeed(BybitSettings(), offline_context())
     assert [c.idle_timeout_s for c in feed.build_connections()] == [10.0, 10.0]
+
+
+def _conn(feed, market):
+    return next(c for c in feed.connections if c.meta.market == market)
 
 
 async def _async(value):

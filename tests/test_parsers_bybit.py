@@ -159,49 +159,49 @@ def feed() -> BybitFeed:
 
 async def test_book_snapshot_delta_reset_and_backwards_u():
     f = feed()
-    f._on_book("perp", None, book_msg("snapshot", 100, [["100.0", "1"], ["99.5", "2"]],
+    f.on_book("perp", book_msg("snapshot", 100, [["100.0", "1"], ["99.5", "2"]],
                                       [["100.5", "3"], ["101.0", "4"]]))
     book = f.books[("perp", "BTCUSDT")]
     assert book.synced and book.update_id == 100
-    f._on_book("perp", None, book_msg("delta", 101, [["100.0", "0"], ["99.8", "5"]],
+    f.on_book("perp", book_msg("delta", 101, [["100.0", "0"], ["99.8", "5"]],
                                       [["100.2", "1"], ["555", "0"]]))
     assert book.best_bid() == (99.8, 5.0) and book.best_ask() == (100.2, 1.0)
     assert book.bids.top(5) == [[99.8, 5.0], [99.5, 2.0]] and book.update_id == 101
     # u == 1 snapshot after a service restart resets the book
-    f._on_book("perp", None, book_msg("snapshot", 1, [["90", "1"]], [["91", "1"]]))
+    f.on_book("perp", book_msg("snapshot", 1, [["90", "1"]], [["91", "1"]]))
     assert book.synced and book.update_id == 1 and book.bids.top(5) == [[90.0, 1.0]]
-    f._on_book("perp", None, book_msg("delta", 2, [["90.5", "2"]], []))
+    f.on_book("perp", book_msg("delta", 2, [["90.5", "2"]], []))
     assert book.best_bid() == (90.5, 2.0)
     # u going backwards: this symbol resyncs, deltas are ignored until a snapshot
-    f._on_book("perp", None, book_msg("delta", 1, [["95", "1"]], []))
+    f.on_book("perp", book_msg("delta", 1, [["95", "1"]], []))
     assert not book.synced and f.stats.gaps == 1 and f.stats.resyncs == 0
     gap = f.gaps.find_open("bybit", "perp", "BTCUSDT", "book")
     assert gap.cause == "sequence_gap" and f.book_states()["perp:BTCUSDT"]["state"] == "resyncing"
-    f._on_book("perp", None, book_msg("delta", 3, [["95", "1"]], []))
+    f.on_book("perp", book_msg("delta", 3, [["95", "1"]], []))
     assert not book.synced and f.stats.gaps == 1
-    f._on_book("perp", None, book_msg("snapshot", 10, [["96", "1"]], [["97", "1"]]))
+    f.on_book("perp", book_msg("snapshot", 10, [["96", "1"]], [["97", "1"]]))
     assert book.synced and book.update_id == 10 and f.stats.resyncs == 1
     assert gap.end is not None and f.gaps.find_open("bybit", "perp", "BTCUSDT", "book") is None
 
 
 async def test_delta_before_snapshot_resyncs_and_depth_is_truncated():
     f = feed()
-    f._on_book("spot", None, book_msg("delta", 5, [["1", "1"]], []))
+    f.on_book("spot", book_msg("delta", 5, [["1", "1"]], []))
     assert f.stats.gaps == 1 and not f.books[("spot", "BTCUSDT")].synced
     bids = [[str(1000 - i), "1"] for i in range(250)]
     asks = [[str(1001 + i), "1"] for i in range(250)]
-    f._on_book("spot", None, book_msg("snapshot", 6, bids, asks))
+    f.on_book("spot", book_msg("snapshot", 6, bids, asks))
     book = f.books[("spot", "BTCUSDT")]
     assert book.synced and f.stats.resyncs == 1
     assert len(book.bids) == 200 and len(book.asks) == 200
-    f._on_book("spot", None, book_msg("delta", 7, [["1000.5", "1"]], [["1000.7", "1"]]))
+    f.on_book("spot", book_msg("delta", 7, [["1000.5", "1"]], [["1000.7", "1"]]))
     assert len(book.bids) == 200 and book.bids.top(1) == [[1000.5, 1.0]]
 
 
 async def test_spot_ticker_filled_from_live_book():
     f = feed()
-    f._on_book("spot", None, book_msg("snapshot", 1, [["21109.5", "0.7"]], [["21110", "0.2"]]))
-    f._on_ticker("spot", load_jsonl("bybit/tickers.jsonl")[1], NOW)
+    f.on_book("spot", book_msg("snapshot", 1, [["21109.5", "0.7"]], [["21110", "0.2"]]))
+    f.on_ticker("spot", load_jsonl("bybit/tickers.jsonl")[1], NOW)
     [ticker] = f.writer.of(Ticker)
     assert (ticker.bid, ticker.bid_size, ticker.ask, ticker.ask_size) == (21109.5, 0.7, 21110, 0.2)
 
@@ -216,5 +216,5 @@ def test_heartbeat_policy_and_urls():
         assert conn.heartbeat.app_ping_interval_s == 20
     pong = load_jsonl("bybit/pong.jsonl")[0]
     import orjson
-    assert f.on_message("spot", conns[0], orjson.dumps(pong)) is False
-    assert f.on_message("spot", conns[0], b"not json") is False and f.stats.malformed == 1
+    assert f.handle(conns[0], orjson.dumps(pong)) is False
+    assert f.handle(conns[0], b"not json") is True and f.stats.malformed == 1
