@@ -37,7 +37,7 @@ def test_spot_ticker_has_no_bid_ask():
 
 
 def test_linear_ticker_snapshot_then_partial_delta_is_merged():
-    snapshot = load_jsonl("bybit/tickers.jsonl")[2]
+    snapshot = load_jsonl("bybit/tickers_linear_snapshot.constructed.jsonl")[0]
     delta = load_jsonl("bybit/tickers_linear_delta.constructed.jsonl")[0]
     fields, records = parsers.parse_ticker(snapshot, "perp", NOW)
     ticker, funding, oi = records
@@ -46,14 +46,15 @@ def test_linear_ticker_snapshot_then_partial_delta_is_merged():
     assert ticker.volume_24h == 91705.276 and ticker.quote_volume_24h == 1570383121.943499
     assert isinstance(funding, Funding) and funding.rate == -0.000212
     assert funding.next_funding_time == ms_to_dt(1673280000000) and funding.interval_hours == 8
-    assert isinstance(oi, OpenInterest) and oi.open_interest == 68744.761
-    assert oi.open_interest_value == 1183601235.91
+    # one side (singleOpenInterest), not the two-sided openInterest 68744.761
+    assert isinstance(oi, OpenInterest) and oi.open_interest == 34372.3805
+    assert oi.open_interest_value == 591800617.955
 
     merged, records = parsers.parse_ticker(delta, "perp", NOW, fields)
     ticker, funding, oi = records
     # changed fields from the delta ...
     assert ticker.bid == 17215.0 and ticker.bid_size == 1.5
-    assert funding.rate == -0.0002 and oi.open_interest == 68750.001
+    assert funding.rate == -0.0002 and oi.open_interest == 34372.3805   # single unchanged
     # ... everything else unchanged from the snapshot
     assert ticker.ask == 17216.0 and ticker.last == 17216.0 and ticker.mark_price == 17217.33
     assert funding.next_funding_time == ms_to_dt(1673280000000)
@@ -79,10 +80,14 @@ def test_kline():
 
 
 def test_rest_ticker_fallback():
-    payload = load_jsonl("bybit/rest_tickers.jsonl")[0]
+    payload = load_jsonl("bybit/rest_tickers_linear.constructed.jsonl")[0]
     ticker, funding, oi = parsers.parse_rest_ticker(payload, "perp", NOW)
     assert funding.rate == 0.0001 and funding.next_funding_time == ms_to_dt(1760371200000)
-    assert oi.open_interest == 240113967 and funding.ts == ms_to_dt(1760352369814)
+    assert oi.open_interest == 26095.221 and funding.ts == ms_to_dt(1760352369814)
+    assert oi.open_interest_value == 2998305736.54
+    # the inverse sample predates singleOpenInterest: no record rather than a doubled one
+    inverse = load_jsonl("bybit/rest_tickers.jsonl")[0]
+    assert [type(r) for r in parsers.parse_rest_ticker(inverse, "perp", NOW)] == [Ticker, Funding]
     spot = load_jsonl("bybit/rest_tickers.jsonl")[2]
     [ticker] = parsers.parse_rest_ticker(spot, "spot", NOW)
     assert ticker.bid == 20517.96 and ticker.ask_size == 1.862172
@@ -196,6 +201,40 @@ async def test_delta_before_snapshot_resyncs_and_depth_is_truncated():
     assert len(book.bids) == 200 and len(book.asks) == 200
     f.on_book("spot", book_msg("delta", 7, [["1000.5", "1"]], [["1000.7", "1"]]))
     assert len(book.bids) == 200 and book.bids.top(1) == [[1000.5, 1.0]]
+
+
+def test_ticker_without_single_open_interest_stores_no_open_interest():
+    f = feed()
+    f.on_ticker("perp", load_jsonl("bybit/tickers.jsonl")[2], NOW)     # pre-2026-06 sample
+    assert not f.writer.of(OpenInterest) and len(f.writer.of(Funding)) == 1
+    assert list(f.stats.errors) == ["perp tickers.BTCUSDT: no singleOpenInterest; "
+                                    "open interest (both sides) not stored"]
+
+
+@pytest.mark.parametrize("fixture,topics", [
+    ("error_spot_invalid_symbol.jsonl", ["kline.1.NOTREALUSDT"]),
+    ("error_spot_invalid_symbol_no_req_id.jsonl", ["orderbook.50.NOTREALUSDT"]),
+    ("error_linear_handler_not_found.jsonl", ["orderbook.1.NOPEUSDT"]),
+    ("error_linear_already_subscribed.jsonl", ["allLiquidation.ORDERUSDT"]),
+    ("error.jsonl", ["invalid.topic.BTCUSDT"]),
+    ("error_spot_args_size.jsonl", []),
+])
+def test_rejected_topics(fixture, topics):
+    assert parsers.rejected_topics(load_jsonl(f"bybit/{fixture}")[0]["ret_msg"]) == topics
+    assert parsers.rejected_topics("Invalid symbol :[tickers.AUSDT, kline.1.AUSDT]") == \
+        ["tickers.AUSDT", "kline.1.AUSDT"]
+
+
+def test_rest_not_supported_symbols_is_its_own_error():
+    payload = load_jsonl("bybit/rest_not_supported_symbols.jsonl")[0]
+    for parse in (lambda: parsers.parse_rest_trades(payload, "spot", NOW),
+                  lambda: parsers.parse_rest_ticker(payload, "perp", NOW),
+                  lambda: parsers.check_response(payload)):
+        with pytest.raises(parsers.NotSupportedSymbol):
+            parse()
+    with pytest.raises(ValueError) as info:
+        parsers.check_response({"retCode": 10001, "retMsg": "params error"})
+    assert not isinstance(info.value, parsers.NotSupportedSymbol)
 
 
 async def test_spot_ticker_filled_from_live_book():

@@ -42,5 +42,9 @@ class PendingRequests:
         """The connection dropped: its requests will never be answered."""
         self._pending = {k: r for k, r in self._pending.items() if r.conn != conn}
 
+    def __contains__(self, req_id: str) -> bool:
+        request = self._pending.get(req_id)
+        return request is not None and time.monotonic() - request.sent_at < self.ttl_s
+
     def __len__(self) -> int:
         return len(self._pending)

@@ -20,9 +20,8 @@ from collector.kit.books import PARSE_ERRORS, ResubscribeBooks
 from collector.kit.requests import PendingRequests
 from collector.kit.spec import ConnMeta, Subscription
 from collector.rest import RestError
-from common.schema import (
-    PERP, SPOT, Funding, OpenInterest, Record, Ticker, now_utc, received_now,
-)
+from common.schema import PERP, SPOT, Funding, OpenInterest, Record, Ticker, now_utc, \
+    received_now
 from common.settings import ExchangeSettings
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,6 @@ class BybitFeed(Feed):
         self.ticker_merge = parsers.TickerMerge()
         self.book_driver = ResubscribeBooks(self, self._resubscribe_book)
         self.last_ws_funding_at: dict[str, float] = {}
-        self.rest_polls = 0
         self.already_subscribed = 0
         self.requests = PendingRequests()      # spot never answers a duplicate subscribe
         self._req_seq = 0
@@ -53,7 +51,6 @@ class BybitFeed(Feed):
         return lambda conn, msg, raw: handler(self.meta(conn).market, msg)
 
     def _emits(self, parse: Callable[[Any, str, datetime], list[Record]]) -> Handler:
-        """A channel whose parser returns finished records."""
         def handle(conn: WsConnection, msg: Any, raw: Any) -> None:
             for record in parse(msg, self.meta(conn).market, received_now()):
                 self.emit(record)
@@ -72,7 +69,6 @@ class BybitFeed(Feed):
         return orjson.dumps({"req_id": req_id, "op": op, "args": args}).decode()
 
     def on_disconnect(self, meta: ConnMeta, reason: str) -> None:
-        # The reconnect subscribes (and so snapshots) every book and ticker again.
         self.book_driver.reset(meta.market, meta.symbols("book"))
         self.ticker_merge.forget(meta.market, meta.symbols("ticker"))
         self.requests.drop(meta.label)
@@ -82,8 +78,7 @@ class BybitFeed(Feed):
         return None if msg.get("topic") is None else parsers.topic_parts(msg)[0]
 
     def on_control(self, conn: WsConnection, msg: Any) -> None:
-        """Acks, pongs and failures. A request fails whole: the topics it names are rejected,
-        its other topics retried one by one."""
+        """Acks, pongs, failures: a request fails whole; its other topics are retried singly."""
         meta = self.meta(conn)
         reason = str(msg.get("ret_msg"))
         named = parsers.rejected_topics(reason) if msg.get("success") is False else []
@@ -100,7 +95,7 @@ class BybitFeed(Feed):
             self.stats.error_once(self.name, f"{meta.market} {msg.get('op')} failed: {reason}")
         if len(args) > 1:
             for topic in args:
-                if topic not in named and self._wanted(meta.market, topic):
+                if topic not in named and self.is_available(meta.market, topic.rpartition(".")[2]):
                     self.send_soon(conn, self._request(meta.label, "subscribe", [topic]))
 
     def _reject_topic(self, market: str, topic: str, reason: str) -> bool:
@@ -111,9 +106,6 @@ class BybitFeed(Feed):
             self.stats.error_once(self.name, f"{market} subscribe {topic} failed: {reason}")
             self.mark_unavailable(market, symbol, f"{ep.CATEGORY[market]}: {reason}")
         return ours
-
-    def _wanted(self, market: str, topic: str) -> bool:
-        return self.is_available(market, topic.rpartition(".")[2])
 
     # ---- data --------------------------------------------------------------------------------
     def on_ticker(self, market: str, msg: dict[str, Any], received_at: datetime | None = None
@@ -129,6 +121,10 @@ class BybitFeed(Feed):
                 self.emit_derived(record, record.rate)
             elif isinstance(record, OpenInterest):
                 self.emit_derived(record, record.open_interest)
+        fields = self.ticker_merge.fields.get((market, parsers.topic_parts(msg)[1]))
+        if market == PERP and fields and parsers.lacks_single_open_interest(fields):
+            self.stats.error_once(self.name, f"perp {msg['topic']}: no singleOpenInterest; "
+                                             f"open interest (both sides) not stored")
 
     def _top_of_book(self, ticker: Ticker) -> None:
         book = self.books.get((ticker.market, ticker.symbol))
@@ -175,9 +171,8 @@ class BybitFeed(Feed):
                      any(self.arg_text(s) == topic for s in self.meta(c).subscriptions)), None)
         if conn is None:
             raise ConnectionError(f"bybit: no {market} connection carries {topic}")
-        label = self.meta(conn).label
-        await self.send_paced(conn, [self._request(label, "unsubscribe", [topic]),
-                                     self._request(label, "subscribe", [topic])])
+        await self.send_paced(conn, [self._request(self.meta(conn).label, op, [topic])
+                                     for op in ("unsubscribe", "subscribe")])
 
     async def stop(self) -> None:
         self.book_driver.cancel_all()
@@ -206,22 +201,25 @@ class BybitFeed(Feed):
             await asyncio.sleep(interval)
 
     async def _get(self, market: str, path: str, params: dict[str, Any]) -> Any:
-        """REST GET. The IP limit answers HTTP 403 and asks for a pause of at least 10 minutes,
-        which the shared budget honours; an unknown symbol (HTTP 200, retCode 10001 "Not
-        supported symbols") marks (market, symbol) unavailable."""
+        """REST GET: the IP limit's 403 pauses REST >= 10 minutes; an unknown symbol (HTTP 200,
+        retCode 10001 "Not supported symbols") marks (market, symbol) unavailable."""
         rest = self.spot_rest if market == SPOT else self.perp_rest
         try:
-            return await rest.get(path, params)
+            payload = await rest.get(path, params)
+            parsers.check_response(payload)
         except RestError as exc:
             if exc.status == 403:
                 self.rest_budget.pause(ep.REST_BAN_PAUSE_S)
                 log.error("bybit: REST rate limit hit (403); pausing REST for %.0fs",
                           ep.REST_BAN_PAUSE_S)
             raise
+        except parsers.NotSupportedSymbol as exc:
+            self.mark_unavailable(market, params["symbol"], f"{path}: {exc}")
+            raise RestError(200, payload, path) from exc
+        return payload
 
     async def repoll_derivatives(self, symbol: str) -> None:
         payload = await self._get(PERP, ep.REST_TICKERS, {"category": "linear", "symbol": symbol})
-        self.rest_polls += 1
         for record in parsers.parse_rest_ticker(payload, PERP, now_utc()):
             if isinstance(record, (Funding, OpenInterest)):
                 self.emit(record)

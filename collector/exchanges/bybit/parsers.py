@@ -52,6 +52,9 @@ _TOPIC_REJECTED = re.compile(r"topic\s*:\s*([\w.\-]+)")
 
 def rejected_topics(reason: str) -> list[str]:
     """The topics a failed subscribe's ``ret_msg`` names (none if it names none)."""
+    match = _SPOT_REJECTED.search(reason)
+    if match:
+        return [t.strip() for t in match.group(1).split(",") if t.strip()]
     match = _TOPIC_REJECTED.search(reason)
     return [match.group(1)] if match else []
 
@@ -130,13 +133,13 @@ def open_interest_from_fields(fields: dict[str, Any],
     """One side, as every other venue reports it: ``singleOpenInterest`` (base units) and
     ``singleOpenInterestValue`` (quote). ``openInterest(Value)`` count both sides (v5 changelog
     2026-06-11): never stored; without the single-side fields there is no record."""
-    oi = opt_float(fields.get("openInterest"))
+    oi = opt_float(fields.get("singleOpenInterest"))
     if oi is None:
         return None
     symbol = fields["symbol"]
     return OpenInterest(EXCHANGE, symbol, pair_from_symbol(symbol), "perp",
                         ms_to_dt(fields["_ts"]), received_at, open_interest=oi,
-                        open_interest_value=opt_float(fields.get("openInterestValue")))
+                        open_interest_value=opt_float(fields.get("singleOpenInterestValue")))
 
 
 def lacks_single_open_interest(fields: dict[str, Any]) -> bool:
