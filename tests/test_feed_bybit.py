@@ -21,7 +21,7 @@ from common import schema
 from common.indexes import apply_indexes
 from common.schema import Candle, now_utc
 from common.settings import BybitSettings, Settings
-from tests.fakes.bybit import FakeBybit, rest_candle, trade_fields
+from tests.fakes.bybit import MAX_ARG_CHARS, FakeBybit, rest_candle, trade_fields
 from tests.feed_helpers import offline_context
 from tests.faultlog import report
 from tests.feedutil import PERP_TYPES, api_client, wait_for_latest
@@ -468,3 +468,47 @@ async def _async(value):
 def _synced(feed, symbol, market="spot"):
     book = feed.books.get((market, symbol))
     return book is not None and book.synced
+
+
+# ---- the 21,000-character args limit per connection (F4) ------------------------------------
+MANY = [f"SYM{i:04d}USDT" for i in range(400)]      # 86 characters of topics each
+
+
+def test_connections_split_to_the_args_limit():
+    feed = BybitFeed(BybitSettings(spot_symbols=MANY, perp_symbols=[]), offline_context())
+    conns = feed.build_connections()
+    assert [c.meta.label for c in conns] == ["spot", "spot-2"]
+    chars = [sum(len(feed.arg_text(s)) for s in c.meta.subscriptions) for c in conns]
+    assert chars == [232 * 86, 168 * 86] and max(chars) <= MAX_ARG_CHARS
+    # every topic once; a symbol's four topics share a connection
+    where = {}
+    for conn in conns:
+        for sub in conn.meta.subscriptions:
+            where.setdefault(sub.symbol, set()).add(conn.meta.label)
+    assert sorted(where) == MANY and all(len(labels) == 1 for labels in where.values())
+    assert sum(len(c.meta.subscriptions) for c in conns) == 4 * len(MANY)
+    for conn in conns:
+        requests = feed.subscribe_requests(conn.meta, list(conn.meta.subscriptions))
+        assert all(len(orjson.loads(r)["args"]) <= 10 for r in requests)
+
+
+async def test_many_symbols_subscribe_within_the_servers_limits():
+    fake = FakeBybit()
+    fake.silent = True              # acks only: 1,600 topics would stream a lot
+    await fake.start()
+    cfg = BybitSettings(spot_symbols=MANY, perp_symbols=[], backfill=False,
+                        spot_ws_url=f"{fake.ws_base}/v5/public/spot", perp_ws_url="",
+                        spot_rest_url=fake.rest_base)
+    feed = BybitFeed(cfg, offline_context())
+    task = asyncio.create_task(feed.run())
+    try:
+        await wait_for(lambda: _async(sum(len(ws.state_dict["topics"])
+                                          for ws in fake.live("spot")) == 4 * len(MANY)),
+                       what="every topic subscribed")
+        assert len(fake.live("spot")) == 2 and not fake.violations
+        assert not feed.stats.errors
+    finally:
+        await feed.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await fake.stop()
