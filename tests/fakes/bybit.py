@@ -83,7 +83,7 @@ class FakeBybit(TradingFake, FakeExchange):
         self.book_tops: dict[tuple[str, str, int], tuple[list[float], list[float]]] = {}
         self.samples = {
             "trade": fixture("bybit/publicTrade.jsonl")[0],
-            "spot_ticker": fixture("bybit/tickers.jsonl")[1],
+            "spot_ticker": fixture("bybit/tickers_spot_snapshot.jsonl")[0],
             "linear_ticker": fixture("bybit/tickers_linear_snapshot.constructed.jsonl")[0],
             "linear_deltas": [fixture("bybit/tickers_linear_delta.constructed.jsonl")[0],
                               fixture("bybit/tickers_linear_delta_single_oi.constructed.jsonl")[0]],
