@@ -48,11 +48,11 @@ class BybitFeed(Feed):
                        "kline": self._emits(parsers.parse_kline)}   # ``confirm`` closes candles
 
     def _by_market(self, handler: Callable[[str, Any], None]) -> Handler:
-        return lambda conn, msg, raw: handler(self.meta(conn).market, msg)
+        return lambda conn, msg, raw: handler(conn.meta.market, msg)   # meta: ConnMeta
 
     def _emits(self, parse: Callable[[Any, str, datetime], list[Record]]) -> Handler:
         def handle(conn: WsConnection, msg: Any, raw: Any) -> None:
-            for record in parse(msg, self.meta(conn).market, received_now()):
+            for record in parse(msg, conn.meta.market, received_now()):
                 self.emit(record)
         return handle
 
@@ -75,7 +75,8 @@ class BybitFeed(Feed):
 
     # ---- control messages --------------------------------------------------------------------
     def channel_of(self, msg: dict[str, Any]) -> str | None:
-        return None if msg.get("topic") is None else parsers.topic_parts(msg)[0]
+        topic = msg.get("topic")      # "orderbook.200.BTCUSDT" -> "orderbook"
+        return None if topic is None else topic.partition(".")[0]
 
     def on_control(self, conn: WsConnection, msg: Any) -> None:
         """Acks, pongs, failures: a request fails whole; its other topics are retried singly."""

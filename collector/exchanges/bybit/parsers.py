@@ -309,7 +309,7 @@ def apply_delta(book: OrderBook, data: dict[str, Any], depth: int) -> bool:
     decoded message (absolute sizes, "0" deletes; ``OrderBook.apply_text``). False, with nothing
     done, for a duplicate or backwards update id (``parse_orderbook`` and the feed's rules
     handle those)."""
-    update_id = _int(data["u"])
+    update_id = int(data["u"])
     if book.update_id is None or update_id <= book.update_id:
         return False
     book.apply_text(data["b"], data["a"], update_id)
