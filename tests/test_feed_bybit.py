@@ -12,8 +12,8 @@ import pytest_asyncio
 import websockets
 
 from collector.exchanges.base import FeedContext
-from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.exchanges.bybit.feed import BybitFeed
+from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.rest import RestError
 from collector.stats import Stats
 from collector.writer import Writer
@@ -22,8 +22,8 @@ from common.indexes import apply_indexes
 from common.schema import Candle, now_utc
 from common.settings import BybitSettings, Settings
 from tests.fakes.bybit import MAX_ARG_CHARS, FakeBybit, rest_candle, trade_fields
-from tests.feed_helpers import offline_context
 from tests.faultlog import report
+from tests.feed_helpers import offline_context
 from tests.feedutil import PERP_TYPES, api_client, wait_for_latest
 from tests.helpers import wait_for
 

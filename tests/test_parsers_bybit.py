@@ -10,7 +10,7 @@ import pytest
 from collector.exchanges.bybit import parsers
 from collector.exchanges.bybit.feed import BybitFeed
 from collector.orderbook import OrderBook
-from common.schema import Funding, OpenInterest, Ticker, Trade, ms_to_dt
+from common.schema import Funding, OpenInterest, Ticker, ms_to_dt
 from common.settings import Settings
 from tests.conftest import load_jsonl
 from tests.feed_helpers import offline_context

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from datetime import datetime
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Sequence
 
 import orjson
 
@@ -50,7 +50,7 @@ class BybitFeed(Feed):
     def _by_market(self, handler: Callable[[str, Any], None]) -> Handler:
         return lambda conn, msg, raw: handler(conn.meta.market, msg)   # meta: ConnMeta
 
-    def _emits(self, parse: Callable[[Any, str, datetime], list[Record]]) -> Handler:
+    def _emits(self, parse: Callable[[Any, str, datetime], Sequence[Record]]) -> Handler:
         def handle(conn: WsConnection, msg: Any, raw: Any) -> None:
             for record in parse(msg, conn.meta.market, received_now()):
                 self.emit(record)

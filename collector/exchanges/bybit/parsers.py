@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from collector.exchanges.bybit import endpoints
 from collector.orderbook import OrderBook
 from common.schema import (
     Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
 )
 from common.symbols import pair_from_symbol
-
-from collector.exchanges.bybit import endpoints
 
 EXCHANGE = "bybit"
 
