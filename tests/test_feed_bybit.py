@@ -512,3 +512,22 @@ async def test_many_symbols_subscribe_within_the_servers_limits():
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await fake.stop()
+
+
+async def test_kline_backfill_pages_a_long_gap(env):
+    """A gap longer than 1000 minutes is fetched in explicit start..end pages (F7)."""
+    fake, feed, db = env
+    emitted: list[Candle] = []
+    emit = feed.emit
+    feed.emit = lambda record, **kw: (isinstance(record, Candle) and emitted.append(record),
+                                      emit(record, **kw))[1]
+    now_ms = int(time.time() * 1000)
+    start_ms = now_ms // 60_000 * 60_000 - 1500 * 60_000
+    await feed.backfill_candles("perp", "BTCUSDT", datetime.fromtimestamp(start_ms / 1000,
+                                                                         timezone.utc))
+    pages = [r for r in fake.rest_requests if r.startswith("/v5/market/kline")]
+    assert len(pages) == 2
+    assert f"start={start_ms}&end={start_ms + 1000 * 60_000 - 1}" in pages[0]
+    assert f"start={start_ms + 1000 * 60_000}&" in pages[1]
+    minutes = [int(c.ts.timestamp() * 1000) for c in emitted]
+    assert minutes == list(range(start_ms, minutes[-1] + 1, 60_000)) and len(minutes) >= 1499
