@@ -122,8 +122,8 @@ class BybitFeed(Feed):
                 self.emit_derived(record, record.rate)
             elif isinstance(record, OpenInterest):
                 self.emit_derived(record, record.open_interest)
-        fields = self.ticker_merge.fields.get((market, parsers.topic_parts(msg)[1]))
-        if market == PERP and fields and parsers.lacks_single_open_interest(fields):
+        if market == PERP and records and parsers.lacks_single_open_interest(
+                self.ticker_merge.fields.get((market, records[0].symbol), {})):
             self.stats.error_once(self.name, f"perp {msg['topic']}: no singleOpenInterest; "
                                              f"open interest (both sides) not stored")
 

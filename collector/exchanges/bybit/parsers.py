@@ -169,7 +169,7 @@ class TickerMerge:
 
     def parse(self, msg: dict[str, Any], market: str, received_at: datetime) -> list[Any]:
         """[Ticker] (+ Funding, OpenInterest on linear); none for a delta before the snapshot."""
-        key = (market, topic_parts(msg)[1])
+        key = (market, msg["topic"].rpartition(".")[2])      # tickers.BTCUSDT
         previous = self.fields.get(key)
         if previous is None and msg.get("type") == "delta":
             return []
