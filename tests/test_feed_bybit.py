@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import aiohttp
+import orjson
 import pytest
 import pytest_asyncio
+import websockets
 
 from collector.exchanges.base import FeedContext
-from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.exchanges.bybit.feed import BybitFeed
+from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.rest import RestError
 from collector.stats import Stats
 from collector.writer import Writer
@@ -19,9 +21,9 @@ from common import schema
 from common.indexes import apply_indexes
 from common.schema import Candle, now_utc
 from common.settings import BybitSettings, Settings
-from tests.fakes.bybit import FakeBybit, rest_candle
-from tests.feed_helpers import offline_context
+from tests.fakes.bybit import MAX_ARG_CHARS, FakeBybit, rest_candle, trade_fields
 from tests.faultlog import report
+from tests.feed_helpers import offline_context
 from tests.feedutil import PERP_TYPES, api_client, wait_for_latest
 from tests.helpers import wait_for
 
@@ -47,8 +49,8 @@ async def env(mongo_db):
     ctx = FeedContext(settings=settings, writer=writer, stats=Stats(), session=session,
                       poll_interval_s=0.5)
     feed = BybitFeed(settings.bybit, ctx)
-    feed.derived_min_interval_s = 0.0
-    feed.resync.cooldown_s = 0.3
+    feed.derived.min_interval_s = 0.0
+    feed.book_driver.scheduler.cooldown_s = 0.3
     writer_task = asyncio.create_task(writer.run())
     feed_task = asyncio.create_task(feed.run())
     try:
@@ -80,10 +82,13 @@ async def test_all_collections_and_awkward_cases(env):
     assert len(spot_subs) >= 2 and all(len(m["args"]) <= 10 for m in spot_subs)
     # BADUSDT fails both of its requests: reported once, marked unavailable, never retried;
     # the valid topics that shared a request with it are retried one by one and arrive
+    # (the spot rejection names the topics in brackets: "Invalid symbol :[...]")
     assert [k for k in feed.stats.errors if "BADUSDT" in k] == \
-        ["spot subscribe tickers.BADUSDT failed: Invalid topic: tickers.BADUSDT"]
+        ["spot subscribe tickers.BADUSDT failed: "
+         "Invalid symbol :[tickers.BADUSDT,publicTrade.BADUSDT]"]
     assert sum(feed.stats.errors.values()) == 1
-    assert "BADUSDT" in feed.stats.unavailable_symbols and "BADUSDT" not in feed.symbols("spot")
+    assert "spot:BADUSDT" in feed.stats.unavailable_symbols and \
+        "BADUSDT" not in feed.symbols("spot")
     singles = [m["args"] for p, m in fake.sent_ops("subscribe") if len(m["args"]) == 1]
     assert ["tickers.BTCUSDT"] in singles and ["kline.1.BTCUSDC"] in singles
     assert not [a for a in singles if "BADUSDT" in a[0]]
@@ -93,12 +98,22 @@ async def test_all_collections_and_awkward_cases(env):
     async def perp_trade():
         return await db[schema.TRADES].find_one({"market": "perp"})
     trade = await wait_for(perp_trade, what="perp trade")
-    # trades: taker side, base size, both markets
-    assert trade["side"] == "buy" and trade["size"] == 0.001 and trade["price"] == 16578.5
+    # trades: taker side, base size, both markets (the fake's values for that trade id)
+    price, size, side = trade_fields(fake.tape_id(trade["trade_id"]))
+    assert (trade["price"], trade["size"], trade["side"]) == \
+        (float(price), float(size), side.lower())
     assert await db[schema.TRADES].count_documents({"market": "spot", "symbol": "BTCUSDC"})
+
+    async def both_sides():
+        return {t["side"] for t in await db[schema.TRADES].find(
+            {"exchange": "bybit"}).to_list(None)} == {"buy", "sell"}
+    await wait_for(both_sides, what="buys and sells stored")
     # candles from kline.1
     candle = await db[schema.OHLCV].find_one({"symbol": "BTCUSDT", "market": "spot"})
-    assert candle["interval"] == "1m" and not candle["closed"]
+    row = rest_candle(int(candle["ts"].replace(tzinfo=timezone.utc).timestamp() * 1000))
+    assert candle["interval"] == "1m" and \
+        [candle[k] for k in ("open", "high", "low", "close", "volume")] == \
+        [float(v) for v in row[1:6]]
 
     # linear ticker: snapshot + partial deltas merged (delta bid, snapshot mark price)
     async def merged_perp_ticker():
@@ -115,10 +130,15 @@ async def test_all_collections_and_awkward_cases(env):
     # funding / open interest: WS-derived (merged) and the REST fallback poll at start
     assert any("/v5/market/tickers" in r and "category=linear" in r for r in fake.rest_requests)
 
+    # open interest is one side (singleOpenInterest, merged from a delta carrying only it);
+    # the two-sided openInterest (68744.761 / 68750.001) is never stored
     async def merged_derivatives():
         return (await db[schema.FUNDING_RATES].find_one({"rate": -0.0002, "interval_hours": 8})
-                and await db[schema.OPEN_INTEREST].find_one({"open_interest": 68750.001}))
+                and await db[schema.OPEN_INTEREST].find_one(
+                    {"open_interest": 34375.0005, "open_interest_value": 591846905.12}))
     await wait_for(merged_derivatives, timeout_s=5, what="funding / OI from merged deltas")
+    assert {d["open_interest"] for d in await db[schema.OPEN_INTEREST].find(
+        {"exchange": "bybit"}).to_list(None)} <= {34372.3805, 34375.0005, 26095.221}
     liq = await db[schema.VOLUME_LIQUIDITY].find_one({"market": "spot", "symbol": "BTCUSDT"})
     assert liq["spread_bps"] > 0 and liq["volume_24h"] == 6780.866843
     book = await db[schema.ORDER_BOOK].find_one({"market": "spot"})
@@ -171,19 +191,104 @@ async def test_backwards_u_resyncs_that_symbol_only_and_u1_snapshot_resets(env):
 
 async def test_already_subscribed_is_no_error_and_the_rest_of_the_request_is_retried(env):
     fake, feed, db = env
-    await wait_for(lambda: _async(_synced(feed, "BTCUSDC")), what="spot book synced")
-    conn = feed.market_conn["spot"]
-    await feed._send_op(conn, "spot", "unsubscribe", ["tickers.BTCUSDC"])
-    ws = fake.live("spot")[0]
-    await wait_for(lambda: _async("tickers.BTCUSDC" not in ws.state_dict["topics"]),
+    await wait_for(lambda: _async(_synced(feed, "BTCUSDT", "perp")), what="perp book synced")
+    conn = _conn(feed, "perp")
+    await conn.send(feed._request("linear", "unsubscribe", ["tickers.BTCUSDT"]))
+    ws = fake.live("linear")[0]
+    await wait_for(lambda: _async("tickers.BTCUSDT" not in ws.state_dict["topics"]),
                    what="unsubscribed")
     errors = dict(feed.stats.errors)
-    # one topic of the request is live already: the server refuses the request
-    await feed._send_op(conn, "spot", "subscribe", ["tickers.BTCUSDT", "tickers.BTCUSDC"])
-    await wait_for(lambda: _async("tickers.BTCUSDC" in ws.state_dict["topics"]),
+    # one topic of the request is live already: linear refuses the whole request
+    await conn.send(feed._request("linear", "subscribe", ["kline.1.BTCUSDT", "tickers.BTCUSDT"]))
+    await wait_for(lambda: _async("tickers.BTCUSDT" in ws.state_dict["topics"]),
                    what="the other topic retried alone")
     assert feed.already_subscribed == 1 and feed.stats.errors == errors
-    assert ["tickers.BTCUSDC"] in [m["args"] for _, m in fake.sent_ops("subscribe")[-1:]]
+    assert ["tickers.BTCUSDT"] in [m["args"] for _, m in fake.sent_ops("subscribe")[-1:]]
+
+
+async def test_spot_duplicate_gets_no_reply_and_its_request_is_forgotten(env):
+    fake, feed, db = env
+    await wait_for(lambda: _async(_synced(feed, "BTCUSDC")), what="spot book synced")
+    conn, ws = _conn(feed, "spot"), fake.live("spot")[0]
+    feed.requests.ttl_s = 0.3
+    errors, subs = dict(feed.stats.errors), len(fake.sent_ops("subscribe"))
+    dup = feed._request("spot", "subscribe", ["tickers.BTCUSDT", "kline.1.BTCUSDC"])
+    await conn.send(dup)
+    # an unsubscribe behind it is acked: the fake has handled the duplicate (silently)
+    await conn.send(feed._request("spot", "unsubscribe", ["tickers.BTCUSDC"]))
+    await wait_for(lambda: _async("tickers.BTCUSDC" not in ws.state_dict["topics"]),
+                   what="unsubscribe handled")
+    req_id = orjson.loads(dup)["req_id"]
+    await wait_for(lambda: _async(req_id not in feed.requests), what="request forgotten")
+    assert feed.already_subscribed == 0 and feed.stats.errors == errors
+    assert len(fake.sent_ops("subscribe")) == subs + 1      # nothing retried
+
+
+async def test_spot_request_over_10_args_is_refused_whole(env):
+    fake, feed, db = env
+    await wait_for(lambda: _async(_synced(feed, "BTCUSDC")), what="spot book synced")
+    conn, ws = _conn(feed, "spot"), fake.live("spot")[0]
+    topics = [f"tickers.SYM{i}USDT" for i in range(11)]
+    await conn.send(feed._request("spot", "subscribe", topics))
+    await wait_for(lambda: _async(any("args size >10" in k for k in feed.stats.errors)),
+                   what="args size error reported")
+    assert not ws.state_dict["topics"] & set(topics) and len(fake.violations) == 1
+
+
+async def test_rest_unknown_symbol_marks_that_market_symbol_unavailable(env):
+    fake, feed, db = env
+    with pytest.raises(RestError) as info:
+        await feed.repoll_derivatives("BADUSDT")
+    assert info.value.payload["retMsg"] == "Not supported symbols"
+    assert feed.stats.unavailable_symbols["perp:BADUSDT"].endswith(
+        "retCode 10001: Not supported symbols")
+    await feed.backfill_trades("spot", "BTCUSDC", now_utc())     # a listed symbol: no error
+    assert "spot:BTCUSDC" not in feed.stats.unavailable_symbols
+
+
+async def test_fake_cuts_a_connection_without_ping_or_data(env):
+    """The server's 10-minute rule (shortened): no ping and no data -> cut; pings keep it."""
+    fake, feed, db = env
+    fake.idle_cut_s = 0.5
+    url = f"{fake.ws_base}/v5/public/spot"
+    async with websockets.connect(url) as quiet, websockets.connect(url) as pinging:
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:
+            await pinging.send('{"op":"ping"}')
+            assert orjson.loads(await pinging.recv())["ret_msg"] == "pong"
+            await asyncio.sleep(0.1)
+        with pytest.raises(websockets.ConnectionClosed):
+            await quiet.recv()
+        assert fake.idle_cuts >= 1 and pinging.state is websockets.State.OPEN
+
+
+async def test_closed_candle_is_stored_closed(env):
+    fake, feed, db = env
+    await wait_for(lambda: _async(_synced(feed, "BTCUSDT")), what="connected")
+    start = (int(time.time()) // 60 - 2) * 60_000
+    await fake.push("spot", fake.kline("BTCUSDT", start=start, confirm=True))
+
+    async def stored():
+        return await db[schema.OHLCV].find_one({"exchange": "bybit", "market": "spot",
+                                                "symbol": "BTCUSDT", "closed": True})
+    candle = await wait_for(stored, what="closed candle")
+    row = rest_candle(start)
+    assert candle["ts"].replace(tzinfo=timezone.utc).timestamp() * 1000 == start
+    assert [candle[k] for k in ("open", "high", "low", "close", "volume", "quote_volume")] == \
+        [float(v) for v in row[1:7]]
+
+
+async def test_rest_rate_limit_403_once_exceeded(env):
+    fake, feed, db = env
+    await wait_for(lambda: _async(_synced(feed, "BTCUSDT", "perp")), what="start-up done")
+    fake._rest_times.clear()
+    fake.rest_limit = 2             # 600 per 5 s in production
+    for _ in range(2):
+        await feed.backfill_trades("spot", "BTCUSDT", now_utc())
+    with pytest.raises(RestError) as info:
+        await feed.backfill_trades("spot", "BTCUSDT", now_utc())
+    assert info.value.status == 403 and fake.rate_limited
+    assert feed.rest_budget.paused_until - time.monotonic() > 590
 
 
 async def test_drop_mid_stream_backfills_the_missed_trades(env):
@@ -291,17 +396,24 @@ async def test_realtime_api_shows_every_data_type(env, mongo_uri):
         assert common <= set(spot) and common | {"funding_rates", "open_interest"} <= set(perp)
         assert spot["market_data"]["volume_24h"] == 6780.866843
         assert spot["market_data"]["last"] == 21109.77
-        assert spot["trades"]["price"] == 16578.5 and spot["trades"]["side"] == "buy"
-        assert spot["ohlcv"]["open"] == 16649.5 and spot["ohlcv"]["interval"] == "1m"
-        assert spot["order_book"]["asks"][0] == [30249.3, 0.892]
-        assert spot["order_book"]["bids"][0] == [30247.2, 30.028]
+        price, size, side = trade_fields(fake.tape_id(spot["trades"]["trade_id"]))
+        assert (spot["trades"]["price"], spot["trades"]["side"]) == (float(price), side.lower())
+        ohlcv_ms = int(datetime.fromisoformat(spot["ohlcv"]["ts"]).timestamp() * 1000)
+        assert spot["ohlcv"]["open"] == float(rest_candle(ohlcv_ms)[1])
+        assert spot["ohlcv"]["interval"] == "1m"
+        # the stored book's top is the fake's top at that update id
+        book = await db[schema.ORDER_BOOK].find_one({"exchange": "bybit", "market": "spot",
+                                                     "symbol": "BTCUSDT"}, sort=[("ts", -1)])
+        bid, ask = fake.book_tops[("spot", "BTCUSDT", book["update_id"])]
+        assert book["bids"][0] == bid and book["asks"][0] == ask
         assert spot["volume_liquidity"]["volume_24h"] == 6780.866843
         assert perp["market_data"]["mark_price"] == 17217.33
         # WS snapshot / merged delta, or the start-up REST poll, whichever was stored last
         assert perp["funding_rates"]["rate"] in (-0.000212, -0.0002, 0.0001)
         assert perp["funding_rates"]["interval_hours"] == 8
-        assert perp["open_interest"]["open_interest"] in (68744.761, 68750.001, 240113967)
-        assert perp["trades"]["size"] == 0.001
+        assert perp["open_interest"]["open_interest"] in (34372.3805, 34375.0005, 26095.221)
+        _, size, _ = trade_fields(fake.tape_id(perp["trades"]["trade_id"]))
+        assert perp["trades"]["size"] == float(size)
         assert all(doc["stale"] is False for doc in (*spot.values(), *perp.values()))
         usdc = await (await client.get("/realtime/bybit/BTC_USDC")).json()
         assert set(usdc["data"]["BTCUSDC"]["spot"]) >= common
@@ -314,8 +426,9 @@ SYMBOLS = [f"SYM{i}USDT" for i in range(10)] + ["BTCUSDT", "BTCUSDC"]
 def _plan(spec: str) -> tuple[list[tuple[str, str]], list[str]]:
     cfg = BybitSettings(spot_symbols=SYMBOLS, perp_symbols=SYMBOLS[:6])
     feed = BybitFeed(cfg, offline_context(Settings(partition=spec)))
-    subs = [(market, topic) for market in ("spot", "perp") for topic in feed.topics(market)]
-    return subs, feed.polled_symbols()
+    subs = [(conn.meta.market, feed.arg_text(sub)) for conn in feed.build_connections()
+            for sub in conn.meta.subscriptions]
+    return subs, feed.owned("perp", "ticker")
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -338,10 +451,14 @@ def test_idle_threshold_follows_the_streams_a_connection_carries():
         feed = BybitFeed(BybitSettings(spot_symbols=["BTCUSDT"], perp_symbols=[]),
                          offline_context(Settings(partition=f"{i}/4")))
         for conn in feed.build_connections():
-            kinds = {kind for kind, _ in feed.subscriptions("spot")}
+            kinds = conn.meta.kinds
             assert conn.idle_timeout_s == min(STREAM_IDLE_S[k] for k in kinds)
     feed = BybitFeed(BybitSettings(), offline_context())
     assert [c.idle_timeout_s for c in feed.build_connections()] == [10.0, 10.0]
+
+
+def _conn(feed, market):
+    return next(c for c in feed.connections if c.meta.market == market)
 
 
 async def _async(value):
@@ -351,3 +468,66 @@ async def _async(value):
 def _synced(feed, symbol, market="spot"):
     book = feed.books.get((market, symbol))
     return book is not None and book.synced
+
+
+# ---- the 21,000-character args limit per connection (F4) ------------------------------------
+MANY = [f"SYM{i:04d}USDT" for i in range(400)]      # 86 characters of topics each
+
+
+def test_connections_split_to_the_args_limit():
+    feed = BybitFeed(BybitSettings(spot_symbols=MANY, perp_symbols=[]), offline_context())
+    conns = feed.build_connections()
+    assert [c.meta.label for c in conns] == ["spot", "spot-2"]
+    chars = [sum(len(feed.arg_text(s)) for s in c.meta.subscriptions) for c in conns]
+    assert chars == [232 * 86, 168 * 86] and max(chars) <= MAX_ARG_CHARS
+    # every topic once; a symbol's four topics share a connection
+    where = {}
+    for conn in conns:
+        for sub in conn.meta.subscriptions:
+            where.setdefault(sub.symbol, set()).add(conn.meta.label)
+    assert sorted(where) == MANY and all(len(labels) == 1 for labels in where.values())
+    assert sum(len(c.meta.subscriptions) for c in conns) == 4 * len(MANY)
+    for conn in conns:
+        requests = feed.subscribe_requests(conn.meta, list(conn.meta.subscriptions))
+        assert all(len(orjson.loads(r)["args"]) <= 10 for r in requests)
+
+
+async def test_many_symbols_subscribe_within_the_servers_limits():
+    fake = FakeBybit()
+    fake.silent = True              # acks only: 1,600 topics would stream a lot
+    await fake.start()
+    cfg = BybitSettings(spot_symbols=MANY, perp_symbols=[], backfill=False,
+                        spot_ws_url=f"{fake.ws_base}/v5/public/spot", perp_ws_url="",
+                        spot_rest_url=fake.rest_base)
+    feed = BybitFeed(cfg, offline_context())
+    task = asyncio.create_task(feed.run())
+    try:
+        await wait_for(lambda: _async(sum(len(ws.state_dict["topics"])
+                                          for ws in fake.live("spot")) == 4 * len(MANY)),
+                       what="every topic subscribed")
+        assert len(fake.live("spot")) == 2 and not fake.violations
+        assert not feed.stats.errors
+    finally:
+        await feed.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await fake.stop()
+
+
+async def test_kline_backfill_pages_a_long_gap(env):
+    """A gap longer than 1000 minutes is fetched in explicit start..end pages (F7)."""
+    fake, feed, db = env
+    emitted: list[Candle] = []
+    emit = feed.emit
+    feed.emit = lambda record, **kw: (isinstance(record, Candle) and emitted.append(record),
+                                      emit(record, **kw))[1]
+    now_ms = int(time.time() * 1000)
+    start_ms = now_ms // 60_000 * 60_000 - 1500 * 60_000
+    await feed.backfill_candles("perp", "BTCUSDT", datetime.fromtimestamp(start_ms / 1000,
+                                                                         timezone.utc))
+    pages = [r for r in fake.rest_requests if r.startswith("/v5/market/kline")]
+    assert len(pages) == 2
+    assert f"start={start_ms}&end={start_ms + 1000 * 60_000 - 1}" in pages[0]
+    assert f"start={start_ms + 1000 * 60_000}&" in pages[1]
+    minutes = [int(c.ts.timestamp() * 1000) for c in emitted]
+    assert minutes == list(range(start_ms, minutes[-1] + 1, 60_000)) and len(minutes) >= 1499

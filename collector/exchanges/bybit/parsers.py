@@ -5,16 +5,17 @@ Bybit BTCUSDT spot and linear sizes are already in base units (BTC).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from collector.exchanges.bybit import endpoints
+from collector.orderbook import OrderBook
 from common.schema import (
     Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
 )
 from common.symbols import pair_from_symbol
-
-from collector.exchanges.bybit import endpoints
 
 EXCHANGE = "bybit"
 
@@ -25,6 +26,36 @@ def _int(value: Any) -> int:
         return int(value)
     except OverflowError as exc:
         raise ValueError(f"not an integer: {value!r}") from exc
+
+
+class NotSupportedSymbol(ValueError):
+    """A REST market endpoint answered ``retCode 10001 "Not supported symbols"``."""
+
+
+def check_response(payload: dict[str, Any]) -> None:
+    code = payload.get("retCode")
+    if code != 0:
+        text = f"retCode {code}: {payload.get('retMsg')}"
+        if code == endpoints.PARAMS_ERROR and payload.get("retMsg") == \
+                endpoints.NOT_SUPPORTED_SYMBOLS:
+            raise NotSupportedSymbol(text)
+        raise ValueError(text)
+
+
+# Subscribe rejections name the topics: spot ``Invalid symbol :[kline.1.X]`` (one or more,
+# comma separated), linear ``error:handler not found,topic:X`` / ``error:already
+# subscribed,topic:X``, older ``Invalid topic: X``.
+_SPOT_REJECTED = re.compile(r"Invalid symbol\s*:\s*\[([^\]]*)\]")
+_TOPIC_REJECTED = re.compile(r"topic\s*:\s*([\w.\-]+)")
+
+
+def rejected_topics(reason: str) -> list[str]:
+    """The topics a failed subscribe's ``ret_msg`` names (none if it names none)."""
+    match = _SPOT_REJECTED.search(reason)
+    if match:
+        return [t.strip() for t in match.group(1).split(",") if t.strip()]
+    match = _TOPIC_REJECTED.search(reason)
+    return [match.group(1)] if match else []
 
 
 def topic_parts(msg: dict[str, Any]) -> tuple[str, str]:
@@ -98,13 +129,22 @@ def funding_from_fields(fields: dict[str, Any], received_at: datetime) -> Fundin
 
 def open_interest_from_fields(fields: dict[str, Any],
                               received_at: datetime) -> OpenInterest | None:
-    oi = opt_float(fields.get("openInterest"))
+    """One side, as every other venue reports it: ``singleOpenInterest`` (base units) and
+    ``singleOpenInterestValue`` (quote). ``openInterest(Value)`` count both sides (v5 changelog
+    2026-06-11): never stored; without the single-side fields there is no record."""
+    oi = opt_float(fields.get("singleOpenInterest"))
     if oi is None:
         return None
     symbol = fields["symbol"]
     return OpenInterest(EXCHANGE, symbol, pair_from_symbol(symbol), "perp",
                         ms_to_dt(fields["_ts"]), received_at, open_interest=oi,
-                        open_interest_value=opt_float(fields.get("openInterestValue")))
+                        open_interest_value=opt_float(fields.get("singleOpenInterestValue")))
+
+
+def lacks_single_open_interest(fields: dict[str, Any]) -> bool:
+    """A linear ticker with the two-sided open interest but not the one-sided one."""
+    return fields.get("openInterest") not in (None, "") and \
+        fields.get("singleOpenInterest") in (None, "")
 
 
 def parse_ticker(msg: dict[str, Any], market: str, received_at: datetime,
@@ -120,11 +160,31 @@ def parse_ticker(msg: dict[str, Any], market: str, received_at: datetime,
     return fields, records
 
 
+class TickerMerge:
+    """Tickers per (market, symbol): linear pushes a snapshot, then deltas carrying only what
+    changed (merged into the last snapshot); spot pushes snapshots only."""
+
+    def __init__(self) -> None:
+        self.fields: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def parse(self, msg: dict[str, Any], market: str, received_at: datetime) -> list[Any]:
+        """[Ticker] (+ Funding, OpenInterest on linear); none for a delta before the snapshot."""
+        key = (market, msg["topic"].rpartition(".")[2])      # tickers.BTCUSDT
+        previous = self.fields.get(key)
+        if previous is None and msg.get("type") == "delta":
+            return []
+        self.fields[key], records = parse_ticker(msg, market, received_at, previous)
+        return records
+
+    def forget(self, market: str, symbols: list[str]) -> None:
+        for symbol in symbols:
+            self.fields.pop((market, symbol), None)
+
+
 def parse_rest_ticker(payload: dict[str, Any], market: str,
                       received_at: datetime) -> list[Any]:
     """``GET /v5/market/tickers`` -> [Ticker, Funding?, OpenInterest?] per listed symbol."""
-    if payload.get("retCode") != 0:
-        raise ValueError(f"retCode {payload.get('retCode')}: {payload.get('retMsg')}")
+    check_response(payload)
     records: list[Any] = []
     ts = _int(payload["time"])
     for item in payload["result"]["list"]:
@@ -154,8 +214,7 @@ def parse_trades(msg: dict[str, Any], market: str, received_at: datetime) -> lis
 
 
 def _rest_list(payload: dict[str, Any]) -> list[Any]:
-    if payload.get("retCode") != 0:
-        raise ValueError(f"retCode {payload.get('retCode')}: {payload.get('retMsg')}")
+    check_response(payload)
     rows = payload["result"]["list"]
     if not isinstance(rows, list):
         raise TypeError("result.list is not an array")
@@ -238,3 +297,20 @@ def parse_orderbook(msg: dict[str, Any]) -> BookMessage:
     return BookMessage(symbol=data["s"], snapshot=kind == "snapshot", bids=_levels(data["b"]),
                        asks=_levels(data["a"]), update_id=_int(data["u"]),
                        seq=_int(seq) if seq is not None else None, ts=ms_to_dt(msg["ts"]))
+
+
+def book_update_id(data: dict[str, Any]) -> int:
+    return _int(data["u"])
+
+
+def apply_delta(book: OrderBook, data: dict[str, Any], depth: int) -> bool:
+    """The hot path: a delta that moves a synced book forward, applied straight from the
+    decoded message (absolute sizes, "0" deletes; ``OrderBook.apply_text``). False, with nothing
+    done, for a duplicate or backwards update id (``parse_orderbook`` and the feed's rules
+    handle those)."""
+    update_id = int(data["u"])
+    if book.update_id is None or update_id <= book.update_id:
+        return False
+    book.apply_text(data["b"], data["a"], update_id)
+    book.truncate(depth)
+    return True
