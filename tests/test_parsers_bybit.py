@@ -157,7 +157,7 @@ def test_kline_running():
     [candle] = parsers.parse_kline(load_jsonl("bybit/kline.jsonl")[0], "spot", NOW)
     _pinned(candle, **_base("spot", 1672324800000), interval="5m", open=16649.5, high=16677.0,
             low=16608.0, close=16677.0, volume=2.081, quote_volume=34666.4005, trades=None,
-            closed=False)
+            closed=False, source="exchange")
 
 
 def test_kline_confirmed_is_closed():
@@ -165,7 +165,7 @@ def test_kline_confirmed_is_closed():
     [candle] = parsers.parse_kline(msg, "perp", NOW)
     _pinned(candle, **_base("perp", 1672324800000), interval="1m", open=16649.5, high=16680.5,
             low=16608.0, close=16677.0, volume=2.081, quote_volume=34666.4005, trades=None,
-            closed=True)
+            closed=True, source="exchange")
 
 
 def test_rest_kline_newest_first_and_only_ended_candles_closed():
@@ -175,10 +175,10 @@ def test_rest_kline_newest_first_and_only_ended_candles_closed():
                                        ms_to_dt(1670608800000)]
     _pinned(candles[-1], **_base("perp", 1670608800000, "BTCUSD", "BTC/USD"), interval="1h",
             open=17071.0, high=17073.0, low=17027.0, close=17055.5, volume=268611.0,
-            quote_volume=15.74462667, trades=None, closed=True)
+            quote_volume=15.74462667, trades=None, closed=True, source="exchange")
     _pinned(candles[0], **_base("perp", 1670601600000, "BTCUSD", "BTC/USD"), interval="1h",
             open=17086.5, high=17088.0, low=16978.0, close=17071.5, volume=6356.0,
-            quote_volume=0.37288112, trades=None, closed=True)
+            quote_volume=0.37288112, trades=None, closed=True, source="exchange")
     # the server time inside the newest hour: that candle is still forming
     payload["time"] = 1670608800000 + 59 * 60_000
     assert [c.closed for c in parsers.parse_rest_klines(payload, "BTCUSD", "perp", "60", NOW)] \
