@@ -21,6 +21,7 @@ disk like market data and reach the database when it returns.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -78,10 +79,15 @@ class GapLedger:
         self.opened = 0
         self.closed = 0
         self.recent: list[Gap] = []       # the last closed gaps (tests, status)
+        # Ids of the gaps this process saved, until it has closed the previous run's open gaps
+        # (collector.app sets it to None then): those are not the previous run's.
+        self.own_ids: set[str] | None = set()
 
     def _save(self, gap: Gap) -> None:
         doc = gap.to_doc()
         doc["collector"] = self.owner
+        if self.own_ids is not None:
+            self.own_ids.add(doc["_id"])
         self.writer.submit_doc(schema.GAPS, doc)
 
     def open(self, exchange: str, symbol: str, market: str, stream: str, cause: str, *,
@@ -129,20 +135,40 @@ class GapLedger:
     def on_db_availability(self, available: bool) -> None:
         key = ("*", "*", "*", "mongodb")
         if not available:
-            gap = self.open("*", "*", "*", "mongodb", "db_outage")
-            self._lost_before = self._lost_so_far()
+            self.open("*", "*", "*", "mongodb", "db_outage")
+            self._lost_before = self._lost_by_type()
             return
         gap = self.open_gaps.get(key)
         if gap is None:
             return
-        lost = self._lost_so_far() - getattr(self, "_lost_before", 0)
-        gap.extra["records_lost"] = lost
+        lost = self.outage_lost()
+        gap.extra["records_lost"] = sum(lost.values())
+        gap.extra["lost_by_type"] = lost
         # Nothing lost: the spool took everything and replayed it (backfilled = complete).
-        self.close(gap, backfilled=getattr(self.writer, "spool", None) is not None and lost == 0)
+        self.close(gap, backfilled=getattr(self.writer, "spool", None) is not None and not lost)
 
-    def _lost_so_far(self) -> int:
+    def outage_lost(self) -> dict[str, int]:
+        """Documents dropped (memory or spool limit) since the open db_outage gap opened, per
+        collection (only collections that lost something)."""
+        now = self._lost_by_type()
+        now.subtract(getattr(self, "_lost_before", Counter()))
+        return {coll: n for coll, n in sorted(now.items()) if n > 0}
+
+    def outage_state(self) -> dict[str, Any] | None:
+        """The open db_outage gap and its loss so far (for the run state file): a process
+        killed during an outage cannot close its gap, the next one does with these figures."""
+        gap = self.open_gaps.get(("*", "*", "*", "mongodb"))
+        if gap is None:
+            return None
+        lost = self.outage_lost()
+        return {"id": gap.id, "records_lost": sum(lost.values()), "lost_by_type": lost}
+
+    def _lost_by_type(self) -> Counter:
+        lost: Counter = Counter(getattr(self.writer, "dropped_by", {}))
         spool = getattr(self.writer, "spool", None)
-        return getattr(self.writer, "dropped", 0) + (spool.dropped if spool is not None else 0)
+        if spool is not None:
+            lost.update(spool.dropped_by)
+        return lost
 
     def status(self) -> dict[str, Any]:
         return {"open": len(self.open_gaps), "opened": self.opened, "closed": self.closed}

@@ -41,6 +41,9 @@ class FeedContext:
 # candles every ~2 s, while trades on a quiet symbol can pause for minutes.
 # Messages a rotation's replacement connection may hold back before the switch is forced.
 ROTATION_HOLD_MAX = 50_000
+# A restart gap closes (and is backfilled) when every connection delivers again, or this long
+# after the first one did.
+RESTART_SETTLE_S = 10.0
 
 STREAM_IDLE_S = {"book": 10.0, "ticker": 20.0, "funding": 15.0, "kline": 30.0, "trades": 300.0}
 
@@ -97,6 +100,8 @@ class Feed:
         self.gaps = ctx.gaps if ctx.gaps is not None else GapLedger(ctx.writer)
         # Gaps that close when data flows again: connection -> its gap; "*" -> restart gap.
         self._awaiting_data: dict[Any, Gap] = {}
+        self._restart_live: set[WsConnection] = set()     # connections live since a restart
+        self._restart_first_at: float | None = None
         self.rotations = 0
         # Books that lost integrity and are resyncing: (market, symbol) -> epoch seconds since.
         self._books_resyncing: dict[tuple[str, str], float] = {}
@@ -247,17 +252,32 @@ class Feed:
         return states
 
     def await_data(self, gap: Gap) -> None:
-        """Close ``gap`` (and backfill it) when the first data message arrives on any
-        connection (collector restart)."""
+        """Close ``gap`` (and backfill it) once every connection delivers data again (collector
+        restart), or ``RESTART_SETTLE_S`` after the first one did (a market that stays silent
+        must not hold the backfill of the others)."""
         self._awaiting_data["*"] = gap
+        self._restart_live = set()
+        self._restart_first_at = None
 
     def _data_resumed(self, conn: WsConnection) -> None:
-        for key in (conn, "*"):
-            gap = self._awaiting_data.pop(key, None)
-            if gap is not None:
-                self.gaps.close(gap)
-                if self.cfg.backfill:
-                    self._spawn(self._run_backfill(gap))
+        gap = self._awaiting_data.pop(conn, None)
+        if gap is not None:
+            self._close_and_backfill(gap)
+        if "*" in self._awaiting_data:
+            # The REST backfill covers up to now: a connection not yet delivering would lose
+            # what it misses until its first message, so wait for all of them.
+            now = time.monotonic()
+            self._restart_live.add(conn)
+            if self._restart_first_at is None:
+                self._restart_first_at = now
+            if (all(c in self._restart_live for c in self.connections)
+                    or now - self._restart_first_at >= RESTART_SETTLE_S):
+                self._close_and_backfill(self._awaiting_data.pop("*"))
+
+    def _close_and_backfill(self, gap: Gap) -> None:
+        self.gaps.close(gap)
+        if self.cfg.backfill:
+            self._spawn(self._run_backfill(gap))
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -1,0 +1,162 @@
+"""MongoDB faults nobody sees in a unit test, on the real ``python -m collector`` against the fake
+Binance and a private nx-27017 (fixtures of tests/test_faults_process.py): a hanging database
+(SIGSTOP: socket open, no answers), and the collector SIGKILLed during an outage (hanging or
+refused) then restarted while the database is still away. Each test counts loss end to end
+(trades the fake generated vs. trades stored) and checks that the gap ledger says the same; each
+records its figure in the fault table (tests/faultlog.py)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from common import schema
+from tests.faultlog import report
+from tests.helpers import wait_for
+from tests.test_faults_process import (  # noqa: F401 - fixtures
+    SUBSCRIBED, Nx, _ids, _made, _stored, _value, collector_factory, db, fake, nx)
+
+SPOT_TRADES = "/api/v3/trades"
+
+
+class DbOutage:
+    """``hang``: nx-27017 stopped with SIGSTOP (connections stay open, nothing answers);
+    ``refused``: nx-27017 terminated (connections refused), restarted on the same data."""
+
+    def __init__(self, nx: Nx, kind: str) -> None:
+        self.nx, self.kind = nx, kind
+        self.active = False
+
+    def begin(self) -> None:
+        if self.kind == "hang":
+            os.kill(self.nx.proc.pid, signal.SIGSTOP)
+        else:
+            self.nx.stop()
+        self.active = True
+
+    def end(self) -> None:
+        if not self.active:
+            return
+        if self.kind == "hang":
+            os.kill(self.nx.proc.pid, signal.SIGCONT)
+        else:
+            self.nx.start()
+        self.active = False
+
+
+def _spooled_bytes(spool_dir: Path) -> int:
+    return sum(p.stat().st_size for p in spool_dir.glob("*.bson"))
+
+
+async def _first_ids(db) -> dict[tuple[str, str], int]:
+    """Per subscribed stream, the first trade id stored (the count starts there)."""
+    firsts = {}
+    for key in sorted(SUBSCRIBED):
+        async def stored(key=key):
+            return await _ids(db, *key)
+        firsts[key] = min(await wait_for(stored, timeout_s=30, what=f"first {key} trades"))
+    return firsts
+
+
+async def _more_trades(fake, n: int) -> None:
+    """Wait until the fake has made ``n`` more spot BTCUSDT trades (its clock, not ours)."""
+    mark = int(_made(fake, "spot", "BTCUSDT")[-1])
+    await wait_for(lambda: _value(int(_made(fake, "spot", "BTCUSDT")[-1]) >= mark + n),
+                   timeout_s=30, what=f"{n} more trades")
+
+
+async def _missing(db, fake, firsts: dict, last: dict) -> dict[tuple[str, str], list[int]]:
+    """Per stream: trades the fake made (pushed or not) from the first stored one to ``last``
+    that are not stored."""
+    out = {}
+    for key, first in firsts.items():
+        stored = await _ids(db, *key)
+        out[key] = [int(i) for i in fake.trades_made[key]
+                    if first <= int(i) <= last[key] and int(i) not in stored]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["hang", "refused"])
+async def test_kill9_during_db_outage_then_restart_loses_nothing(kind, fake, nx, db,
+                                                                 collector_factory, tmp_path):
+    spool_dir = tmp_path / "spool"
+    proc = collector_factory()
+    proc.start()
+    firsts = await _first_ids(db)
+    await wait_for(lambda: _value((spool_dir / "state.json").exists()), what="run state written")
+    outage = DbOutage(nx, kind)
+    outage.begin()
+    began = time.monotonic()
+    try:
+        # The collector noticed (a hang: once the write times out) and spools.
+        await wait_for(lambda: _value(_spooled_bytes(spool_dir) > 0), timeout_s=40,
+                       what="spooling")
+        detected_s = time.monotonic() - began
+        await _more_trades(fake, 50)                 # ~1 s spooled by the first process
+        proc.signal(signal.SIGKILL)
+        proc.wait()
+        killed_at = time.monotonic()
+        await _more_trades(fake, 50)                 # ~1 s with no collector at all
+        backfills = fake.rest_requests[SPOT_TRADES]
+        proc.start()
+        restarted_at = time.monotonic()
+        # The restart gap is opened and backfilled with MongoDB still away (into the spool).
+        await wait_for(lambda: _value(fake.rest_requests[SPOT_TRADES] > backfills),
+                       timeout_s=30, what="restart backfill while MongoDB is away")
+        backfill_s = time.monotonic() - restarted_at
+        await _more_trades(fake, 50)
+    finally:
+        outage.end()
+    resumed = time.monotonic()
+    last = {k: int(_made(fake, *k)[-1]) for k in SUBSCRIBED}
+
+    async def complete():
+        return not any((await _missing(db, fake, firsts, last)).values())
+    try:
+        await wait_for(complete, timeout_s=60, interval_s=0.25, what="every trade stored")
+    except AssertionError:
+        pass                        # reported below, then asserted
+    recovery_s = time.monotonic() - resumed
+    missing = await _missing(db, fake, firsts, last)
+    lost = sum(len(v) for v in missing.values())
+    made = sum(1 for k, first in firsts.items() for i in fake.trades_made[k]
+               if first <= int(i) <= last[k])
+    duplicates = sum(n - 1 for n in (await _stored(db)).values())
+
+    async def ledger_closed():
+        gaps = await db[schema.GAPS].find({}).to_list(None)
+        return gaps if gaps and not any(g["end"] is None for g in gaps) else None
+    try:
+        gaps = await wait_for(ledger_closed, timeout_s=20, what="every gap closed")
+    except AssertionError:
+        gaps = await db[schema.GAPS].find({}).to_list(None)
+    restart = [g for g in gaps if g["cause"] == "restart"]
+    outages = sorted((g for g in gaps if g["cause"] == "db_outage"), key=lambda g: g["start"])
+    ledger_lost = sum(int(g.get("records_lost") or 0) for g in gaps)
+    report(f"kill9_during_db_{kind}", expected="collector SIGKILLed during a MongoDB outage "
+           f"({kind}), restarted while it is still away: restart gap from the run state file, "
+           "backfilled into the spool; every trade stored once; the ledger agrees",
+           recovery_s=recovery_s, records_lost=lost, trades_made=made, stored=made - lost,
+           duplicates=duplicates, ledger_lost=ledger_lost, detect_s=detected_s,
+           down_s=restarted_at - killed_at, backfill_after_s=backfill_s,
+           outage_s=resumed - began,
+           restart_gap_s=restart[0]["duration_s"] if restart else None,
+           restart_backfilled=bool(restart and restart[0]["backfilled"]))
+    assert lost == 0, ({k: (len(v), v[:3], v[-3:], fake.trade_rows[k][str(v[0])][2],
+                            fake.trade_rows[k][str(v[-1])][2]) for k, v in missing.items() if v},
+                       restart, outages)
+    assert duplicates == 0
+    assert ledger_lost == lost
+    assert len(restart) == 1 and restart[0]["backfilled"] is True and restart[0]["end"]
+    # The killed process's outage gap (replayed from its spool), closed by its successor where
+    # its data was last durable, with nothing lost; then the successor's own, if it saw one
+    # (a refused database may be back before its first write gives up).
+    assert 1 <= len(outages) <= 2, outages
+    assert outages[0]["end"] == restart[0]["start"], (outages[0], restart[0])
+    assert all(g["records_lost"] == 0 and g["backfilled"] is True for g in outages), outages
+    assert all(g["end"] is not None for g in gaps), [g for g in gaps if g["end"] is None]
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
