@@ -13,6 +13,10 @@
 - ``end`` is None while the gap is open; ``duration_s`` is set when it closes.
 - ``backfilled``: True once the missed data was fetched again (REST backfill), or for a
   ``db_outage`` when the spool replayed everything (nothing was lost).
+- ``records_lost`` / ``lost_by_type`` (``db_outage``): documents dropped for good (memory or
+  spool limit) from the last successful write to the end of the outage, in total and per
+  collection (only those that lost something). A collector killed during an outage leaves them
+  in its run state file (collector.runstate); its successor closes the gap with them.
 
 A gap is written when it opens and again when it closes / is marked backfilled (same ``_id``,
 replaced). The documents go through the writer, so during a MongoDB outage they are spooled to
@@ -136,7 +140,7 @@ class GapLedger:
         key = ("*", "*", "*", "mongodb")
         if not available:
             self.open("*", "*", "*", "mongodb", "db_outage")
-            self._lost_before = self._lost_by_type()
+            self._lost_before = self._lost_by_type(at_last_write=True)
             return
         gap = self.open_gaps.get(key)
         if gap is None:
@@ -163,8 +167,9 @@ class GapLedger:
         lost = self.outage_lost()
         return {"id": gap.id, "records_lost": sum(lost.values()), "lost_by_type": lost}
 
-    def _lost_by_type(self) -> Counter:
-        lost: Counter = Counter(getattr(self.writer, "dropped_by", {}))
+    def _lost_by_type(self, at_last_write: bool = False) -> Counter:
+        lost: Counter = Counter(getattr(self.writer, "dropped_by_at_last_write"
+                                        if at_last_write else "dropped_by", {}))
         spool = getattr(self.writer, "spool", None)
         if spool is not None:
             lost.update(spool.dropped_by)

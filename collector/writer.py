@@ -54,6 +54,9 @@ class Writer:
         self.duplicates = 0
         self.dropped = 0
         self.dropped_by: Counter[str] = Counter()    # ``dropped`` per collection
+        # ``dropped_by`` when a flush last succeeded: an outage's loss counts from there (a hung
+        # write lets the queue overflow before it fails and the outage is declared).
+        self.dropped_by_at_last_write: Counter[str] = Counter()
         self.write_errors = 0
         self.last_write_ms = 0.0
         self.db_available = True
@@ -230,6 +233,8 @@ class Writer:
                 self.db_available = True
                 self._notify(True)
             self.durable_until = started_wall
+            if self.dropped != sum(self.dropped_by_at_last_write.values()):
+                self.dropped_by_at_last_write = self.dropped_by.copy()
             self.last_write_ms = (time.perf_counter() - started) * 1000
             return True
 

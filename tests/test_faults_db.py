@@ -160,3 +160,114 @@ async def test_kill9_during_db_outage_then_restart_loses_nothing(kind, fake, nx,
     assert all(g["end"] is not None for g in gaps), [g for g in gaps if g["end"] is None]
     proc.signal(signal.SIGTERM)
     assert proc.wait(30) == 0
+
+
+def _sent_cut(fake) -> tuple[dict, dict]:
+    """How many trades / tickers the fake has sent so far, per stream."""
+    return ({k: len(v) for k, v in fake.trades_sent.items()},
+            {k: len(v) for k, v in fake.events_sent.items() if k[2] == "24hrTicker"})
+
+
+async def _window_loss(db, fake, start: tuple[dict, dict], end: tuple[dict, dict]) -> dict:
+    """Sent between two cuts, stored, lost (= sent - stored), per record type the fake can
+    prove: trades by id, tickers by event time (one ``market_data`` document each)."""
+    out = {}
+    sent = stored = 0
+    for key, upto in end[0].items():
+        ids = fake.trades_sent[key][start[0].get(key, 0):upto]
+        sent += len(ids)
+        stored += len({d["trade_id"] async for d in db[schema.TRADES].find(
+            {"market": key[0], "symbol": key[1], "trade_id": {"$in": ids}}, {"trade_id": 1})})
+    out[schema.TRADES] = (sent, stored, sent - stored)
+    sent = stored = 0
+    for key, upto in end[1].items():
+        times = [schema.s_to_dt(ms / 1000) for ms in
+                 fake.events_sent[key][start[1].get(key, 0):upto]]
+        sent += len(times)
+        stored += len({d["ts"] async for d in db[schema.MARKET_DATA].find(
+            {"market": key[0], "symbol": key[1], "ts": {"$in": times}}, {"ts": 1})})
+    out[schema.MARKET_DATA] = (sent, stored, sent - stored)
+    return out
+
+
+# name: (outage, extra collector environment, more spot trades made during the outage).
+LOSS_PATHS = {
+    "db_hang": ("hang", {}, 100),
+    "queue_max_in_hang": ("hang", {"CRYPTODATA_QUEUE_MAX": "500"}, 100),
+    "spool_full_drop_oldest": ("refused", {"CRYPTODATA_SPOOL_MAX_MB": "0.1",
+                                           "CRYPTODATA_SPOOL_FULL_POLICY": "drop_oldest"}, 400),
+    "spool_full_reject": ("refused", {"CRYPTODATA_SPOOL_MAX_MB": "0.1",
+                                      "CRYPTODATA_SPOOL_FULL_POLICY": "reject",
+                                      "CRYPTODATA_QUEUE_MAX": "500"}, 400),
+}
+
+
+@pytest.mark.parametrize("path", list(LOSS_PATHS))
+async def test_db_outage_loss_is_counted_end_to_end(path, fake, nx, db, collector_factory,
+                                                     tmp_path):
+    """Every loss path of the writer, end to end: what the fake sent during an outage, what
+    is stored after it, and the ``db_outage`` gap's ``records_lost`` / ``lost_by_type`` and the
+    status document's drop counters must all tell the same story."""
+    kind, env, outage_trades = LOSS_PATHS[path]
+    spool_dir = tmp_path / "spool"
+    proc = collector_factory(**env)
+    proc.start()
+    await _first_ids(db)
+    # From the first message on: documents pending when the outage began were sent before it.
+    start: tuple[dict, dict] = ({}, {})
+    outage = DbOutage(nx, kind)
+    outage.begin()
+    began = time.monotonic()
+    try:
+        await wait_for(lambda: _value(_spooled_bytes(spool_dir) > 0), timeout_s=40,
+                       what="spooling")
+        await _more_trades(fake, outage_trades)
+    finally:
+        outage.end()
+    resumed = time.monotonic()
+
+    async def outage_closed():
+        return await db[schema.GAPS].find_one({"cause": "db_outage", "end": {"$ne": None}})
+    gap = await wait_for(outage_closed, timeout_s=60, interval_s=0.25, what="db_outage closed")
+    recovery_s = time.monotonic() - resumed
+    end = _sent_cut(fake)
+
+    # Everything sent before ``end`` has been handled once trades sent after it are stored.
+    async def caught_up():
+        for key, upto in end[0].items():
+            after = fake.trades_sent[key][upto:upto + 5]
+            if len(after) < 5 or await db[schema.TRADES].count_documents(
+                    {"market": key[0], "symbol": key[1], "trade_id": {"$in": after}}) < 5:
+                return False
+        return True
+    await wait_for(caught_up, timeout_s=30, interval_s=0.25, what="trades after the outage")
+    loss = await _window_loss(db, fake, start, end)
+    status = await db[schema.STATUS].find_one({"_id": "collector"})
+    writer = status["writer"]
+    metrics_lost = writer["dropped"] + writer["spool"]["dropped"]
+    by_type = gap.get("lost_by_type", {})
+    lost = loss[schema.TRADES][2] + loss[schema.MARKET_DATA][2]
+    report(path, expected=f"MongoDB {kind} outage under "
+           f"{' '.join(f'{k}={v}' for k, v in env.items()) or 'default settings'}: "
+           "lost = sent - stored for trades and tickers, and the db_outage gap and the "
+           "writer/spool counters say the same", recovery_s=recovery_s, records_lost=lost,
+           outage_s=resumed - began,
+           trades_sent=loss[schema.TRADES][0], trades_stored=loss[schema.TRADES][1],
+           trades_lost=loss[schema.TRADES][2],
+           tickers_sent=loss[schema.MARKET_DATA][0],
+           tickers_stored=loss[schema.MARKET_DATA][1],
+           tickers_lost=loss[schema.MARKET_DATA][2],
+           ledger_lost=gap.get("records_lost"), metrics_lost=metrics_lost,
+           **{f"ledger_{c}": n for c, n in by_type.items()
+              if c not in (schema.TRADES, schema.MARKET_DATA)},
+           gap_backfilled=gap["backfilled"])
+    assert by_type.get(schema.TRADES, 0) == loss[schema.TRADES][2], (by_type, loss)
+    assert by_type.get(schema.MARKET_DATA, 0) == loss[schema.MARKET_DATA][2], (by_type, loss)
+    assert gap["records_lost"] == sum(by_type.values()) == metrics_lost, (gap, writer)
+    assert gap["backfilled"] is (metrics_lost == 0)
+    if path == "db_hang":
+        assert lost == 0 and metrics_lost == 0
+    else:
+        assert loss[schema.TRADES][2] > 0, "the loss path was not exercised"
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0

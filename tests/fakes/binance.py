@@ -83,6 +83,9 @@ class FakeBinance:
         self.trades_made: dict[tuple[str, str], list[str]] = {}
         self.trade_rows: dict[tuple[str, str], dict[str, tuple[str, str, int, bool]]] = {}
         self.trades_sent: dict[tuple[str, str], list[str]] = {}
+        # Event time (E, ms) of every ticker / kline / mark-price message sent to at least one
+        # client, per (market, symbol, event): what the collector can be held to storing.
+        self.events_sent: dict[tuple[str, str, str], list[int]] = {}
         self.socket_logs: list[SocketLog] = []
         self._logs: dict[web.WebSocketResponse, SocketLog] = {}
         self._barriers: asyncio.Task | None = None
@@ -238,9 +241,11 @@ class FakeBinance:
                 self.messages_sent += 1
                 if trade is not None:
                     log.trades.append(trade)
-                    sent = True
-        if sent:
+                sent = True
+        if sent and trade is not None:
             self.trades_sent.setdefault(trade[0], []).append(trade[1])
+        elif sent and "e" in data and data["e"] != "depthUpdate":
+            self.events_sent.setdefault((market, data["s"], data["e"]), []).append(data["E"])
 
     async def _pump_loop(self) -> None:
         for tick in itertools.count():
