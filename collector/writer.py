@@ -204,8 +204,11 @@ class Writer:
                     return False
             for collection in list(self._pending):
                 docs = self._pending[collection]
-                while docs:
-                    chunk = docs[: self.batch_size * 4]
+                # Only what is pending now: with a slow database a busy collection refills
+                # during every write and would starve the others (and ``latest``) forever.
+                todo = len(docs)
+                while todo > 0:
+                    chunk = docs[: min(todo, self.batch_size * 4)]
                     try:
                         await self._write(collection, chunk)
                     except PyMongoError as exc:
@@ -214,6 +217,7 @@ class Writer:
                         return False
                     del docs[: len(chunk)]
                     self._pending_count -= len(chunk)
+                    todo -= len(chunk)
             if self._latest:
                 latest, self._latest = self._latest, {}
                 try:

@@ -16,6 +16,7 @@ import pytest
 from common import schema
 from tests.faultlog import report
 from tests.helpers import wait_for
+from tests.latency_proxy import LatencyProxy
 from tests.test_faults_process import (  # noqa: F401 - fixtures
     SUBSCRIBED, Nx, _ids, _made, _stored, _value, collector_factory, db, fake, nx)
 
@@ -190,6 +191,17 @@ async def _window_loss(db, fake, start: tuple[dict, dict], end: tuple[dict, dict
     return out
 
 
+async def _caught_up(db, fake, end: tuple[dict, dict]) -> bool:
+    """Everything sent before the cut ``end`` has been handled once trades sent after it are
+    stored (per stream, in order on one connection)."""
+    for key, upto in end[0].items():
+        after = fake.trades_sent[key][upto:upto + 5]
+        if len(after) < 5 or await db[schema.TRADES].count_documents(
+                {"market": key[0], "symbol": key[1], "trade_id": {"$in": after}}) < 5:
+            return False
+    return True
+
+
 # name: (outage, extra collector environment, more spot trades made during the outage).
 LOSS_PATHS = {
     "db_hang": ("hang", {}, 100),
@@ -232,15 +244,8 @@ async def test_db_outage_loss_is_counted_end_to_end(path, fake, nx, db, collecto
     recovery_s = time.monotonic() - resumed
     end = _sent_cut(fake)
 
-    # Everything sent before ``end`` has been handled once trades sent after it are stored.
-    async def caught_up():
-        for key, upto in end[0].items():
-            after = fake.trades_sent[key][upto:upto + 5]
-            if len(after) < 5 or await db[schema.TRADES].count_documents(
-                    {"market": key[0], "symbol": key[1], "trade_id": {"$in": after}}) < 5:
-                return False
-        return True
-    await wait_for(caught_up, timeout_s=30, interval_s=0.25, what="trades after the outage")
+    await wait_for(lambda: _caught_up(db, fake, end), timeout_s=30, interval_s=0.25,
+                   what="trades after the outage")
     loss = await _window_loss(db, fake, start, end)
     status = await db[schema.STATUS].find_one({"_id": "collector"})
     writer = status["writer"]
@@ -271,3 +276,47 @@ async def test_db_outage_loss_is_counted_end_to_end(path, fake, nx, db, collecto
         assert loss[schema.TRADES][2] > 0, "the loss path was not exercised"
     proc.signal(signal.SIGTERM)
     assert proc.wait(30) == 0
+
+
+SLOW_MS = 100          # added each way: every MongoDB round trip takes 200 ms longer
+
+
+async def test_slow_mongodb_at_double_ingest_loses_nothing(fake, nx, db, collector_factory):
+    """MongoDB answers, but every packet is delayed (a TCP proxy), at twice the fake's usual
+    trade rate: the writer's batches absorb the latency; nothing is dropped or lost."""
+    fake.tick_s /= 2
+    proxy = LatencyProxy(nx.port, SLOW_MS / 1000)
+    port = await proxy.start()
+    try:
+        proc = collector_factory(MONGODB_URI=f"mongodb://127.0.0.1:{port}")
+        proc.start()
+        await _first_ids(db)
+        began = time.monotonic()
+        await _more_trades(fake, 1000)              # 10 s of the fake's clock at 2x
+        end = _sent_cut(fake)
+        cut_at = time.monotonic()
+        await wait_for(lambda: _caught_up(db, fake, end), timeout_s=30, interval_s=0.1,
+                       what="trades sent before the cut stored")
+        catch_up_s = time.monotonic() - cut_at
+        loss = await _window_loss(db, fake, ({}, {}), end)
+        status = await db[schema.STATUS].find_one({"_id": "collector"})
+        writer = status["writer"]
+        outages = await db[schema.GAPS].count_documents({"cause": "db_outage"})
+        duplicates = sum(n - 1 for n in (await _stored(db)).values())
+        lost = loss[schema.TRADES][2] + loss[schema.MARKET_DATA][2]
+        report("slow_mongodb_2x", expected=f"every MongoDB packet delayed {SLOW_MS} ms each way, "
+               "2x the usual trade rate: batches absorb it, nothing dropped, no outage",
+               recovery_s=None, records_lost=lost, run_s=cut_at - began,
+               trades_sent=loss[schema.TRADES][0], trades_stored=loss[schema.TRADES][1],
+               tickers_sent=loss[schema.MARKET_DATA][0],
+               tickers_stored=loss[schema.MARKET_DATA][1], duplicates=duplicates,
+               metrics_lost=writer["dropped"] + writer["spool"]["dropped"],
+               db_outage_gaps=outages, last_write_ms=round(writer["last_write_ms"]),
+               stored_lag_s=catch_up_s, proxied_chunks=proxy.chunks)
+        assert lost == 0 and duplicates == 0, loss
+        assert writer["dropped"] == 0 and writer["spool"]["dropped"] == 0 and outages == 0
+        assert proxy.chunks > 0 and writer["last_write_ms"] >= 2 * SLOW_MS
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        await proxy.stop()
