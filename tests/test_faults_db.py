@@ -247,8 +247,12 @@ async def test_db_outage_loss_is_counted_end_to_end(path, fake, nx, db, collecto
     await wait_for(lambda: _caught_up(db, fake, end), timeout_s=30, interval_s=0.25,
                    what="trades after the outage")
     loss = await _window_loss(db, fake, start, end)
-    status = await db[schema.STATUS].find_one({"_id": "collector"})
-    writer = status["writer"]
+
+    async def fresh_status():
+        # Built after the outage ended (a status write issued during it may land late, stale).
+        doc = await db[schema.STATUS].find_one({"_id": "collector"})
+        return doc if doc and doc["updated_at"] > gap["end"] else None
+    writer = (await wait_for(fresh_status, timeout_s=10, what="status after the outage"))["writer"]
     metrics_lost = writer["dropped"] + writer["spool"]["dropped"]
     by_type = gap.get("lost_by_type", {})
     lost = loss[schema.TRADES][2] + loss[schema.MARKET_DATA][2]
