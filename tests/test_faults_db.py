@@ -163,15 +163,24 @@ async def test_kill9_during_db_outage_then_restart_loses_nothing(kind, fake, nx,
     assert proc.wait(30) == 0
 
 
+# Fake event -> the collection that stores one document per event (by event time).
+PER_EVENT = {"24hrTicker": schema.MARKET_DATA, "openInterest": schema.OPEN_INTEREST}
+# Collections whose loss the fake proves document by document (the ledger counts documents).
+ONE_PER_EVENT = (schema.TRADES, *PER_EVENT.values())
+TYPE_NAMES = {schema.TRADES: "trades", schema.MARKET_DATA: "tickers",
+              schema.OPEN_INTEREST: "open_interest", schema.OHLCV: "candles"}
+
+
 def _sent_cut(fake) -> tuple[dict, dict]:
-    """How many trades / tickers the fake has sent so far, per stream."""
+    """How many trades / other events the fake has sent so far, per stream."""
     return ({k: len(v) for k, v in fake.trades_sent.items()},
-            {k: len(v) for k, v in fake.events_sent.items() if k[2] == "24hrTicker"})
+            {k: len(v) for k, v in fake.events_sent.items()})
 
 
 async def _window_loss(db, fake, start: tuple[dict, dict], end: tuple[dict, dict]) -> dict:
     """Sent between two cuts, stored, lost (= sent - stored), per record type the fake can
-    prove: trades by id, tickers by event time (one ``market_data`` document each)."""
+    prove: trades by id, tickers and open interest by event time (one document each), candles
+    by open time (a candle is lost only if none of its updates was stored)."""
     out = {}
     sent = stored = 0
     for key, upto in end[0].items():
@@ -180,25 +189,36 @@ async def _window_loss(db, fake, start: tuple[dict, dict], end: tuple[dict, dict
         stored += len({d["trade_id"] async for d in db[schema.TRADES].find(
             {"market": key[0], "symbol": key[1], "trade_id": {"$in": ids}}, {"trade_id": 1})})
     out[schema.TRADES] = (sent, stored, sent - stored)
-    sent = stored = 0
-    for key, upto in end[1].items():
-        times = [schema.s_to_dt(ms / 1000) for ms in
-                 fake.events_sent[key][start[1].get(key, 0):upto]]
-        sent += len(times)
-        stored += len({d["ts"] async for d in db[schema.MARKET_DATA].find(
-            {"market": key[0], "symbol": key[1], "ts": {"$in": times}}, {"ts": 1})})
-    out[schema.MARKET_DATA] = (sent, stored, sent - stored)
+    for event, coll in (*PER_EVENT.items(), ("kline", schema.OHLCV)):
+        sent = stored = 0
+        for key, upto in end[1].items():
+            if key[2] != event:
+                continue
+            times = fake.events_sent[key][start[1].get(key, 0):upto]
+            if event == "kline":
+                times = sorted({ms - ms % 60_000 for ms in times})
+            times = [schema.s_to_dt(ms / 1000) for ms in times]
+            sent += len(times)
+            stored += len({d["ts"] async for d in db[coll].find(
+                {"market": key[0], "symbol": key[1], "ts": {"$in": times}}, {"ts": 1})})
+        out[coll] = (sent, stored, sent - stored)
     return out
 
 
 async def _caught_up(db, fake, end: tuple[dict, dict]) -> bool:
-    """Everything sent before the cut ``end`` has been handled once trades sent after it are
-    stored (per stream, in order on one connection)."""
+    """Everything sent before the cut ``end`` has been handled once what was sent after it
+    (trades on each stream, the next open-interest answer) is stored."""
     for key, upto in end[0].items():
         after = fake.trades_sent[key][upto:upto + 5]
         if len(after) < 5 or await db[schema.TRADES].count_documents(
                 {"market": key[0], "symbol": key[1], "trade_id": {"$in": after}}) < 5:
             return False
+    for key, upto in end[1].items():
+        if key[2] == "openInterest":
+            after = fake.events_sent[key][upto:upto + 1]
+            if not after or not await db[schema.OPEN_INTEREST].count_documents(
+                    {"symbol": key[1], "ts": schema.s_to_dt(after[0] / 1000)}):
+                return False
     return True
 
 
@@ -222,7 +242,8 @@ async def test_db_outage_loss_is_counted_end_to_end(path, fake, nx, db, collecto
     status document's drop counters must all tell the same story."""
     kind, env, outage_trades = LOSS_PATHS[path]
     spool_dir = tmp_path / "spool"
-    proc = collector_factory(**env)
+    # Open interest is REST-polled: every 0.5 s here, so an outage holds a countable number.
+    proc = collector_factory(CRYPTODATA_POLL_INTERVAL_S="0.5", **env)
     proc.start()
     await _first_ids(db)
     # From the first message on: documents pending when the outage began were sent before it.
@@ -255,23 +276,22 @@ async def test_db_outage_loss_is_counted_end_to_end(path, fake, nx, db, collecto
     writer = (await wait_for(fresh_status, timeout_s=10, what="status after the outage"))["writer"]
     metrics_lost = writer["dropped"] + writer["spool"]["dropped"]
     by_type = gap.get("lost_by_type", {})
-    lost = loss[schema.TRADES][2] + loss[schema.MARKET_DATA][2]
+    lost = sum(loss[c][2] for c in ONE_PER_EVENT)
     report(path, expected=f"MongoDB {kind} outage under "
            f"{' '.join(f'{k}={v}' for k, v in env.items()) or 'default settings'}: "
-           "lost = sent - stored for trades and tickers, and the db_outage gap and the "
-           "writer/spool counters say the same", recovery_s=recovery_s, records_lost=lost,
-           outage_s=resumed - began,
-           trades_sent=loss[schema.TRADES][0], trades_stored=loss[schema.TRADES][1],
-           trades_lost=loss[schema.TRADES][2],
-           tickers_sent=loss[schema.MARKET_DATA][0],
-           tickers_stored=loss[schema.MARKET_DATA][1],
-           tickers_lost=loss[schema.MARKET_DATA][2],
+           "lost = sent - stored for trades, tickers and open interest, and the db_outage gap "
+           "and the writer/spool counters say the same", recovery_s=recovery_s,
+           records_lost=lost, outage_s=resumed - began,
+           **{f"{name}_sent/stored/lost": "/".join(map(str, loss[c]))
+              for c, name in TYPE_NAMES.items()},
            ledger_lost=gap.get("records_lost"), metrics_lost=metrics_lost,
-           **{f"ledger_{c}": n for c, n in by_type.items()
-              if c not in (schema.TRADES, schema.MARKET_DATA)},
+           ledger_by_type=",".join(f"{c}:{n}" for c, n in by_type.items()),
            gap_backfilled=gap["backfilled"])
-    assert by_type.get(schema.TRADES, 0) == loss[schema.TRADES][2], (by_type, loss)
-    assert by_type.get(schema.MARKET_DATA, 0) == loss[schema.MARKET_DATA][2], (by_type, loss)
+    for coll in ONE_PER_EVENT:
+        assert by_type.get(coll, 0) == loss[coll][2], (coll, by_type, loss)
+    # The ledger counts candle updates; a candle (open time) is lost only if all its updates
+    # were, which takes an outage longer than a minute.
+    assert loss[schema.OHLCV][2] == 0, loss
     assert gap["records_lost"] == sum(by_type.values()) == metrics_lost, (gap, writer)
     assert gap["backfilled"] is (metrics_lost == 0)
     if path == "db_hang":
@@ -292,7 +312,8 @@ async def test_slow_mongodb_at_double_ingest_loses_nothing(fake, nx, db, collect
     proxy = LatencyProxy(nx.port, SLOW_MS / 1000)
     port = await proxy.start()
     try:
-        proc = collector_factory(MONGODB_URI=f"mongodb://127.0.0.1:{port}")
+        proc = collector_factory(MONGODB_URI=f"mongodb://127.0.0.1:{port}",
+                                 CRYPTODATA_POLL_INTERVAL_S="0.5")
         proc.start()
         await _first_ids(db)
         began = time.monotonic()
@@ -307,17 +328,17 @@ async def test_slow_mongodb_at_double_ingest_loses_nothing(fake, nx, db, collect
         writer = status["writer"]
         outages = await db[schema.GAPS].count_documents({"cause": "db_outage"})
         duplicates = sum(n - 1 for n in (await _stored(db)).values())
-        lost = loss[schema.TRADES][2] + loss[schema.MARKET_DATA][2]
+        lost = sum(loss[c][2] for c in ONE_PER_EVENT) + loss[schema.OHLCV][2]
         report("slow_mongodb_2x", expected=f"every MongoDB packet delayed {SLOW_MS} ms each way, "
                "2x the usual trade rate: batches absorb it, nothing dropped, no outage",
                recovery_s=None, records_lost=lost, run_s=cut_at - began,
-               trades_sent=loss[schema.TRADES][0], trades_stored=loss[schema.TRADES][1],
-               tickers_sent=loss[schema.MARKET_DATA][0],
-               tickers_stored=loss[schema.MARKET_DATA][1], duplicates=duplicates,
+               **{f"{name}_sent/stored/lost": "/".join(map(str, loss[c]))
+                  for c, name in TYPE_NAMES.items()}, duplicates=duplicates,
                metrics_lost=writer["dropped"] + writer["spool"]["dropped"],
                db_outage_gaps=outages, last_write_ms=round(writer["last_write_ms"]),
                stored_lag_s=catch_up_s, proxied_chunks=proxy.chunks)
         assert lost == 0 and duplicates == 0, loss
+        assert all(loss[c][0] for c in TYPE_NAMES), loss        # each type was exercised
         assert writer["dropped"] == 0 and writer["spool"]["dropped"] == 0 and outages == 0
         assert proxy.chunks > 0 and writer["last_write_ms"] >= 2 * SLOW_MS
         proc.signal(signal.SIGTERM)

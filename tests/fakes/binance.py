@@ -84,7 +84,8 @@ class FakeBinance:
         self.trade_rows: dict[tuple[str, str], dict[str, tuple[str, str, int, bool]]] = {}
         self.trades_sent: dict[tuple[str, str], list[str]] = {}
         # Event time (E, ms) of every ticker / kline / mark-price message sent to at least one
-        # client, per (market, symbol, event): what the collector can be held to storing.
+        # client, and the time of every open-interest answer, per (market, symbol, event): what
+        # the collector can be held to storing.
         self.events_sent: dict[tuple[str, str, str], list[int]] = {}
         self.socket_logs: list[SocketLog] = []
         self._logs: dict[web.WebSocketResponse, SocketLog] = {}
@@ -403,8 +404,9 @@ class FakeBinance:
         symbol = request.query.get("symbol", "")
         if symbol not in self.perp:
             return self._error(-1121, "Invalid symbol.")
-        return web.json_response({"openInterest": "10659.509", "symbol": symbol,
-                                  "time": int(time.time() * 1000)})
+        now = int(time.time() * 1000)
+        self.events_sent.setdefault(("perp", symbol, "openInterest"), []).append(now)
+        return web.json_response({"openInterest": "10659.509", "symbol": symbol, "time": now})
 
     async def _premium_index(self, request: web.Request) -> web.Response:
         symbol = request.query.get("symbol", "")
