@@ -72,6 +72,7 @@ class Collector:
         self.gaps = GapLedger(self.writer, owner=self.status_id)
         self.run_state = RunState(spool_dir(settings))
         self.writer.outage_listeners.append(self.gaps.on_db_availability)
+        self.writer.flush_listeners.append(self.gaps.on_flush)
         self.feeds: list[Feed] = []
         self._tasks: list[asyncio.Task] = []
         self.stopped = asyncio.Event()

@@ -54,9 +54,8 @@ class Writer:
         self.duplicates = 0
         self.dropped = 0
         self.dropped_by: Counter[str] = Counter()    # ``dropped`` per collection
-        # ``dropped_by`` when a flush last succeeded: an outage's loss counts from there (a hung
-        # write lets the queue overflow before it fails and the outage is declared).
-        self.dropped_by_at_last_write: Counter[str] = Counter()
+        # Called after every successful flush (the gap ledger accounts for drops there).
+        self.flush_listeners: list = []
         self.write_errors = 0
         self.last_write_ms = 0.0
         self.db_available = True
@@ -237,8 +236,8 @@ class Writer:
                 self.db_available = True
                 self._notify(True)
             self.durable_until = started_wall
-            if self.dropped != sum(self.dropped_by_at_last_write.values()):
-                self.dropped_by_at_last_write = self.dropped_by.copy()
+            for listener in self.flush_listeners:
+                listener()
             self.last_write_ms = (time.perf_counter() - started) * 1000
             return True
 

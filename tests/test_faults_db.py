@@ -345,3 +345,69 @@ async def test_slow_mongodb_at_double_ingest_loses_nothing(fake, nx, db, collect
         assert proc.wait(30) == 0
     finally:
         await proxy.stop()
+
+
+async def test_slow_mongodb_over_queue_max_is_an_overflow_gap(fake, nx, db, collector_factory):
+    """The same slow MongoDB with a small ``queue_max``: documents are dropped although the
+    database never fails; each drop is in an ``overflow`` gap, and lost = sent - stored."""
+    fake.tick_s /= 2
+    proxy = LatencyProxy(nx.port, SLOW_MS / 1000)
+    port = await proxy.start()
+    try:
+        proc = collector_factory(MONGODB_URI=f"mongodb://127.0.0.1:{port}",
+                                 CRYPTODATA_POLL_INTERVAL_S="0.5", CRYPTODATA_QUEUE_MAX="300")
+        proc.start()
+        await _first_ids(db)
+        began = time.monotonic()
+        await _more_trades(fake, 500)               # 5 s of the fake's clock at 2x
+        fake.stall()                                 # the overload ends; REST still answers
+        stalled_at = time.monotonic()
+
+        async def settled():
+            # Nothing pending, and every drop in an overflow gap (the gaps are written one
+            # flush after the drops are seen).
+            status = await db[schema.STATUS].find_one({"_id": "collector"})
+            gaps = await db[schema.GAPS].find({"cause": "overflow"}).to_list(None)
+            w = status["writer"]
+            ok = (status["updated_at"].timestamp() > time.time() - 2 and w["pending"] == 0
+                  and w["dropped"] == sum(g["records_lost"] for g in gaps))
+            return (w, gaps) if ok else None
+        writer, gaps = await wait_for(settled, timeout_s=60, interval_s=0.25,
+                                      what="drops settled into overflow gaps")
+        settle_s = time.monotonic() - stalled_at
+        end = _sent_cut(fake)
+        oi = [k for k in end[1] if k[2] == "openInterest"]
+
+        async def last_oi_stored():
+            for key in oi:
+                last = fake.events_sent[key][end[1][key] - 1]
+                if not await db[schema.OPEN_INTEREST].count_documents(
+                        {"symbol": key[1], "ts": schema.s_to_dt(last / 1000)}):
+                    return False
+            return True
+        await wait_for(last_oi_stored, timeout_s=10, what="open interest after the overload")
+        loss = await _window_loss(db, fake, ({}, {}), end)
+        by_type: dict[str, int] = {}
+        for gap in gaps:
+            for coll, n in gap["lost_by_type"].items():
+                by_type[coll] = by_type.get(coll, 0) + n
+        lost = sum(loss[c][2] for c in ONE_PER_EVENT)
+        outages = await db[schema.GAPS].count_documents({"cause": "db_outage"})
+        report("slow_mongodb_queue_max", expected=f"MongoDB {SLOW_MS} ms slower each way, 2x "
+               "rate, queue_max=300: documents dropped without an outage; every drop in an "
+               "overflow gap, lost = sent - stored per type", recovery_s=settle_s,
+               records_lost=lost, run_s=stalled_at - began,
+               **{f"{name}_sent/stored/lost": "/".join(map(str, loss[c]))
+                  for c, name in TYPE_NAMES.items()},
+               overflow_gaps=len(gaps), ledger_lost=sum(by_type.values()),
+               metrics_lost=writer["dropped"] + writer["spool"]["dropped"],
+               ledger_by_type=",".join(f"{c}:{n}" for c, n in sorted(by_type.items())),
+               db_outage_gaps=outages)
+        for coll in ONE_PER_EVENT:
+            assert by_type.get(coll, 0) == loss[coll][2], (coll, by_type, loss)
+        assert sum(by_type.values()) == writer["dropped"] and writer["spool"]["dropped"] == 0
+        assert outages == 0 and loss[schema.TRADES][2] > 0, "the loss path was not exercised"
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        await proxy.stop()

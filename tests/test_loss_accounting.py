@@ -120,3 +120,22 @@ async def test_a_busy_collection_does_not_starve_the_others(mongo_db):
     assert await mongo_db.market_data.count_documents({"last": 3.0}) == 1
     assert await mongo_db.trades.count_documents({}) == 20    # what was pending at the start
     assert writer.pending == 5                                # arrived during the last write
+
+
+async def test_drops_while_the_database_answers_are_an_overflow_gap(mongo_db):
+    writer = Writer(mongo_db, batch_size=50, queue_max=10)
+    ledger = GapLedger(writer)
+    writer.outage_listeners.append(ledger.on_db_availability)
+    writer.flush_listeners.append(ledger.on_flush)
+    writer.submit(_trade(0))
+    assert await writer.flush()
+    for i in range(1, 13):
+        writer.submit(_trade(i))
+    writer.submit(_ticker(1.0))
+    assert await writer.flush()             # the drops are recorded after this flush
+    assert await writer.flush()             # ... and the gap written by the next one
+    gaps = await mongo_db.gaps.find({}).to_list(None)
+    assert [(g["cause"], g["stream"], g["records_lost"], g["lost_by_type"], g["backfilled"])
+            for g in gaps] == [("overflow", "writer", 3, {"market_data": 1, "trades": 2}, False)]
+    assert gaps[0]["end"] is not None and gaps[0]["start"] <= gaps[0]["end"]
+    assert await writer.flush() and await mongo_db.gaps.count_documents({}) == 1
