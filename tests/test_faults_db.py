@@ -1,9 +1,12 @@
 """MongoDB faults nobody sees in a unit test, on the real ``python -m collector`` against the fake
 Binance and a private nx-27017 (fixtures of tests/test_faults_process.py): a hanging database
-(SIGSTOP: socket open, no answers), and the collector SIGKILLed during an outage (hanging or
-refused) then restarted while the database is still away. Each test counts loss end to end
-(trades the fake generated vs. trades stored) and checks that the gap ledger says the same; each
-records its figure in the fault table (tests/faultlog.py)."""
+(SIGSTOP: socket open, no answers); the collector SIGKILLed during an outage (hanging or refused)
+then restarted while the database is still away; the writer's loss paths (``queue_max`` during a
+hang, spool full under ``drop_oldest`` and ``reject``); a slow database (every packet delayed by
+tests/latency_proxy.py) at twice the usual rate, with and without a small ``queue_max``. Each
+test counts loss end to end (what the fake sent or made vs. what is stored, per record type it
+can prove) and checks that the gap ledger and the writer's counters say the same; each records
+its figure in the fault table (tests/faultlog.py)."""
 from __future__ import annotations
 
 import os
