@@ -414,3 +414,46 @@ async def test_slow_mongodb_over_queue_max_is_an_overflow_gap(fake, nx, db, coll
         assert proc.wait(30) == 0
     finally:
         await proxy.stop()
+
+
+async def test_kill9_beyond_rest_reach_ledger_states_exact_loss(fake, nx, db, collector_factory):
+    """Down for more trades than Binance's REST keeps (the newest 1,000): the restart gap cannot
+    be backfilled, and states exactly how many spot trades it lost (consecutive ids); perp
+    aggregate trades are listed as unknown."""
+    proc = collector_factory()
+    proc.start()
+    firsts = await _first_ids(db)
+    await _more_trades(fake, 25)                    # the state file holds a durable point
+    proc.signal(signal.SIGKILL)
+    proc.wait()
+    fake.tick_s /= 10                               # a burst: 1,500 trades per symbol
+    await _more_trades(fake, 1500)
+    fake.tick_s *= 10
+    restarted = proc.start()
+
+    async def counted():
+        return await db[schema.GAPS].find_one({"cause": "restart",
+                                                "records_lost": {"$exists": True}})
+    gap = await wait_for(counted, timeout_s=60, interval_s=0.25, what="restart gap loss counted")
+    recovery_s = time.monotonic() - restarted
+    last = {k: int(_made(fake, *k)[-1]) for k in SUBSCRIBED}
+    cut = (_sent_cut(fake)[0], {})
+    await wait_for(lambda: _caught_up(db, fake, cut), timeout_s=30,
+                   what="trades after the restart stored")
+    missing = await _missing(db, fake, firsts, last)
+    spot = {f"{m}:{s}": len(v) for (m, s), v in missing.items() if m == "spot"}
+    report("kill9_beyond_rest", expected="down for more than the newest 1,000 trades REST "
+           "keeps: the restart gap is not backfilled and states the exact loss per spot stream",
+           recovery_s=recovery_s, records_lost=sum(spot.values()),
+           ledger_lost=gap["records_lost"],
+           **{f"missing_{k}": v for k, v in sorted(spot.items())},
+           **{f"ledger_{k}": v for k, v in sorted(gap["lost_by_stream"].items())},
+           loss_unknown=",".join(gap.get("loss_unknown", [])),
+           perp_missing=len(missing[("perp", "BTCUSDT")]), backfilled=gap["backfilled"])
+    assert gap["backfilled"] is False
+    assert gap["lost_by_stream"] == spot and gap["records_lost"] == sum(spot.values()), (
+        gap, spot)
+    assert all(v > 0 for v in spot.values()), spot
+    assert gap["loss_unknown"] == ["perp:BTCUSDT"]
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0

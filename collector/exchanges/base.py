@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Coroutine
 
 import aiohttp
+from pymongo.errors import PyMongoError
 
 from collector import partition
 from collector.gaps import Gap, GapLedger
@@ -19,7 +20,7 @@ from collector.orderbook import OrderBook
 from collector.rest import RateBudget, RestClient, RestError
 from collector.stats import Stats
 from collector.writer import Writer
-from common.schema import PERP, SPOT, BookSnapshot, Record, Ticker, now_utc, s_to_dt
+from common.schema import PERP, SPOT, TRADES, BookSnapshot, Record, Ticker, now_utc, s_to_dt
 from common.settings import ExchangeSettings, Settings
 from common.symbols import pair_from_symbol
 
@@ -83,6 +84,9 @@ class Feed:
     # REST request weight allowed per window (seconds).
     rest_weight_per_window: ClassVar[float] = 600.0
     rest_window_s: ClassVar[float] = 60.0
+    # Markets whose trade ids are consecutive integers per symbol: where a backfill cannot
+    # reach back to a gap's start, the number of trades lost is then exact.
+    consecutive_trade_ids: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: ExchangeSettings, ctx: FeedContext) -> None:
         self.cfg = cfg
@@ -101,6 +105,9 @@ class Feed:
         # Gaps that close when data flows again: connection -> its gap; "*" -> restart gap.
         self._awaiting_data: dict[Any, Gap] = {}
         self._restart_live: set[WsConnection] = set()     # connections live since a restart
+        # (market, symbol) -> (id, ts) of the oldest trade of the last backfill page
+        # (consecutive ids only).
+        self._backfill_oldest: dict[tuple[str, str], tuple[int, Any]] = {}
         self._restart_first_at: float | None = None
         self.rotations = 0
         # Books that lost integrity and are resyncing: (market, symbol) -> epoch seconds since.
@@ -308,6 +315,7 @@ class Feed:
         markets = [SPOT, PERP] if gap.market == "*" else [gap.market]
         since = s_to_dt(gap.start.timestamp() - 1.0)
         complete = True
+        short: list[tuple[str, str]] = []       # trade backfills that did not reach ``since``
         for market in markets:
             for symbol in self.symbols(market):
                 if gap.symbol not in ("*", symbol):
@@ -315,7 +323,10 @@ class Feed:
                 owned = [k for k in kinds if self.owns_backfill(market, symbol, k)]
                 try:
                     if "trades" in owned:
-                        complete &= await self.backfill_trades(market, symbol, since)
+                        reached = await self.backfill_trades(market, symbol, since)
+                        if not reached:
+                            short.append((market, symbol))
+                        complete &= reached
                     if "kline" in owned:
                         await self.backfill_candles(market, symbol, since)
                     if "derivatives" in owned and market == PERP:
@@ -327,7 +338,57 @@ class Feed:
                     self.malformed(exc, exc)
                     complete = False
         log.info("%s: backfill of %s %s", self.name, gap.id, "complete" if complete else "partial")
+        if short:
+            self._spawn(self._count_trade_loss(gap, short))
         return complete
+
+    async def _count_trade_loss(self, gap: Gap, short: list[tuple[str, str]]) -> None:
+        """Trades a gap lost for good (its backfill could not reach back to the start): where
+        ids are consecutive, exactly the ids between the last trade stored before the gap and
+        the oldest one the exchange still had. Counted once MongoDB holds everything received
+        before the gap (after an outage: the spool replayed); elsewhere the loss is unknown."""
+        writer = self.writer
+        while True:
+            if (writer.db_available and not (writer.spool is not None and writer.spool)
+                    and (writer.durable_until or 0.0) > gap.start.timestamp()):
+                try:
+                    lost, unknown = await self._trades_lost(gap, short)
+                    break
+                except PyMongoError as exc:
+                    log.warning("%s: loss of %s not countable yet: %r", self.name, gap.id, exc)
+            await asyncio.sleep(1.0)
+        gap.extra.update(records_lost=sum(lost.values()), lost_by_stream=lost)
+        if unknown:
+            gap.extra["loss_unknown"] = unknown
+        self.gaps.mark_backfilled(gap, False)
+        log.warning("%s: gap %s lost %d trades for good (%s)%s", self.name, gap.id,
+                    sum(lost.values()), lost, f"; unknown for {unknown}" if unknown else "")
+
+    async def _trades_lost(self, gap: Gap, short: list[tuple[str, str]]
+                           ) -> tuple[dict[str, int], list[str]]:
+        """Per stream of ``short``: trades missing for good, or the stream listed as unknown."""
+        lost: dict[str, int] = {}
+        unknown: list[str] = []
+        trades = self.writer.db[TRADES]
+        for market, symbol in short:
+            oldest = self._backfill_oldest.get((market, symbol))
+            last = None
+            key = {"exchange": self.name, "market": market, "symbol": symbol}
+            if market in self.consecutive_trade_ids and oldest is not None:
+                # The newest trade durable before the gap, then whatever is stored between it
+                # and the oldest one re-fetched (a write in flight when the process died).
+                last = await trades.find_one({**key, "received_at": {"$lt": gap.start}},
+                                             {"trade_id": 1, "ts": 1}, sort=[("ts", -1)])
+            if last is None:
+                unknown.append(f"{market}:{symbol}")
+                continue
+            lo, (hi, hi_ts) = int(last["trade_id"]), oldest
+            between = {int(d["trade_id"]) async for d in trades.find(
+                {**key, "ts": {"$gte": last["ts"], "$lte": hi_ts}}, {"trade_id": 1})}
+            missing = hi - lo - 1 - sum(1 for i in between if lo < i < hi)
+            if missing > 0:
+                lost[f"{market}:{symbol}"] = missing
+        return lost, unknown
 
     def backfill_kinds(self, gap: Gap) -> tuple[str, ...]:
         """What a gap missed: nothing for a book (it resyncs), trades for a trade-id hole,
@@ -364,6 +425,10 @@ class Feed:
         """Emit the trades of one REST page at or after ``since``; True if the page reaches
         back to ``since`` (it held older trades, or fewer than a full page)."""
         fresh = [t for t in trades if t.ts >= since]
+        if trades and trades[0].market in self.consecutive_trade_ids:
+            # Where the page starts: what is older is gone (see _count_trade_loss).
+            first = min(trades, key=lambda t: int(t.trade_id))
+            self._backfill_oldest[(first.market, first.symbol)] = (int(first.trade_id), first.ts)
         for trade in fresh:
             self.emit(trade)
         self.stats.backfilled_trades += len(fresh)

@@ -26,6 +26,7 @@ FUNDING_HISTORY_EVERY_S = 60.0
 class BinanceFeed(Feed):
     name = "binance"
     connect_interval_s = 0.5      # 300 connections / 5 min / IP
+    consecutive_trade_ids = (SPOT,)     # spot trade ids (the hole check relies on them too)
 
     def __init__(self, cfg: ExchangeSettings, ctx: FeedContext) -> None:
         super().__init__(cfg, ctx)
