@@ -134,7 +134,7 @@ async def test_kill9_during_db_outage_then_restart_loses_nothing(kind, fake, nx,
         gaps = await db[schema.GAPS].find({}).to_list(None)
         return gaps if gaps and not any(g["end"] is None for g in gaps) else None
     try:
-        gaps = await wait_for(ledger_closed, timeout_s=20, what="every gap closed")
+        gaps = await wait_for(ledger_closed, timeout_s=30, what="every gap closed")
     except AssertionError:
         gaps = await db[schema.GAPS].find({}).to_list(None)
     restart = [g for g in gaps if g["cause"] == "restart"]
@@ -154,11 +154,11 @@ async def test_kill9_during_db_outage_then_restart_loses_nothing(kind, fake, nx,
                        restart, outages)
     assert duplicates == 0
     assert ledger_lost == lost
-    assert len(restart) == 1 and restart[0]["backfilled"] is True and restart[0]["end"]
+    assert len(restart) == 1 and restart[0]["backfilled"] is True and restart[0]["end"], gaps
     # The killed process's outage gap (replayed from its spool), closed by its successor where
-    # its data was last durable, with nothing lost; then the successor's own, if it saw one
-    # (a refused database may be back before its first write gives up).
-    assert 1 <= len(outages) <= 2, outages
+    # its data was last durable, with nothing lost; then the successor's own, if it saw any (a
+    # refused database may be back before its first write gives up, or flap once more).
+    assert outages, gaps
     assert outages[0]["end"] == restart[0]["start"], (outages[0], restart[0])
     assert all(g["records_lost"] == 0 and g["backfilled"] is True for g in outages), outages
     assert all(g["end"] is not None for g in gaps), [g for g in gaps if g["end"] is None]
