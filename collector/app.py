@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -19,6 +20,7 @@ from collector.exchanges.base import Feed, FeedContext
 from collector.gaps import GapLedger
 from collector.heap import freeze_startup_objects, unfreeze
 from collector.partition import parse_partition
+from collector.runstate import RunState
 from collector.spool import Spool
 from collector.stats import Stats
 from collector.writer import Writer
@@ -69,16 +71,24 @@ class Collector:
                                          max_bytes=int(settings.spool_max_mb * 2 ** 20),
                                          policy=settings.spool_full_policy))
         self.gaps = GapLedger(self.writer, owner=self.status_id)
+        self.run_state = RunState(spool_dir(settings))
         self.writer.outage_listeners.append(self.gaps.on_db_availability)
+        self.writer.flush_listeners.append(self.gaps.on_flush)
         self.feeds: list[Feed] = []
         self._tasks: list[asyncio.Task] = []
         self.stopped = asyncio.Event()
 
     async def run(self, duration_s: float = 0.0) -> None:
-        previous = await self._previous_heartbeat()
+        started = schema.now_utc()
+        previous, outage = await self._previous_run()
         loop = asyncio.get_running_loop()
         # Collect even if MongoDB is not up yet; indexes follow as soon as it is.
         self._tasks.append(loop.create_task(ensure_indexes(self.db, self.settings.retention)))
+        if previous is not None:
+            self._tasks.append(loop.create_task(
+                self._close_previous_gaps(previous, started, outage)))
+        else:
+            self.gaps.own_ids = None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
         async with aiohttp.ClientSession() as session:
@@ -87,13 +97,15 @@ class Collector:
             for name in self.settings.enabled_exchanges():
                 feed = load_feed_class(name)(self.settings.exchange(name), ctx)
                 if previous is not None:
-                    # Down since the last heartbeat: a restart gap until this feed's first data.
+                    # Down since the previous run's data was last durable: a restart gap until
+                    # this feed's first data (then backfilled over REST).
                     feed.await_data(self.gaps.open(name, "*", "*", "collector", "restart",
                                                    start=previous))
                 self.feeds.append(feed)
                 self._tasks.append(loop.create_task(self._run_feed(feed)))
             self._tasks.append(loop.create_task(self.writer.run()))
             self._tasks.append(loop.create_task(self._status_loop()))
+            self._tasks.append(loop.create_task(self._state_loop()))
             self._tasks.append(loop.create_task(self._log_loop()))
             log.info("collector started: %s", ", ".join(f.name for f in self.feeds))
             # Start-up objects live as long as the process: keep full GC passes off them.
@@ -110,29 +122,57 @@ class Collector:
             finally:
                 unfreeze()
 
-    async def _previous_heartbeat(self):
-        """``updated_at`` of the previous run's status document (None on a first start)."""
+    async def _previous_run(self) -> tuple[datetime | None, dict[str, Any] | None]:
+        """When the previous run's data was last durable (restart gap start; None on a first
+        start) and its open db_outage gap's loss. From the local run state file, so it never
+        waits for MongoDB; without one (first run of this version, state lost) from the
+        previous status document's heartbeat, if the database answers within 5 s."""
+        state = self.run_state.load()
+        if state is not None:
+            return schema.s_to_dt(float(state["durable_until"])), state.get("outage")
         try:
-            doc = await self.db[schema.STATUS].find_one({"_id": self.status_id}, {"updated_at": 1})
-        except PyMongoError as exc:
-            log.error("could not read the previous status (restart gap unknown): %r", exc)
-            return None
-        previous = doc.get("updated_at") if doc else None
-        if previous is not None:
-            # Gaps the previous run left open end at its last heartbeat; the restart gap
-            # covers the time after that.
-            try:
-                async for gap in self.db[schema.GAPS].find({"end": None,
-                                                            "collector": self.status_id}):
-                    end = max(previous, gap["start"])
-                    gap.update(end=end,
-                               duration_s=round((end - gap["start"]).total_seconds(), 3),
-                               detail=(gap.get("detail") or "") + " [closed at restart]")
-                    # Whole-document replace: nx-27017 mis-stores dates given to $set.
-                    await self.db[schema.GAPS].replace_one({"_id": gap["_id"]}, gap)
-            except PyMongoError as exc:
-                log.error("could not close the previous run's open gaps: %r", exc)
-        return previous
+            doc = await asyncio.wait_for(
+                self.db[schema.STATUS].find_one({"_id": self.status_id}, {"updated_at": 1}), 5)
+        except (PyMongoError, asyncio.TimeoutError) as exc:
+            log.error("no run state and could not read the previous status (restart gap "
+                      "unknown): %r", exc)
+            return None, None
+        return (doc.get("updated_at") if doc else None), None
+
+    async def _close_previous_gaps(self, previous: datetime, started: datetime,
+                                   outage: dict[str, Any] | None) -> None:
+        """Close the gaps the previous run left open: they end where its data was last durable
+        (the restart gap covers the time after that). Waits until MongoDB answers and the spool
+        is replayed: gaps opened during an outage reach the database only then."""
+        gaps = self.db[schema.GAPS]
+        while True:
+            spool = self.writer.spool
+            if self.writer.db_available and not (spool is not None and spool):
+                try:
+                    found = await asyncio.wait_for(gaps.find(
+                        {"end": None, "collector": self.status_id,
+                         "start": {"$lt": started}}).to_list(None), 10)
+                    break
+                except (PyMongoError, asyncio.TimeoutError) as exc:
+                    log.warning("previous run's open gaps not readable yet: %r", exc)
+            await asyncio.sleep(1.0)
+        own = self.gaps.own_ids
+        for gap in found:
+            if gap["_id"] in own:
+                continue
+            end = max(previous, gap["start"])
+            gap.update(end=end, duration_s=round((end - gap["start"]).total_seconds(), 3),
+                       detail=(gap.get("detail") or "") + " [closed at restart]")
+            if outage is not None and gap["_id"] == outage.get("id"):
+                # The spool (replayed by this run) holds what it took; what the killed
+                # process had dropped is the loss, known from its run state.
+                lost = int(outage.get("records_lost") or 0)
+                gap.update(records_lost=lost, lost_by_type=outage.get("lost_by_type") or {},
+                           backfilled=lost == 0)
+            # Through the writer (spooled if MongoDB went away again); whole-document replace.
+            self.writer.submit_doc(schema.GAPS, gap)
+            log.warning("closed the previous run's open gap %s at %s", gap["_id"], end)
+        self.gaps.own_ids = None
 
     async def _run_feed(self, feed: Feed) -> None:
         while True:
@@ -155,6 +195,7 @@ class Collector:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.writer.close()
+        self._save_run_state()
         await self._write_status(final=True)
         log.info("stopped; %d documents stored in total", self.writer.stored)
         await self.client.close()
@@ -189,6 +230,18 @@ class Collector:
         while True:
             await self._write_status()
             await asyncio.sleep(self.settings.status_interval_s)
+
+    def _save_run_state(self) -> None:
+        if self.writer.durable_until is not None:
+            self.run_state.save({"durable_until": self.writer.durable_until, "pid": os.getpid(),
+                                 "outage": self.gaps.outage_state()})
+
+    async def _state_loop(self) -> None:
+        # At the flush cadence: a crash loses at most this much of durable_until's precision
+        # (an older value only lengthens the next restart gap).
+        while True:
+            self._save_run_state()
+            await asyncio.sleep(max(0.2, self.settings.flush_interval_s))
 
     async def _log_loop(self) -> None:
         last_stored = 0

@@ -7,12 +7,17 @@
 - ``market``: spot | perp | ``"*"``; ``stream``: the connection name (``binance:spot``), a data
   stream (``depth``, ``trade``), ``collector`` (restart) or ``mongodb`` (db_outage).
 - ``cause``: disconnect | idle | sequence_gap | checksum | crossed (a book whose best bid reached
-  its best ask) | restart | db_outage.
+  its best ask) | restart | db_outage | overflow (documents dropped at ``queue_max`` while the
+  database answered, too slowly; ``stream`` ``writer``).
 - ``collector``: the status-document id of the recording process (``collector`` or
   ``collector-<i>-of-<N>`` when partitioned).
 - ``end`` is None while the gap is open; ``duration_s`` is set when it closes.
 - ``backfilled``: True once the missed data was fetched again (REST backfill), or for a
   ``db_outage`` when the spool replayed everything (nothing was lost).
+- ``records_lost`` / ``lost_by_type`` (``db_outage``, ``overflow``): documents dropped for good
+  (memory or spool limit), in total and per collection (only those that lost something); a
+  db_outage gap counts from the last successful write to the end of the outage. A collector killed during an outage leaves them
+  in its run state file (collector.runstate); its successor closes the gap with them.
 
 A gap is written when it opens and again when it closes / is marked backfilled (same ``_id``,
 replaced). The documents go through the writer, so during a MongoDB outage they are spooled to
@@ -21,6 +26,7 @@ disk like market data and reach the database when it returns.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,7 +37,8 @@ from common.status import GapCounters
 
 log = logging.getLogger(__name__)
 
-CAUSES = ("disconnect", "idle", "sequence_gap", "checksum", "crossed", "restart", "db_outage")
+CAUSES = ("disconnect", "idle", "sequence_gap", "checksum", "crossed", "restart", "db_outage",
+          "overflow")
 
 
 @dataclass
@@ -79,10 +86,17 @@ class GapLedger:
         self.opened = 0
         self.closed = 0
         self.recent: list[Gap] = []       # the last closed gaps (tests, status)
+        # Ids of the gaps this process saved, until it has closed the previous run's open gaps
+        # (collector.app sets it to None then): those are not the previous run's.
+        self.own_ids: set[str] | None = set()
+        self._attributed: Counter = Counter()     # drops already in a gap's records_lost
+        self._attributed_total = 0
 
     def _save(self, gap: Gap) -> None:
         doc = gap.to_doc()
         doc["collector"] = self.owner
+        if self.own_ids is not None:
+            self.own_ids.add(doc["_id"])
         self.writer.submit_doc(schema.GAPS, doc)
 
     def open(self, exchange: str, symbol: str, market: str, stream: str, cause: str, *,
@@ -126,24 +140,71 @@ class GapLedger:
     def find_open(self, exchange: str, market: str, symbol: str, stream: str) -> Gap | None:
         return self.open_gaps.get((exchange, market, symbol, stream))
 
-    # ---- database outages (writer listener) --------------------------------------------------
+    # ---- database outages and overflow (writer listeners) ------------------------------------
+    # Every document the writer or the spool drops is attributed to exactly one gap: the open
+    # db_outage gap when it closes (including drops while a write hung before failing), else an
+    # ``overflow`` gap recorded after the flush that followed the drops (a slow database).
     def on_db_availability(self, available: bool) -> None:
         key = ("*", "*", "*", "mongodb")
         if not available:
-            gap = self.open("*", "*", "*", "mongodb", "db_outage")
-            self._lost_before = self._lost_so_far()
+            self.open("*", "*", "*", "mongodb", "db_outage")
             return
         gap = self.open_gaps.get(key)
         if gap is None:
             return
-        lost = self._lost_so_far() - getattr(self, "_lost_before", 0)
-        gap.extra["records_lost"] = lost
+        lost = self._attribute()
+        gap.extra["records_lost"] = sum(lost.values())
+        gap.extra["lost_by_type"] = lost
         # Nothing lost: the spool took everything and replayed it (backfilled = complete).
-        self.close(gap, backfilled=getattr(self.writer, "spool", None) is not None and lost == 0)
+        self.close(gap, backfilled=getattr(self.writer, "spool", None) is not None and not lost)
 
-    def _lost_so_far(self) -> int:
+    def on_flush(self) -> None:
+        """After a successful flush: drops not covered by an outage are an ``overflow`` gap
+        (``queue_max`` reached while the database answered, but too slowly)."""
+        now = now_utc()
+        since, self._last_flush_at = getattr(self, "_last_flush_at", now), now
+        if self._dropped_total() == self._attributed_total or \
+                ("*", "*", "*", "mongodb") in self.open_gaps:
+            return
+        lost = self._attribute()
+        gap = Gap("*", "*", "*", "writer", "overflow", since,
+                  detail=f"queue_max reached: {sum(lost.values())} documents dropped",
+                  extra={"records_lost": sum(lost.values()), "lost_by_type": lost})
+        self.opened += 1
+        self.close(gap, end=now)
+
+    def outage_lost(self) -> dict[str, int]:
+        """Documents dropped (memory or spool limit) and not yet attributed to a gap, per
+        collection (only collections that lost something)."""
+        lost = self._dropped_by_type()
+        lost.subtract(self._attributed)
+        return {coll: n for coll, n in sorted(lost.items()) if n > 0}
+
+    def outage_state(self) -> dict[str, Any] | None:
+        """The open db_outage gap and its loss so far (for the run state file): a process
+        killed during an outage cannot close its gap, the next one does with these figures."""
+        gap = self.open_gaps.get(("*", "*", "*", "mongodb"))
+        if gap is None:
+            return None
+        lost = self.outage_lost()
+        return {"id": gap.id, "records_lost": sum(lost.values()), "lost_by_type": lost}
+
+    def _attribute(self) -> dict[str, int]:
+        lost = self.outage_lost()
+        self._attributed.update(lost)
+        self._attributed_total += sum(lost.values())
+        return lost
+
+    def _dropped_total(self) -> int:
         spool = getattr(self.writer, "spool", None)
         return getattr(self.writer, "dropped", 0) + (spool.dropped if spool is not None else 0)
+
+    def _dropped_by_type(self) -> Counter:
+        lost: Counter = Counter(getattr(self.writer, "dropped_by", {}))
+        spool = getattr(self.writer, "spool", None)
+        if spool is not None:
+            lost.update(spool.dropped_by)
+        return lost
 
     def status(self) -> GapCounters:
         return {"open": len(self.open_gaps), "opened": self.opened, "closed": self.closed}

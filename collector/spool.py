@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
@@ -54,20 +55,24 @@ class Spool:
         self.segment_bytes = min(segment_bytes, max(1024, max_bytes // 4))
         self.policy = policy
         self.dropped = 0            # records lost to the size limit (drop_oldest)
+        self.dropped_by: Counter[str] = Counter()   # the same, per collection
         self.rejected = 0           # records refused (reject policy)
         self.spooled = 0            # records ever appended
         self.replayed = 0           # records handed back to the writer
         # seq -> [bytes, records] for every segment on disk, oldest first.
         self._segments: dict[int, list[int]] = {}
+        self._types: dict[int, Counter[str]] = {}   # seq -> records per collection
         self._file = None
         self._file_seq: int | None = None
         self._head_offset = 0       # records of the oldest segment already replayed (this run)
+        self._head_types: Counter[str] = Counter()  # the same, per collection
         for path in sorted(self.dir.glob("*.bson")):
             try:
                 seq = int(path.stem)
             except ValueError:
                 continue
-            self._segments[seq] = [path.stat().st_size, sum(1 for _ in self._read(seq))]
+            types = self._types[seq] = Counter(coll for coll, _ in self._read(seq))
+            self._segments[seq] = [path.stat().st_size, sum(types.values())]
         if self._segments:
             log.warning("spool: %d records in %d segments left from a previous run; replaying "
                         "when MongoDB is reachable", self.records, len(self._segments))
@@ -108,6 +113,7 @@ class Spool:
         seg = self._segments[self._file_seq]
         seg[0] += size
         seg[1] += len(docs)
+        self._types[self._file_seq][collection] += len(docs)
         self.spooled += len(docs)
         return True
 
@@ -123,6 +129,7 @@ class Spool:
         self._file = open(self._path(seq), "ab")
         self._file_seq = seq
         self._segments[seq] = [0, 0]
+        self._types[seq] = Counter()
 
     def _close_file(self) -> None:
         if self._file is not None:
@@ -140,7 +147,11 @@ class Spool:
                 self._close_file()
             nbytes, nrecords = self._segments.pop(oldest)
             lost = nrecords - self._head_offset
+            types = self._types.pop(oldest, Counter())
+            types.subtract(self._head_types)
+            self.dropped_by.update({c: n for c, n in types.items() if n > 0})
             self._head_offset = 0
+            self._head_types = Counter()
             self._path(oldest).unlink(missing_ok=True)
             self.dropped += lost
             log.error("spool full (%d bytes): dropped oldest segment, %d records lost",
@@ -179,6 +190,7 @@ class Spool:
                 if run and (coll != run_coll or len(run) >= chunk):
                     await write(run_coll, run)
                     self._head_offset += len(run)
+                    self._head_types[run_coll] += len(run)
                     done += len(run)
                     self.replayed += len(run)
                     run = []
@@ -190,6 +202,8 @@ class Spool:
                 self.replayed += len(run)
             if seq in self._segments:       # not dropped meanwhile
                 del self._segments[seq]
+                self._types.pop(seq, None)
                 self._path(seq).unlink(missing_ok=True)
             self._head_offset = 0
+            self._head_types = Counter()
         return done

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from bson import ObjectId
@@ -54,10 +54,16 @@ class Writer:
         self.stored = 0
         self.duplicates = 0
         self.dropped = 0
+        self.dropped_by: Counter[str] = Counter()    # ``dropped`` per collection
+        # Called after every successful flush (the gap ledger accounts for drops there).
+        self.flush_listeners: list = []
         self.write_errors = 0
         self.last_write_ms = 0.0
         self.db_available = True
         self.last_error: str | None = None
+        # Wall-clock time before which every submitted document is in MongoDB or fsync'd to the
+        # spool (None until the first flush); the run state file (collector.runstate) keeps it.
+        self.durable_until: float | None = None
 
     @property
     def pending(self) -> int:
@@ -78,6 +84,7 @@ class Writer:
         if history:
             if self._pending_count >= self.queue_max:
                 self.dropped += 1
+                self.dropped_by[record.collection] += 1
             else:
                 batch = self._pending[record.collection]
                 batch.append(record.to_doc())
@@ -155,7 +162,10 @@ class Writer:
     def spool_pending(self) -> int:
         """Move every pending batch to the disk spool (one fsync). Returns documents moved."""
         spool = self.spool
+        started = time.time()
         if spool is None or not self._pending_count:
+            if spool is not None:
+                self.durable_until = started
             return 0
         moved = 0
         for collection in list(self._pending):
@@ -171,6 +181,8 @@ class Writer:
             self._pending_count -= len(docs)
             self._pending[collection] = []
         spool.sync()
+        if not self._pending_count:        # reject policy: what stays in memory is not durable
+            self.durable_until = started
         return moved
 
     async def flush(self) -> bool:
@@ -178,6 +190,8 @@ class Writer:
         unavailable."""
         async with self._flush_lock:
             started = time.perf_counter()
+            # Everything pending now is written below (or spooled on failure).
+            started_wall = time.time()
             if self.spool is not None and self.spool:
                 log.warning("spool: replaying %d documents", self.spool.records)
                 try:
@@ -190,8 +204,11 @@ class Writer:
                     return False
             for collection in list(self._pending):
                 docs = self._pending[collection]
-                while docs:
-                    chunk = docs[: self.batch_size * 4]
+                # Only what is pending now: with a slow database a busy collection refills
+                # during every write and would starve the others (and ``latest``) forever.
+                todo = len(docs)
+                while todo > 0:
+                    chunk = docs[: min(todo, self.batch_size * 4)]
                     try:
                         await self._write(collection, chunk)
                     except PyMongoError as exc:
@@ -200,6 +217,7 @@ class Writer:
                         return False
                     del docs[: len(chunk)]
                     self._pending_count -= len(chunk)
+                    todo -= len(chunk)
             if self._latest:
                 latest, self._latest = self._latest, {}
                 try:
@@ -218,6 +236,9 @@ class Writer:
                 log.warning("MongoDB available again")
                 self.db_available = True
                 self._notify(True)
+            self.durable_until = started_wall
+            for listener in self.flush_listeners:
+                listener()
             self.last_write_ms = (time.perf_counter() - started) * 1000
             return True
 

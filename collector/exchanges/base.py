@@ -42,6 +42,10 @@ from common.symbols import pair_from_symbol
 
 log = logging.getLogger(__name__)
 
+# A restart gap closes (and is backfilled) when every connection delivers again, or this long
+# after the first one did.
+RESTART_SETTLE_S = 10.0
+
 # A channel handler: (connection, decoded message, raw frame) -> False for control traffic
 # (acks, pongs, heartbeats: not data for the idle watchdog), True/None for data.
 Handler = Callable[[WsConnection, Any, "str | bytes"], "bool | None"]
@@ -60,6 +64,9 @@ class FeedContext:
 class Feed(Backfill):
     name: ClassVar[str] = ""
     spec: ClassVar[VenueSpec]
+    # Markets whose trade ids are consecutive integers per symbol: where a backfill cannot
+    # reach back to a gap's start, the number of trades lost is then exact.
+    consecutive_trade_ids: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: ExchangeSettings, ctx: FeedContext) -> None:
         self.cfg = cfg
@@ -84,11 +91,14 @@ class Feed(Backfill):
         self.derived = ChangeOrInterval(min_interval_s=1.0,
                                         max_interval_s=min(ctx.poll_interval_s, 60.0))
         self._pairs: dict[str, str] = {}
+        self.backfill_oldest = {}
         self._tasks: list[asyncio.Task] = []
         self._malformed_logged_at = 0.0
         self.gaps = ctx.gaps if ctx.gaps is not None else GapLedger(ctx.writer)
         # Gaps that close when data flows again: connection -> its gap; "*" -> restart gap.
         self._awaiting_data: dict[Any, Gap] = {}
+        self._restart_live: set[WsConnection] = set()     # connections live since a restart
+        self._restart_first_at: float | None = None
         self.rotations = 0
         # Books that lost integrity and are resyncing: (market, symbol) -> epoch seconds since.
         self._books_resyncing: dict[tuple[str, str], float] = {}
@@ -316,17 +326,32 @@ class Feed(Backfill):
         """Hook: a connection dropped (its books must resync)."""
 
     def await_data(self, gap: Gap) -> None:
-        """Close ``gap`` (and backfill it) when the first data message arrives on any
-        connection (collector restart)."""
+        """Close ``gap`` (and backfill it) once every connection delivers data again (collector
+        restart), or ``RESTART_SETTLE_S`` after the first one did (a market that stays silent
+        must not hold the backfill of the others)."""
         self._awaiting_data["*"] = gap
+        self._restart_live = set()
+        self._restart_first_at = None
 
     def _data_resumed(self, conn: WsConnection) -> None:
-        for key in (conn, "*"):
-            gap = self._awaiting_data.pop(key, None)
-            if gap is not None:
-                self.gaps.close(gap)
-                if self.cfg.backfill:
-                    self.spawn(self.run_backfill(gap))
+        gap = self._awaiting_data.pop(conn, None)
+        if gap is not None:
+            self._close_and_backfill(gap)
+        if "*" in self._awaiting_data:
+            # The REST backfill covers up to now: a connection not yet delivering would lose
+            # what it misses until its first message, so wait for all of them.
+            now = time.monotonic()
+            self._restart_live.add(conn)
+            if self._restart_first_at is None:
+                self._restart_first_at = now
+            if (all(c in self._restart_live for c in self.connections)
+                    or now - self._restart_first_at >= RESTART_SETTLE_S):
+                self._close_and_backfill(self._awaiting_data.pop("*"))
+
+    def _close_and_backfill(self, gap: Gap) -> None:
+        self.gaps.close(gap)
+        if self.cfg.backfill:
+            self.spawn(self.run_backfill(gap))
 
     # ---- book integrity ----------------------------------------------------------------------
     def book_lost_sync(self, market: str, symbol: str, cause: str, detail: str = "") -> None:

@@ -3,18 +3,23 @@ it, and the REST hooks an exchange fills in (``backfill_trades``, ``backfill_can
 ``repoll_derivatives``). Unique keys in MongoDB make overlaps harmless."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Coroutine
+
+from pymongo.errors import PyMongoError
 
 from collector.gaps import Gap
 from collector.rest import RestError
+from common import schema
 from common.schema import PERP, SPOT, Record, Trade, s_to_dt
 
 if TYPE_CHECKING:
     from collector.gaps import GapLedger
     from collector.kit.spec import Channel
     from collector.stats import ExchangeStats
+    from collector.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +29,18 @@ TRADES, KLINE, DERIVATIVES = "trades", "kline", "derivatives"
 class Backfill:
     """Mixin of ``Feed``: the orchestration; exchanges override the three hooks."""
 
+    # Per (market, symbol): (id, time) of the oldest trade the last backfill page held.
+    backfill_oldest: dict[tuple[str, str], tuple[int, Any]]
+
     if TYPE_CHECKING:      # provided by Feed
         name: ClassVar[str]
+        consecutive_trade_ids: ClassVar[tuple[str, ...]]
         stats: ExchangeStats
         gaps: GapLedger
+        writer: Writer
         connection_kinds: dict[str, set[str]]
+
+        def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
 
         def symbols(self, market: str) -> list[str]: ...
         def owns(self, market: str, symbol: str, stream: str) -> bool: ...
@@ -57,6 +69,7 @@ class Backfill:
         markets = [SPOT, PERP] if gap.market == "*" else [gap.market]
         since = s_to_dt(gap.start.timestamp() - 1.0)
         complete = True
+        short: list[tuple[str, str]] = []       # trade backfills that did not reach ``since``
         for market in markets:
             for symbol in self.symbols(market):
                 if gap.symbol not in ("*", symbol):
@@ -64,7 +77,10 @@ class Backfill:
                 owned = [k for k in kinds if self.owns_backfill(market, symbol, k)]
                 try:
                     if TRADES in owned:
-                        complete &= await self.backfill_trades(market, symbol, since)
+                        reached = await self.backfill_trades(market, symbol, since)
+                        if not reached:
+                            short.append((market, symbol))
+                        complete &= reached
                     if KLINE in owned:
                         complete &= await self.backfill_candles(market, symbol, since) \
                             is not False
@@ -77,7 +93,57 @@ class Backfill:
                     self.malformed(exc, exc)
                     complete = False
         log.info("%s: backfill of %s %s", self.name, gap.id, "complete" if complete else "partial")
+        if short:
+            self.spawn(self._count_trade_loss(gap, short))
         return complete
+
+    async def _count_trade_loss(self, gap: Gap, short: list[tuple[str, str]]) -> None:
+        """Trades a gap lost for good (its backfill could not reach back to the start): where
+        ids are consecutive, exactly the ids between the last trade stored before the gap and
+        the oldest one the exchange still had. Counted once MongoDB holds everything received
+        before the gap (after an outage: the spool replayed); elsewhere the loss is unknown."""
+        writer = self.writer
+        while True:
+            if (writer.db_available and not (writer.spool is not None and writer.spool)
+                    and (writer.durable_until or 0.0) > gap.start.timestamp()):
+                try:
+                    lost, unknown = await self._trades_lost(gap, short)
+                    break
+                except PyMongoError as exc:
+                    log.warning("%s: loss of %s not countable yet: %r", self.name, gap.id, exc)
+            await asyncio.sleep(1.0)
+        gap.extra.update(records_lost=sum(lost.values()), lost_by_stream=lost)
+        if unknown:
+            gap.extra["loss_unknown"] = unknown
+        self.gaps.mark_backfilled(gap, False)
+        log.warning("%s: gap %s lost %d trades for good (%s)%s", self.name, gap.id,
+                    sum(lost.values()), lost, f"; unknown for {unknown}" if unknown else "")
+
+    async def _trades_lost(self, gap: Gap, short: list[tuple[str, str]]
+                           ) -> tuple[dict[str, int], list[str]]:
+        """Per stream of ``short``: trades missing for good, or the stream listed as unknown."""
+        lost: dict[str, int] = {}
+        unknown: list[str] = []
+        trades = self.writer.db[schema.TRADES]
+        for market, symbol in short:
+            oldest = self.backfill_oldest.get((market, symbol))
+            last = None
+            key = {"exchange": self.name, "market": market, "symbol": symbol}
+            if market in self.consecutive_trade_ids and oldest is not None:
+                # The newest trade durable before the gap, then whatever is stored between it
+                # and the oldest one re-fetched (a write in flight when the process died).
+                last = await trades.find_one({**key, "received_at": {"$lt": gap.start}},
+                                             {"trade_id": 1, "ts": 1}, sort=[("ts", -1)])
+            if last is None:
+                unknown.append(f"{market}:{symbol}")
+                continue
+            lo, (hi, hi_ts) = int(last["trade_id"]), oldest
+            between = {int(d["trade_id"]) async for d in trades.find(
+                {**key, "ts": {"$gte": last["ts"], "$lte": hi_ts}}, {"trade_id": 1})}
+            missing = hi - lo - 1 - sum(1 for i in between if lo < i < hi)
+            if missing > 0:
+                lost[f"{market}:{symbol}"] = missing
+        return lost, unknown
 
     def backfill_kinds(self, gap: Gap) -> tuple[str, ...]:
         """What a gap missed: nothing for a book (it resyncs), trades for a trade-id hole, only
@@ -118,6 +184,10 @@ class Backfill:
         for trade in fresh:
             self.emit(trade)
         self.stats.backfilled_trades += len(fresh)
+        if trades and trades[0].market in self.consecutive_trade_ids:
+            # Where the page starts: what is older is gone (see _count_trade_loss).
+            first = min(trades, key=lambda t: int(t.trade_id))
+            self.backfill_oldest[(first.market, first.symbol)] = (int(first.trade_id), first.ts)
         return bool(trades) and (len(fresh) < len(trades) or len(trades) < page_limit)
 
     # ---- hooks -------------------------------------------------------------------------------

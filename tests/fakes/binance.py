@@ -83,6 +83,10 @@ class FakeBinance:
         self.trades_made: dict[tuple[str, str], list[str]] = {}
         self.trade_rows: dict[tuple[str, str], dict[str, tuple[str, str, int, bool]]] = {}
         self.trades_sent: dict[tuple[str, str], list[str]] = {}
+        # Event time (E, ms) of every ticker / kline / mark-price message sent to at least one
+        # client, and the time of every open-interest answer, per (market, symbol, event): what
+        # the collector can be held to storing.
+        self.events_sent: dict[tuple[str, str, str], list[int]] = {}
         self.socket_logs: list[SocketLog] = []
         self._logs: dict[web.WebSocketResponse, SocketLog] = {}
         self._barriers: asyncio.Task | None = None
@@ -238,9 +242,11 @@ class FakeBinance:
                 self.messages_sent += 1
                 if trade is not None:
                     log.trades.append(trade)
-                    sent = True
-        if sent:
+                sent = True
+        if sent and trade is not None:
             self.trades_sent.setdefault(trade[0], []).append(trade[1])
+        elif sent and "e" in data and data["e"] != "depthUpdate":
+            self.events_sent.setdefault((market, data["s"], data["e"]), []).append(data["E"])
 
     async def _pump_loop(self) -> None:
         for tick in itertools.count():
@@ -398,8 +404,9 @@ class FakeBinance:
         symbol = request.query.get("symbol", "")
         if symbol not in self.perp:
             return self._error(-1121, "Invalid symbol.")
-        return web.json_response({"openInterest": "10659.509", "symbol": symbol,
-                                  "time": int(time.time() * 1000)})
+        now = int(time.time() * 1000)
+        self.events_sent.setdefault(("perp", symbol, "openInterest"), []).append(now)
+        return web.json_response({"openInterest": "10659.509", "symbol": symbol, "time": now})
 
     async def _premium_index(self, request: web.Request) -> web.Response:
         symbol = request.query.get("symbol", "")

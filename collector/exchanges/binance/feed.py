@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 class BinanceFeed(Feed):
     name = "binance"
     spec = ep.SPEC
+    consecutive_trade_ids = (SPOT,)     # spot trade ids (the hole check relies on them too)
 
     def __init__(self, cfg: ExchangeSettings, ctx: FeedContext) -> None:
         super().__init__(cfg, ctx)
