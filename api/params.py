@@ -96,11 +96,12 @@ class Filters:
     since: datetime | None
     until: datetime | None
     interval: str | None = None
-    # (ts, _id) of the last row of the previous page: the next page is strictly older.
-    cursor: tuple[datetime, Any] | None = None
+    # (t, _id) of the last row of the previous page (t: epoch ms, common.schema.TIME_KEY): the
+    # next page is strictly older.
+    cursor: tuple[int, Any] | None = None
 
 
-def encode_cursor(ts: datetime, _id: Any) -> str:
+def encode_cursor(t_ms: int, _id: Any) -> str:
     """Opaque cursor: urlsafe base64 of ``[epoch_ms, id_kind, id]``."""
     if isinstance(_id, ObjectId):
         ident = ["o", str(_id)]
@@ -108,15 +109,16 @@ def encode_cursor(ts: datetime, _id: Any) -> str:
         ident = ["i", _id]
     else:
         ident = ["s", str(_id)]
-    raw = orjson.dumps([int(ts.timestamp() * 1000), *ident])
+    raw = orjson.dumps([int(t_ms), *ident])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(text: str) -> tuple[datetime, Any]:
+def decode_cursor(text: str) -> tuple[int, Any]:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         ms, kind, ident = orjson.loads(raw)
-        ts = datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
+        ts = int(ms)
+        datetime.fromtimestamp(ts / 1000, tz=timezone.utc)     # in range, like since/until
         if kind == "o":
             return ts, ObjectId(str(ident))
         if kind == "i" and isinstance(ident, int) and not isinstance(ident, bool):

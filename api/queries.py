@@ -8,12 +8,14 @@ from typing import Any, Awaitable, Callable
 
 from pymongo import DESCENDING
 
-from api.params import EXCHANGES, Filters, NotFound, encode_cursor
+from api.params import EXCHANGES, BadRequest, Filters, NotFound, encode_cursor
 from api.status import is_collector_status, merge_status
 from common import schema
+from common.indexes import HISTORY_SORT
 from common.symbols import symbol_key
 
 NO_ID = {"_id": 0}
+T = schema.TIME_KEY
 
 
 def comparable(text: str) -> str:
@@ -157,38 +159,58 @@ class Queries:
             query["interval"] = f.interval
         return query
 
-    def page_query(self, scope: dict[str, Any], f: Filters,
-                   time_field: str = "ts") -> tuple[dict[str, Any], list[tuple[str, int]]]:
-        """Query and sort of one page, newest first: keyset on ``(time_field, _id)``; the page
-        after a cursor is ``t < last_t or (t == last_t and _id < last_id)``."""
-        query = dict(scope)
+    def page_queries(self, scope: dict[str, Any], f: Filters) -> list[tuple[dict[str, Any], list]]:
+        """The reads of one page, newest first, in order until ``limit`` rows: each a flat
+        filter (equalities and one integer range on ``t``, never ``$and``/``$or``, which
+        nx-27017 evaluates by scanning) and a sort that an index from common.indexes serves.
+
+        Keyset paging after a cursor ``(last_t, last_id)``: first the rows of ``last_t`` itself
+        (equality on ``t``, sorted by ``_id``; the caller keeps those with ``_id < last_id``,
+        one millisecond's rows), then ``t < last_t``."""
         rng: dict[str, Any] = {}
         if f.since:
-            rng["$gte"] = f.since
-        upper = f.until
+            rng["$gte"] = schema.time_key(f.since)
+        if f.until:
+            rng["$lte"] = schema.time_key(f.until)
+        reads: list[tuple[dict[str, Any], list]] = []
         if f.cursor:
-            # Also as a plain bound on the time field, so the index range starts at the cursor.
-            upper = min(upper, f.cursor[0]) if upper else f.cursor[0]
-        if upper:
-            rng["$lte"] = upper
+            last_t = f.cursor[0]
+            if rng.get("$gte", last_t) <= last_t <= rng.get("$lte", last_t):
+                reads.append(({**scope, T: last_t}, [("_id", DESCENDING)]))
+            if rng.get("$lte", last_t) >= last_t:
+                rng.pop("$lte", None)
+                rng["$lt"] = last_t
+        query = dict(scope)
         if rng:
-            query[time_field] = rng
-        if f.cursor:
-            last_t, last_id = f.cursor
-            query = {"$and": [query, {"$or": [{time_field: {"$lt": last_t}},
-                                              {time_field: last_t, "_id": {"$lt": last_id}}]}]}
-        return query, [(time_field, DESCENDING), ("_id", DESCENDING)]
+            query[T] = rng
+        reads.append((query, HISTORY_SORT))
+        return reads
 
-    async def history(self, collection: str, f: Filters, *, time_field: str = "ts",
+    async def history(self, collection: str, f: Filters, *,
                       wildcard: bool = False) -> tuple[list[dict[str, Any]], str | None]:
         """One page, newest first; a full page also returns the cursor of its last row."""
-        query, sort = self.page_query(await self.scope_query(f, wildcard=wildcard), f, time_field)
-        rows = await self.db[collection].find(query).sort(sort).limit(f.limit).to_list(f.limit)
+        coll = self.db[collection]
+        rows: list[dict[str, Any]] = []
+        for query, sort in self.page_queries(await self.scope_query(f, wildcard=wildcard), f):
+            need = f.limit - len(rows)
+            if need <= 0:
+                break
+            if sort is HISTORY_SORT:
+                rows += await coll.find(query).sort(sort).limit(need).to_list(need)
+                continue
+            last_id = f.cursor[1]
+            try:
+                rows += [r for r in await coll.find(query).sort(sort).to_list(None)
+                         if r["_id"] < last_id][:need]
+            except TypeError:        # a cursor of another collection (other _id type)
+                raise BadRequest("cursor: invalid; pass the 'next' value of the previous page "
+                                 "unchanged") from None
         next_cursor = None
         if len(rows) == f.limit and rows:
-            next_cursor = encode_cursor(rows[-1][time_field], rows[-1]["_id"])
+            next_cursor = encode_cursor(rows[-1][T], rows[-1]["_id"])
         for row in rows:
             row.pop("_id", None)
+            row.pop(T, None)
         return rows, next_cursor
 
     async def latest_of_type(self, kind: str, exchange: str | None = None,

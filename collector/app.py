@@ -19,6 +19,7 @@ from collector.exchanges.base import Feed, FeedContext
 from collector.gaps import GapLedger
 from collector.heap import freeze_startup_objects, unfreeze
 from collector.partition import parse_partition
+from collector.retention import upkeep
 from collector.spool import Spool
 from collector.stats import Stats
 from collector.writer import Writer
@@ -78,6 +79,10 @@ class Collector:
         loop = asyncio.get_running_loop()
         # Collect even if MongoDB is not up yet; indexes follow as soon as it is.
         self._tasks.append(loop.create_task(ensure_indexes(self.db, self.settings.retention)))
+        if parse_partition(self.settings.partition)[0] == 0:
+            # One process per database migrates old documents and deletes expired ones.
+            self._tasks.append(loop.create_task(upkeep(self.db, self.settings.retention,
+                                                       self.settings.retention_interval_s)))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
         async with aiohttp.ClientSession() as session:

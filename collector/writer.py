@@ -89,6 +89,7 @@ class Writer:
     def latest_doc(key: str, record: Record) -> dict[str, Any]:
         """The ``latest`` document of a record: its fields plus ``type`` and its own ``_id``."""
         doc = record.to_doc()
+        del doc[schema.TIME_KEY]            # a history key: ``latest`` is read by key only
         doc["type"] = record.collection
         # Whole-document replacement carrying its own _id: a $set of dates on an existing
         # document, or an upsert that takes _id from the filter, is mis-stored by nx-27017.

@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     exchanges: list[str] = ["binance", "bybit", "kraken", "gateio", "okx"]
 
     retention: RetentionSettings = RetentionSettings()
+    # Where the server has no TTL indexes (nx-27017, see common.indexes), the collector's
+    # retention task deletes expired documents every this many seconds (collector.retention).
+    retention_interval_s: float = 60.0
 
     # Writer: flush when a collection's batch reaches batch_size or flush_interval_s has passed.
     # 0.25 s keeps receive->stored p99 well under 500 ms for low-rate collections (tickers,
