@@ -207,7 +207,12 @@ class Queries:
                                  "unchanged") from None
         next_cursor = None
         if len(rows) == f.limit and rows:
-            next_cursor = encode_cursor(rows[-1][T], rows[-1]["_id"])
+            last = rows[-1]
+            # A row written before t existed (not migrated yet): its t from the date it keys.
+            last_t = last.get(T)
+            if last_t is None:
+                last_t = schema.time_key(last["start" if collection == schema.GAPS else "ts"])
+            next_cursor = encode_cursor(last_t, last["_id"])
         for row in rows:
             row.pop("_id", None)
             row.pop(T, None)
