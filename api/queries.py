@@ -89,6 +89,8 @@ class Queries:
         self.gap_counts = SingleFlight(lambda: gap_counts(self.db), ledger_cache_s)
         self._symbols: dict[str, list[str]] = {}
         self._symbols_at = 0.0
+        self._ledger: dict[str, list[str]] = {}
+        self._ledger_at = -1e9
         self._cache_s = symbol_cache_s
 
     async def known_symbols(self, max_age_s: float | None = None) -> dict[str, list[str]]:
@@ -103,26 +105,33 @@ class Queries:
             self._symbols_at = time.monotonic()
         return self._symbols
 
-    async def ledger_symbols(self) -> dict[str, list[str]]:
+    async def ledger_symbols(self, max_age_s: float | None = None) -> dict[str, list[str]]:
         """exchange -> native symbols named in the gap ledger (a symbol can have gaps and no
-        record in ``latest``, e.g. one that never delivered data)."""
-        found: dict[str, set[str]] = {}
-        async for doc in self.db[schema.GAPS].find({"symbol": {"$ne": "*"}},
-                                                   {"_id": 0, "exchange": 1, "symbol": 1}):
-            found.setdefault(doc["exchange"], set()).add(doc["symbol"])
-        return {ex: sorted(symbols) for ex, symbols in found.items()}
+        record in ``latest``, e.g. one that never delivered data); cached like
+        ``known_symbols`` (a read of the whole ledger: not once per request)."""
+        max_age = self._cache_s if max_age_s is None else max_age_s
+        if time.monotonic() - self._ledger_at > max_age:
+            found: dict[str, set[str]] = {}
+            async for doc in self.db[schema.GAPS].find({"symbol": {"$ne": "*"}},
+                                                       {"_id": 0, "exchange": 1, "symbol": 1}):
+                found.setdefault(doc["exchange"], set()).add(doc["symbol"])
+            self._ledger = {ex: sorted(symbols) for ex, symbols in found.items()}
+            self._ledger_at = time.monotonic()
+        return self._ledger
 
     async def resolve(self, exchange: str | None, symbol: str,
-                      also_known: dict[str, list[str]] | None = None) -> list[tuple[str, str]]:
+                      ledger: bool = False) -> list[tuple[str, str]]:
         """(exchange, native symbol) pairs matching what the user typed, among the symbols seen
-        (and ``also_known``); 404 with the known list if none."""
+        (and with ``ledger`` those in the gap ledger); 404 with the known list if none."""
         wanted = comparable(symbol)
         matches: list[tuple[str, str]] = []
-        # A miss re-reads the symbol list (at most once a second) before answering 404, so a
-        # symbol that just started streaming is found at once.
+        # A miss re-reads the symbol lists (``latest`` at most once a second, the ledger every
+        # time: a 404 path) before answering 404, so a symbol that just started streaming, or
+        # just got a gap, is found at once.
         for max_age in (None, 1.0):
             known = dict(await self.known_symbols(max_age))
-            for ex, symbols in (also_known or {}).items():
+            ledger_age = None if max_age is None else 0.0
+            for ex, symbols in (await self.ledger_symbols(ledger_age) if ledger else {}).items():
                 known[ex] = sorted(set(known.get(ex, [])) | set(symbols))
             scope = {exchange: known.get(exchange, [])} if exchange else known
             matches = sorted({(ex, s) for ex, group in scope.items() for s in group
@@ -147,8 +156,7 @@ class Queries:
         star = ["*"] if wildcard else []
         exchanges = [f.exchange] if f.exchange else []
         if f.symbol:
-            also = await self.ledger_symbols() if wildcard else None
-            pairs = await self.resolve(f.exchange, f.symbol, also)
+            pairs = await self.resolve(f.exchange, f.symbol, ledger=wildcard)
             exchanges = exchanges or sorted({ex for ex, _ in pairs})
             query["symbol"] = one_or_in(sorted({s for _, s in pairs}) + star)
         if exchanges:
