@@ -5,6 +5,7 @@ from datetime import timedelta
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from api import analysis
 from api.app import create_app
 from api.params import Filters, encode_cursor
 from api.queries import Queries
@@ -157,3 +158,16 @@ def test_since_until_are_compared_as_the_stored_millisecond():
     assert reads == [({"exchange": "okx", "t": 3000}, [("_id", -1)]),
                      ({"exchange": "okx", "t": {"$gte": 1000, "$lt": 3000}},
                       [("t", -1), ("_id", -1)])]
+
+
+async def test_data_check_counts_windows_on_the_time_key(mongo_db):
+    await apply_indexes(mongo_db, RetentionSettings())
+    now = now_utc()
+    now_ms = time_key(now)
+    ages_min = [30] * 3 + [120] * 5 + [30 * 60] * 2
+    await mongo_db[schema.TRADES].insert_many(
+        [trade(i, now_ms - age * 60_000).to_doc() for i, age in enumerate(ages_min)])
+    check = await analysis.data_check(mongo_db, now)
+    row = next(r for r in check["collections"] if r["collection"] == schema.TRADES)
+    assert (row["count"], row["per_hour_last_1h"], row["per_hour_avg_24h"]) == (10, 3, 0.3)
+    assert row["newest_ts"] == ms_to_dt(now_ms - 30 * 60_000) and row["newest_age_s"] == 1800.0

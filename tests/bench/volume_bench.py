@@ -237,55 +237,62 @@ async def retention_cost(db, base: str, now_ms: int, trades: int) -> dict[str, A
             "reads_during_p99_ms": p99(reads) if reads else None}
 
 
-async def writer_ratio(db, now_ms: int, count: int) -> dict[str, Any]:
+async def writer_ratio(db, now_ms: int, count: int, reps: int) -> dict[str, Any]:
     """Stored docs/s of the Writer (records in, as the feeds submit them) into the full database
-    with the retention deleter running, against insert_many of the same documents."""
+    with the retention deleter running, against insert_many of the same documents (batches of
+    2,000) into the same collection; ``reps`` alternating pairs, medians (shared machine)."""
     keys = symbols()
     rnd = random.Random(7)
+    settings = Settings()
 
     def trades(offset: int) -> list[Trade]:
         return [Trade(k[0], k[2], pair_of(k[2]), k[1], ms_to_dt(now_ms + i), ms_to_dt(now_ms + i),
                       trade_id=f"w{offset + i}", price=50_000 + rnd.uniform(-5, 5), size=0.1,
                       side="buy") for i, k in ((i, keys[i % len(keys)]) for i in range(count))]
 
-    ceiling_docs = [t.to_doc() for t in trades(0)]
-    t0 = time.perf_counter()
-    for i in range(0, count, 2000):
-        await db[schema.TRADES].insert_many(ceiling_docs[i:i + 2000], ordered=False)
-    ceiling = count / (time.perf_counter() - t0)
-    records = trades(count)
-    settings = Settings()
-    writer = Writer(db, batch_size=settings.batch_size, flush_interval_s=settings.flush_interval_s)
-    # The deleter as the collector runs it (every 60 s by default): here continuously, cutoff
-    # at the oldest trades so every pass deletes a batch.
-    oldest = await db[schema.TRADES].find({}, {"t": 1}).sort("t", 1).limit(1).to_list(1)
-    deleter = RetentionDeleter(db, [(schema.TRADES, 0)], batch=2000)
-    stop = asyncio.Event()
+    stats = PassStats()
 
-    async def delete_loop() -> None:
+    async def delete_loop(stop: asyncio.Event) -> None:
+        # The deleter as the collector runs it, here back to back: each pass expires the
+        # oldest minute of trades that is left.
+        oldest = await db[schema.TRADES].find({}, {"t": 1}).sort("t", 1).limit(1).to_list(1)
         edge = oldest[0]["t"]
+        deleter = RetentionDeleter(db, [(schema.TRADES, 0)], batch=2000)
         while not stop.is_set():
             edge += 60_000
             await deleter.delete_older(schema.TRADES, edge, stats)
             await asyncio.sleep(0.05)
 
-    stats = PassStats()
-    run = asyncio.create_task(writer.run())
-    deleting = asyncio.create_task(delete_loop())
-    t0 = time.perf_counter()
-    for i in range(0, count, 500):
-        for rec in records[i:i + 500]:
-            writer.submit(rec)
-        await asyncio.sleep(0)
-    while writer.stored < count:
-        await asyncio.sleep(0.005)
-    ours = count / (time.perf_counter() - t0)
-    stop.set()
-    await deleting
-    run.cancel()
-    await asyncio.gather(run, return_exceptions=True)
-    return {"docs": count, "ceiling_docs_per_s": round(ceiling), "ours_docs_per_s": round(ours),
-            "ratio": round(ours / ceiling, 3), "deleted_meanwhile": stats.deleted}
+    ceilings, ours = [], []
+    for rep in range(reps):
+        docs = [t.to_doc() for t in trades(2 * rep * count)]
+        t0 = time.perf_counter()
+        for i in range(0, count, 2000):
+            await db[schema.TRADES].insert_many(docs[i:i + 2000], ordered=False)
+        ceilings.append(count / (time.perf_counter() - t0))
+        records = trades((2 * rep + 1) * count)
+        writer = Writer(db, batch_size=settings.batch_size,
+                        flush_interval_s=settings.flush_interval_s)
+        stop = asyncio.Event()
+        run = asyncio.create_task(writer.run())
+        deleting = asyncio.create_task(delete_loop(stop))
+        t0 = time.perf_counter()
+        for i in range(0, count, 500):
+            for rec in records[i:i + 500]:
+                writer.submit(rec)
+            await asyncio.sleep(0)
+        while writer.stored < count:
+            await asyncio.sleep(0.005)
+        ours.append(count / (time.perf_counter() - t0))
+        stop.set()
+        await deleting
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+    return {"docs": count, "reps": reps, "ceiling_docs_per_s": round(statistics.median(ceilings)),
+            "ours_docs_per_s": round(statistics.median(ours)),
+            "ratio": round(statistics.median(o / c for o, c in zip(ours, ceilings)), 3),
+            "ratios": [round(o / c, 3) for o, c in zip(ours, ceilings)],
+            "deleted_meanwhile": stats.deleted}
 
 
 async def main() -> None:
@@ -293,13 +300,14 @@ async def main() -> None:
     parser.add_argument("--levels", default="20000,100000,200000,300000,1000000",
                         help="trade counts to measure at (cumulative, ascending)")
     parser.add_argument("--requests", type=int, default=50, help="requests per endpoint")
-    parser.add_argument("--writer-docs", type=int, default=50_000)
+    parser.add_argument("--writer-docs", type=int, default=30_000)
+    parser.add_argument("--reps", type=int, default=3, help="writer/ceiling pairs")
     parser.add_argument("--quick", action="store_true", help="CI smoke mode (small counts)")
     parser.add_argument("--json", default="", help="also write all results to this file")
     parser.add_argument("--mongodb-uri", help="use this server instead of starting nx-27017")
     args = parser.parse_args()
     if args.quick:
-        args.levels, args.requests, args.writer_docs = "2000,6000", 7, 3000
+        args.levels, args.requests, args.writer_docs, args.reps = "2000,6000", 7, 3000, 1
     levels = [int(x) for x in args.levels.split(",")]
 
     tmp = tempfile.mkdtemp(prefix="volume-bench-")
@@ -355,7 +363,7 @@ async def main() -> None:
         top = str(levels[-1])
         results["retention"] = await retention_cost(db, base, now_ms, levels[-1])
         print(f"\nretention at {int(top):,} trades: {results['retention']}", flush=True)
-        results["writer"] = await writer_ratio(db, now_ms, args.writer_docs)
+        results["writer"] = await writer_ratio(db, now_ms, args.writer_docs, args.reps)
         print(f"writer with the deleter running: {results['writer']}", flush=True)
         low = str(levels[0])
         ratios = {p: round(r["p50_ms"] / results["levels"][low]["endpoints"][p]["p50_ms"], 2)
