@@ -181,7 +181,7 @@ class Writer:
             if self.spool is not None and self.spool:
                 log.warning("spool: replaying %d documents", self.spool.records)
                 try:
-                    replayed = await self.spool.drain(self._write)
+                    replayed = await self.spool.drain(self._write_replayed)
                     if replayed:
                         log.warning("spool: replayed %d documents into MongoDB", replayed)
                 except PyMongoError as exc:
@@ -241,6 +241,14 @@ class Writer:
             self.db_available = False
             self._notify(False)
         self.db_available = False
+
+    async def _write_replayed(self, collection: str, docs: list[dict[str, Any]]) -> None:
+        """A spooled batch: one spooled by an earlier release lacks the time key ``t``."""
+        key = "start" if collection == schema.GAPS else "ts"
+        for doc in docs:
+            if schema.TIME_KEY not in doc and doc.get(key) is not None:
+                doc[schema.TIME_KEY] = schema.time_key(doc[key])
+        await self._write(collection, docs)
 
     async def _write(self, collection: str, docs: list[dict[str, Any]]) -> None:
         coll = self.db[collection]

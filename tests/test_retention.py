@@ -11,6 +11,7 @@ from api.params import Filters, encode_cursor
 from api.queries import Queries
 from collector.gaps import Gap
 from collector.retention import RetentionDeleter, migrate_time_keys, upkeep
+from collector.spool import Spool
 from collector.writer import Writer
 from common import schema
 from common.indexes import apply_indexes, expiry_plan, server_profile
@@ -171,3 +172,16 @@ async def test_data_check_counts_windows_on_the_time_key(mongo_db):
     row = next(r for r in check["collections"] if r["collection"] == schema.TRADES)
     assert (row["count"], row["per_hour_last_1h"], row["per_hour_avg_24h"]) == (10, 3, 0.3)
     assert row["newest_ts"] == ms_to_dt(now_ms - 30 * 60_000) and row["newest_age_s"] == 1800.0
+
+
+async def test_a_batch_spooled_by_the_previous_release_gets_the_key_on_replay(mongo_db, tmp_path):
+    await apply_indexes(mongo_db, RetentionSettings())
+    spool = Spool(str(tmp_path / "spool"))
+    old = trade(1, 1_767_225_600_123).to_doc()
+    del old["t"]
+    assert spool.append(schema.TRADES, [old])
+    spool.sync()
+    writer = Writer(mongo_db, spool=spool)
+    assert await writer.flush()
+    doc = await mongo_db[schema.TRADES].find_one({"trade_id": "1"})
+    assert doc["t"] == 1_767_225_600_123

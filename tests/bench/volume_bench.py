@@ -295,6 +295,39 @@ async def writer_ratio(db, now_ms: int, count: int, reps: int) -> dict[str, Any]
             "deleted_meanwhile": stats.deleted}
 
 
+ISSUE_COLUMNS = ["/trades?limit=100", "/trades?exchange=binance&symbol=BTCUSDT&limit=100",
+                 f"/trades?exchange=binance&symbol=BTCUSDT&since={SINCE}&limit=100"]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The issue-13 table (median of 7) and every endpoint's p50/p99 per level, as markdown."""
+    levels = list(results["levels"])
+    first, top = levels[0], levels[-1]
+    lines = ["| trades stored | `/trades?limit=100` | `...&exchange=binance&symbol=BTCUSDT` | "
+             "same with `since` (5 min ago) | 10-page cursor walk |", "|---:|---:|---:|---:|---:|"]
+    for level in levels:
+        eps = results["levels"][level]["endpoints"]
+        cells = " | ".join(f"{eps[p]['median7_ms']:.1f} ms" for p in ISSUE_COLUMNS)
+        lines.append(f"| {int(level):,} | {cells} | "
+                     f"{results['levels'][level]['cursor_walk_10_pages_ms']:.0f} ms |")
+    lines += ["", "| endpoint | " + " | ".join(f"{int(x):,}: p50 / p99 ms" for x in levels)
+              + f" | p50 {int(top):,} / {int(first):,} |",
+              "|---|" + "---:|" * (len(levels) + 1)]
+    for path in results["levels"][top]["endpoints"]:
+        cells = " | ".join(f"{results['levels'][x]['endpoints'][path]['p50_ms']:.1f} / "
+                           f"{results['levels'][x]['endpoints'][path]['p99_ms']:.1f}"
+                           for x in levels)
+        lines.append(f"| `{path}` | {cells} | {results['ratio_p50_top_over_first'][path]:.2f} |")
+    r, w = results["retention"], results["writer"]
+    lines += ["", f"Retention at {int(top):,} trades: {r['deleted']:,} documents in "
+              f"{r['batches']} batches, {r['wall_s']} s ({r['docs_per_s']:,} docs/s), batch p50 "
+              f"{r['batch_p50_ms']} ms / p99 {r['batch_p99_ms']} ms; trade reads meanwhile p50 "
+              f"{r['reads_during_p50_ms']} ms / p99 {r['reads_during_p99_ms']} ms. Writer with "
+              f"the deleter running: {w['ours_docs_per_s']:,} docs/s vs insert_many "
+              f"{w['ceiling_docs_per_s']:,} docs/s, ratio {w['ratio']} (pairs: {w.get('ratios')})."]
+    return "\n".join(lines)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--levels", default="20000,100000,200000,300000,1000000",
@@ -305,7 +338,12 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CI smoke mode (small counts)")
     parser.add_argument("--json", default="", help="also write all results to this file")
     parser.add_argument("--mongodb-uri", help="use this server instead of starting nx-27017")
+    parser.add_argument("--report", default="", metavar="JSON",
+                        help="only print the markdown tables of a saved --json result")
     args = parser.parse_args()
+    if args.report:
+        print(markdown(orjson.loads(Path(args.report).read_bytes())))
+        return
     if args.quick:
         args.levels, args.requests, args.writer_docs, args.reps = "2000,6000", 7, 3000, 1
     levels = [int(x) for x in args.levels.split(",")]
@@ -385,6 +423,7 @@ async def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         Path(args.json).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    print("\n" + markdown(results))
 
 
 if __name__ == "__main__":
