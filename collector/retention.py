@@ -114,7 +114,7 @@ async def upkeep(db, retention: RetentionSettings, interval_s: float,
     indexes, run the retention deleter every ``interval_s``. Waits for the database."""
     while True:
         try:
-            profile = await server_profile(db)
+            profile = await server_profile(db, retention)
             await migrate_time_keys(db, [*schema.DATA_COLLECTIONS, schema.GAPS])
             break
         except PyMongoError as exc:

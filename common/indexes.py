@@ -120,13 +120,16 @@ class ServerProfile:
     ttl: bool
 
 
-async def server_profile(db) -> ServerProfile:
+async def server_profile(db, retention: RetentionSettings | None = None) -> ServerProfile:
+    """What this server gets; ``retention.mechanism`` may force TTL indexes or deletes."""
     try:
         info = await db.command("buildInfo")
+        real = info.get("process") != "nx_27017"
     except OperationFailure:
-        return ServerProfile(index_id=True, ttl=True)
-    real = info.get("process") != "nx_27017"
-    return ServerProfile(index_id=real, ttl=real)
+        real = True
+    mechanism = retention.mechanism if retention is not None else "auto"
+    return ServerProfile(index_id=real,
+                         ttl=real if mechanism == "auto" else mechanism == "ttl")
 
 
 async def indexes_can_name_id(db) -> bool:
@@ -163,7 +166,7 @@ def server_specs(specs: list[IndexSpec], with_id: bool,
 async def missing_indexes(db, retention: RetentionSettings) -> list[str]:
     """``collection.name`` of every specified index this database lacks (deployment checks)."""
     missing = []
-    profile = await server_profile(db)
+    profile = await server_profile(db, retention)
     for spec, keys in server_specs(index_specs(retention), profile.index_id, profile.ttl):
         info = await db[spec.collection].index_information()
         if not any([k for k, _ in meta["key"]] == list(_fields(keys)) for meta in info.values()):
@@ -189,7 +192,7 @@ async def apply_indexes(db, retention: RetentionSettings) -> int:
     replacement exists, and TTL indexes where the server gets none. Returns the number of
     specs applied."""
     specs = index_specs(retention)
-    profile = await server_profile(db)
+    profile = await server_profile(db, retention)
     applied: dict[str, set[tuple[str, ...]]] = defaultdict(set)
     for spec, keys in server_specs(specs, profile.index_id, profile.ttl):
         applied[spec.collection].add(_fields(keys))

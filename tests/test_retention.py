@@ -185,3 +185,17 @@ async def test_a_batch_spooled_by_the_previous_release_gets_the_key_on_replay(mo
     assert await writer.flush()
     doc = await mongo_db[schema.TRADES].find_one({"trade_id": "1"})
     assert doc["t"] == 1_767_225_600_123
+
+
+async def test_the_mechanism_can_be_forced_either_way(mongo_db):
+    forced_ttl = RetentionSettings(mechanism="ttl", trades=3600)
+    await apply_indexes(mongo_db, forced_ttl)
+    info = await mongo_db[schema.TRADES].index_information()
+    assert [(m["key"], m["expireAfterSeconds"]) for m in info.values()
+            if "expireAfterSeconds" in m] == [([("ts", 1)], 3600)]
+    assert (await server_profile(mongo_db, forced_ttl)).ttl is True
+    forced_delete = RetentionSettings(mechanism="delete")
+    await apply_indexes(mongo_db, forced_delete)             # the TTL index is dropped again
+    info = await mongo_db[schema.TRADES].index_information()
+    assert not any("expireAfterSeconds" in m for m in info.values())
+    assert (await server_profile(mongo_db, forced_delete)).ttl is False
