@@ -3,16 +3,17 @@
 ``python -m tests.bench.volume_bench [--levels 20000,100000,200000,300000,1000000] [--requests 50]
 [--quick] [--json FILE] [--mongodb-uri URI]``
 
-Starts nx-27017 on a free loopback port (or uses ``--mongodb-uri``), applies the real index spec
-(common.indexes through its applier) and grows the database level by level: trades built as
-the collector builds them (``Trade(...).to_doc()``, the Writer's document builder, inserted with
-``insert_many``: fast seeding, same documents) over the default symbols of every exchange, one
-week of history (newest first: each level adds older trades), plus proportional tickers, book
-snapshots, liquidity, candles, funding, open interest and gaps; ``latest`` shaped as
-``Writer.latest_doc`` writes it. At each level a ``python -m api`` process (INFO logging, rate limit off)
-answers single sequential requests; per endpoint the p50/p99 of ``--requests`` requests, the
-median of the first 7 (the issue-13 table), a 10-page cursor walk (total ms, median of 5),
-``/health``, ``/gaps`` and ``/analysis/data-check``. At the last level the retention deleter
+Starts nx-27017 on a free loopback port (or uses ``--mongodb-uri``) and seeds one database per
+level, each with the real index spec (common.indexes through its applier): trades built as the
+collector builds them (``Trade(...).to_doc()``, the Writer's document builder, inserted with
+``insert_many``: fast seeding, same documents) over the default symbols of every exchange at
+one trade per ~0.6 s (1M = one week, newest = now; a smaller level is the newest part of a
+larger one), plus proportional tickers, book snapshots, liquidity, candles, funding, open
+interest and gaps; ``latest`` shaped as ``Writer.latest_doc`` writes it. A ``python -m api``
+process per level (INFO logging, rate limit off) answers single sequential requests, the levels
+interleaved request by request (a shared machine's load falls on all alike); per endpoint the
+p50/p99 of ``--requests`` requests, the median of the first 7 (the issue-13 table), a 10-page
+cursor walk (total ms, median of 5), ``/health``, ``/gaps`` and ``/analysis/data-check``. At the last level the retention deleter
 (collector.retention) deletes ~5 % of the trades in batches: documents/s, per-batch p50/p99,
 and the p50/p99 of trade reads sent while it runs. Then the Writer's stored docs/s into the
 full database with the deleter running, against ``insert_many`` of the same documents.
@@ -176,35 +177,49 @@ def endpoints() -> list[str]:
     return out
 
 
-async def measure_level(base: str, n: int) -> dict[str, Any]:
+async def measure_levels(bases: dict[str, str], n: int) -> dict[str, dict[str, Any]]:
+    """Every endpoint at every level, the levels' requests interleaved (level A, B, C, A, ...)
+    so that load from elsewhere on a shared machine falls on all of them alike."""
     url_of = str(time_key(now_utc()) - 5 * 60_000).join
-    out: dict[str, Any] = {"endpoints": {}}
+    out: dict[str, dict[str, Any]] = {lv: {"endpoints": {}} for lv in bases}
     async with aiohttp.ClientSession() as session:
+        async def sample(urls: dict[str, str]) -> dict[str, dict[str, float]]:
+            for url in urls.values():
+                await timed_get(session, url)                          # warm-up
+            samples: dict[str, list[float]] = {lv: [] for lv in urls}
+            for _ in range(n):
+                for lv, url in urls.items():
+                    samples[lv].append((await timed_get(session, url))[0])
+            return {lv: pct(s) for lv, s in samples.items()}
+
         for path in endpoints():
-            url = base + url_of(path.split(SINCE))
-            await timed_get(session, url)                              # warm-up
-            samples = [(await timed_get(session, url))[0] for _ in range(n)]
-            out["endpoints"][path] = pct(samples)
-        # Cursor pages: page 2 and later of the symbol's trades; a 10-page walk in total.
-        first = f"{base}/trades?exchange=binance&symbol=BTCUSDT&limit=100"
-        _, body = await timed_get(session, first)
-        cursor = orjson.loads(body)["next"]
-        page = [(await timed_get(session, f"{first}&cursor={cursor}"))[0] for _ in range(n)]
-        out["endpoints"]["/trades?exchange=binance&symbol=BTCUSDT&limit=100&cursor=<page 2>"] = \
-            pct(page)
-        walks = []
+            for lv, figures in (await sample({lv: base + url_of(path.split(SINCE))
+                                              for lv, base in bases.items()})).items():
+                out[lv]["endpoints"][path] = figures
+        # Cursor pages: page 2 of the symbol's trades; a 10-page walk in total.
+        first = "/trades?exchange=binance&symbol=BTCUSDT&limit=100"
+        page2 = {}
+        for lv, base in bases.items():
+            cursor = orjson.loads((await timed_get(session, base + first))[1])["next"]
+            page2[lv] = f"{base}{first}&cursor={cursor}"
+        for lv, figures in (await sample(page2)).items():
+            out[lv]["endpoints"][f"{first}&cursor=<page 2>"] = figures
+        walks: dict[str, list[float]] = {lv: [] for lv in bases}
         for _ in range(5):
-            total, cursor, pages = 0.0, None, 0
-            while pages < 10:
-                ms, body = await timed_get(session, first + (f"&cursor={cursor}" if cursor else ""))
-                total += ms
-                pages += 1
-                cursor = orjson.loads(body)["next"]
-                if not cursor:
-                    break
-            walks.append(total)
-        out["cursor_walk_10_pages_ms"] = round(statistics.median(walks), 2)
-        out["cursor_walk_pages"] = pages
+            for lv, base in bases.items():
+                total, cursor, pages = 0.0, None, 0
+                while pages < 10:
+                    ms, body = await timed_get(session, base + first
+                                               + (f"&cursor={cursor}" if cursor else ""))
+                    total += ms
+                    pages += 1
+                    cursor = orjson.loads(body)["next"]
+                    if not cursor:
+                        break
+                walks[lv].append(total)
+                out[lv]["cursor_walk_pages"] = pages
+        for lv, totals in walks.items():
+            out[lv]["cursor_walk_10_pages_ms"] = round(statistics.median(totals), 2)
     return out
 
 
@@ -366,40 +381,45 @@ async def main() -> None:
             uri = f"mongodb://127.0.0.1:{port}"
         dbname = f"volume_{os.getpid()}"
         client = AsyncMongoClient(uri, tz_aware=True)
-        db = client[dbname]
-        await apply_indexes(db, Settings().retention)
-        profile = await server_profile(db)
+        profile = await server_profile(client[dbname])
         results["server"] = {"uri_kind": "nx-27017" if not args.mongodb_uri else "given",
                              "ttl": profile.ttl, "index_id": profile.index_id}
         now_ms = time_key(now_utc())
-        seeder = Seeder(db, now_ms)
-        await seeder.latest()
-        api_port = free_port()
-        env = {**os.environ, "MONGODB_URI": uri, "CRYPTODATA_MONGODB_DB": dbname,
-               "CRYPTODATA_API_RATE_PER_S": "0", "CRYPTODATA_LOG_LEVEL": "INFO"}
-        logs.append(open(os.path.join(tmp, "api.log"), "wb"))
-        procs.append(subprocess.Popen([sys.executable, "-m", "api", "--host", "127.0.0.1",
-                                       "--port", str(api_port)], cwd=str(ROOT), env=env,
-                                      stdout=logs[-1], stderr=subprocess.STDOUT))
-        wait_port(api_port)
-        base = f"http://127.0.0.1:{api_port}"
+        env = {**os.environ, "MONGODB_URI": uri, "CRYPTODATA_API_RATE_PER_S": "0",
+               "CRYPTODATA_LOG_LEVEL": "INFO"}
+        bases: dict[str, str] = {}
         for level in levels:
+            # One database per level, seeded alike (the smaller ones are the newest part of the
+            # larger), and one API process on each.
+            db = client[f"{dbname}_{level}"]
+            await apply_indexes(db, Settings().retention)
+            seeder = Seeder(db, now_ms)
+            await seeder.latest()
             t0 = time.perf_counter()
             await seeder.grow(level)
-            seeded_s = time.perf_counter() - t0
             docs = {k: await db[k].estimated_document_count() for k in seeder.done}
-            print(f"\n== {level:,} trades ({sum(docs.values()):,} documents; seeded in "
-                  f"{seeded_s:.0f}s) ==", flush=True)
-            res = await measure_level(base, args.requests)
-            res["documents"] = docs
-            results["levels"][str(level)] = res
+            results["levels"][str(level)] = {"documents": docs}
+            print(f"{level:,} trades: {sum(docs.values()):,} documents, seeded in "
+                  f"{time.perf_counter() - t0:.0f}s", flush=True)
+            api_port = free_port()
+            logs.append(open(os.path.join(tmp, f"api-{level}.log"), "wb"))
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(api_port)],
+                cwd=str(ROOT), env={**env, "CRYPTODATA_MONGODB_DB": db.name},
+                stdout=logs[-1], stderr=subprocess.STDOUT))
+            wait_port(api_port)
+            bases[str(level)] = f"http://127.0.0.1:{api_port}"
+        measured = await measure_levels(bases, args.requests)
+        for level, res in measured.items():
+            results["levels"][level].update(res)
+            print(f"\n== {int(level):,} trades ==")
             for path, r in res["endpoints"].items():
                 print(f"  {path:70s} p50 {r['p50_ms']:7.2f}  p99 {r['p99_ms']:7.2f}  "
                       f"median7 {r['median7_ms']:7.2f} ms", flush=True)
             print(f"  10-page cursor walk: {res['cursor_walk_10_pages_ms']:.1f} ms "
                   f"({res['cursor_walk_pages']} pages)", flush=True)
         top = str(levels[-1])
-        results["retention"] = await retention_cost(db, base, now_ms, levels[-1])
+        results["retention"] = await retention_cost(db, bases[top], now_ms, levels[-1])
         print(f"\nretention at {int(top):,} trades: {results['retention']}", flush=True)
         results["writer"] = await writer_ratio(db, now_ms, args.writer_docs, args.reps)
         print(f"writer with the deleter running: {results['writer']}", flush=True)
@@ -409,7 +429,8 @@ async def main() -> None:
         results["ratio_p50_top_over_first"] = ratios
         print(f"\np50 ratio {int(top):,} / {int(low):,}: max {max(ratios.values()):.2f} "
               f"({max(ratios, key=ratios.get)})")
-        await client.drop_database(dbname)
+        for level in levels:
+            await client.drop_database(f"{dbname}_{level}")
         await client.close()
     finally:
         for proc in reversed(procs):
