@@ -57,13 +57,15 @@ test: install
 
 ## Benchmarks, full run (~8 min on 2 cores; figures and how to read them: tests/bench/README.md):
 ## the collector benchmark (per exchange and message type, storage, latency, RSS, growth) and
-## the API benchmark. BENCH_JSON=file also saves every collector figure; BENCH_ARGS passes
-## options (e.g. --reps 5, --only throughput). Uses MONGODB_URI if set, else its own nx-27017.
+## the API benchmark, and the volume benchmark (history reads at 20k..1M trades, retention cost;
+## ~10 min more). BENCH_JSON=file also saves every collector figure; BENCH_ARGS passes options
+## (e.g. --reps 5, --only throughput). Uses MONGODB_URI if set, else its own nx-27017.
 BENCH_JSON ?=
 BENCH_ARGS ?=
 bench: install
 	$(VENV)/bin/python -m tests.bench.collector_bench $(if $(BENCH_JSON),--json $(BENCH_JSON)) $(BENCH_ARGS)
 	$(VENV)/bin/python tests/bench/api_bench.py
+	$(VENV)/bin/python -m tests.bench.volume_bench $(if $(MONGODB_URI),--mongodb-uri $(MONGODB_URI))
 
 ## Checks of the deployment: systemd units (systemd-analyze, supervisord.conf parsed with the
 ## unit's environment) and the Ansible playbook (syntax, ansible-lint, a real index/TTL

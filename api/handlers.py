@@ -49,8 +49,7 @@ async def gaps(request: web.Request) -> web.Response:
     endpoints; exchange / symbol / market filters also return the ``*`` gaps (whole connection,
     collector or database) that covered them."""
     f = filters(request)
-    rows, next_cursor = await _queries(request).history(schema.GAPS, f, time_field="start",
-                                                        wildcard=True)
+    rows, next_cursor = await _queries(request).history(schema.GAPS, f, wildcard=True)
     return json_response({"data": rows, "count": len(rows), "next": next_cursor})
 
 

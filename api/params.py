@@ -108,36 +108,36 @@ class Filters:
     since: datetime | None
     until: datetime | None
     interval: str | None = None
-    # (ts, _id) of the last row of the previous page: the next page is strictly older.
-    cursor: tuple[datetime, Any] | None = None
+    # (t, _id) of the last row of the previous page (t: epoch ms, common.schema.TIME_KEY): the
+    # next page is strictly older.
+    cursor: tuple[int, Any] | None = None
 
 
 # The cursor is ``<epoch_ms>.<kind><id>`` (kind o: ObjectId hex, i: integer, s: ASCII string):
-# readable, and a grammar the OpenAPI ``pattern`` states exactly, so every well-formed cursor is a
-# valid position (possibly past the end: an empty page) and nothing else is accepted. String ids
-# are the gap ledger's ASCII keys (``exchange:market:symbol:stream:ms``); records use ObjectIds.
+# the last row's time key ``t`` and ``_id``; readable, and a grammar the OpenAPI ``pattern``
+# states exactly, so every well-formed cursor is a valid position (possibly past the end: an
+# empty page) and nothing else is accepted. String ids are the gap ledger's ASCII keys
+# (``exchange:market:symbol:stream:ms``); records use ObjectIds.
 CURSOR_PATTERN = r"^[0-9]{1,13}\.(o[0-9a-f]{24}|i-?[0-9]{1,18}|s[ -~]{1,200})$"
 _CURSOR_RE = re.compile(CURSOR_PATTERN)
 
 
-def encode_cursor(ts: datetime, _id: Any) -> str:
-    ms = int(ts.timestamp() * 1000)
+def encode_cursor(t_ms: int, _id: Any) -> str:
     if isinstance(_id, ObjectId):
-        return f"{ms}.o{_id}"
+        return f"{int(t_ms)}.o{_id}"
     if isinstance(_id, int) and not isinstance(_id, bool):
-        return f"{ms}.i{_id}"
-    return f"{ms}.s{_id}"
+        return f"{int(t_ms)}.i{_id}"
+    return f"{int(t_ms)}.s{_id}"
 
 
-def decode_cursor(text: str) -> tuple[datetime, Any]:
+def decode_cursor(text: str) -> tuple[int, Any]:
     if not _CURSOR_RE.fullmatch(text):
         raise BadRequest("cursor: invalid; pass the 'next' value of the previous page unchanged")
     ms, _, ident = text.partition(".")
-    ts = datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
     kind, value = ident[0], ident[1:]
     if kind == "o":
-        return ts, ObjectId(value)
-    return ts, (int(value) if kind == "i" else value)
+        return int(ms), ObjectId(value)
+    return int(ms), (int(value) if kind == "i" else value)
 
 
 def filters(request: web.Request, *, interval: bool = False) -> Filters:

@@ -8,13 +8,15 @@ from typing import Any, Awaitable, Callable, cast
 
 from pymongo import DESCENDING
 
-from api.params import EXCHANGES, Filters, NotFound, encode_cursor
+from api.params import EXCHANGES, BadRequest, Filters, NotFound, encode_cursor
 from api.status import is_collector_status, merge_status
 from common import schema
+from common.indexes import HISTORY_SORT
 from common.status import CollectorStatus, MergedStatus
 from common.symbols import symbol_key
 
 NO_ID = {"_id": 0}
+T = schema.TIME_KEY
 
 
 def comparable(text: str) -> str:
@@ -88,6 +90,8 @@ class Queries:
         self.gap_counts = SingleFlight(lambda: gap_counts(self.db), ledger_cache_s)
         self._symbols: dict[str, list[str]] = {}
         self._symbols_at = 0.0
+        self._ledger: dict[str, list[str]] = {}
+        self._ledger_at = -1e9
         self._cache_s = symbol_cache_s
 
     async def known_symbols(self, max_age_s: float | None = None) -> dict[str, list[str]]:
@@ -102,26 +106,33 @@ class Queries:
             self._symbols_at = time.monotonic()
         return self._symbols
 
-    async def ledger_symbols(self) -> dict[str, list[str]]:
+    async def ledger_symbols(self, max_age_s: float | None = None) -> dict[str, list[str]]:
         """exchange -> native symbols named in the gap ledger (a symbol can have gaps and no
-        record in ``latest``, e.g. one that never delivered data)."""
-        found: dict[str, set[str]] = {}
-        async for doc in self.db[schema.GAPS].find({"symbol": {"$ne": "*"}},
-                                                   {"_id": 0, "exchange": 1, "symbol": 1}):
-            found.setdefault(doc["exchange"], set()).add(doc["symbol"])
-        return {ex: sorted(symbols) for ex, symbols in found.items()}
+        record in ``latest``, e.g. one that never delivered data); cached like
+        ``known_symbols`` (a read of the whole ledger: not once per request)."""
+        max_age = self._cache_s if max_age_s is None else max_age_s
+        if time.monotonic() - self._ledger_at > max_age:
+            found: dict[str, set[str]] = {}
+            async for doc in self.db[schema.GAPS].find({"symbol": {"$ne": "*"}},
+                                                       {"_id": 0, "exchange": 1, "symbol": 1}):
+                found.setdefault(doc["exchange"], set()).add(doc["symbol"])
+            self._ledger = {ex: sorted(symbols) for ex, symbols in found.items()}
+            self._ledger_at = time.monotonic()
+        return self._ledger
 
     async def resolve(self, exchange: str | None, symbol: str,
-                      also_known: dict[str, list[str]] | None = None) -> list[tuple[str, str]]:
+                      ledger: bool = False) -> list[tuple[str, str]]:
         """(exchange, native symbol) pairs matching what the user typed, among the symbols seen
-        (and ``also_known``); 404 with the known list if none."""
+        (and with ``ledger`` those in the gap ledger); 404 with the known list if none."""
         wanted = comparable(symbol)
         matches: list[tuple[str, str]] = []
-        # A miss re-reads the symbol list (at most once a second) before answering 404, so a
-        # symbol that just started streaming is found at once.
+        # A miss re-reads the symbol lists (``latest`` at most once a second, the ledger every
+        # time: a 404 path) before answering 404, so a symbol that just started streaming, or
+        # just got a gap, is found at once.
         for max_age in (None, 1.0):
             known = dict(await self.known_symbols(max_age))
-            for ex, symbols in (also_known or {}).items():
+            ledger_age = None if max_age is None else 0.0
+            for ex, symbols in (await self.ledger_symbols(ledger_age) if ledger else {}).items():
                 known[ex] = sorted(set(known.get(ex, [])) | set(symbols))
             scope = {exchange: known.get(exchange, [])} if exchange else known
             matches = sorted({(ex, s) for ex, group in scope.items() for s in group
@@ -146,8 +157,7 @@ class Queries:
         star = ["*"] if wildcard else []
         exchanges = [f.exchange] if f.exchange else []
         if f.symbol:
-            also = await self.ledger_symbols() if wildcard else None
-            pairs = await self.resolve(f.exchange, f.symbol, also)
+            pairs = await self.resolve(f.exchange, f.symbol, ledger=wildcard)
             exchanges = exchanges or sorted({ex for ex, _ in pairs})
             query["symbol"] = one_or_in(sorted({s for _, s in pairs}) + star)
         if exchanges:
@@ -158,38 +168,63 @@ class Queries:
             query["interval"] = f.interval
         return query
 
-    def page_query(self, scope: dict[str, Any], f: Filters,
-                   time_field: str = "ts") -> tuple[dict[str, Any], list[tuple[str, int]]]:
-        """Query and sort of one page, newest first: keyset on ``(time_field, _id)``; the page
-        after a cursor is ``t < last_t or (t == last_t and _id < last_id)``."""
-        query = dict(scope)
+    def page_queries(self, scope: dict[str, Any], f: Filters) -> list[tuple[dict[str, Any], list]]:
+        """The reads of one page, newest first, in order until ``limit`` rows: each a flat
+        filter (equalities and one integer range on ``t``, never ``$and``/``$or``, which
+        nx-27017 evaluates by scanning) and a sort that an index from common.indexes serves.
+
+        Keyset paging after a cursor ``(last_t, last_id)``: first the rows of ``last_t`` itself
+        (equality on ``t``, sorted by ``_id``; the caller keeps those with ``_id < last_id``,
+        one millisecond's rows), then ``t < last_t``."""
         rng: dict[str, Any] = {}
         if f.since:
-            rng["$gte"] = f.since
-        upper = f.until
+            rng["$gte"] = schema.time_key(f.since)
+        if f.until:
+            rng["$lte"] = schema.time_key(f.until)
+        reads: list[tuple[dict[str, Any], list]] = []
         if f.cursor:
-            # Also as a plain bound on the time field, so the index range starts at the cursor.
-            upper = min(upper, f.cursor[0]) if upper else f.cursor[0]
-        if upper:
-            rng["$lte"] = upper
+            last_t = f.cursor[0]
+            if rng.get("$gte", last_t) <= last_t <= rng.get("$lte", last_t):
+                reads.append(({**scope, T: last_t}, [("_id", DESCENDING)]))
+            if rng.get("$lte", last_t) >= last_t:
+                rng.pop("$lte", None)
+                rng["$lt"] = last_t
+        query = dict(scope)
         if rng:
-            query[time_field] = rng
-        if f.cursor:
-            last_t, last_id = f.cursor
-            query = {"$and": [query, {"$or": [{time_field: {"$lt": last_t}},
-                                              {time_field: last_t, "_id": {"$lt": last_id}}]}]}
-        return query, [(time_field, DESCENDING), ("_id", DESCENDING)]
+            query[T] = rng
+        reads.append((query, HISTORY_SORT))
+        return reads
 
-    async def history(self, collection: str, f: Filters, *, time_field: str = "ts",
+    async def history(self, collection: str, f: Filters, *,
                       wildcard: bool = False) -> tuple[list[dict[str, Any]], str | None]:
         """One page, newest first; a full page also returns the cursor of its last row."""
-        query, sort = self.page_query(await self.scope_query(f, wildcard=wildcard), f, time_field)
-        rows = await self.db[collection].find(query).sort(sort).limit(f.limit).to_list(f.limit)
+        coll = self.db[collection]
+        rows: list[dict[str, Any]] = []
+        for query, sort in self.page_queries(await self.scope_query(f, wildcard=wildcard), f):
+            need = f.limit - len(rows)
+            if need <= 0:
+                break
+            if sort is HISTORY_SORT:
+                rows += await coll.find(query).sort(sort).limit(need).to_list(need)
+                continue
+            last_id = f.cursor[1]
+            try:
+                rows += [r for r in await coll.find(query).sort(sort).to_list(None)
+                         if r["_id"] < last_id][:need]
+            except TypeError:        # a cursor of another collection (other _id type)
+                raise BadRequest("cursor: invalid; pass the 'next' value of the previous page "
+                                 "unchanged") from None
         next_cursor = None
         if len(rows) == f.limit and rows:
-            next_cursor = encode_cursor(rows[-1][time_field], rows[-1]["_id"])
+            last = rows[-1]
+            # A row written before t existed (not migrated yet): its t from the date it keys.
+            last_t = last.get(T)
+            if last_t is None:
+                last_t = schema.time_key(last["start" if collection == schema.GAPS else "ts"])
+            next_cursor = encode_cursor(last_t, last["_id"])
         for row in rows:
             row.pop("_id", None)
+            row.pop(T, None)
         return rows, next_cursor
 
     async def latest_of_type(self, kind: str, exchange: str | None = None,

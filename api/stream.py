@@ -52,6 +52,7 @@ from pymongo.errors import PyMongoError
 
 from api.params import EXCHANGES, MARKETS, TYPES
 from api.queries import comparable
+from common import schema
 from common.indexes import STREAM_SORT
 
 log = logging.getLogger("api.ws")
@@ -229,6 +230,7 @@ class Hub:
             if doc.get("received_at") != k["received_at"]:
                 tail.handled(doc)    # rewritten (candle) between the two reads: sent now
             doc.pop("_id", None)
+            doc.pop(schema.TIME_KEY, None)      # storage key, not part of the record
             doc["type"] = kind
             key = record_key(doc, kind)
             for client in list(self.clients):

@@ -20,6 +20,7 @@ from collector.exchanges.base import Feed, FeedContext
 from collector.gaps import GapLedger
 from collector.heap import freeze_startup_objects, unfreeze
 from collector.partition import parse_partition
+from collector.retention import upkeep
 from collector.runstate import RunState
 from collector.spool import Spool
 from collector.stats import Stats
@@ -89,6 +90,10 @@ class Collector:
                 self._close_previous_gaps(previous, started, outage)))
         else:
             self.gaps.own_ids = None
+        if parse_partition(self.settings.partition)[0] == 0:
+            # One process per database migrates old documents and deletes expired ones.
+            self._tasks.append(loop.create_task(upkeep(self.db, self.settings.retention,
+                                                       self.settings.retention_interval_s)))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
         async with aiohttp.ClientSession() as session:

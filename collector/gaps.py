@@ -1,7 +1,10 @@
 """The gap ledger: every interruption of a stream, as a document in the ``gaps`` collection.
 
     {_id, exchange, symbol, market, stream, start, end, cause, backfilled, duration_s, detail,
-     collector}
+     collector, t}
+
+- ``t``: ``start`` as integer epoch ms (common.schema.time_key), the key /gaps pages on and the
+  retention deleter ranges on, like ``t`` of the data collections.
 
 - ``symbol`` is ``"*"`` when a whole connection (or the whole collector / database) was affected.
 - ``market``: spot | perp | ``"*"``; ``stream``: the connection name (``binance:spot``), a data
@@ -71,7 +74,8 @@ class Gap:
         return {"_id": self.id, "exchange": self.exchange, "symbol": self.symbol,
                 "market": self.market, "stream": self.stream, "start": self.start,
                 "end": self.end, "cause": self.cause, "backfilled": self.backfilled,
-                "duration_s": self.duration_s, "detail": self.detail[:300], **self.extra}
+                "duration_s": self.duration_s, "detail": self.detail[:300],
+                schema.TIME_KEY: schema.time_key(self.start), **self.extra}
 
 
 class GapLedger:

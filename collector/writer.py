@@ -97,6 +97,7 @@ class Writer:
     def latest_doc(key: str, record: Record) -> dict[str, Any]:
         """The ``latest`` document of a record: its fields plus ``type`` and its own ``_id``."""
         doc = record.to_doc()
+        del doc[schema.TIME_KEY]            # a history key: ``latest`` is read by key only
         doc["type"] = record.collection
         # Whole-document replacement carrying its own _id: a $set of dates on an existing
         # document, or an upsert that takes _id from the filter, is mis-stored by nx-27017.
@@ -195,7 +196,7 @@ class Writer:
             if self.spool is not None and self.spool:
                 log.warning("spool: replaying %d documents", self.spool.records)
                 try:
-                    replayed = await self.spool.drain(self._write)
+                    replayed = await self.spool.drain(self._write_replayed)
                     if replayed:
                         log.warning("spool: replayed %d documents into MongoDB", replayed)
                 except PyMongoError as exc:
@@ -262,6 +263,14 @@ class Writer:
             self.db_available = False
             self._notify(False)
         self.db_available = False
+
+    async def _write_replayed(self, collection: str, docs: list[dict[str, Any]]) -> None:
+        """A spooled batch: one spooled by an earlier release lacks the time key ``t``."""
+        key = "start" if collection == schema.GAPS else "ts"
+        for doc in docs:
+            if schema.TIME_KEY not in doc and doc.get(key) is not None:
+                doc[schema.TIME_KEY] = schema.time_key(doc[key])
+        await self._write(collection, docs)
 
     async def _write(self, collection: str, docs: list[dict[str, Any]]) -> None:
         coll = self.db[collection]

@@ -9,6 +9,10 @@ Every record, whatever the exchange, carries:
 - ``market``      ``spot`` or ``perp`` (linear perpetual swap).
 - ``ts``          exchange event time, UTC (BSON date, millisecond precision).
 - ``received_at`` local receive time, UTC (BSON date).
+- ``t``           ``ts`` as integer epoch milliseconds (stored documents only, added by
+                  ``to_doc``): the key history reads sort, range and page on and retention deletes
+                  by. An integer because nx-27017 serves integer ranges from its indexes and scans
+                  for date ranges; ``ts`` stays a BSON date for users and the TTL index.
 
 Numbers: prices, sizes and rates are stored as BSON doubles. Exchanges send decimal strings with at
 most ~12 significant digits for these instruments; a double holds 15-17, so ``float(text)`` keeps
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 UTC = timezone.utc
@@ -51,6 +55,16 @@ GAPS = "gaps"
 
 
 _fromtimestamp = datetime.fromtimestamp     # positional tz: ~2x cheaper than tz=UTC
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MS = timedelta(milliseconds=1)
+# The integer time key of stored documents (see the module docstring).
+TIME_KEY = "t"
+
+
+def time_key(dt: datetime) -> int:
+    """Aware datetime -> epoch milliseconds, floored exactly as BSON stores the date (integer
+    arithmetic: no float rounding at microsecond boundaries)."""
+    return (dt - EPOCH) // ONE_MS
 
 
 def ms_to_dt(ms: int | float | str) -> datetime:
@@ -296,10 +310,12 @@ FIELDS: dict[type[Record], tuple[str, ...]] = {cls: _all_slots(cls) for cls in R
 
 def _compile_to_doc(cls: type[Record]):
     """A per-class ``record -> dict`` function with the field names unrolled (one dict display,
-    no getattr loop): about 2x cheaper than the generic comprehension on the hot path."""
+    no getattr loop): about 2x cheaper than the generic comprehension on the hot path. The
+    document also gets the integer time key (``time_key(ts)`` inlined)."""
     fields = FIELDS[cls]
     body = ", ".join(f"{name!r}: r.{name}" for name in fields)
-    namespace: dict[str, Any] = {}
+    body += f", {TIME_KEY!r}: (r.ts - _EPOCH) // _ONE_MS"
+    namespace: dict[str, Any] = {"_EPOCH": EPOCH, "_ONE_MS": ONE_MS}
     exec(f"def to_doc_{cls.__name__}(r):\n    return {{{body}}}\n", namespace)  # noqa: S102
     return namespace[f"to_doc_{cls.__name__}"]
 
@@ -312,10 +328,12 @@ for _cls, _fn in _TO_DOC.items():
 
 
 def to_doc(record: Record) -> dict[str, Any]:
-    """Record -> MongoDB document (a flat dict of its fields)."""
+    """Record -> MongoDB document (a flat dict of its fields plus the time key ``t``)."""
     convert = _TO_DOC.get(type(record))
     if convert is None:
-        return {name: getattr(record, name) for name in _all_slots(type(record))}
+        doc = {name: getattr(record, name) for name in _all_slots(type(record))}
+        doc[TIME_KEY] = time_key(record.ts)
+        return doc
     return convert(record)
 
 

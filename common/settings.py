@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,7 +93,12 @@ class OkxSettings(ExchangeSettings):
 
 
 class RetentionSettings(BaseModel):
-    """TTL in seconds per collection (MongoDB deletes documents whose ``ts`` is older)."""
+    """Retention in seconds per collection (documents whose ``ts`` is older are deleted)."""
+
+    # How: ``auto`` = a TTL index on a real MongoDB, the collector's bounded deletes on nx-27017
+    # (common.indexes.server_profile); ``ttl`` / ``delete`` force one (e.g. to exercise the TTL
+    # provisioning against nx-27017 in the deployment checks).
+    mechanism: Literal["auto", "ttl", "delete"] = "auto"
 
     market_data: int = 7 * 86400
     order_book: int = 2 * 86400
@@ -126,6 +132,9 @@ class Settings(BaseSettings):
     exchanges: list[str] = ["binance", "bybit", "kraken", "gateio", "okx"]
 
     retention: RetentionSettings = RetentionSettings()
+    # Where the server has no TTL indexes (nx-27017, see common.indexes), the collector's
+    # retention task deletes expired documents every this many seconds (collector.retention).
+    retention_interval_s: float = 60.0
 
     # Writer: flush when a collection's batch reaches batch_size or flush_interval_s has passed.
     # 0.25 s keeps receive->stored p99 well under 500 ms for low-rate collections (tickers,

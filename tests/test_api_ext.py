@@ -35,6 +35,7 @@ from api.queries import Queries
 from api.routes import ROUTES
 from api.security import auth_config_error, auth_required
 from collector.writer import Writer
+from collector.retention import migrate_time_keys
 from common import schema
 from common.indexes import STREAM_SORT, apply_indexes, index_specs, indexes_can_name_id
 from common.schema import (BookSnapshot, Candle, Funding, Liquidity, OpenInterest, Ticker, Trade,
@@ -576,7 +577,7 @@ def _valid_values() -> dict[str, str]:
     now = now_utc()
     return {"exchange": "okx", "symbol": "BTC-USDT", "market": "spot", "limit": "5",
             "since": (now - timedelta(hours=1)).isoformat(), "until": now.isoformat(),
-            "cursor": encode_cursor(now, ObjectId()), "interval": "1m", "depth": "5"}
+            "cursor": encode_cursor(schema.time_key(now), ObjectId()), "interval": "1m", "depth": "5"}
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.path)
@@ -633,10 +634,10 @@ async def test_symbol_spellings_kraken_and_gateio(client, seeded, exchange, nati
 def _serving_index(collection: str, query: dict, sort: list) -> list | None:
     """Keys of an index whose prefix fields all have equality ($in) predicates in ``query`` and
     whose remaining keys are exactly ``sort``: MongoDB then returns rows in sort order without a
-    SORT stage (merging one scan per $in combination)."""
-    top = query["$and"][0] if "$and" in query else query
-    equal = {f for f, v in top.items()
-             if isinstance(v, str) or (isinstance(v, dict) and set(v) == {"$in"})}
+    SORT stage (merging one scan per $in combination). An equality on a field (the cursor's
+    own millisecond: ``t`` equal, sorted by ``_id``) may also sit between prefix and sort."""
+    equal = {f for f, v in query.items()
+             if isinstance(v, (str, int)) or (isinstance(v, dict) and set(v) == {"$in"})}
     best = None
     for spec in index_specs(RetentionSettings()):
         n = len(spec.keys) - len(sort)
@@ -647,11 +648,17 @@ def _serving_index(collection: str, query: dict, sort: list) -> list | None:
     return best
 
 
+def _flat(query: dict) -> bool:
+    """Only field predicates: no $and / $or / $nor / $expr anywhere (nx-27017 scans for them)."""
+    return all(not k.startswith("$") and (not isinstance(v, dict) or all(
+        op in ("$in", "$gte", "$gt", "$lte", "$lt") for op in v)) for k, v in query.items())
+
+
 async def _history_shapes(queries: Queries):
-    """(collection, query, sort, fields the serving index must start with) for every filter
-    shape the history endpoints and /gaps send."""
+    """(collection, query, sort, fields the serving index must start with) for every read the
+    history endpoints and /gaps send (a page after a cursor is two reads)."""
     since = now_utc() - timedelta(hours=1)
-    cursor = (now_utc(), ObjectId())
+    cursor = (schema.time_key(now_utc()), ObjectId())
     shapes = [({}, ()), ({"exchange": "okx"}, ()), ({"market": "spot"}, ()),
               ({"exchange": "okx", "symbol": "BTC-USDT"}, ("exchange", "symbol")),
               ({"symbol": "btc/usdt"}, ("exchange", "symbol")),      # two exchanges: $in
@@ -659,22 +666,29 @@ async def _history_shapes(queries: Queries):
                ("exchange", "symbol"))]
     out = []
     for kw, prefix in shapes:
-        for extra in ({}, {"since": since}, {"cursor": cursor}):
+        for extra in ({}, {"since": since}, {"cursor": cursor},
+                      {"since": since, "cursor": cursor}):
             f = Filters(exchange=kw.get("exchange"), symbol=kw.get("symbol"),
                         market=kw.get("market"), limit=100, since=extra.get("since"),
                         until=None, cursor=extra.get("cursor"))
-            for coll, time_field, wildcard in ((schema.TRADES, "ts", False),
-                                               (schema.GAPS, "start", True)):
+            for coll, wildcard in ((schema.TRADES, False), (schema.GAPS, True)):
                 scope = await queries.scope_query(f, wildcard=wildcard)
-                query, sort = queries.page_query(scope, f, time_field)
-                out.append((coll, query, sort, prefix))
+                reads = queries.page_queries(scope, f)
+                assert len(reads) == (2 if f.cursor else 1)
+                for query, sort in reads:
+                    out.append((coll, query, sort, prefix))
     return out
 
 
 async def test_every_history_query_shape_is_served_by_an_index(seeded):
     queries = Queries(seeded)
     for coll, query, sort, prefix in await _history_shapes(queries):
+        assert _flat(query), query
         keys = _serving_index(coll, query, sort)
+        if sort == [("_id", -1)]:
+            # The cursor's own millisecond: equality on t, then _id, in the same index.
+            assert isinstance(query["t"], int), query
+            keys = _serving_index(coll, query, [("t", -1), ("_id", -1)])
         assert keys is not None, (coll, query, sort)
         assert tuple(f for f, _ in keys[:len(prefix)]) == prefix, (coll, query, keys)
     symbol_only = await queries.scope_query(Filters(None, "btc/usdt", None, 10, None, None))
@@ -721,6 +735,12 @@ async def test_gaps_cursor_pages_and_symbol_spellings(client, seeded):
                  "market": "spot", "stream": "trade", "start": base + timedelta(seconds=8),
                  "end": None, "cause": "disconnect", "backfilled": False})
     await seeded[schema.GAPS].insert_many(docs)
+    # Written as an earlier release wrote them (no integer key t): the collector's start-up
+    # migration adds it; the reads below need it.
+    assert await migrate_time_keys(seeded, [schema.GAPS]) == 9
+    assert await migrate_time_keys(seeded, [schema.GAPS]) == 0          # done once
+    stored = await seeded[schema.GAPS].find_one({"_id": "okx:spot:BTC-USDT:trade:y"})
+    assert stored["t"] == schema.time_key(base) + 8000
     seen, cursor, pages = [], None, 0
     while True:
         params = {"exchange": "binance", "symbol": "btc-usdt", "limit": "3"}
@@ -743,7 +763,7 @@ async def test_gaps_cursor_pages_and_symbol_spellings(client, seeded):
     await seeded[schema.GAPS].insert_one({
         "_id": "binance:spot:ETHUSDT:trade:z", "exchange": "binance", "symbol": "ETHUSDT",
         "market": "spot", "stream": "trade", "start": base, "end": None, "cause": "restart",
-        "backfilled": False})
+        "backfilled": False, "t": schema.time_key(base)})
     body = await (await client.get("/gaps", params={"symbol": "eth-usdt",
                                                     "market": "spot"})).json()
     assert {(r["symbol"], r["cause"]) for r in body["data"]} == {("ETHUSDT", "restart"),

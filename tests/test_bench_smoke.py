@@ -65,6 +65,37 @@ def test_quick_benchmark_produces_all_figures(tmp_path):
         all(row["ratio"] not in ("", None) for row in res["table"])
 
 
+@pytest.mark.timeout(300)
+def test_quick_volume_benchmark_produces_all_figures(tmp_path):
+    out = tmp_path / "volume.json"
+    proc = subprocess.run([sys.executable, "-m", "tests.bench.volume_bench", "--quick",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=280)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    res = orjson.loads(out.read_bytes())
+
+    def positive(x):
+        return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+    assert list(res["levels"]) == ["2000", "6000"]
+    for trades, level in res["levels"].items():
+        # Every history route (and /gaps, /health, data-check, a cursor page) at every level.
+        paths = {p.split("?")[0] for p in level["endpoints"]}
+        assert paths == {"/trades", "/market-data", "/orderbook-snapshots", "/volume-liquidity",
+                         "/ohlcv", "/funding-rates", "/open-interest", "/gaps", "/health",
+                         "/analysis/data-check"}
+        assert any("cursor=" in p for p in level["endpoints"])
+        for figures in level["endpoints"].values():
+            assert all(positive(figures[k]) for k in ("p50_ms", "p99_ms", "median7_ms"))
+        assert positive(level["cursor_walk_10_pages_ms"]) and 1 < level["cursor_walk_pages"] <= 10
+        assert level["documents"]["trades"] == int(trades)
+    ret = res["retention"]
+    # The oldest 5 % of 6,000 trades (the deleter's cutoff at 95 % of their time span).
+    assert ret["deleted"] == 300 and ret["batches"] >= 1 and positive(ret["docs_per_s"])
+    assert (res["writer"]["docs"], res["writer"]["deleted_meanwhile"] > 0) == (3000, True)
+    assert positive(res["writer"]["ratio"]) and positive(res["writer"]["ceiling_docs_per_s"])
+    assert set(res["ratio_p50_top_over_first"]) == set(res["levels"]["6000"]["endpoints"])
+
 
 def test_latency_summary_without_samples_is_nan_not_an_error():
     for samples in ([], [(100.0, 0.01)]):        # none, or none in the steady-state window

@@ -8,8 +8,8 @@ import pytest
 
 from collector.writer import Writer
 from common import schema
-from common.indexes import (HISTORY_SORT, READ_KEYS, STREAM_SORT, apply_indexes, index_specs,
-                            indexes_can_name_id, missing_indexes)
+from common.indexes import (HISTORY_SORT, READ_KEYS, STREAM_SORT, apply_indexes, expiry_plan,
+                            index_specs, indexes_can_name_id, missing_indexes, server_profile)
 from common.schema import Candle, Ticker, Trade, now_utc
 from common.settings import RetentionSettings
 
@@ -29,7 +29,14 @@ async def test_indexes_are_idempotent_and_enforce_unique_trades(mongo_db):
     info = await mongo_db[schema.TRADES].index_information()
     # nx-27017 renames indexes, so look the TTL up by its option, not its name.
     ttl = [spec for spec in info.values() if "expireAfterSeconds" in spec]
-    assert ttl and ttl[0]["expireAfterSeconds"] == retention.trades
+    if (await server_profile(mongo_db)).ttl:
+        assert [(s["key"], s["expireAfterSeconds"]) for s in ttl] == [
+            ([("ts", 1)], retention.trades)]
+    else:
+        # nx-27017: no TTL index (it scans on every read); the retention task deletes instead.
+        assert ttl == []
+    assert (schema.TRADES, retention.trades) in expiry_plan(retention)
+    assert (schema.GAPS, retention.trades) in expiry_plan(retention)
     assert any(spec.get("unique") for spec in info.values())
     await mongo_db[schema.TRADES].insert_one(trade("1").to_doc())
     with pytest.raises(DuplicateKeyError):
@@ -43,6 +50,7 @@ async def test_index_upgrade_replaces_the_old_read_index_idempotently(mongo_db):
     # What a deployment of the previous release has: {exchange, symbol, ts:-1} under this name.
     await coll.create_index([("exchange", 1), ("symbol", 1), ("ts", -1)],
                             name="exchange_symbol_ts")
+    await coll.create_index([("ts", 1)], name="ttl_ts", expireAfterSeconds=retention.trades)
     await apply_indexes(mongo_db, retention)
     first = await coll.index_information()
     await apply_indexes(mongo_db, retention)
@@ -51,13 +59,16 @@ async def test_index_upgrade_replaces_the_old_read_index_idempotently(mongo_db):
     keys = {tuple(name for name, _ in meta["key"]) for meta in first.values()}
     if await indexes_can_name_id(mongo_db):
         assert "exchange_symbol_ts" not in first              # retired after its replacement
-        assert [tuple(k) for k in first["exchange_symbol_ts_id"]["key"]] == READ_KEYS
-        assert [tuple(k) for k in first["ts_id"]["key"]] == HISTORY_SORT
+        assert [tuple(k) for k in first["exchange_symbol_t_id"]["key"]] == READ_KEYS
+        assert [tuple(k) for k in first["t_id"]["key"]] == HISTORY_SORT
         assert [tuple(k) for k in first["received_at_id"]["key"]] == STREAM_SORT
+        assert first["ttl_ts"]["expireAfterSeconds"] == retention.trades     # TTL kept
     else:
         # nx-27017: the _id suffixes are left out (a compound key with _id breaks its inserts).
         assert not any("_id" in k for k in keys if len(k) > 1)
-        assert {("exchange", "symbol", "ts"), ("received_at",), ("ts",)} <= keys
+        assert {("exchange", "symbol", "t"), ("received_at",), ("t",)} <= keys
+        assert ("exchange", "symbol", "ts") not in keys               # retired
+        assert ("ts",) not in keys          # the TTL index: dropped (the retention task deletes)
 
 
 async def test_writer_batches_dedupes_and_updates_latest(mongo_db):

@@ -333,12 +333,15 @@ async def run_ceiling(args) -> dict[str, Any]:
     """The database's own ceiling: insert_many of ready trade documents, batches of 2000."""
     from datetime import datetime, timedelta, timezone
 
+    from common.schema import time_key
+
     client, db = await fresh_db(args.mongodb_uri, f"bench_ceiling_{args.tag}")
     base = datetime.now(timezone.utc)      # younger than the TTL retention
     docs = [{"exchange": "binance", "symbol": "BTCUSDT", "pair": "BTC/USDT", "market": "spot",
              "ts": base + timedelta(milliseconds=i), "received_at": base + timedelta(milliseconds=i),
              "trade_id": str(1_000_000 + i), "price": 65000.0 + (i % 100) * 0.01,
-             "size": 0.001 * (i % 50 + 1), "side": "buy" if i % 2 else "sell"}
+             "size": 0.001 * (i % 50 + 1), "side": "buy" if i % 2 else "sell",
+             "t": time_key(base) + i}     # the same fields as the Writer's documents
             for i in range(args.count)]
     coll = db["trades"]
     started = time.perf_counter()
