@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import pytest
 from websockets.asyncio.client import connect
@@ -43,6 +44,19 @@ def settings_for(fake: FakeGate, **gate) -> Settings:
 
 async def _value(value):
     return value
+
+
+def resyncs(feed, market: str, symbol: str) -> int:
+    """Times this book lost integrity and resynced (its ledger gaps)."""
+    return sum(1 for g in feed.gaps.recent
+               if g.stream == "book" and (g.market, g.symbol) == (market, symbol))
+
+
+def with_ping_interval(feed, seconds: float) -> None:
+    """The spec's app-ping interval, shortened for a test."""
+    feed.spec = replace(feed.spec, connections=tuple(
+        replace(c, heartbeat=replace(c.heartbeat, app_ping_interval_s=seconds))
+        for c in feed.spec.connections))
 
 
 def book_matches_server(feed, fake, market, symbol) -> bool:
@@ -121,9 +135,9 @@ async def test_gap_full_and_crossed_resync_one_book(mongo_db, fake):
         await wait_for(refetched, timeout_s=5, interval_s=0.01, what="resync after gap")
         report("gateio_sequence_gap", expected="that book alone fetches a REST snapshot; no "
                "reconnect; other symbols unaffected", recovery_s=time.monotonic() - injected,
-               other_books_resynced=sum(feed.states[k].resyncs for k in keys[1:]),
+               other_books_resynced=sum(resyncs(feed, *k) for k in keys[1:]),
                reconnects=fake.connects["spot"] - 1)
-        assert feed.states[("spot", "BTC_USDT")].resyncs == 1
+        assert resyncs(feed, "spot", "BTC_USDT") == 1
         assert fake.snapshot_requests[("spot", "BTC_USDC")] == before[("spot", "BTC_USDC")]
         assert fake.connects["spot"] == 1
         (gap,) = book_gaps()
@@ -146,21 +160,21 @@ async def test_gap_full_and_crossed_resync_one_book(mongo_db, fake):
         fake.full_next.add(("spot", "BTC_USDC"))
 
         async def replaced():
-            return feed.states[("spot", "BTC_USDC")].full_resets == 1 and \
+            return feed.book_sync.full_resets.get(("spot", "BTC_USDC")) == 1 and \
                 book_matches_server(feed, fake, "spot", "BTC_USDC")
         await wait_for(replaced, timeout_s=5, what="full:true reset")
         best_bid = feed.books[("spot", "BTC_USDC")].best_bid()[0]
         assert best_bid > 50010.0 + 900       # only the new book's levels are left
         assert fake.snapshot_requests == requests
-        assert feed.states[("spot", "BTC_USDC")].resyncs == 0
+        assert resyncs(feed, "spot", "BTC_USDC") == 0
         assert len(book_gaps()) == 2          # a full:true reset is not a gap
 
         # a crossed book is not trusted: resync from REST
         fake.crossed_next.add(("perp", "BTC_USDT"))
-        resyncs = feed.states[("perp", "BTC_USDT")].resyncs
+        before = resyncs(feed, "perp", "BTC_USDT")
 
         async def uncrossed():
-            return feed.states[("perp", "BTC_USDT")].resyncs == resyncs + 1 and \
+            return resyncs(feed, "perp", "BTC_USDT") == before + 1 and \
                 book_matches_server(feed, fake, "perp", "BTC_USDT")
         await wait_for(uncrossed, timeout_s=5, what="resync after crossed book")
         assert not feed.books[("perp", "BTC_USDT")].crossed()
@@ -170,7 +184,7 @@ async def test_gap_full_and_crossed_resync_one_book(mongo_db, fake):
         assert gap.end is not None
         # counters and ledger agree
         assert feed.stats.gaps == feed.stats.resyncs == 3
-        assert sum(s.resyncs for s in feed.states.values()) == 3
+        assert sum(resyncs(feed, *k) for k in keys) == 3
 
         async def stored():
             docs = await mongo_db[schema.GAPS].find({"stream": "book"}).to_list(10)
@@ -187,7 +201,7 @@ async def test_unknown_symbol_error_isolated(mongo_db, fake):
                 await mongo_db[schema.TRADES].count_documents({"symbol": "BTC_USDT",
                                                                "market": "spot"})
         await wait_for(data, timeout_s=10, what="data for the valid symbol")
-        assert "NOPE_USDT" in feed.stats.unavailable_symbols
+        assert "spot:NOPE_USDT" in feed.stats.unavailable_symbols
         assert sum(feed.stats.errors.values()) >= 1
         assert fake.connects["spot"] == 1
 
@@ -211,7 +225,7 @@ async def test_silent_connection_is_reconnected_by_idle_watchdog(mongo_db, fake,
     settings = settings_for(fake, idle_timeout_s=0.5, **symbols)
 
     def configure(feed):
-        feed.ping_interval_s = 0.1   # spot.pong / futures.pong keep arriving: control traffic
+        with_ping_interval(feed, 0.1)   # spot.pong / futures.pong keep arriving: control
     async with running_feed(GateioFeed, mongo_db, settings, "gateio", configure) as feed:
         async def reconnected():
             return fake.connects[market] >= 2
@@ -256,7 +270,7 @@ async def test_argument_order_is_checked_per_channel(fake):
         url = fake.spot_url if market == "spot" else fake.perp_url
         async with connect(url) as ws:
             for channel, right, wrong in checks:
-                assert GateioFeed._payload(channel, "BTC_USDT") == right
+                assert ep.payload(channel, "BTC_USDT") == right
                 for payload, ok in ((wrong, False), (right, True)):
                     await ws.send(json.dumps({"time": 0, "channel": channel,
                                               "event": "subscribe", "payload": payload}))
@@ -385,12 +399,15 @@ def offline_feed(partition: str = "", **gate) -> GateioFeed:
     return GateioFeed(settings.gateio, offline_context(settings))
 
 
+def _plan(feed) -> list[tuple[str, str, str]]:
+    return [(sub.market, sub.symbol, sub.channel.name) for conn in feed.build_connections()
+            for sub in feed.meta(conn).subscriptions]
+
+
 def _subscribed(partition: str) -> tuple[list[tuple[str, str, str]], list[str]]:
     symbols = [f"SYM{i}_USDT" for i in range(30)] + ["BTC_USDT", "BTC_USDC"]
     feed = offline_feed(partition, spot_symbols=symbols, perp_symbols=symbols[:20])
-    subs = [("spot", s, ch) for ch, syms in feed.spot_subscriptions().items() for s in syms] + \
-        [("perp", s, ch) for ch, syms in feed.perp_subscriptions().items() for s in syms]
-    return subs, feed.contract_symbols()
+    return _plan(feed), feed.contract_symbols()
 
 
 def test_partitions_cover_every_subscription_once():
@@ -398,33 +415,26 @@ def test_partitions_cover_every_subscription_once():
     (zero, c0), (one, c1) = _subscribed("0/2"), _subscribed("1/2")
     assert set(zero) | set(one) == set(everything)
     assert not set(zero) & set(one) and zero and one
+    assert len(everything) == 32 * 4 + 20 * 5
     # the contract-size poller runs for exactly the contracts a partition streams something of
     assert set(c0) | set(c1) == set(contracts)
     for subs, polled in ((zero, c0), (one, c1)):
         assert set(polled) == {s for market, s, _ in subs if market == "perp"}
 
 
-class _RecordingConn:
-    def __init__(self) -> None:
-        self.sent: list[dict] = []
-
-    async def send(self, text: str) -> None:
-        self.sent.append(json.loads(text))
-
-
-async def test_on_open_sends_exactly_the_partitions_subscriptions():
+def test_subscribe_requests_are_the_partitions_subscriptions():
     symbols = [f"SYM{i}_USDT" for i in range(12)]
     for part in ("0/2", "1/2"):
         feed = offline_feed(part, spot_symbols=symbols, perp_symbols=symbols)
         feed.multipliers = {s: 1.0 for s in symbols}
-        spot, perp = _RecordingConn(), _RecordingConn()
-        await feed._open_spot(spot)
-        await feed._open_perp(perp)
-        for conn, subs in ((spot, feed.spot_subscriptions()), (perp, feed.perp_subscriptions())):
-            sent = sorted((m["channel"], tuple(m["payload"])) for m in conn.sent)
-            want = sorted((ch, tuple(GateioFeed._payload(ch, s)))
-                          for ch, syms in subs.items() for s in syms)
-            assert sent == want
+        for conn in feed.build_connections():
+            meta = feed.meta(conn)
+            sent = [json.loads(m) for m in feed.subscribe_requests(meta, list(meta.subscriptions))]
+            assert sorted((m["channel"], tuple(m["payload"])) for m in sent) == sorted(
+                (ch, tuple(ep.payload(ch, s))) for market, s, ch in _plan(feed)
+                if market == meta.market)
+            assert all(m["event"] == "subscribe" and isinstance(m["id"], int) for m in sent)
+            assert len({m["id"] for m in sent}) == len(sent)
 
 
 def test_idle_threshold_follows_the_streams():
@@ -433,8 +443,7 @@ def test_idle_threshold_follows_the_streams():
     # a partition that only has a contract's stats (pushed once a minute) waits like trades
     for i in range(300):
         feed = offline_feed("0/5", spot_symbols=[], perp_symbols=[f"SYM{i}_USDT"])
-        owned = {ch for ch, syms in feed.perp_subscriptions().items() if syms}
-        if owned == {ep.FUT_STATS}:
+        if {ch for _, _, ch in _plan(feed)} == {ep.FUT_STATS}:
             break
     else:
         pytest.fail("no partition with only contract_stats")

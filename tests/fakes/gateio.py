@@ -236,15 +236,19 @@ class FakeGate:
         candles[-1].add(price, amount, base)
 
     async def _spot_trade(self, symbol: str, now: float) -> None:
-        self._spot_trade_id += 1     # spot ids are all-market ids
+        # ``id`` is unique per market but not consecutive (it was an all-market id);
+        # ``id_market`` (WS) / ``sequence_id`` (REST) count the market's trades.
+        self._spot_trade_id += 1
+        trades = self.market.trades.setdefault(("spot", symbol), [])
         price = round(SPOT[symbol] + random.randint(-20, 20) * 0.1, 1)
         amount = round(random.uniform(0.001, 0.5), 4)
-        trade = {"id": self._spot_trade_id, "create_time": int(now),
+        trade = {"id": 9_000_000 + self._spot_trade_id, "create_time": int(now),
                  "create_time_ms": f"{now * 1000:.3f}", "side": random.choice(["buy", "sell"]),
-                 "currency_pair": symbol, "amount": str(amount), "price": str(price)}
-        self.market.trades.setdefault(("spot", symbol), []).append(trade)
+                 "currency_pair": symbol, "amount": str(amount), "price": str(price),
+                 "sequence_id": str(len(trades) + 1)}
+        trades.append(trade)
         await self._candle(("spot", symbol), price, amount, amount)
-        push = {"id": trade["id"], "id_market": trade["id"], **{
+        push = {"id": trade["id"], "id_market": len(trades), **{
             k: trade[k] for k in ("create_time", "create_time_ms", "side", "currency_pair",
                                   "amount", "price")}}
         await self._broadcast("spot", "spot.trades", symbol, push)
