@@ -26,7 +26,8 @@ from tests.helpers import wait_for
 
 @pytest.fixture
 async def fake():
-    server = await FakeGate().start()
+    # Server pings with a short pong deadline: a feed that does not answer is cut.
+    server = await FakeGate(ping_interval_s=0.3, ping_timeout_s=0.5).start()
     try:
         yield server
     finally:
@@ -343,9 +344,19 @@ async def test_drop_mid_stream_backfills_missed_trades_candles_and_derivatives(
         assert await wait_for(lambda: mongo_db[schema.FUNDING_RATES].find_one(
             {"symbol": "BTC_USDT", "rate": float(FUNDING_RATE_REST)}), timeout_s=15,
             what="REST funding")
-        (stats,) = [q for path, q in fake.rest_requests
-                    if path == "/futures/usdt/contract_stats"][:1]
-        assert stats["interval"] == "5m" and int(stats["from"]) > 0
+        stats = [q for path, q in fake.rest_requests if path == "/futures/usdt/contract_stats"]
+        assert stats[0]["interval"] == "1m" and int(stats[0]["from"]) > 0
+        assert all(q["interval"] == "1m" for q in stats)
+
+        # F5: the 1m open-interest series has no hole across the outage (5m filled one in 5)
+        async def oi_series_whole():
+            docs = await mongo_db[schema.OPEN_INTEREST].find({"symbol": "BTC_USDT"}).to_list(
+                100_000)
+            stored = {int(d["ts"].timestamp()) for d in docs}
+            want = {r["time"] for r in fake.market.stats["BTC_USDT"]
+                    if min(stored) <= r["time"] <= max(r["time"] for r in fake.stats_served)}
+            return want <= stored and len(want) >= 3
+        await wait_for(oi_series_whole, timeout_s=15, what="1m open interest without holes")
         for row in fake.stats_served:
             doc = await wait_for(lambda: mongo_db[schema.OPEN_INTEREST].find_one(
                 {"symbol": "BTC_USDT", "ts": s_to_dt(row["time"])}), timeout_s=15,
@@ -449,3 +460,163 @@ def test_idle_threshold_follows_the_streams():
         pytest.fail("no partition with only contract_stats")
     [conn] = feed.build_connections()
     assert conn.idle_timeout_s == STREAM_IDLE_S["trades"]
+
+
+# ---- conformance (docs/exchanges/gateio.md Findings, issue 11) --------------------------------
+async def test_futures_sizes_are_decimal_strings_with_the_header(mongo_db, fake):
+    """F1 / issue 11 item 3: with ``X-Gate-Size-Decimal: 1`` (WS handshake and futures REST) a
+    0.4-contract level stays in the book and sub-contract fills are stored; without it Gate
+    truncates them to 0 (the level deleted, the fill's whole batch dropped)."""
+    server = fake.books[("perp", "BTC_USDT")]
+    best = max(server.bids)
+    server.bids[best] = 0.4
+    settings = settings_for(fake, spot_symbols=[])
+    async with running_feed(GateioFeed, mongo_db, settings, "gateio") as feed:
+        async def synced():
+            return book_matches_server(feed, fake, "perp", "BTC_USDT")
+        await wait_for(synced, timeout_s=10, what="perp book == server book")
+        assert fake.decimal_clients["perp"] == fake.connects["perp"] >= 1
+        assert {h for path, h in fake.rest_headers if path.startswith("/futures/")} == {"1"}
+        if server.bids.get(best) == 0.4:      # not changed by a diff meanwhile
+            assert feed.books[("perp", "BTC_USDT")].bids.levels[-best] == pytest.approx(
+                0.4 * MULTIPLIER)
+        sent = {str(t["id"]): t for t in fake.market.trades[("perp", "BTC_USDT")]}
+
+        async def fractional_fill():
+            async for doc in mongo_db[schema.TRADES].find({"market": "perp"}):
+                row = sent.get(doc["trade_id"])
+                if row is not None and abs(row["size"]) < 1:
+                    return doc, row
+        doc, row = await wait_for(fractional_fill, timeout_s=10, what="a 0.x-contract fill")
+        assert doc["size"] == pytest.approx(abs(row["size"]) * MULTIPLIER)
+        assert doc["side"] == ("buy" if row["size"] > 0 else "sell")
+        assert feed.stats.malformed == 0
+
+
+def test_one_bad_row_does_not_drop_its_batch():
+    """Issue 11 item 3: a zero-size fill (what a client without the header reads for 0.3
+    contracts) is counted as malformed and skipped; the other fills of the push are kept."""
+    feed = offline_feed(spot_symbols=[])
+    feed.multipliers = {"BTC_USDT": MULTIPLIER}
+    [conn] = feed.build_connections()
+    rows = [{"id": 1, "create_time": 1767225600, "create_time_ms": 1767225600499,
+             "contract": "BTC_USDT", "size": 0, "price": "3000.1"},
+            {"id": 2, "create_time": 1767225600, "create_time_ms": 1767225600499,
+             "contract": "BTC_USDT", "size": "-2.5", "price": "3000.2"}]
+    feed.handle(conn, json.dumps({"channel": "futures.trades", "event": "update",
+                                  "time": 1767225600, "result": rows}))
+    (trade,) = feed.writer.of(schema.Trade)
+    assert (trade.trade_id, trade.side, trade.price) == ("2", "sell", 3000.2)
+    assert trade.size == pytest.approx(2.5 * MULTIPLIER)
+    assert feed.stats.malformed == 1 and feed.stats.messages == 1
+
+
+async def test_unavailable_contract_keeps_the_spot_pair_of_the_same_name(mongo_db, fake):
+    """F3 / issue 11 item 7: the contract lookup of perpetual BTC_USDT answers 404; spot
+    BTC_USDT (the same text, another market) keeps streaming."""
+    fake.missing_contracts.add("BTC_USDT")
+    async with running_feed(GateioFeed, mongo_db, settings_for(fake), "gateio") as feed:
+        async def spot_flowing():
+            return book_matches_server(feed, fake, "spot", "BTC_USDT") and \
+                await mongo_db[schema.TRADES].find_one({"market": "spot", "symbol": "BTC_USDT"})
+        await wait_for(spot_flowing, timeout_s=10, what="spot BTC_USDT book and trades")
+        assert list(feed.stats.unavailable_symbols) == ["perp:BTC_USDT"]
+        assert "CONTRACT_NOT_FOUND" in feed.stats.unavailable_symbols["perp:BTC_USDT"]
+        assert feed.symbols("spot") == ["BTC_USDT", "BTC_USDC"] and feed.symbols("perp") == []
+        assert fake.connects["perp"] == 0 and fake.connects["spot"] == 1
+
+
+@pytest.mark.parametrize("shape", ["doc", "echo"])
+async def test_unknown_pair_error_without_payload_echo_marks_it_once(mongo_db, fake, shape):
+    """F4: Gate's documented error has no ``payload`` (nor ``id``); the pair is found by the
+    request id or the name in the message, marked unavailable in its market, and not
+    subscribed again after a reconnect."""
+    fake.error_shape = shape
+    settings = settings_for(fake, spot_symbols=["BTC_USDT", "NOPE_USDT"], perp_symbols=[])
+    async with running_feed(GateioFeed, mongo_db, settings, "gateio") as feed:
+        await wait_for(lambda: _value("spot:NOPE_USDT" in feed.stats.unavailable_symbols),
+                       timeout_s=10, what="NOPE_USDT unavailable")
+        assert "unknown currency pair NOPE_USDT" in \
+            feed.stats.unavailable_symbols["spot:NOPE_USDT"]
+        errors = len(fake.subscribe_errors)
+        assert errors == 4 and all("payload" not in e for e in fake.subscribe_errors) == (
+            shape == "doc")
+        await fake.drop_connections()
+
+        async def resubscribed():
+            return fake.connects["spot"] == 2 and book_matches_server(feed, fake, "spot",
+                                                                      "BTC_USDT")
+        await wait_for(resubscribed, timeout_s=10, what="reconnected, BTC_USDT synced")
+        assert len(fake.subscribe_errors) == errors      # NOPE_USDT not asked for again
+
+
+@pytest.mark.parametrize("form", ["type", "event", "system"])
+async def test_upgrade_notice_in_every_shape_reconnects(mongo_db, fake, form):
+    """F2: the notice as top-level ``type`` (doc mirror), ``event`` (official SDK) or a
+    ``*.system`` push: each reconnects at once (the fake does not close the socket itself)."""
+    settings = settings_for(fake, perp_symbols=[], spot_symbols=["BTC_USDT"])
+    async with running_feed(GateioFeed, mongo_db, settings, "gateio"):
+        await wait_for(lambda: _value(fake.connects["spot"] == 1 and
+                                      fake.subscriptions), timeout_s=10, what="connected")
+        await fake.push_upgrade("spot", form)
+        await wait_for(lambda: _value(fake.connects["spot"] == 2), timeout_s=8,
+                       what=f"reconnect after the {form} upgrade notice")
+
+
+async def test_spot_id_market_hole_is_a_trade_gap_and_is_backfilled(mongo_db, fake):
+    """Issue 11 item 10 / F6: ``id`` (stored, as REST has it) is not consecutive; ``id_market``
+    is, per market: a trade the stream skipped is a ``trade`` gap, backfilled over REST."""
+    settings = settings_for(fake, perp_symbols=[], spot_symbols=["BTC_USDT", "BTC_USDC"])
+    await apply_indexes(mongo_db, settings.retention)
+    async with running_feed(GateioFeed, mongo_db, settings, "gateio") as feed:
+        await wait_for(lambda: _ids(mongo_db, "spot", "BTC_USDT"), timeout_s=10, what="trades")
+        skipped_at = len(fake.market.trades[("spot", "BTC_USDT")]) + 1
+        fake.skip_trade_push.add("BTC_USDT")
+
+        async def hole_backfilled():
+            gaps = [g for g in feed.gaps.recent if g.stream == "trade"]
+            return gaps if gaps and all(g.backfilled for g in gaps) else None
+        (gap,) = await wait_for(hole_backfilled, timeout_s=10, what="trade gap backfilled")
+        assert (gap.market, gap.symbol, gap.cause) == ("spot", "BTC_USDT", "sequence_gap")
+        assert gap.extra["missing_ids"] == [skipped_at, skipped_at]
+        missed = fake.market.trades[("spot", "BTC_USDT")][skipped_at - 1]
+        stored = await wait_for(lambda: mongo_db[schema.TRADES].find_one(
+            {"market": "spot", "symbol": "BTC_USDT", "trade_id": str(missed["id"])}),
+            timeout_s=10, what="the skipped trade stored")
+        assert (stored["price"], stored["size"], stored["side"]) == (
+            float(missed["price"]), float(missed["amount"]), missed["side"])
+        # the stored id is ``id`` on the stream too (not id_market, which REST lacks)
+        assert await _ids(mongo_db, "spot", "BTC_USDT") <= set(fake.trade_ids("spot",
+                                                                              "BTC_USDT"))
+        assert not [g for g in feed.gaps.recent if g.symbol == "BTC_USDC"]
+
+
+async def test_rest_429_is_waited_out_as_told(mongo_db):
+    """REST answers over the per-endpoint limit with 429 + Retry-After: the client pauses for
+    that long (one 429, not a retry storm) and the book still syncs."""
+    server = await FakeGate(rest_limit=1, rest_window_s=1.0).start()
+    try:
+        settings = settings_for(server, perp_symbols=[])
+        async with running_feed(GateioFeed, mongo_db, settings, "gateio") as feed:
+            for symbol in SPOT:
+                async def synced(symbol=symbol):
+                    return book_matches_server(feed, server, "spot", symbol)
+                await wait_for(synced, timeout_s=10, what=f"{symbol} synced after 429")
+            assert server.rate_limited == {"/api/v4/spot/order_book": 1}
+    finally:
+        await server.stop()
+
+
+async def test_duplicate_and_out_of_order_diffs_are_ignored(mongo_db, fake):
+    """A diff sent again after a newer one (and that one twice) is stale: no gap, no resync."""
+    settings = settings_for(fake, perp_symbols=[], spot_symbols=["BTC_USDT"])
+    async with running_feed(GateioFeed, mongo_db, settings, "gateio") as feed:
+        await wait_for(lambda: _value(book_matches_server(feed, fake, "spot", "BTC_USDT")),
+                       timeout_s=10, what="synced")
+        requests = fake.snapshot_requests[("spot", "BTC_USDT")]
+        for _ in range(3):
+            fake.duplicate_next.add(("spot", "BTC_USDT"))
+            await wait_for(lambda: _value(not fake.duplicate_next), timeout_s=5, what="sent")
+        await wait_for(lambda: _value(book_matches_server(feed, fake, "spot", "BTC_USDT")),
+                       timeout_s=5, what="book == server after duplicates")
+        assert feed.stats.gaps == 0 and fake.snapshot_requests[("spot", "BTC_USDT")] == requests

@@ -64,7 +64,7 @@ TRADES_PAGE = 1000
 TRADES_MAX_PAGES = 10
 CANDLES_MAX_POINTS = 1000
 # REST contract_stats at the stream's 1m interval (same unique key), paged with ``from``.
-STATS_REST_INTERVAL = "5m"
+STATS_REST_INTERVAL = "1m"
 STATS_REST_LIMIT = 100
 STATS_REST_MAX_PAGES = 10
 
@@ -114,7 +114,8 @@ SPEC = VenueSpec(
                                                  app_ping_interval_s=PING_INTERVAL_S)),
         ConnectionSpec("perp", "perp", "perp_ws_url", FUT_CHANNELS,
                        heartbeat=HeartbeatPolicy(app_ping=app_ping(FUT_PING),
-                                                 app_ping_interval_s=PING_INTERVAL_S)),
+                                                 app_ping_interval_s=PING_INTERVAL_S),
+                       headers=(SIZE_DECIMAL_HEADER,)),
     ),
     # No documented subscription cap per connection; one request per (channel, symbol).
     limits=Limits(connect_interval_s=CONNECT_INTERVAL_S, backoff_max_s=BACKOFF_MAX_S,

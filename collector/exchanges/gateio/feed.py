@@ -1,7 +1,6 @@
-"""Gate.io v4 feed: spot + USDT perpetual (``endpoints.SPEC``). Books: ``order_book_update`` diffs
-on a REST snapshot (``SnapshotBooks``). Open interest: ``futures.contract_stats`` only (1m bucket
-times, the series REST backfills onto the same keys; tickers' ``total_size`` would interleave a
-second timestamp grid). REST backfill of trades, candles, funding and open interest."""
+"""Gate.io v4 spot + USDT perpetual (``endpoints.SPEC``). Books: ``order_book_update`` diffs on a
+REST snapshot. Open interest: ``futures.contract_stats`` only (1m buckets, the series REST backfills
+onto the same keys; tickers' ``total_size`` would interleave a second timestamp grid)."""
 from __future__ import annotations
 
 import asyncio
@@ -31,10 +30,10 @@ class GateioFeed(Feed):
         self.multipliers: dict[str, float] = {}
         self.funding_info: dict[str, dict[str, Any]] = {}
         self._last_oi: dict[str, float] = {}     # symbol -> newest stats bucket (epoch s)
+        self._oi_since: dict[str, float] = {}    # symbol -> newest bucket before a disconnect
         self.requests = PendingRequests()      # errors need not echo the payload, only the id
-        # One budget (the base's) for both: same host, per-IP limits. Futures REST sizes as
-        # decimal strings (the header), like the futures WebSocket.
-        self.perp_rest = self.rest(cfg.perp_rest_url)
+        # One budget (the base's, per IP) for both; futures sizes as decimals (the header).
+        self.perp_rest = self.rest(cfg.perp_rest_url, headers=dict([ep.SIZE_DECIMAL_HEADER]))
         self.rests = {SPOT: self.rest(cfg.spot_rest_url), PERP: self.perp_rest}
         self.book_sync = SnapshotBooks(self, self._fetch_snapshot, check_crossed=True)
         self.routes = {
@@ -61,7 +60,7 @@ class GateioFeed(Feed):
         return [s for s in self.symbols(PERP) if any(
             self.owns(PERP, s, ch.partition_stream) for ch in self.channels(PERP))]
 
-    # ---- setup -------------------------------------------------------------------------------
+    # ---- setup and subscriptions -------------------------------------------------------------
     async def prepare(self) -> None:
         for symbol in self.contract_symbols():
             await self._load_contract(symbol)
@@ -94,7 +93,6 @@ class GateioFeed(Feed):
             for symbol in self.contract_symbols():
                 await self._load_contract(symbol)
 
-    # ---- subscriptions -----------------------------------------------------------------------
     def subscribe_requests(self, meta: ConnMeta, subs: list[Subscription]) -> list[str]:
         """One request per (channel, symbol), with an id (errors name it); a contract without a
         known size is left out (its sizes could not be converted)."""
@@ -108,6 +106,9 @@ class GateioFeed(Feed):
 
     def on_disconnect(self, meta: ConnMeta, reason: str) -> None:
         self.book_sync.reset(meta.market, meta.symbols("book"))
+        # Open interest is re-polled from here (not from pushes that beat the backfill).
+        self._oi_since.update({s: self._last_oi[s] for s in meta.symbols("open_interest")
+                               if s in self._last_oi and s not in self._oi_since})
 
     # ---- messages ----------------------------------------------------------------------------
     def channel_of(self, msg: dict) -> str | None:
@@ -127,7 +128,7 @@ class GateioFeed(Feed):
         payload = msg.get("payload") or []
         self.stats.error_once(self.name, f"{msg.get('channel')} {payload}: {text}")
         if named is None:
-            return                      # not an unknown symbol (argument order, duplicate...)
+            return          # not an unknown symbol (argument order, duplicate, ...)
         configured = self.configured_symbols(market)
         market, symbol = (sub.market, sub.symbol) if sub is not None else (market, next(
             (s for s in [named, *payload] if s in configured), None))
@@ -174,16 +175,14 @@ class GateioFeed(Feed):
         return route
 
     def _ticker_funding(self, pair: tuple) -> None:
-        ticker, funding = pair
-        self.emit(ticker)
-        self.emit_derived(funding, funding.rate)
+        self.emit(pair[0])
+        self.emit_derived(pair[1], pair[1].rate)
 
     def _open_interest(self, oi: OpenInterest) -> None:
         self._last_oi[oi.symbol] = max(oi.ts.timestamp(), self._last_oi.get(oi.symbol, 0.0))
         self.emit(oi)
 
     async def _fetch_snapshot(self, market: str, symbol: str):
-        """REST ``order_book`` (limit 100, ``with_id``) -> (bids, asks, id)."""
         try:
             body = await self.rests[market].get(ep.BOOK_REST[market], {
                 ep.SYMBOL_PARAM[market]: symbol, "limit": ep.SNAPSHOT_LIMIT, "with_id": "true"})
@@ -191,9 +190,8 @@ class GateioFeed(Feed):
             if isinstance(exc.payload, dict) and exc.payload.get("label") in ep.UNKNOWN_LABELS:
                 raise SymbolUnavailable(f"{exc.payload}") from exc
             raise
-        snap_id, bids, asks = p.parse_spot_book_snapshot(body) if market == SPOT else \
+        return p.parse_spot_book_snapshot(body) if market == SPOT else \
             p.parse_futures_book_snapshot(body, self.multipliers[symbol])
-        return bids, asks, snap_id
 
     async def stop(self) -> None:
         self.book_sync.cancel_all()
@@ -201,7 +199,7 @@ class GateioFeed(Feed):
 
     # ---- REST backfill -----------------------------------------------------------------------
     def owns_backfill(self, market: str, symbol: str, kind: str) -> bool:
-        # Funding and open interest have different owners: repoll_derivatives checks each.
+        """Funding and open interest have different owners: repoll_derivatives checks each."""
         return kind == DERIVATIVES or super().owns_backfill(market, symbol, kind)
 
     async def backfill_trades(self, market: str, symbol: str, since: datetime) -> bool:
@@ -239,11 +237,14 @@ class GateioFeed(Feed):
             return
         query: dict[str, Any] = {"contract": symbol, "interval": ep.STATS_REST_INTERVAL,
                                  "limit": ep.STATS_REST_LIMIT}
+        since = self._oi_since.pop(symbol, self._last_oi.get(symbol))
         for _ in range(ep.STATS_REST_MAX_PAGES):
-            if symbol in self._last_oi:
-                query["from"] = int(self._last_oi[symbol]) + 1
+            if since is not None:
+                query["from"] = int(since) + 1
             body = await self.perp_rest.get(ep.FUT_STATS_REST, query)
-            for oi in p.parse_rest_contract_stats(body, symbol, now_utc(), self.multipliers):
+            rows = p.parse_rest_contract_stats(body, symbol, now_utc(), self.multipliers)
+            for oi in rows:
                 self._open_interest(oi)
-            if len(body) < ep.STATS_REST_LIMIT:
+            if len(rows) < ep.STATS_REST_LIMIT:
                 return
+            since = rows[-1].ts.timestamp()

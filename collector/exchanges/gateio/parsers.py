@@ -228,9 +228,9 @@ def spot_book_diff(r: dict) -> Diff:
                 parse_spot_levels(r.get("a") or []))
 
 
-def parse_spot_book_snapshot(body: dict) -> tuple[int, Levels, Levels]:
-    """REST ``/spot/order_book?with_id=true`` -> (id, bids, asks)."""
-    return int(body["id"]), parse_spot_levels(body["bids"]), parse_spot_levels(body["asks"])
+def parse_spot_book_snapshot(body: dict) -> tuple[Levels, Levels, int]:
+    """REST ``/spot/order_book?with_id=true`` -> (bids, asks, id)."""
+    return parse_spot_levels(body["bids"]), parse_spot_levels(body["asks"]), int(body["id"])
 
 
 # ---- futures -------------------------------------------------------------------------------------
@@ -257,9 +257,10 @@ def parse_futures_book_update(msg: dict, multiplier: float
             parse_futures_levels(r.get("a") or [], multiplier), bool(r.get("full", False)))
 
 
-def parse_futures_book_snapshot(body: dict, multiplier: float) -> tuple[int, Levels, Levels]:
-    return (int(body["id"]), parse_futures_levels(body["bids"], multiplier),
-            parse_futures_levels(body["asks"], multiplier))
+def parse_futures_book_snapshot(body: dict, multiplier: float) -> tuple[Levels, Levels, int]:
+    """REST ``/futures/usdt/order_book?with_id=true`` -> (bids, asks, id), sizes in base units."""
+    return (parse_futures_levels(body["bids"], multiplier),
+            parse_futures_levels(body["asks"], multiplier), int(body["id"]))
 
 
 def parse_futures_tickers(msg: dict, received_at: datetime, multipliers: dict[str, float],
