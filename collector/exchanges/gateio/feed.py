@@ -154,9 +154,10 @@ class GateioFeed(Feed):
 
     def _on_spot_trade(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         trade = p.parse_spot_trade(msg, received_now())
-        seq = p.spot_trade_seq(msg["result"])
-        if seq is not None:          # id_market: consecutive per market (``id`` is not)
-            self.check_trade_ids(SPOT, trade.symbol, seq, seq, int(trade.ts.timestamp() * 1000))
+        seq = msg["result"].get("id_market")
+        if seq is not None:     # consecutive per market (``id`` is not); push time bounds a hole
+            seq = int(seq)
+            self.check_trade_ids(SPOT, trade.symbol, seq, seq, msg.get("time_ms") or 0)
         self.emit(trade)
 
     def _batch(self, parse: Callable[..., list], msg: Any, *args: Any) -> list:

@@ -154,7 +154,8 @@ def _spot_trade(r: dict, received_at: datetime) -> Trade:
     price = r["price"]
     # Positional (trade_id, price, size, side): cheaper than keywords on the hot path.
     return Trade(EXCHANGE, symbol, _pair(symbol), SPOT, ts, received_at,
-                 spot_trade_id(r), _price(price) or _price_miss(price), float(r["amount"]),
+                 str(int(trade_id)) if (trade_id := r.get("id")) is not None else spot_trade_id(r),
+                 _price(price) or _price_miss(price), float(r["amount"]),
                  side)
 
 
