@@ -563,32 +563,23 @@ async def test_upgrade_notice_in_every_shape_reconnects(mongo_db, fake, form):
                        what=f"reconnect after the {form} upgrade notice")
 
 
-async def test_spot_id_market_hole_is_a_trade_gap_and_is_backfilled(mongo_db, fake):
-    """Issue 11 item 10 / F6: ``id`` (stored, as REST has it) is not consecutive; ``id_market``
-    is, per market: a trade the stream skipped is a ``trade`` gap, backfilled over REST."""
-    settings = settings_for(fake, perp_symbols=[], spot_symbols=["BTC_USDT", "BTC_USDC"])
-    await apply_indexes(mongo_db, settings.retention)
-    async with running_feed(GateioFeed, mongo_db, settings, "gateio") as feed:
-        await wait_for(lambda: _ids(mongo_db, "spot", "BTC_USDT"), timeout_s=10, what="trades")
-        skipped_at = len(fake.market.trades[("spot", "BTC_USDT")]) + 1
-        fake.skip_trade_push.add("BTC_USDT")
-
-        async def hole_backfilled():
-            gaps = [g for g in feed.gaps.recent if g.stream == "trade"]
-            return gaps if gaps and all(g.backfilled for g in gaps) else None
-        (gap,) = await wait_for(hole_backfilled, timeout_s=10, what="trade gap backfilled")
-        assert (gap.market, gap.symbol, gap.cause) == ("spot", "BTC_USDT", "sequence_gap")
-        assert gap.extra["missing_ids"] == [skipped_at, skipped_at]
-        missed = fake.market.trades[("spot", "BTC_USDT")][skipped_at - 1]
-        stored = await wait_for(lambda: mongo_db[schema.TRADES].find_one(
-            {"market": "spot", "symbol": "BTC_USDT", "trade_id": str(missed["id"])}),
-            timeout_s=10, what="the skipped trade stored")
-        assert (stored["price"], stored["size"], stored["side"]) == (
-            float(missed["price"]), float(missed["amount"]), missed["side"])
-        # the stored id is ``id`` on the stream too (not id_market, which REST lacks)
-        assert await _ids(mongo_db, "spot", "BTC_USDT") <= set(fake.trade_ids("spot",
-                                                                              "BTC_USDT"))
-        assert not [g for g in feed.gaps.recent if g.symbol == "BTC_USDC"]
+async def test_spot_trades_keep_id_not_id_market(mongo_db, fake):
+    """Issue 11 item 10 / F6: ``id`` (unique per market, not consecutive) is the stored id, as
+    REST ``/spot/trades`` has it; ``id_market`` (a different number) is not used for it, so
+    streamed and backfilled trades share their unique key."""
+    settings = settings_for(fake, perp_symbols=[], spot_symbols=["BTC_USDT"])
+    async with running_feed(GateioFeed, mongo_db, settings, "gateio"):
+        async def some_trades():
+            ids = await _ids(mongo_db, "spot", "BTC_USDT")
+            return ids if len(ids) >= 5 else None
+        stored = await wait_for(some_trades, timeout_s=10, what="spot trades")
+        assert stored <= set(fake.trade_ids("spot", "BTC_USDT"))
+        sent = {str(t["id"]): t for t in fake.market.trades[("spot", "BTC_USDT")]}
+        doc = await mongo_db[schema.TRADES].find_one({"trade_id": min(stored)})
+        row = sent[doc["trade_id"]]
+        assert (doc["price"], doc["size"], doc["side"]) == (
+            float(row["price"]), float(row["amount"]), row["side"])
+        assert int(row["sequence_id"]) != int(row["id"])
 
 
 async def test_rest_429_is_waited_out_as_told(mongo_db):
@@ -620,3 +611,15 @@ async def test_duplicate_and_out_of_order_diffs_are_ignored(mongo_db, fake):
         await wait_for(lambda: _value(book_matches_server(feed, fake, "spot", "BTC_USDT")),
                        timeout_s=5, what="book == server after duplicates")
         assert feed.stats.gaps == 0 and fake.snapshot_requests[("spot", "BTC_USDT")] == requests
+
+
+def test_pending_requests_resolve_once_and_stay_bounded():
+    from collector.kit.requests import PendingRequests
+    from collector.kit.spec import Subscription
+    pending = PendingRequests(max_pending=3)
+    subs = [Subscription(ep.SPOT_CHANNELS[0], "spot", f"S{i}_USDT") for i in range(5)]
+    ids = [pending.add(sub) for sub in subs]
+    assert ids == [1, 2, 3, 4, 5] and len(pending) == 3
+    assert pending.answered(1) is None                  # forgotten: the oldest went first
+    assert pending.answered(4) == subs[3] and pending.answered(4) is None
+    assert pending.answered("4") is None and pending.answered(None) is None

@@ -184,22 +184,18 @@ def test_spot_ticker_every_field():
         "change_pct_24h": -1.8254, "mark_price": None, "index_price": None}
 
 
-def test_spot_trades_id_is_stored_id_market_is_the_sequence():
-    """Issue 11 item 10: ``id`` stays the stored id (REST rows carry the same); ``id_market``
-    is the per-market consecutive sequence; ``side`` is the taker side."""
+def test_spot_trades_store_id_not_id_market():
+    """Issue 11 item 10: ``id`` stays the stored id (REST rows carry the same; ``id_market``
+    differs from it); ``side`` is the taker side."""
     buy, sell = (p.parse_spot_trade(m, NOW) for m in lines("spot_trades_id_market.jsonl"))
     assert fields(buy) == {**BTC_SPOT, "ts": dt(1767225600.511), "trade_id": "5736713",
                            "price": 87000.5, "size": 0.0521, "side": "buy"}
     assert fields(sell) == {**BTC_SPOT, "ts": dt(1767225601.019), "trade_id": "9100000042",
                             "price": 86999.9, "size": 1.5, "side": "sell"}
-    assert [p.spot_trade_seq(m["result"]) for m in lines("spot_trades_id_market.jsonl")] == [
-        5736713, 5736714]
-    assert p.spot_trade_seq(lines("spot_trades.jsonl")[0]["result"]) is None
     # without ``id`` the per-market id is the id (WS id_market, REST sequence_id: the same)
     (msg,) = lines("spot_trades_without_id.jsonl")
     assert p.parse_spot_trade(msg, NOW).trade_id == "5736714"
     assert p.spot_trade_id({"sequence_id": "588018"}) == "588018"
-    assert p.spot_trade_seq(rest("rest_spot_trades.json")[0]) == 588018
 
 
 def test_spot_candle_every_field_and_the_closed_flag():

@@ -9,12 +9,16 @@ from collector.kit.spec import Subscription
 
 
 class PendingRequests:
-    def __init__(self) -> None:
+    def __init__(self, max_pending: int = 100_000) -> None:
         self._ids = itertools.count(1)
         self._pending: dict[int, Subscription] = {}
+        # Requests a dropped connection never answered are forgotten oldest first.
+        self.max_pending = max_pending
 
     def add(self, sub: Subscription) -> int:
         """A new request id for ``sub``."""
+        if len(self._pending) >= self.max_pending:
+            del self._pending[next(iter(self._pending))]
         request_id = next(self._ids)
         self._pending[request_id] = sub
         return request_id

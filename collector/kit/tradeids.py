@@ -35,12 +35,9 @@ class TradeIdContinuity:
     def check(self, key: Hashable, low: int, high: int, at_ms: int) -> Hole | None:
         """A trade (or an aggregate covering ids ``low..high``) of ``key`` at ``at_ms``; the hole
         before it, if any."""
-        last = self._last.get(key)
-        if last is not None and low == last[0] + 1:     # the common case: the next id
-            self._last[key] = (high, at_ms)
-            return None
         if key in self.switched_off:
             return None
+        last = self._last.get(key)
         if last is not None and high <= last[0]:
             return None
         self._last[key] = (high, at_ms)

@@ -28,8 +28,7 @@ to ``rest_limit`` requests per ``rest_window_s`` per endpoint (HTTP 429 ``TOO_MA
 with ``Retry-After``); a second subscription of the same book stream on one connection is an
 error; unknown pairs answered in the documented shape (``error_shape="doc"``: no payload, no id)
 or the newer one (id and payload echoed). More knobs: ``missing_contracts`` (contract lookup
-404s), ``skip_trade_push`` (a spot trade happens but is not pushed), ``duplicate_next`` (a book
-diff is sent twice). Randomness is seeded (``seed``).
+404s), ``duplicate_next`` (a book diff is sent again after a newer one). Randomness is seeded (``seed``).
 """
 from __future__ import annotations
 
@@ -162,7 +161,6 @@ class FakeGate:
         self.rate_limited = Counter()                    # endpoint -> 429 answers
         self.error_shape = "echo"                        # "echo" (id + payload) | "doc"
         self.missing_contracts: set[str] = set()
-        self.skip_trade_push: set[str] = set()
         self.duplicate_next: set[tuple[str, str]] = set()
         self._last_diff: dict = {}                        # (ws, book key) -> last diff sent
         self.decimal_clients = Counter()                 # market -> WS handshakes with header
@@ -300,9 +298,6 @@ class FakeGate:
         push = {"id": trade["id"], "id_market": len(trades), **{
             k: trade[k] for k in ("create_time", "create_time_ms", "side", "currency_pair",
                                   "amount", "price")}}
-        if symbol in self.skip_trade_push:      # happened, never pushed: an id_market hole
-            self.skip_trade_push.discard(symbol)
-            return
         await self._broadcast("spot", "spot.trades", symbol, push)
 
     async def _fut_trade(self, symbol: str, now: float) -> None:

@@ -38,7 +38,8 @@ class GateioFeed(Feed):
         self.book_sync = SnapshotBooks(self, self._fetch_snapshot, check_crossed=True)
         self.routes = {
             ep.SPOT_BOOK: self._on_spot_book, ep.FUT_BOOK: self._on_futures_book,
-            ep.SPOT_TRADES: self._on_spot_trade,
+            ep.SPOT_TRADES: lambda conn, msg, raw: self.emit(
+                p.parse_spot_trade(msg, received_now())),
             ep.SPOT_TICKERS: lambda conn, msg, raw: self.emit(
                 p.parse_spot_ticker(msg, received_now())),
             ep.SPOT_CANDLES: lambda conn, msg, raw: self.emit_candle(
@@ -152,13 +153,6 @@ class GateioFeed(Feed):
         first, last = p.book_ids(r)
         self.book_sync.on_diff(market, r["s"], first, last, None, r, apply, to_diff)
 
-    def _on_spot_trade(self, conn: WsConnection, msg: dict, raw: Any) -> None:
-        trade = p.parse_spot_trade(msg, received_now())
-        seq = msg["result"].get("id_market")
-        if seq is not None:     # consecutive per market (``id`` is not); push time bounds a hole
-            seq = int(seq)
-            self.check_trade_ids(SPOT, trade.symbol, seq, seq, msg.get("time_ms") or 0)
-        self.emit(trade)
 
     def _batch(self, parse: Callable[..., list], msg: Any, *args: Any) -> list:
         """A list of futures rows: a bad row is counted as malformed and skipped, alone."""

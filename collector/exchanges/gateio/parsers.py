@@ -137,13 +137,6 @@ def spot_trade_id(r: dict) -> str:
     return str(int(trade_id))
 
 
-def spot_trade_seq(r: dict) -> int | None:
-    """The per-market consecutive trade id (``id_market`` on WS, ``sequence_id`` on REST),
-    for trade-id continuity; None if absent."""
-    seq = r.get("id_market", r.get("sequence_id"))
-    return None if seq is None else int(seq)
-
-
 def _spot_trade(r: dict, received_at: datetime) -> Trade:
     symbol = r["currency_pair"]
     side = r["side"]
