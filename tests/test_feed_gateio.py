@@ -9,18 +9,24 @@ from dataclasses import replace
 import pytest
 from websockets.asyncio.client import connect
 
-from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.exchanges.gateio import endpoints as ep
 from collector.exchanges.gateio.feed import GateioFeed
+from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from common import schema
 from common.indexes import apply_indexes
 from common.schema import s_to_dt
 from common.settings import GateioSettings, Settings
 from tests.fakes.gateio import FUNDING_RATE_REST, MULTIPLIER, SPOT, FakeGate
-from tests.feed_helpers import offline_context
 from tests.faultlog import report
-from tests.feedutil import (PERP_TYPES, SPOT_TYPES, api_client, collection_counts, running_feed,
-                            wait_for_latest)
+from tests.feed_helpers import offline_context
+from tests.feedutil import (
+    PERP_TYPES,
+    SPOT_TYPES,
+    api_client,
+    collection_counts,
+    running_feed,
+    wait_for_latest,
+)
 from tests.helpers import wait_for
 
 

@@ -28,7 +28,8 @@ to ``rest_limit`` requests per ``rest_window_s`` per endpoint (HTTP 429 ``TOO_MA
 with ``Retry-After``); a second subscription of the same book stream on one connection is an
 error; unknown pairs answered in the documented shape (``error_shape="doc"``: no payload, no id)
 or the newer one (id and payload echoed). More knobs: ``missing_contracts`` (contract lookup
-404s), ``duplicate_next`` (a book diff is sent again after a newer one). Randomness is seeded (``seed``).
+404s), ``duplicate_next`` (a book diff is sent again after a newer one). Randomness is seeded
+(``seed``).
 """
 from __future__ import annotations
 
@@ -348,8 +349,9 @@ class FakeGate:
         for key, candles in list(self.market.candles.items()):
             await self._push_candle(key, candles[-1])
         for symbol, rows in self.market.stats.items():
-            await self._broadcast("perp", "futures.contract_stats", symbol, lambda decimal, row=rows[-1]: [
-                {**row, "open_interest": fut_size(row["open_interest"], decimal)}])
+            await self._broadcast(
+                "perp", "futures.contract_stats", symbol, lambda decimal, row=rows[-1]: [
+                    {**row, "open_interest": fut_size(row["open_interest"], decimal)}])
 
     async def _broadcast(self, market: str, channel: str, symbol: str, result) -> None:
         """``result`` or, for futures sizes, ``result(decimal)`` per client's header."""
@@ -500,8 +502,9 @@ class FakeGate:
         candles = self._candles_since(("perp", symbol), query)
         decimal = self._decimal(request)
         return web.json_response([
-            {"t": c.t, "v": fut_size(round(c.base, 1), decimal), "c": str(c.close), "h": str(c.high), "l": str(c.low),
-             "o": str(c.open), "sum": f"{c.quote:.4f}"} for c in candles])
+            {"t": c.t, "v": fut_size(round(c.base, 1), decimal), "c": str(c.close),
+             "h": str(c.high), "l": str(c.low), "o": str(c.open), "sum": f"{c.quote:.4f}"}
+            for c in candles])
 
     async def _rest_stats(self, request: web.Request) -> web.Response:
         query = self._log(request)

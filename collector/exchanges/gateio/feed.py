@@ -8,8 +8,6 @@ import time
 from datetime import datetime
 from typing import Any, Callable, Coroutine
 
-import orjson
-
 from collector.connection import WsConnection
 from collector.exchanges.base import Feed, FeedContext
 from collector.exchanges.gateio import endpoints as ep
@@ -26,7 +24,6 @@ from common.settings import ExchangeSettings
 class GateioFeed(Feed):
     name = "gateio"
     spec = ep.SPEC
-    decode = staticmethod(orjson.loads)       # the base's decoder without a Python frame
 
     def __init__(self, cfg: ExchangeSettings, ctx: FeedContext) -> None:
         super().__init__(cfg, ctx)
@@ -52,9 +49,7 @@ class GateioFeed(Feed):
                                        self.funding_info),
             ep.FUT_CANDLES: self._rows(p.parse_futures_candles, self.emit_candle),
             ep.FUT_STATS: self._rows(p.parse_contract_stats, self._open_interest),
-            # ``*.system`` pushes: control traffic (the upgrade notice), not data.
-            ep.SPOT_SYSTEM: lambda conn, msg, raw: self.on_control(conn, msg) or False,
-            ep.FUT_SYSTEM: lambda conn, msg, raw: self.on_control(conn, msg) or False}
+            ep.SPOT_SYSTEM: self._on_system, ep.FUT_SYSTEM: self._on_system}
 
     def configured_symbols(self, market: str) -> list[str]:
         return [s.upper() for s in super().configured_symbols(market)]
@@ -125,6 +120,11 @@ class GateioFeed(Feed):
             conn.reconnect("service upgrade notice")
         elif msg.get("error"):
             self._error(self.meta(conn).market, msg, sub)
+
+    def _on_system(self, conn: WsConnection, msg: dict, raw: Any) -> bool:
+        """``*.system`` pushes are control traffic (the upgrade notice), not data."""
+        self.on_control(conn, msg)
+        return False
 
     def _error(self, market: str, msg: dict, sub: Subscription | None) -> None:
         """Count; an unknown symbol is unavailable in its market only (by id, name or echo)."""
