@@ -9,7 +9,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -106,10 +106,13 @@ class WsConnection:
         healthy_after_s: float = 30.0,
         open_timeout_s: float = 10.0,
         meta: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         # What the owner knows about this connection (the feeds' ``ConnMeta``); opaque here.
         self.meta = meta
+        # Extra handshake headers (e.g. a venue's wire-format switch); None = none.
+        self.headers = dict(headers) if headers else None
         self._url = url
         self.on_message = on_message
         self.on_open = on_open
@@ -180,6 +183,7 @@ class WsConnection:
                 close_timeout=2,
                 max_size=2 ** 24,
                 max_queue=256,
+                additional_headers=self.headers,
             )
         except (OSError, asyncio.TimeoutError, InvalidHandshake, InvalidURI) as exc:
             self.last_error = f"connect failed: {exc!r}"

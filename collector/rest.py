@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import aiohttp
 import orjson
@@ -61,8 +61,10 @@ class RateBudget:
 
 class RestClient:
     def __init__(self, session: aiohttp.ClientSession, base_url: str, budget: RateBudget,
-                 *, timeout_s: float = 10.0) -> None:
+                 *, timeout_s: float = 10.0, headers: Mapping[str, str] | None = None) -> None:
         self.session = session
+        # Sent with every request of this client (e.g. a venue's wire-format switch).
+        self.headers = dict(headers) if headers else None
         self.base_url = base_url.rstrip("/")
         self.budget = budget
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -75,7 +77,8 @@ class RestClient:
         url = f"{self.base_url}{path}"
         self.requests += 1
         try:
-            async with self.session.get(url, params=params, timeout=self.timeout) as resp:
+            async with self.session.get(url, params=params, timeout=self.timeout,
+                                        headers=self.headers) as resp:
                 body = await resp.read()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import aiohttp
 from websockets.asyncio.client import connect as websockets_connect
@@ -66,13 +66,16 @@ class AiohttpClientConnection:
 async def aiohttp_connect(url: str, *, open_timeout: float = 10.0,
                           ping_interval: float | None = None, ping_timeout: float | None = None,
                           close_timeout: float = 2.0, max_size: int = 2 ** 24,
+                          additional_headers: Mapping[str, str] | None = None,
                           **_: Any) -> AiohttpClientConnection:
     """Open ``url``. ``ping_interval`` -> client protocol pings (aiohttp closes the connection if
-    the pong is not back within half the interval); server pings are answered automatically."""
+    the pong is not back within half the interval); server pings are answered automatically.
+    ``additional_headers`` go with the handshake (the websockets keyword)."""
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
     try:
         ws = await asyncio.wait_for(session.ws_connect(
             url, heartbeat=ping_interval, max_msg_size=max_size, autoping=True,
+            headers=additional_headers,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=close_timeout),
             compress=15), open_timeout)
     except aiohttp.InvalidURL as exc:

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from collector.connection import HeartbeatPolicy
 from collector.kit.availability import Availability
 from collector.kit.emitters import CandleCloser, ChangeOrInterval
+from collector.kit.requests import PendingRequests
 from collector.kit.spec import Channel, ConnectionSpec, Limits, VenueSpec, batches, \
     plan_connections
 from collector.kit.trade_candles import TradeCandles
@@ -126,3 +127,20 @@ def test_plan_splits_connections_by_count_and_chars_and_keeps_symbols_together()
     ]
     assert batches([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
     assert batches([1, 2], 0) == [[1, 2]] and batches([], 3) == []
+
+
+def test_pending_requests_by_id_or_named_argument_bounded_and_forgotten():
+    pending: PendingRequests[str] = PendingRequests(ttl_s=60.0, max_pending=3)
+    ids = [pending.new_id() for _ in range(4)]
+    assert ids == [1, 2, 3, 4]
+    for req_id, conn, args in ((1, "spot", ["a", "b"]), (2, "spot", ["c"]), (3, "perp", ["c"]),
+                               (4, "spot", ["d"])):
+        pending.add(req_id, conn, args)
+    assert len(pending) == 3 and pending.take(1) is None        # bounded: the oldest went
+    assert pending.take(None, "perp", "c").args == ["c"]         # no id: the named argument
+    assert pending.take(2).conn == "spot" and pending.take(2) is None
+    pending.drop("spot")
+    assert len(pending) == 0 and pending.take(4) is None
+    stale: PendingRequests[str] = PendingRequests(ttl_s=0.0)
+    stale.add("r1", "spot", ["x"])
+    assert "r1" not in stale                                      # older than the TTL

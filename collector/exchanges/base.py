@@ -139,8 +139,10 @@ class Feed(Backfill):
             pair = self._pairs[symbol] = pair_from_symbol(symbol)
         return pair
 
-    def rest(self, base_url: str, budget: RateBudget | None = None) -> RestClient:
-        return RestClient(self.ctx.session, base_url, budget or self.rest_budget)
+    def rest(self, base_url: str, budget: RateBudget | None = None, *,
+             headers: Mapping[str, str] | None = None) -> RestClient:
+        return RestClient(self.ctx.session, base_url, budget or self.rest_budget,
+                          headers=headers)
 
     def book(self, market: str, symbol: str, *, keep_text: bool = False,
              keep_fragments: bool = False) -> OrderBook:
@@ -231,7 +233,7 @@ class Feed(Backfill):
             f"{self.name}:{meta.label}", meta.url, on_message=on_message or self._tracked,
             on_open=self._open, on_close=self._on_close, heartbeat=meta.spec.heartbeat,
             idle_timeout_s=idle, backoff=Backoff(max_s=self.spec.limits.backoff_max_s),
-            throttle=self.throttle, meta=meta)
+            throttle=self.throttle, meta=meta, headers=dict(meta.spec.headers) or None)
         self.connections.append(conn)
         return conn
 

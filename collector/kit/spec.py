@@ -46,7 +46,8 @@ class Channel:
 @dataclass(frozen=True)
 class ConnectionSpec:
     """One kind of WebSocket connection: ``url`` names the settings field with the base URL
-    (``spot_ws_url`` / ``perp_ws_url``), ``path`` is appended to it."""
+    (``spot_ws_url`` / ``perp_ws_url``), ``path`` is appended to it; ``headers`` are sent with
+    the opening handshake (venue switches that change the wire format)."""
 
     label: str
     market: str
@@ -54,6 +55,7 @@ class ConnectionSpec:
     channels: tuple[Channel, ...]
     path: str = ""
     heartbeat: HeartbeatPolicy = HeartbeatPolicy()
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

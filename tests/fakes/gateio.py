@@ -19,6 +19,17 @@ REST snapshot returns the current book with ``id``. Test knobs (per (market, sym
 ``gap_next`` (one update is applied but not sent), ``full_next`` (send a ``full:true`` book that
 replaces everything), ``crossed_next`` (send a diff whose bid crosses the best ask), ``silent``,
 ``drop_connections()``.
+
+Strict like the real server (docs/exchanges/gateio.md): futures sizes are decimal strings only
+for a client that sent ``X-Gate-Size-Decimal: 1`` (WS handshake or REST request), otherwise
+integers truncated toward zero (a 0.4-contract level reads 0); protocol pings from the server,
+with a disconnect when the pong is late (``ping_interval_s`` / ``ping_timeout_s``); REST limited
+to ``rest_limit`` requests per ``rest_window_s`` per endpoint (HTTP 429 ``TOO_MANY_REQUESTS``
+with ``Retry-After``); a second subscription of the same book stream on one connection is an
+error; unknown pairs answered in the documented shape (``error_shape="doc"``: no payload, no id)
+or the newer one (id and payload echoed). More knobs: ``missing_contracts`` (contract lookup
+404s), ``duplicate_next`` (a book diff is sent again after a newer one). Randomness is seeded
+(``seed``).
 """
 from __future__ import annotations
 
@@ -36,6 +47,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.helpers import free_port
 
+SIZE_DECIMAL = "X-Gate-Size-Decimal"
 SPOT = {"BTC_USDT": 50000.0, "BTC_USDC": 50010.0}
 FUT = {"BTC_USDT": 50005.0}
 MULTIPLIER = 0.0001
@@ -60,24 +72,37 @@ ARGUMENTS = {
 }
 
 
+def fut_size(size: float, decimal: bool):
+    """A futures size as sent: a decimal string with the header, else an integer truncated
+    toward zero (0.4 -> 0, -0.7 -> 0, 1.7 -> 1)."""
+    return f"{size:g}" if decimal else int(size)
+
+
 class ServerBook:
-    def __init__(self, mid: float, futures: bool) -> None:
+    def __init__(self, mid: float, futures: bool, rng: random.Random) -> None:
         self.futures = futures
+        self.rng = random = rng
         self.id = random.randint(10_000, 1_000_000)
         self.mid = mid
         self.bids = {round(mid - 0.1 * (i + 1), 1): self.size() for i in range(30)}
         self.asks = {round(mid + 0.1 * (i + 1), 1): self.size() for i in range(30)}
 
     def size(self):
-        return random.randint(1, 5000) if self.futures else round(random.uniform(0.001, 2), 4)
-
-    def fmt(self, levels) -> list:
+        """Futures: contracts with one decimal, a fifth of them below one contract."""
+        random = self.rng
         if self.futures:
-            return [{"p": str(p), "s": s} for p, s in levels]
+            return random.randint(1, 9) / 10 if random.random() < 0.2 else \
+                random.randint(10, 50000) / 10
+        return round(random.uniform(0.001, 2), 4)
+
+    def fmt(self, levels, decimal: bool = True) -> list:
+        if self.futures:
+            return [{"p": str(p), "s": fut_size(s, decimal)} for p, s in levels]
         return [[str(p), str(s)] for p, s in levels]
 
     def change(self) -> tuple[list, list]:
         """Mutate a few levels; returns the changed (bids, asks)."""
+        random = self.rng
         bids, asks = [], []
         for _ in range(random.randint(1, 3)):
             is_bid = random.random() < 0.5
@@ -91,11 +116,11 @@ class ServerBook:
                 out.append((price, side[price]))
         return bids, asks
 
-    def snapshot_rest(self) -> dict:
+    def snapshot_rest(self, decimal: bool = True) -> dict:
         body = {"id": self.id, "current": int(time.time() * 1000),
                 "update": int(time.time() * 1000),
-                "bids": self.fmt(sorted(self.bids.items(), reverse=True)[:100]),
-                "asks": self.fmt(sorted(self.asks.items())[:100])}
+                "bids": self.fmt(sorted(self.bids.items(), reverse=True)[:100], decimal),
+                "asks": self.fmt(sorted(self.asks.items())[:100], decimal)}
         if self.futures:
             body["current"] = time.time()
             body["update"] = time.time()
@@ -127,7 +152,20 @@ class Market:
 
 
 class FakeGate:
-    def __init__(self, tick_s: float = 0.03, ticks_per_minute: int = 6) -> None:
+    def __init__(self, tick_s: float = 0.03, ticks_per_minute: int = 6, seed: int = 7,
+                 ping_interval_s: float | None = 20.0, ping_timeout_s: float = 20.0,
+                 rest_limit: int = 200, rest_window_s: float = 10.0) -> None:
+        self.rng = random.Random(seed)
+        self.ping_interval_s, self.ping_timeout_s = ping_interval_s, ping_timeout_s
+        self.rest_limit, self.rest_window_s = rest_limit, rest_window_s
+        self.rest_calls: dict[str, list[float]] = {}    # endpoint -> request times in window
+        self.rate_limited = Counter()                    # endpoint -> 429 answers
+        self.error_shape = "echo"                        # "echo" (id + payload) | "doc"
+        self.missing_contracts: set[str] = set()
+        self.duplicate_next: set[tuple[str, str]] = set()
+        self._last_diff: dict = {}                        # (ws, book key) -> last diff sent
+        self.decimal_clients = Counter()                 # market -> WS handshakes with header
+        self.rest_headers: list[tuple[str, str | None]] = []   # (path, X-Gate-Size-Decimal)
         self.tick_s = tick_s
         self.ticks_per_minute = ticks_per_minute
         self.spot_port, self.perp_port, self.rest_port = free_port(), free_port(), free_port()
@@ -159,14 +197,15 @@ class FakeGate:
 
     async def start(self) -> "FakeGate":
         for symbol, mid in SPOT.items():
-            self.books[("spot", symbol)] = ServerBook(mid, False)
+            self.books[("spot", symbol)] = ServerBook(mid, False, self.rng)
         for symbol, mid in FUT.items():
-            self.books[("perp", symbol)] = ServerBook(mid, True)
+            self.books[("perp", symbol)] = ServerBook(mid, True, self.rng)
+        pings = {"ping_interval": self.ping_interval_s, "ping_timeout": self.ping_timeout_s}
         self._servers.append(await serve(lambda ws: self._ws(ws, "spot"), "127.0.0.1",
-                                         self.spot_port))
+                                         self.spot_port, **pings))
         self._servers.append(await serve(lambda ws: self._ws(ws, "perp"), "127.0.0.1",
-                                         self.perp_port))
-        app = web.Application()
+                                         self.perp_port, **pings))
+        app = web.Application(middlewares=[self._rate_limit])
         app.router.add_get("/api/v4/spot/order_book", self._rest_spot_book)
         app.router.add_get("/api/v4/futures/usdt/order_book", self._rest_fut_book)
         app.router.add_get("/api/v4/futures/usdt/contracts/{contract}", self._rest_contract)
@@ -190,11 +229,19 @@ class FakeGate:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def push_upgrade(self, market: str) -> None:
-        """The service-upgrade notice Gate sends before closing a connection."""
-        await self.sockets[market].send(json.dumps({
-            "type": "upgrade",
-            "msg": "The connection will soon be closed for a service upgrade. Please reconnect."}))
+    async def push_upgrade(self, market: str, form: str = "type") -> None:
+        """The service-upgrade notice Gate sends before closing a connection, in one of the
+        shapes seen (docs/exchanges/gateio.md D2): top-level ``type`` (doc mirror), ``event``
+        (official SDK handler) or a ``*.system`` push with ``result.type``."""
+        now = int(time.time())
+        prefix = "spot" if market == "spot" else "futures"
+        text = "The connection will soon be closed for a service upgrade. Please reconnect."
+        msg = {"type": {"type": "upgrade", "msg": text},
+               "event": {"time": now, "time_ms": now * 1000, "channel": f"{prefix}.pong",
+                         "event": "upgrade", "result": None},
+               "system": {"time": now, "time_ms": now * 1000, "channel": f"{prefix}.system",
+                          "event": "update", "result": {"type": "upgrade", "msg": text}}}[form]
+        await self.sockets[market].send(json.dumps(msg))
 
     async def drop_connections(self) -> None:
         """Close every client connection (the market keeps running)."""
@@ -236,15 +283,20 @@ class FakeGate:
         candles[-1].add(price, amount, base)
 
     async def _spot_trade(self, symbol: str, now: float) -> None:
-        self._spot_trade_id += 1     # spot ids are all-market ids
+        # ``id`` is unique per market but not consecutive (it was an all-market id);
+        # ``id_market`` (WS) / ``sequence_id`` (REST) count the market's trades.
+        self._spot_trade_id += 1
+        trades = self.market.trades.setdefault(("spot", symbol), [])
+        random = self.rng
         price = round(SPOT[symbol] + random.randint(-20, 20) * 0.1, 1)
         amount = round(random.uniform(0.001, 0.5), 4)
-        trade = {"id": self._spot_trade_id, "create_time": int(now),
+        trade = {"id": 9_000_000 + self._spot_trade_id, "create_time": int(now),
                  "create_time_ms": f"{now * 1000:.3f}", "side": random.choice(["buy", "sell"]),
-                 "currency_pair": symbol, "amount": str(amount), "price": str(price)}
-        self.market.trades.setdefault(("spot", symbol), []).append(trade)
+                 "currency_pair": symbol, "amount": str(amount), "price": str(price),
+                 "sequence_id": str(len(trades) + 1)}
+        trades.append(trade)
         await self._candle(("spot", symbol), price, amount, amount)
-        push = {"id": trade["id"], "id_market": trade["id"], **{
+        push = {"id": trade["id"], "id_market": len(trades), **{
             k: trade[k] for k in ("create_time", "create_time_ms", "side", "currency_pair",
                                   "amount", "price")}}
         await self._broadcast("spot", "spot.trades", symbol, push)
@@ -252,7 +304,10 @@ class FakeGate:
     async def _fut_trade(self, symbol: str, now: float) -> None:
         trades = self.market.trades.setdefault(("perp", symbol), [])
         n = len(trades) + 1
-        size = random.randint(1, 500) * random.choice([1, -1])
+        random = self.rng
+        # Contracts with one decimal; every 5th fill is below one contract (0.x).
+        size = (random.randint(1, 9) / 10 if n % 5 == 0 else random.randint(10, 5000) / 10) \
+            * random.choice([1, -1])
         price = round(FUT[symbol] + random.randint(-20, 20) * 0.1, 1)
         trade = {"size": size, "id": n, "create_time": int(now),
                  "create_time_ms": int(now * 1000), "price": str(price), "contract": symbol}
@@ -261,7 +316,8 @@ class FakeGate:
         trades.append(trade)
         if not trade.get("is_internal"):
             await self._candle(("perp", symbol), price, abs(size), abs(size) * MULTIPLIER)
-        await self._broadcast("perp", "futures.trades", symbol, [trade])
+        await self._broadcast("perp", "futures.trades", symbol, lambda decimal: [
+            {**trade, "size": fut_size(trade["size"], decimal)}])
 
     def _stats(self, symbol: str) -> None:
         rows = self.market.stats.setdefault(symbol, [])
@@ -285,20 +341,27 @@ class FakeGate:
             body.update(v=f"{candle.quote:.4f}", a=f"{candle.base:.4f}", w=closed)
             await self._broadcast("spot", "spot.candlesticks", symbol, body)
         else:
-            body.update(v=int(candle.base), a=f"{candle.base * MULTIPLIER:.4f}")
-            await self._broadcast("perp", "futures.candlesticks", symbol, [body])
+            body.update(a=f"{candle.base * MULTIPLIER:.4f}")
+            await self._broadcast("perp", "futures.candlesticks", symbol, lambda decimal: [
+                {**body, "v": fut_size(round(candle.base, 1), decimal)}])
 
     async def _push_candles_and_stats(self) -> None:
         for key, candles in list(self.market.candles.items()):
             await self._push_candle(key, candles[-1])
         for symbol, rows in self.market.stats.items():
-            await self._broadcast("perp", "futures.contract_stats", symbol, [rows[-1]])
+            await self._broadcast(
+                "perp", "futures.contract_stats", symbol, lambda decimal, row=rows[-1]: [
+                    {**row, "open_interest": fut_size(row["open_interest"], decimal)}])
 
     async def _broadcast(self, market: str, channel: str, symbol: str, result) -> None:
-        text = None
+        """``result`` or, for futures sizes, ``result(decimal)`` per client's header."""
+        texts: dict[bool, str] = {}
         for ws, subs in list(self.subscriptions.items()):
             if ws.market == market and symbol in subs.get(channel, ()):
-                text = text or self._envelope(channel, result)
+                if ws.decimal not in texts:
+                    texts[ws.decimal] = self._envelope(
+                        channel, result(ws.decimal) if callable(result) else result)
+                text = texts[ws.decimal]
                 try:
                     await ws.send(text)
                 except ConnectionClosed:
@@ -310,8 +373,33 @@ class FakeGate:
 
     def _log(self, request: web.Request) -> dict:
         query = dict(request.query)
-        self.rest_requests.append((request.path.removeprefix("/api/v4"), query))
+        path = request.path.removeprefix("/api/v4")
+        self.rest_requests.append((path, query))
+        self.rest_headers.append((path, request.headers.get(SIZE_DECIMAL)))
         return query
+
+    @staticmethod
+    def _decimal(request: web.Request) -> bool:
+        return request.headers.get(SIZE_DECIMAL) == "1"
+
+    @web.middleware
+    async def _rate_limit(self, request: web.Request, handler):
+        """``rest_limit`` requests per ``rest_window_s`` per endpoint (Gate: 200 / 10 s per
+        endpoint per IP); over it HTTP 429 with the label body and a Retry-After."""
+        endpoint = request.path if "/contracts/" not in request.path else "contracts"
+        now = time.monotonic()
+        calls = [t for t in self.rest_calls.get(endpoint, []) if now - t < self.rest_window_s]
+        if len(calls) >= self.rest_limit:
+            self.rate_limited[endpoint] += 1
+            self.rest_calls[endpoint] = calls
+            retry = max(1, int(self.rest_window_s - (now - calls[0]) + 0.999))
+            return web.json_response(
+                {"label": "TOO_MANY_REQUESTS", "message": "Request Rate limit Exceeded"},
+                status=429, headers={"Retry-After": str(retry),
+                                     "X-Gate-RateLimit-Requests-Remain": "0",
+                                     "X-Gate-RateLimit-Limit": str(self.rest_limit)})
+        self.rest_calls[endpoint] = calls + [now]
+        return await handler(request)
 
     async def _rest_spot_book(self, request: web.Request) -> web.Response:
         symbol = request.query["currency_pair"]
@@ -327,16 +415,19 @@ class FakeGate:
         if ("perp", symbol) not in self.books:
             return self._label("CONTRACT_NOT_FOUND", symbol, 404)
         self.snapshot_requests[("perp", symbol)] += 1
-        return web.json_response(self.books[("perp", symbol)].snapshot_rest())
+        self._log(request)
+        return web.json_response(self.books[("perp", symbol)].snapshot_rest(
+            self._decimal(request)))
 
     async def _rest_contract(self, request: web.Request) -> web.Response:
         self._log(request)
         contract = request.match_info["contract"]
         if not self.contracts_available:
             return web.json_response({"label": "SERVER_ERROR"}, status=503)
-        if contract not in FUT:
+        if contract not in FUT or contract in self.missing_contracts:
             return self._label("CONTRACT_NOT_FOUND", contract, 404)
         return web.json_response({
+            "enable_decimal": True, "status": "trading", "in_delisting": False,
             "name": contract, "type": "direct", "quanto_multiplier": str(MULTIPLIER),
             "mark_price": str(FUT[contract]), "index_price": str(FUT[contract]),
             "funding_rate": FUNDING_RATE_REST, "funding_interval": 28800,
@@ -371,7 +462,9 @@ class FakeGate:
             return self._label("INVALID_PARAM_VALUE", "limit must not exceed 1000")
         offset = int(query.get("offset", 0))
         rows = self._window(self.market.trades.get(("perp", symbol), []), query)
-        rows = [{**r, "create_time": float(r["create_time_ms"]) / 1000} for r in rows]
+        decimal = self._decimal(request)
+        rows = [{**r, "create_time": float(r["create_time_ms"]) / 1000,
+                 "size": fut_size(r["size"], decimal)} for r in rows]
         return web.json_response(rows[offset:offset + limit])
 
     def _candle_query(self, query: dict) -> web.Response | None:
@@ -407,9 +500,11 @@ class FakeGate:
             return error
         symbol = query.get("contract", "")
         candles = self._candles_since(("perp", symbol), query)
+        decimal = self._decimal(request)
         return web.json_response([
-            {"t": c.t, "v": int(c.base), "c": str(c.close), "h": str(c.high), "l": str(c.low),
-             "o": str(c.open), "sum": f"{c.quote:.4f}"} for c in candles])
+            {"t": c.t, "v": fut_size(round(c.base, 1), decimal), "c": str(c.close),
+             "h": str(c.high), "l": str(c.low), "o": str(c.open), "sum": f"{c.quote:.4f}"}
+            for c in candles])
 
     async def _rest_stats(self, request: web.Request) -> web.Response:
         query = self._log(request)
@@ -418,11 +513,16 @@ class FakeGate:
             return self._label("CONTRACT_NOT_FOUND", symbol, 404)
         step = {"1m": 60, "5m": 300}[query.get("interval", "5m")]
         low = int(query.get("from", 0))
-        rows = [{k: v for k, v in r.items() if k != "contract"}
-                for r in self.market.stats.get(symbol, []) if r["time"] >= low
-                and r["time"] % step == 0][-int(query.get("limit", 30)):]
+        limit = int(query.get("limit", 30))
+        rows = [r for r in self.market.stats.get(symbol, [])
+                if r["time"] >= low and r["time"] % step == 0]
+        # With ``from``: the first ``limit`` points from there (paged forward); else the newest.
+        rows = rows[:limit] if "from" in query else rows[-limit:]
         self.stats_served.extend(rows)
-        return web.json_response(rows)
+        decimal = self._decimal(request)
+        return web.json_response([{**{k: v for k, v in r.items() if k != "contract"},
+                                   "open_interest": fut_size(r["open_interest"], decimal)}
+                                  for r in rows])
 
     # ---- WebSocket ---------------------------------------------------------------------------
     def _check(self, channel: str, payload: list, known: dict) -> tuple[list[str], str | None]:
@@ -450,6 +550,8 @@ class FakeGate:
         self.connects[market] += 1
         self.sockets[market] = ws
         ws.market = market
+        ws.decimal = ws.request.headers.get(SIZE_DECIMAL) == "1"
+        self.decimal_clients[market] += ws.decimal
         prefix = "spot" if market == "spot" else "futures"
         subs: dict[str, set] = {}
         self.subscriptions[ws] = subs
@@ -474,8 +576,18 @@ class FakeGate:
                 symbols, error = self._check(channel, payload, known)
                 if not channel.startswith(prefix + "."):
                     error = f"unknown channel {channel}"
+                if error is None and channel.endswith(".order_book_update") and \
+                        set(symbols) & subs.get(channel, set()):
+                    # One subscription per book stream and connection (A45317/A44946).
+                    error = f"Alert sub {channel}.{symbols[0]}"
                 if error is not None:
-                    ack.update(error={"code": 2, "message": error}, result={"status": "fail"})
+                    if self.error_shape == "doc":   # the documented example: no id, no payload
+                        ack = {"time": now, "time_ms": now * 1000, "channel": channel,
+                               "event": msg["event"], "error": {"code": 2, "message": error},
+                               "result": None}
+                    else:
+                        ack.update(error={"code": 2, "message": error},
+                                   result={"status": "fail"})
                     self.subscribe_errors.append(ack)
                     await ws.send(json.dumps(ack))
                     continue
@@ -532,13 +644,13 @@ class FakeGate:
         if key in self.full_next:
             self.full_next.discard(key)
             # The server replaces its whole book; the push carries all of it.
-            fresh = ServerBook(book.mid + 1000, book.futures)
+            fresh = ServerBook(book.mid + 1000, book.futures, self.rng)
             fresh.id = book.id + 5
             self.books[key] = book = fresh
             result = {"t": int(time.time() * 1000), "full": True, "s": symbol,
                       "U": book.id - 4, "u": book.id, "l": "100",
-                      "b": book.fmt(sorted(book.bids.items(), reverse=True)),
-                      "a": book.fmt(sorted(book.asks.items()))}
+                      "b": book.fmt(sorted(book.bids.items(), reverse=True), ws.decimal),
+                      "a": book.fmt(sorted(book.asks.items()), ws.decimal)}
             self.full_books[key] = result
             await ws.send(self._envelope(channel, result))
             return
@@ -547,17 +659,24 @@ class FakeGate:
             # A bogus diff (not applied to the server's own book, so a resync repairs it).
             book.id += 1
             bad_bid = round(min(book.asks) + 1.0, 1)
-            levels = book.fmt([(bad_bid, 1 if book.futures else 1.0)])
+            levels = book.fmt([(bad_bid, 1 if book.futures else 1.0)], ws.decimal)
             await ws.send(self._envelope(channel, {
                 "t": int(time.time() * 1000), "s": symbol, "U": book.id, "u": book.id,
                 "b": levels, "a": [], "l": "100"}))
             return
         first = book.id + 1
         bids, asks = book.change()
-        book.id += random.randint(1, 3)
+        book.id += self.rng.randint(1, 3)
         if key in self.gap_next:
             self.gap_next.discard(key)
             return   # applied on the server, never sent: the client's ids jump
-        await ws.send(self._envelope(channel, {
+        text = self._envelope(channel, {
             "t": int(time.time() * 1000), "s": symbol, "U": first, "u": book.id,
-            "b": book.fmt(bids), "a": book.fmt(asks), "l": "100"}))
+            "b": book.fmt(bids, ws.decimal), "a": book.fmt(asks, ws.decimal), "l": "100"})
+        await ws.send(text)
+        previous = self._last_diff.get((ws, key))
+        self._last_diff[(ws, key)] = text
+        if key in self.duplicate_next and previous is not None:
+            self.duplicate_next.discard(key)
+            await ws.send(previous)     # the previous diff again, after a newer one
+            await ws.send(text)         # and this one twice

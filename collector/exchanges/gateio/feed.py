@@ -1,122 +1,83 @@
-"""Gate.io v4 feed: spot + USDT perpetual tickers, trades, 1m candles, funding (futures.tickers),
-open interest (futures.contract_stats) and L2 books kept from ``order_book_update`` diffs
-spliced onto a REST snapshot by U/u (``SnapshotDiffSync``); REST backfill of trades, closed
-candles, funding and open interest after a gap.
-
-Open interest has one stored source, ``futures.contract_stats`` (1m): its points carry the
-interval's bucket time and a USD value, and REST ``contract_stats`` serves the same series, so a
-gap is backfilled onto the same keys. ``futures.tickers`` ``total_size`` (the same quantity,
-stamped with the push time every second) is not stored: two sources in one collection would
-interleave two timestamp grids.
-"""
+"""Gate.io v4 spot + USDT perpetual (``endpoints.SPEC``). Books: ``order_book_update`` diffs on a
+REST snapshot. Open interest: ``futures.contract_stats`` only (1m buckets, the series REST backfills
+onto the same keys; tickers' ``total_size`` would interleave a second timestamp grid)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Coroutine
 
-import orjson
-
-from collector.booksync import Diff, Outcome, SnapshotDiffSync
-from collector.connection import HeartbeatPolicy, WsConnection
-from collector.exchanges.legacy_base import Feed
+from collector.connection import WsConnection
+from collector.exchanges.base import Feed, FeedContext
 from collector.exchanges.gateio import endpoints as ep
 from collector.exchanges.gateio import parsers as p
+from collector.kit.backfill import DERIVATIVES
+from collector.kit.books import SnapshotBooks, SymbolUnavailable
+from collector.kit.requests import PendingRequests
+from collector.kit.spec import ConnMeta, Subscription
 from collector.rest import RestError
-from common.schema import PERP, SPOT, Candle, now_utc, received_now
-
-log = logging.getLogger(__name__)
-
-
-def _pinger(channel: str) -> Callable[[], str]:
-    return lambda: orjson.dumps({"time": int(time.time()), "channel": channel}).decode()
-
-
-@dataclass
-class BookState:
-    market: str
-    symbol: str
-    sync: SnapshotDiffSync
-    fetch: asyncio.Task | None = None
-    snapshots: int = 0         # REST snapshots fetched (tests / status)
-    resyncs: int = 0
-    full_resets: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+from common.schema import PERP, SPOT, OpenInterest, now_utc, received_now
+from common.settings import ExchangeSettings
 
 
 class GateioFeed(Feed):
     name = "gateio"
-    connect_interval_s = ep.CONNECT_INTERVAL_S
-    backoff_max_s = ep.BACKOFF_MAX_S
-    rest_weight_per_window = ep.REST_CALLS
-    rest_window_s = ep.REST_WINDOW_S
-    ping_interval_s = ep.PING_INTERVAL_S
+    spec = ep.SPEC
 
-    def __init__(self, cfg, ctx) -> None:
+    def __init__(self, cfg: ExchangeSettings, ctx: FeedContext) -> None:
         super().__init__(cfg, ctx)
-        self.spot_symbols = [s.upper() for s in cfg.spot_symbols]
-        self.perp_symbols = [s.upper() for s in cfg.perp_symbols]
         self.multipliers: dict[str, float] = {}
         self.funding_info: dict[str, dict[str, Any]] = {}
-        self.states: dict[tuple[str, str], BookState] = {}
-        self._candles: dict[tuple[str, str, str], Candle] = {}
-        self._last_funding: dict[str, tuple[float, float]] = {}   # symbol -> (monotonic, rate)
         self._last_oi: dict[str, float] = {}     # symbol -> newest stats bucket (epoch s)
-        self.spot_conn: WsConnection | None = None
-        self.perp_conn: WsConnection | None = None
-        # One budget (the base's) for both: same host, per-IP limits.
-        self.spot_rest = self.rest(cfg.spot_rest_url) if cfg.spot_rest_url else None
-        self.perp_rest = self.rest(cfg.perp_rest_url) if cfg.perp_rest_url else None
+        self._oi_since: dict[str, float] = {}    # symbol -> newest bucket before a disconnect
+        self.requests: PendingRequests[Subscription] = PendingRequests()  # errors name the id
+        # One budget (the base's, per IP) for both; futures sizes as decimals (the header).
+        self.perp_rest = self.rest(cfg.perp_rest_url, headers=dict([ep.SIZE_DECIMAL_HEADER]))
+        self.rests = {SPOT: self.rest(cfg.spot_rest_url), PERP: self.perp_rest}
+        self.book_sync = SnapshotBooks(self, self._fetch_snapshot, check_crossed=True)
+        self.routes = {
+            ep.SPOT_BOOK: self._on_spot_book, ep.FUT_BOOK: self._on_futures_book,
+            ep.SPOT_TRADES: lambda conn, msg, raw: self.emit(
+                p.parse_spot_trade(msg, received_now())),
+            ep.SPOT_TICKERS: lambda conn, msg, raw: self.emit(
+                p.parse_spot_ticker(msg, received_now())),
+            ep.SPOT_CANDLES: lambda conn, msg, raw: self.emit_candle(
+                p.parse_spot_candle(msg, received_now())),
+            ep.FUT_TRADES: self._rows(p.parse_futures_trades, self.emit),
+            ep.FUT_TICKERS: self._rows(p.parse_futures_tickers, self._ticker_funding,
+                                       self.funding_info),
+            ep.FUT_CANDLES: self._rows(p.parse_futures_candles, self.emit_candle),
+            ep.FUT_STATS: self._rows(p.parse_contract_stats, self._open_interest),
+            ep.SPOT_SYSTEM: self._on_system, ep.FUT_SYSTEM: self._on_system}
 
-    # ---- subscriptions (this partition's share) ----------------------------------------------
-    def symbols(self, market: str) -> list[str]:
-        configured = self.spot_symbols if market == SPOT else self.perp_symbols
-        return [s for s in configured if self.is_available(s)]
-
-    def spot_subscriptions(self) -> dict[str, list[str]]:
-        """Channel -> the pairs this partition subscribes on it."""
-        symbols = self.symbols(SPOT)
-        return {ch: [s for s in symbols if self.owns(SPOT, s, kind)]
-                for ch, kind in ep.SPOT_KINDS.items()}
-
-    def perp_subscriptions(self) -> dict[str, list[str]]:
-        symbols = self.symbols(PERP)
-        return {ch: [s for s in symbols if self.owns(PERP, s, kind)]
-                for ch, kind in ep.FUT_KINDS.items()}
+    def configured_symbols(self, market: str) -> list[str]:
+        return [s.upper() for s in super().configured_symbols(market)]
 
     def contract_symbols(self) -> list[str]:
         """Contracts whose size (and funding schedule) this partition needs: any owned stream."""
-        owned = {s for symbols in self.perp_subscriptions().values() for s in symbols}
-        return [s for s in self.symbols(PERP) if s in owned]
+        return [s for s in self.symbols(PERP) if any(
+            self.owns(PERP, s, ch.partition_stream) for ch in self.channels(PERP))]
 
-    # ---- setup -------------------------------------------------------------------------------
+    # ---- setup and subscriptions -------------------------------------------------------------
     async def prepare(self) -> None:
         for symbol in self.contract_symbols():
-            await self._load_contract(symbol, initial=True)
+            await self._load_contract(symbol)
 
-    async def _load_contract(self, symbol: str, initial: bool = False) -> None:
+    async def _load_contract(self, symbol: str) -> None:
+        """Contract size and funding schedule. A 400/404 removes the contract (not the spot
+        pair of the same name); unreachable or malformed: the known size, else the default."""
         try:
-            body = await self.perp_rest.get(ep.FUT_CONTRACT_REST.format(contract=symbol))
-            info = p.parse_contract(body)
-        except RestError as exc:
-            if exc.status in (400, 404):
-                self.mark_unavailable(symbol, f"contract lookup failed: {exc.payload!r}")
-                return
-            if initial or symbol not in self.multipliers:
-                default = ep.DEFAULT_QUANTO_MULTIPLIER.get(symbol)
-                if default is None:
-                    self.mark_unavailable(symbol, f"no contract size known: {exc}")
-                    return
-                log.warning("%s: %s contract size unavailable (%s); using default %s",
-                            self.name, symbol, exc, default)
-                self.multipliers[symbol] = default
-            return
-        except Exception as exc:   # malformed contract document
-            self.malformed(symbol, exc)
-            self.multipliers.setdefault(symbol, ep.DEFAULT_QUANTO_MULTIPLIER.get(symbol, 0.0))
+            info = p.parse_contract(await self.perp_rest.get(
+                ep.FUT_CONTRACT_REST.format(contract=symbol)))
+        except (RestError, *p.ROW_ERRORS) as exc:
+            if not isinstance(exc, RestError):
+                self.malformed(symbol, exc)
+            known = self.multipliers.get(symbol, ep.DEFAULT_QUANTO_MULTIPLIER.get(symbol))
+            if getattr(exc, "status", None) in (400, 404) or known is None:
+                self.mark_unavailable(PERP, symbol, f"contract lookup failed: {exc!r}")
+            else:
+                self.multipliers[symbol] = known
             return
         self.multipliers[symbol] = info.pop("multiplier")
         self.funding_info[symbol] = info
@@ -131,322 +92,161 @@ class GateioFeed(Feed):
             for symbol in self.contract_symbols():
                 await self._load_contract(symbol)
 
-    def build_connections(self) -> list[WsConnection]:
-        conns = []
-        spot = [ch for ch, symbols in self.spot_subscriptions().items() if symbols]
-        if spot and self.cfg.spot_ws_url:
-            self.spot_conn = self.connection(
-                "spot", self.cfg.spot_ws_url, on_message=self._on_message, on_open=self._open_spot,
-                heartbeat=HeartbeatPolicy(app_ping=_pinger(ep.SPOT_PING),
-                                          app_ping_interval_s=self.ping_interval_s),
-                kinds=sorted({ep.IDLE_KINDS[ep.SPOT_KINDS[ch]] for ch in spot}), market=SPOT)
-            conns.append(self.spot_conn)
-        perp = [ch for ch, symbols in self.perp_subscriptions().items() if symbols]
-        if perp and self.cfg.perp_ws_url:
-            self.perp_conn = self.connection(
-                "perp", self.cfg.perp_ws_url, on_message=self._on_message, on_open=self._open_perp,
-                heartbeat=HeartbeatPolicy(app_ping=_pinger(ep.FUT_PING),
-                                          app_ping_interval_s=self.ping_interval_s),
-                kinds=sorted({ep.IDLE_KINDS[ep.FUT_KINDS[ch]] for ch in perp}), market=PERP)
-            conns.append(self.perp_conn)
-        return conns
+    def subscribe_requests(self, meta: ConnMeta, subs: list[Subscription]) -> list[str]:
+        """One request per (channel, symbol), with an id (errors name it); a contract without a
+        known size is left out (its sizes could not be converted)."""
+        requests = []
+        for sub in subs:
+            if sub.market == PERP and sub.symbol not in self.multipliers:
+                continue
+            request_id = self.requests.new_id()
+            self.requests.add(request_id, meta.label, [sub])
+            requests.append(p.subscribe_request(sub.channel.name, ep.payload(
+                sub.channel.name, sub.symbol), request_id, int(time.time())))
+        return requests
 
-    def _state(self, market: str, symbol: str) -> BookState:
-        key = (market, symbol)
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = BookState(
-                market, symbol, SnapshotDiffSync(self.book(market, symbol), use_prev_id=False))
-        return state
-
-    def _reset_market(self, market: str) -> None:
-        for state in self.states.values():
-            if state.market == market:
-                if state.fetch is not None:
-                    state.fetch.cancel()
-                    state.fetch = None
-                state.sync.reset()
-
-    def on_disconnect(self, conn: WsConnection, reason: str) -> None:
-        market = SPOT if conn is self.spot_conn else PERP
-        self._reset_market(market)
-        # The running candles missed trades: never store them as final (backfill closes them).
-        for key in [k for k in self._candles if k[0] == market]:
-            del self._candles[key]
-
-    @staticmethod
-    def _request(channel: str, payload: list[str]) -> str:
-        return orjson.dumps({"time": int(time.time()), "channel": channel, "event": "subscribe",
-                             "payload": payload}).decode()
-
-    @staticmethod
-    def _payload(channel: str, symbol: str) -> list[str]:
-        """Each channel's own argument order (Gate rejects another order)."""
-        if channel in (ep.SPOT_CANDLES, ep.FUT_CANDLES):
-            return [ep.CANDLE_INTERVAL, symbol]          # [interval, pair]
-        if channel == ep.SPOT_BOOK:
-            return [symbol, ep.BOOK_INTERVAL]            # [pair, interval]
-        if channel == ep.FUT_BOOK:
-            return [symbol, ep.BOOK_INTERVAL, ep.BOOK_LEVEL]
-        if channel == ep.FUT_STATS:
-            return [symbol, ep.STATS_INTERVAL]           # [contract, interval]
-        return [symbol]
-
-    async def _subscribe(self, conn: WsConnection, market: str,
-                         subs: dict[str, list[str]], symbols: list[str]) -> None:
-        book_channel = ep.SPOT_BOOK if market == SPOT else ep.FUT_BOOK
-        for symbol in symbols:
-            # One request per symbol and channel: an error then affects that subscription only.
-            for channel, owned in subs.items():
-                if symbol in owned:
-                    if channel == book_channel:
-                        self._state(market, symbol)
-                    await conn.send(self._request(channel, self._payload(channel, symbol)))
-
-    async def _open_spot(self, conn: WsConnection) -> None:
-        self._reset_market(SPOT)
-        await self._subscribe(conn, SPOT, self.spot_subscriptions(), self.symbols(SPOT))
-
-    async def _open_perp(self, conn: WsConnection) -> None:
-        self._reset_market(PERP)
-        symbols = [s for s in self.symbols(PERP) if s in self.multipliers]
-        await self._subscribe(conn, PERP, self.perp_subscriptions(), symbols)
+    def on_disconnect(self, meta: ConnMeta, reason: str) -> None:
+        self.book_sync.reset(meta.market, meta.symbols("book"))
+        self.requests.drop(meta.label)
+        # Open interest is re-polled from here (not from pushes that beat the backfill).
+        self._oi_since.update({s: self._last_oi[s] for s in meta.symbols("open_interest")
+                               if s in self._last_oi and s not in self._oi_since})
 
     # ---- messages ----------------------------------------------------------------------------
-    def _on_message(self, conn: WsConnection, raw: str | bytes) -> bool | None:
-        self.stats.messages += 1
-        try:
-            msg = orjson.loads(raw)
-            event = msg.get("event")
-            channel = msg.get("channel", "")
-            if msg.get("type") == "upgrade":
-                conn.reconnect("service upgrade notice")
-                return False
-            if msg.get("error"):
-                self._error(msg)
-                return False
-            if event != "update":
-                return False   # subscribe/unsubscribe acks, pongs
-            received_at = received_now()
-            if channel == ep.SPOT_BOOK:
-                self._book_update(SPOT, *p.parse_spot_book_update(msg))
-            elif channel == ep.FUT_BOOK:
-                symbol = msg["result"]["s"]
-                self._book_update(PERP, *p.parse_futures_book_update(msg, self.multipliers[symbol]))
-            elif channel == ep.SPOT_TRADES:
-                self.emit(p.parse_spot_trade(msg, received_at))
-            elif channel == ep.SPOT_TICKERS:
-                self.emit(p.parse_spot_ticker(msg, received_at))
-            elif channel == ep.SPOT_CANDLES:
-                self._candle(p.parse_spot_candle(msg, received_at))
-            elif channel == ep.FUT_TRADES:
-                for trade in p.parse_futures_trades(msg, received_at, self.multipliers):
-                    self.emit(trade)
-            elif channel == ep.FUT_TICKERS:
-                for ticker, funding in p.parse_futures_tickers(
-                        msg, received_at, self.multipliers, self.funding_info):
-                    self.emit(ticker)
-                    self._funding(funding)
-            elif channel == ep.FUT_CANDLES:
-                for candle in p.parse_futures_candles(msg, received_at, self.multipliers):
-                    self._candle(candle)
-            elif channel == ep.FUT_STATS:
-                for oi in p.parse_contract_stats(msg, received_at, self.multipliers):
-                    self._open_interest(oi)
-            else:
-                return False
-        except Exception as exc:
-            self.malformed(raw, exc)
-        return None
+    def channel_of(self, msg: dict) -> str | None:
+        return msg.get("channel") if msg.get("event") == "update" else None
 
-    def _error(self, msg: dict) -> None:
-        """An exchange error answers one request: log once, count, leave other streams alone."""
-        error = msg.get("error") or {}
-        text = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+    def on_control(self, conn: WsConnection, msg: Any) -> None:
+        """Acks, pongs, errors, the service-upgrade notice."""
+        request = self.requests.take(msg.get("id"))
+        sub = request.args[0] if request is not None else None
+        if p.is_upgrade(msg):
+            conn.reconnect("service upgrade notice")
+        elif msg.get("error"):
+            self._error(self.meta(conn).market, msg, sub)
+
+    def _on_system(self, conn: WsConnection, msg: dict, raw: Any) -> bool:
+        """``*.system`` pushes are control traffic (the upgrade notice), not data."""
+        self.on_control(conn, msg)
+        return False
+
+    def _error(self, market: str, msg: dict, sub: Subscription | None) -> None:
+        """Count; an unknown symbol is unavailable in its market only (by id, name or echo)."""
+        text, named = p.parse_error(msg)
         payload = msg.get("payload") or []
-        self.stats.error_once(self.name, f"{msg.get('channel')} {payload}: "
-                                         f"{error.get('code') if isinstance(error, dict) else ''} "
-                                         f"{text}")
-        lowered = text.lower()
-        if "unknown" in lowered or "invalid" in lowered and ("pair" in lowered or
-                                                             "contract" in lowered):
-            # Each subscription names one symbol, so only that symbol is affected.
-            symbols = [item for item in payload
-                       if item in self.spot_symbols or item in self.perp_symbols]
-            named = [item for item in symbols if item in text]
-            for item in named or (symbols if len(symbols) == 1 else []):
-                self.mark_unavailable(item, text)
+        self.stats.error_once(self.name, f"{msg.get('channel')} {payload}: {text}")
+        if named is None:
+            return          # not an unknown symbol (argument order, duplicate, ...)
+        configured = self.configured_symbols(market)
+        market, symbol = (sub.market, sub.symbol) if sub is not None else (market, next(
+            (s for s in [named, *payload] if s in configured), None))
+        if symbol is not None:
+            self.mark_unavailable(market, symbol, text)
 
-    def _funding(self, funding) -> None:
-        """Tickers arrive about once a second: store funding on change or once per poll
-        interval."""
-        now = time.monotonic()
-        previous = self._last_funding.get(funding.symbol)
-        if previous is None or previous[1] != funding.rate or \
-                now - previous[0] >= min(self.ctx.poll_interval_s, 60.0):
-            self._last_funding[funding.symbol] = (now, funding.rate)
-            self.emit(funding)
+    def _on_spot_book(self, conn: WsConnection, msg: dict, raw: Any) -> None:
+        self._book(SPOT, msg["result"], p.apply_spot_book, p.spot_book_diff)
 
-    def _open_interest(self, oi) -> None:
-        ts = oi.ts.timestamp()
-        if ts > self._last_oi.get(oi.symbol, 0.0):
-            self._last_oi[oi.symbol] = ts
+    def _on_futures_book(self, conn: WsConnection, msg: dict, raw: Any) -> None:
+        mult = self.multipliers[msg["result"]["s"]]
+        self._book(PERP, msg["result"],
+                   lambda book, r, last_id: p.apply_futures_book(book, r, last_id, mult),
+                   lambda r: p.futures_book_diff(r, mult))
+
+    def _book(self, market: str, r: dict, apply: Callable, to_diff: Callable) -> None:
+        if r.get("full"):            # the push is the whole book: no REST snapshot needed
+            diff = to_diff(r)
+            self.book_sync.on_full_snapshot(market, r["s"], diff.bids, diff.asks, diff.last_id)
+            return
+        first, last = p.book_ids(r)
+        self.book_sync.on_diff(market, r["s"], first, last, None, r, apply, to_diff)
+
+
+    def _batch(self, parse: Callable[..., list], msg: Any, *args: Any) -> list:
+        """A list of futures rows: a bad row is counted as malformed and skipped, alone."""
+        skipped: p.Skipped = []
+        records = parse(msg, received_now(), self.multipliers, *args, skipped=skipped)
+        for row, exc in skipped:
+            self.malformed(row, exc)
+        return records
+
+    def _rows(self, parse: Callable[..., list], handle: Callable[[Any], None], *args: Any):
+        """The route of a ``futures.*`` channel whose result is a list of rows."""
+        def route(conn: WsConnection, msg: dict, raw: Any) -> None:
+            for record in self._batch(parse, msg, *args):
+                handle(record)
+        return route
+
+    def _ticker_funding(self, pair: tuple) -> None:
+        self.emit(pair[0])
+        self.emit_derived(pair[1], pair[1].rate)
+
+    def _open_interest(self, oi: OpenInterest) -> None:
+        self._last_oi[oi.symbol] = max(oi.ts.timestamp(), self._last_oi.get(oi.symbol, 0.0))
         self.emit(oi)
 
-    def _candle(self, candle: Candle) -> None:
-        key = (candle.market, candle.symbol, candle.interval)
-        previous = self._candles.get(key)
-        if previous is not None and candle.ts < previous.ts:
-            return
-        if previous is not None and candle.ts > previous.ts and not previous.closed:
-            previous.closed = True
-            self.emit(previous)
-        self._candles[key] = candle
-        self.emit(candle)
-
-    # ---- order books -------------------------------------------------------------------------
-    def _book_update(self, market: str, symbol: str, first: int, last: int, bids, asks,
-                     full: bool) -> None:
-        state = self.states.get((market, symbol))
-        if state is None:
-            return
-        sync = state.sync
-        book = sync.book
-        if full:
-            # A full snapshot pushed by the server replaces the whole book.
-            state.full_resets += 1
-            if state.fetch is not None:
-                state.fetch.cancel()
-                state.fetch = None
-            sync.reset()
-            sync.on_snapshot(bids, asks, last)
-            self.book_in_sync(market, symbol)
-            self._after_change(state)
-            return
-        outcome = sync.on_diff(Diff(first, last, None, bids, asks))
-        if outcome is Outcome.BUFFERED:
-            if state.fetch is None:
-                state.fetch = asyncio.get_running_loop().create_task(self._fetch_snapshot(state))
-        elif outcome is Outcome.GAP:
-            self._resync(state, "sequence_gap", f"U={first} after u={book.update_id}")
-        elif outcome is Outcome.APPLIED:
-            self._after_change(state)
-
-    def _after_change(self, state: BookState) -> None:
-        book = state.sync.book
-        book.truncate()
-        if book.crossed():
-            self._resync(state, "crossed",
-                         f"bid {book.best_bid()[0]} >= ask {book.best_ask()[0]}")
-
-    def _resync(self, state: BookState, cause: str, detail: str) -> None:
-        """Drop this book and rebuild it from a REST snapshot (the next diff is buffered and
-        starts the fetch); other books are untouched."""
-        state.resyncs += 1
-        if state.fetch is not None:
-            state.fetch.cancel()
-            state.fetch = None
-        state.sync.reset()
-        self.book_lost_sync(state.market, state.symbol, cause, detail)
-
-    async def _fetch_snapshot(self, state: BookState) -> None:
-        delay = 0.2
+    async def _fetch_snapshot(self, market: str, symbol: str):
         try:
-            while not state.sync.synced:
-                try:
-                    if state.market == SPOT:
-                        body = await self.spot_rest.get(ep.SPOT_BOOK_REST, {
-                            "currency_pair": state.symbol, "limit": ep.SNAPSHOT_LIMIT,
-                            "with_id": "true"})
-                        snap_id, bids, asks = p.parse_spot_book_snapshot(body)
-                    else:
-                        body = await self.perp_rest.get(ep.FUT_BOOK_REST, {
-                            "contract": state.symbol, "limit": ep.SNAPSHOT_LIMIT,
-                            "with_id": "true"})
-                        snap_id, bids, asks = p.parse_futures_book_snapshot(
-                            body, self.multipliers[state.symbol])
-                except RestError as exc:
-                    self.stats.error_once(self.name, f"order book snapshot {state.symbol}: {exc}")
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                except (KeyError, TypeError, ValueError) as exc:
-                    self.malformed(body, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                state.snapshots += 1
-                if state.sync.synced:
-                    return   # a full:true push arrived meanwhile
-                outcome = state.sync.on_snapshot(bids, asks, snap_id)
-                if outcome is Outcome.SYNCED:
-                    state.fetch = None
-                    self.book_in_sync(state.market, state.symbol)
-                    self._after_change(state)
-                    return
-                if outcome is Outcome.GAP:
-                    # Buffered diffs do not continue from the snapshot: start over.
-                    state.sync.reset()
-                    self.book_lost_sync(state.market, state.symbol, "sequence_gap",
-                                        f"buffered diffs do not continue snapshot {snap_id}")
-                # SNAPSHOT_TOO_OLD (REST lags the stream) or gap: try again shortly.
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        finally:
-            if state.fetch is asyncio.current_task():
-                state.fetch = None
+            body = await self.rests[market].get(ep.BOOK_REST[market], {
+                ep.SYMBOL_PARAM[market]: symbol, "limit": ep.SNAPSHOT_LIMIT, "with_id": "true"})
+        except RestError as exc:
+            if isinstance(exc.payload, dict) and exc.payload.get("label") in ep.UNKNOWN_LABELS:
+                raise SymbolUnavailable(f"{exc.payload}") from exc
+            raise
+        return p.parse_spot_book_snapshot(body) if market == SPOT else \
+            p.parse_futures_book_snapshot(body, self.multipliers[symbol])
+
+    async def stop(self) -> None:
+        self.book_sync.cancel_all()
+        await super().stop()
 
     # ---- REST backfill -----------------------------------------------------------------------
+    def owns_backfill(self, market: str, symbol: str, kind: str) -> bool:
+        """Funding and open interest have different owners: repoll_derivatives checks each."""
+        return kind == DERIVATIVES or super().owns_backfill(market, symbol, kind)
+
     async def backfill_trades(self, market: str, symbol: str, since: datetime) -> bool:
         """Trades in [since, now], newest first, paged; complete when a page is not full."""
-        window = {"limit": ep.TRADES_PAGE, "from": int(since.timestamp()),
-                  "to": int(time.time()) + 1}
+        query = {ep.SYMBOL_PARAM[market]: symbol, "limit": ep.TRADES_PAGE,
+                 "from": int(since.timestamp()), "to": int(time.time()) + 1}
         for page in range(ep.TRADES_MAX_PAGES):
-            if market == SPOT:
-                body = await self.spot_rest.get(ep.SPOT_TRADES_REST, {
-                    "currency_pair": symbol, **window, "page": page + 1})
-                trades = p.parse_rest_spot_trades(body, now_utc())
-            else:
-                body = await self.perp_rest.get(ep.FUT_TRADES_REST, {
-                    "contract": symbol, **window, "offset": page * ep.TRADES_PAGE})
-                trades = p.parse_rest_futures_trades(body, now_utc(), self.multipliers)
+            paging = {"page": page + 1} if market == SPOT else {"offset": page * ep.TRADES_PAGE}
+            body = await self.rests[market].get(ep.TRADES_REST[market], {**query, **paging})
+            trades = p.parse_rest_spot_trades(body, now_utc()) if market == SPOT else \
+                self._batch(p.parse_rest_futures_trades, body)
             self.emit_backfilled_trades(trades, since, ep.TRADES_PAGE)
-            if len(body) < ep.TRADES_PAGE:     # internal trades are skipped, not missing
+            if len(body) < ep.TRADES_PAGE:
                 return True
         return False
 
-    def owns_backfill(self, market: str, symbol: str, kind: str) -> bool:
-        # Candles and derivatives: the hooks below check the owner of each stream they re-fetch.
-        return kind != "trades" or self.owns_trades(market, symbol)
-
     async def backfill_candles(self, market: str, symbol: str, since: datetime) -> None:
         """Closed 1m candles from the gap's minute (at most the last 1000 points)."""
-        if not self.owns(market, symbol, ep.SPOT_KINDS[ep.SPOT_CANDLES]):
-            return
         start = max(int(since.timestamp()) // 60 * 60,
                     (int(time.time()) // 60 - ep.CANDLES_MAX_POINTS + 1) * 60)
-        if market == SPOT:
-            body = await self.spot_rest.get(ep.SPOT_CANDLES_REST, {
-                "currency_pair": symbol, "interval": ep.CANDLE_INTERVAL, "from": start})
-            candles = p.parse_rest_spot_candles(body, symbol, now_utc())
-        else:
-            body = await self.perp_rest.get(ep.FUT_CANDLES_REST, {
-                "contract": symbol, "interval": ep.CANDLE_INTERVAL, "from": start})
-            candles = p.parse_rest_futures_candles(body, symbol, now_utc(), self.multipliers)
+        body = await self.rests[market].get(ep.CANDLES_REST[market], {
+            ep.SYMBOL_PARAM[market]: symbol, "interval": ep.CANDLE_INTERVAL, "from": start})
+        candles = p.parse_rest_spot_candles(body, symbol, now_utc()) if market == SPOT else \
+            p.parse_rest_futures_candles(body, symbol, now_utc(), self.multipliers)
         for candle in candles:
             self.emit(candle)
 
     async def repoll_derivatives(self, symbol: str) -> None:
-        """Funding from the contract document (owner of futures.tickers); open interest from REST
-        contract_stats since the newest streamed point (owner of futures.contract_stats)."""
-        if self.owns(PERP, symbol, ep.FUT_KINDS[ep.FUT_TICKERS]):
+        """Funding from the contract document (tickers' owner); open interest from REST 1m
+        contract_stats since the newest streamed point, paged (contract_stats' owner)."""
+        if self.owns(PERP, symbol, "ticker"):
             body = await self.perp_rest.get(ep.FUT_CONTRACT_REST.format(contract=symbol))
             self.emit(p.parse_contract_funding(body, now_utc()))
-        if self.owns(PERP, symbol, ep.FUT_KINDS[ep.FUT_STATS]):
-            params: dict[str, Any] = {"contract": symbol, "interval": ep.STATS_REST_INTERVAL,
-                                      "limit": ep.STATS_REST_LIMIT}
-            if symbol in self._last_oi:
-                params["from"] = int(self._last_oi[symbol]) + 1
-            body = await self.perp_rest.get(ep.FUT_STATS_REST, params)
-            for oi in p.parse_rest_contract_stats(body, symbol, now_utc(), self.multipliers):
+        if not self.owns(PERP, symbol, "open_interest"):
+            return
+        query: dict[str, Any] = {"contract": symbol, "interval": ep.STATS_REST_INTERVAL,
+                                 "limit": ep.STATS_REST_LIMIT}
+        since = self._oi_since.pop(symbol, self._last_oi.get(symbol))
+        for _ in range(ep.STATS_REST_MAX_PAGES):
+            if since is not None:
+                query["from"] = int(since) + 1
+            body = await self.perp_rest.get(ep.FUT_STATS_REST, query)
+            rows = p.parse_rest_contract_stats(body, symbol, now_utc(), self.multipliers)
+            for oi in rows:
                 self._open_interest(oi)
+            if len(rows) < ep.STATS_REST_LIMIT:
+                return
+            since = rows[-1].ts.timestamp()
