@@ -3,8 +3,10 @@ through the API."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
+import orjson
 import pytest
 
 from collector.kit.spec import IDLE_S as STREAM_IDLE_S
@@ -47,6 +49,17 @@ def fast_reconnects(feed: KrakenFeed) -> None:
 
 async def _value(value):
     return value
+
+
+def with_connections(feed: KrakenFeed, change) -> None:
+    """Apply ``change`` to every connection the feed builds."""
+    make = feed.new_connection
+
+    def new_connection(*args, **kwargs):
+        conn = make(*args, **kwargs)
+        change(conn)
+        return conn
+    feed.new_connection = new_connection
 
 
 def _book_requests(fake: FakeKraken, symbol: str) -> list[str]:
@@ -146,7 +159,7 @@ async def test_futures_resync_has_a_cool_down(mongo_db, fake):
 
     def configure(feed):
         fast_reconnects(feed)
-        feed.perp_resync.cooldown_s = 1.0
+        feed.resync.scheduler.cooldown_s = 1.0
     async with running_feed(KrakenFeed, mongo_db, settings, "kraken", configure) as feed:
         async def synced():
             book = feed.books.get(("perp", "PF_XBTUSD"))
@@ -161,7 +174,7 @@ async def test_futures_resync_has_a_cool_down(mongo_db, fake):
         await wait_for(lambda: _value(fake.fut_book_subscribes["PF_XBTUSD"] == 3),
                        timeout_s=5, what="second resubscribe")
         assert asyncio.get_running_loop().time() - first >= 0.8
-        assert feed.perp_resync.requests == 2
+        assert feed.resync.scheduler.requests == 2
 
 
 async def test_unknown_symbol_isolated_and_error_logged_once(mongo_db, fake):
@@ -172,8 +185,8 @@ async def test_unknown_symbol_isolated_and_error_logged_once(mongo_db, fake):
             return await mongo_db[schema.TRADES].count_documents({"symbol": "BTC/USD"}) and \
                 await mongo_db[schema.MARKET_DATA].count_documents({"symbol": "PF_XBTUSD"})
         await wait_for(data, timeout_s=10, what="data for the valid symbols")
-        assert "DOGE/USD" in feed.stats.unavailable_symbols
-        assert "PF_NOPEUSD" in feed.stats.unavailable_symbols
+        assert "spot:DOGE/USD" in feed.stats.unavailable_symbols
+        assert "perp:PF_NOPEUSD" in feed.stats.unavailable_symbols
         assert any("not supported" in e for e in feed.stats.errors)
         assert sum(feed.stats.errors.values()) >= 2
 
@@ -186,7 +199,9 @@ async def test_silent_connection_is_reconnected_by_idle_watchdog(mongo_db, fake,
 
     def configure(feed):
         fast_reconnects(feed)
-        feed.ping_interval_s = 0.1   # pongs keep arriving but are control traffic
+        # pongs keep arriving but are control traffic
+        with_connections(feed, lambda conn: setattr(conn, "heartbeat", dataclasses.replace(
+            conn.heartbeat, app_ping_interval_s=0.1)))
     async with running_feed(KrakenFeed, mongo_db, settings, "kraken", configure) as feed:
         async def reconnected():
             return (fake.spot_connects if market == "spot" else fake.perp_connects) >= 2
@@ -208,22 +223,19 @@ async def test_heartbeats_neither_feed_the_watchdog_nor_reset_the_backoff(mongo_
     fake.quiet = True
     settings = settings_for(fake, idle_timeout_s=0.4, perp_symbols=[])
 
+    def quick_backoff(conn):
+        conn.healthy_after_s = 0.1
+        conn.backoff.initial_s, conn.backoff.max_s = 0.02, 0.3
+
     def configure(feed):
         fast_reconnects(feed)
-        make = feed.connection
-
-        def connection(*args, **kwargs):
-            conn = make(*args, **kwargs)
-            conn.healthy_after_s = 0.1
-            conn.backoff.initial_s, conn.backoff.max_s = 0.02, 0.3
-            return conn
-        feed.connection = connection
+        with_connections(feed, quick_backoff)
     async with running_feed(KrakenFeed, mongo_db, settings, "kraken", configure) as feed:
         await wait_for(lambda: _value(fake.spot_connects >= 4), timeout_s=10,
                        what="reconnects while only heartbeats arrive")
-        assert feed.spot_conn.backoff.attempt >= 3
+        assert feed.connections[0].backoff.attempt >= 3
         fake.quiet = False
-        await wait_for(lambda: _value(feed.spot_conn.backoff.attempt == 0), timeout_s=5,
+        await wait_for(lambda: _value(feed.connections[0].backoff.attempt == 0), timeout_s=5,
                        what="backoff reset once data flows")
 
 
@@ -377,13 +389,20 @@ def test_ping_throttle_and_idle_thresholds():
     assert spot.idle_timeout_s == perp.idle_timeout_s == STREAM_IDLE_S["book"]
 
 
+def _subscriptions(feed: KrakenFeed) -> list[tuple[str, str, str]]:
+    """(market, symbol, channel) of every subscription the feed's connections carry."""
+    return [(sub.market, sub.symbol, sub.channel.name) for conn in feed.build_connections()
+            for sub in conn.meta.subscriptions]
+
+
 def test_a_connection_without_book_uses_the_quiet_threshold():
-    """Spot ticker and ohlc update on trades only: without a book, a quiet pair is allowed the
-    trades threshold instead of being reconnected every 10 s."""
+    """The ohlc channel updates on trades only: a connection with neither book nor ticker (the
+    bbo ticker moves with the book) is allowed the trades threshold instead of being
+    reconnected every 10 s."""
     for i in range(200):
         feed = offline_feed("0/4", spot_symbols=[f"SYM{i}/USD"], perp_symbols=[])
-        subs = feed.spot_subscriptions()
-        if not subs["book"] and any(subs.values()):
+        channels = {ch for _, _, ch in _subscriptions(feed)}
+        if channels and not channels & {"book", "ticker"}:
             break
     else:
         pytest.fail("no partition without a book")
@@ -395,8 +414,7 @@ def _subscribed(partition: str) -> list[tuple[str, str, str]]:
     symbols = [f"SYM{i}/USD" for i in range(30)] + ["BTC/USD"]
     feed = offline_feed(partition, spot_symbols=symbols,
                         perp_symbols=[f"PF_SYM{i}USD" for i in range(20)] + ["PF_XBTUSD"])
-    return [("spot", s, ch) for ch, syms in feed.spot_subscriptions().items() for s in syms] + \
-        [("perp", s, f) for f, syms in feed.perp_subscriptions().items() for s in syms]
+    return _subscriptions(feed)
 
 
 def test_partitions_cover_every_subscription_once():
@@ -407,26 +425,20 @@ def test_partitions_cover_every_subscription_once():
     assert all(parts)
 
 
-class _RecordingConn:
-    def __init__(self) -> None:
-        self.sent: list[dict] = []
-
-    async def send(self, text: str) -> None:
-        import orjson
-        self.sent.append(orjson.loads(text))
-
-
-async def test_on_open_sends_exactly_the_partitions_subscriptions():
+def test_on_open_sends_exactly_the_partitions_subscriptions():
     for part in ("0/2", "1/2"):
         feed = offline_feed(part, spot_symbols=[f"SYM{i}/USD" for i in range(12)],
                             perp_symbols=[f"PF_SYM{i}USD" for i in range(12)])
         feed.precision = {f"SYM{i}/USD": (1, 8) for i in range(12)}
-        spot, perp = _RecordingConn(), _RecordingConn()
-        await feed._open_spot(spot)
-        await feed._open_perp(perp)
-        sent = {(m["params"]["channel"], s) for m in spot.sent
-                for s in m["params"].get("symbol", [])}
-        want = {(ch, s) for ch, syms in feed.spot_subscriptions().items() for s in syms}
+        want = set(_subscriptions(feed))
+        sent = set()
+        for conn in feed.connections:
+            meta = conn.meta
+            for text in feed.subscribe_requests(meta, list(meta.subscriptions)):
+                msg = orjson.loads(text)
+                if meta.market == "spot":
+                    sent |= {("spot", s, msg["params"]["channel"])
+                             for s in msg["params"].get("symbol", [])}
+                else:
+                    sent |= {("perp", s, msg["feed"]) for s in msg.get("product_ids", [])}
         assert sent == want
-        sent = {(m["feed"], s) for m in perp.sent for s in m.get("product_ids", [])}
-        assert sent == {(f, s) for f, syms in feed.perp_subscriptions().items() for s in syms}

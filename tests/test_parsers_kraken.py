@@ -9,8 +9,7 @@ import pytest
 
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken import parsers as p
-from collector.exchanges.kraken.feed import KrakenFeed
-from collector.orderbook import OrderBook
+from collector.orderbook import OrderBook, apply_text_levels
 
 FIX = Path(__file__).parent / "fixtures" / "kraken"
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -37,7 +36,7 @@ def test_checksum_guide_btc_usd():
     (msg,) = lines("v2_book_checksum_guide.jsonl")
     book, expected = load_book(msg, 1, 8)
     assert expected == 3310070434
-    assert KrakenFeed.checksum(book) == 3310070434
+    assert p.book_crc(book) == 3310070434
     assert p.checksum_text(p.decode("45285.2"), 1) == "452852"
     assert p.checksum_text(p.decode("0.00100000"), 8) == "100000"
 
@@ -45,26 +44,25 @@ def test_checksum_guide_btc_usd():
 def test_checksum_matic_snapshot_and_update_need_instrument_precision():
     snapshot, update = lines("v2_book.jsonl")
     book, expected = load_book(snapshot, 4, 8)
-    assert expected == 2439117997 and KrakenFeed.checksum(book) == 2439117997
+    assert expected == 2439117997 and p.book_crc(book) == 2439117997
     book, expected = load_book(update, 4, 8, book)
-    assert expected == 2114181697 and KrakenFeed.checksum(book) == 2114181697
+    assert expected == 2114181697 and p.book_crc(book) == 2114181697
     assert book.bids.top(10)[-1] == [0.5657, 1098.3947558]
     # Without padding to the instrument precision the documented checksum is not reproduced.
     raw, _ = load_book(snapshot, None, None)
-    assert KrakenFeed.checksum(raw) == 3830085102
+    assert p.book_crc(raw) == 3830085102
 
 
 def _fast_book(msg_text: str, price_prec: int, qty_prec: int, book=None):
     """The feed's hot path: orjson floats -> levels_fast -> one text per level."""
-    from collector.exchanges.kraken.feed import _apply
     msg = orjson.loads(msg_text)
     book = book or OrderBook(100, keep_text=True)
     item = msg["data"][0]
     if msg["type"] == "snapshot":
         book.load_snapshot((), ())
     cache: dict = {}
-    _apply(book.asks, p.levels_fast(item["asks"], price_prec, qty_prec, cache))
-    _apply(book.bids, p.levels_fast(item["bids"], price_prec, qty_prec, cache))
+    apply_text_levels(book.asks, p.levels_fast(item["asks"], price_prec, qty_prec, cache))
+    apply_text_levels(book.bids, p.levels_fast(item["bids"], price_prec, qty_prec, cache))
     book.truncate(10)
     return book, item["checksum"]
 
@@ -72,12 +70,12 @@ def _fast_book(msg_text: str, price_prec: int, qty_prec: int, book=None):
 def test_fast_path_reproduces_the_documented_checksums():
     (guide,) = (FIX / "v2_book_checksum_guide.jsonl").read_text().split()
     book, expected = _fast_book(guide, 1, 8)
-    assert KrakenFeed.checksum(book) == expected == 3310070434
+    assert p.book_crc(book) == expected == 3310070434
     snapshot, update = (FIX / "v2_book.jsonl").read_text().split()
     book, expected = _fast_book(snapshot, 4, 8)
-    assert KrakenFeed.checksum(book) == expected == 2439117997
+    assert p.book_crc(book) == expected == 2439117997
     book, expected = _fast_book(update, 4, 8, book)
-    assert KrakenFeed.checksum(book) == expected == 2114181697
+    assert p.book_crc(book) == expected == 2114181697
 
 
 def test_fast_levels_equal_the_exact_path_or_refuse():
@@ -113,18 +111,12 @@ def test_fast_levels_equal_the_exact_path_or_refuse():
         (2.0, 0.123456789, "200" + "12345679")]
 
 
-def test_feed_falls_back_to_exact_decimals_for_unprovable_numbers():
-    feed = KrakenFeed.__new__(KrakenFeed)
-    feed.precision = {"X/USD": (2, 8)}
-    feed._texts = {}
-    seen = []
-    feed._spot_book = lambda kind, item, bids, asks: seen.append((kind, bids, asks))
+def test_book_parse_falls_back_to_exact_decimals_for_unprovable_numbers():
     raw = ('{"channel":"book","type":"update","data":[{"symbol":"X/USD","bids":[{"price":1.5,'
            '"qty":0.1234567891}],"asks":[],"checksum":1}]}')
-    feed._spot_books(raw, orjson.loads(raw))
-    (kind, bids, asks), = seen
+    kind, items = p.parse_book(raw, orjson.loads(raw), {"X/USD": (2, 8)}, {})
     # Exact path: the Decimal quantized to 8 places (ROUND_HALF_EVEN), float from the Decimal.
-    assert kind == "update" and asks == [] and bids == [(1.5, 0.1234567891, "15012345679")]
+    assert kind == "update" and items == [("X/USD", 1, [(1.5, 0.1234567891, "15012345679")], [])]
 
 
 def test_ticker():
