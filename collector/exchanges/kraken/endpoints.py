@@ -30,6 +30,10 @@ SPOT_PING_INTERVAL_S = 20.0
 # The ticker is subscribed with ``event_trigger: bbo``: it is pushed on every top-of-book change,
 # so bid/ask stay fresh between trades (the default, ``trades``, fires on trades only).
 SPOT_TICKER_TRIGGER = "bbo"
+# Subscribe parameters per spot channel (besides the symbols); books are subscribed once the
+# pairs' precisions (for the checksum) are known from the ``instrument`` channel.
+SPOT_PARAMS = {SPOT_TICKER: {"event_trigger": SPOT_TICKER_TRIGGER}, SPOT_TRADE: {"snapshot": False},
+               SPOT_OHLC: {"interval": SPOT_OHLC_INTERVAL_MIN}}
 # Partition streams are the data kinds (ownership unchanged since before the feed kit). The
 # ``ohlc`` channel updates on trades only: on a quiet pair it is as quiet as the trade channel.
 SPOT_CHANNELS = (Channel(SPOT_TICKER, "ticker"), Channel(SPOT_TRADE, "trades"),
