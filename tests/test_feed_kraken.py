@@ -272,6 +272,7 @@ async def test_drop_mid_stream_backfills_missed_trades_and_candles(mongo_db, fak
     # The production budget (about 1 call/s) would make this test slow, not different.
     monkeypatch.setattr(ep, "SPOT_REST_CALLS", 50.0)
     monkeypatch.setattr(ep, "FUT_REST_CALLS", 50.0)
+    fake.rest_limit = None      # ... and the fake's limit, which is Kraken's, would refuse it
     settings = settings_for(fake)
     await apply_indexes(mongo_db, settings.retention)
     async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
