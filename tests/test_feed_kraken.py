@@ -6,12 +6,14 @@ import asyncio
 import dataclasses
 import time
 
+import aiohttp
 import orjson
 import pytest
 
 from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken.feed import KrakenFeed
+from collector.rest import RateLimited
 from common import schema
 from common.indexes import apply_indexes
 from common.settings import KrakenSettings, Settings
@@ -443,3 +445,127 @@ def test_on_open_sends_exactly_the_partitions_subscriptions():
                 else:
                     sent |= {("perp", s, msg["feed"]) for s in msg.get("product_ids", [])}
         assert sent == want
+
+
+# ---- conformance (issue 11, docs/exchanges/kraken.md "Findings") ------------------------------
+async def _book_synced(feed: KrakenFeed, market: str, symbol: str) -> bool:
+    book = feed.books.get((market, symbol))
+    return book is not None and book.synced
+
+
+async def test_failed_unsubscribe_reply_keeps_the_symbol(mongo_db, fake):
+    """F1: a resync whose unsubscribe finds nothing (the server had dropped the book) gets
+    Kraken's ``{"error":"Subscription Not Found","method":"subscribe",...}``: the reply is
+    judged by its req_id (an unsubscribe), the book resyncs and BTC/USD stays available, also
+    across a reconnect."""
+    settings = settings_for(fake, perp_symbols=[])
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
+        await wait_for(lambda: _book_synced(feed, "spot", "BTC/USD"), timeout_s=10, what="book")
+        fake.forget_book_after_corrupt.add("BTC/USD")
+        fake.corrupt_next.add("BTC/USD")
+        await wait_for(lambda: _value(fake.book_subscribes["BTC/USD"] == 2), timeout_s=5,
+                       what="resubscribe")
+        await wait_for(lambda: _book_synced(feed, "spot", "BTC/USD"), timeout_s=5, what="resync")
+        assert fake.unsubscribe_failures == {"BTC/USD": 1}
+        assert fake.errors_sent[-1]["error"] == "Subscription Not Found"
+        assert feed.stats.unavailable_symbols == {}
+        assert feed.stats.errors == {}
+        await fake.drop_connections()
+        await wait_for(lambda: _value(fake.book_subscribes["BTC/USD"] == 3), timeout_s=5,
+                       what="BTC/USD subscribed again after the reconnect")
+
+
+async def test_futures_error_without_product_ids_marks_the_requested_product(mongo_db, fake):
+    """F3: the real ``{"event":"error","message":"Invalid product id"}`` names no product. With
+    the instrument list unreachable, the error is attributed to the request it answers: only
+    PF_NOPEUSD is marked, and the reconnect does not subscribe it again."""
+    fake.instruments_down = True
+    settings = settings_for(fake, spot_symbols=[], perp_symbols=["PF_NOPEUSD", "PF_XBTUSD"])
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
+        await wait_for(lambda: _value(bool(feed.stats.unavailable_symbols)), timeout_s=10,
+                       what="unknown product marked")
+        assert fake.errors_sent == [{"event": "error", "message": "Invalid product id"}] * 3
+        assert set(feed.stats.unavailable_symbols) == {"perp:PF_NOPEUSD"}
+        await wait_for(lambda: mongo_db[schema.MARKET_DATA].find_one({"symbol": "PF_XBTUSD"}),
+                       timeout_s=5, what="the valid product's data")
+        fake.requests.clear()
+        await fake.drop_connections()
+        await wait_for(lambda: _value(fake.perp_connects == 2 and len(fake.requests) >= 4),
+                       timeout_s=5, what="resubscribed")
+        assert {p for r in fake.requests for p in r.get("product_ids", [])} == {"PF_XBTUSD"}
+
+
+async def test_ticker_follows_top_of_book_between_trades(mongo_db, fake):
+    """F4: subscribed with ``event_trigger: bbo``, the ticker's bid/ask move with the book while
+    no trade happens (the default trigger sends nothing then)."""
+    fake.trades_paused = True
+    settings = settings_for(fake, spot_symbols=["BTC/USD"], perp_symbols=[])
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
+        def at_top_of_book():
+            ticker = feed.tickers.get(("spot", "BTC/USD"))
+            return _value(len(set(fake.tickers_sent)) >= 3 and ticker is not None and
+                          ("BTC/USD", ticker.bid, ticker.ask) == fake.tickers_sent[-1])
+        await wait_for(at_top_of_book, timeout_s=5, what="tickers following the top of book")
+        assert await mongo_db[schema.TRADES].count_documents({}) == 0
+        [request] = [r for r in fake.requests if r.get("params", {}).get("channel") == "ticker"]
+        assert request["params"]["event_trigger"] == "bbo"
+
+
+async def test_ohlc_backfill_beyond_the_720_row_window_is_partial(mongo_db, fake):
+    """F5: ``/0/public/OHLC`` returns only the newest rows (720; 3 here): a gap that starts
+    earlier is reported partial (False), one inside the window complete."""
+    fake.ohlc_max_rows = 3
+    settings = settings_for(fake, spot_symbols=["BTC/USD"], perp_symbols=[])
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
+        await wait_for(lambda: _value(len(fake.market.candles.get("BTC/USD", [])) >= 6),
+                       timeout_s=10, what="six candles on the server")
+        candles = fake.market.candles["BTC/USD"]
+        assert await feed.backfill_candles("spot", "BTC/USD", candles[0].begin) is False
+        recent = fake.market.candles["BTC/USD"][-2].begin
+        assert await feed.backfill_candles("spot", "BTC/USD", recent) is True
+
+
+@pytest.mark.parametrize("error", ["EAPI:Rate limit exceeded", "EGeneral:Too many requests",
+                                   (429, 7)])
+async def test_rest_rate_limit_answers_pause_rest(fake, error):
+    """F6: Kraken's HTTP-200 body rate-limit errors back off like a 429 (which honours
+    Retry-After): RateLimited is raised and every REST call of the budget waits."""
+    settings = settings_for(fake)
+    async with aiohttp.ClientSession() as session:
+        feed = KrakenFeed(settings.kraken,
+                          dataclasses.replace(offline_context(settings), session=session))
+        fake.rest_errors_next = [error]
+        before = time.monotonic()
+        with pytest.raises(RateLimited):
+            await feed.spot_rest.get(ep.SPOT_OHLC_REST, {"pair": "XBTUSD", "interval": 1})
+        pause = feed.spot_rest.budget.paused_until - before
+        assert pause == pytest.approx(7 if isinstance(error, tuple) else 30, abs=0.5)
+
+
+async def test_fake_rest_limit_is_kept_by_the_feed_budget(fake):
+    """The fake refuses bursts beyond Kraken's public limit; the feed's own budget (3 calls per
+    3 s) never reaches it."""
+    settings = settings_for(fake)
+    fake.rest_limit = (3.0, 1.0)
+    async with aiohttp.ClientSession() as session:
+        feed = KrakenFeed(settings.kraken,
+                          dataclasses.replace(offline_context(settings), session=session))
+        feed.spot_rest.budget.capacity = feed.spot_rest.budget.tokens = 3
+        for _ in range(5):
+            await feed.spot_rest.get(ep.SPOT_OHLC_REST, {"pair": "XBTUSD", "interval": 1})
+        assert fake.rate_errors == 0
+
+
+async def test_spot_pings_keep_the_connection_inside_the_idle_cut(mongo_db, fake):
+    """The fake closes a spot socket that sends nothing for ``idle_cut_s`` (Kraken: ~1 minute);
+    the feed's application ping (20 s in production) keeps it open."""
+    fake.idle_cut_s = 0.6
+    settings = settings_for(fake, perp_symbols=[])
+
+    def configure(feed):
+        fast_reconnects(feed)
+        with_connections(feed, lambda conn: setattr(conn, "heartbeat", dataclasses.replace(
+            conn.heartbeat, app_ping_interval_s=0.15)))
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", configure):
+        await wait_for(lambda: _value(fake.pings >= 10), timeout_s=5, what="pings")
+        assert fake.idle_cuts == 0 and fake.spot_connects == 1 and fake.rate_errors == 0

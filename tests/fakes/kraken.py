@@ -247,6 +247,7 @@ class FakeKraken:
         self.idle_cuts = 0
         self.unsubscribe_failures: Counter[str] = Counter()
         self.errors_sent: list[dict] = []
+        self.tickers_sent: list[tuple[str, float, float]] = []
         self.spot_connects = 0
         self.perp_connects = 0
         self.book_subscribes: Counter[str] = Counter()
@@ -365,6 +366,7 @@ class FakeKraken:
 
     def _ticker_message(self, symbol: str, now: datetime) -> str:
         bid, ask = self.best_bbo(symbol)
+        self.tickers_sent.append((symbol, bid, ask))
         trades = self.market.spot_trades.get(symbol)
         last = trades[-1].price if trades else bid
         return ('{"channel":"ticker","type":"update","data":[{"symbol":"%s","bid":%s,'
