@@ -28,13 +28,14 @@ $(VENV)/.installed: requirements.txt
 ## Set up and start MongoDB (embedded), the collector and the API under supervisord.
 run: install
 	@mkdir -p var logs
+	@ln -sfn logs/data_collection.log data_collection.log   # the runbook greps it here
 	@if [ -S var/supervisor.sock ] && $(CTL) status >/dev/null 2>&1; then \
 	  $(CTL) restart all; \
 	else \
 	  env $(RUN_ENV) $(VENV)/bin/supervisord -c supervisord.conf; \
 	fi
 	@sleep 4; $(CTL) status || true
-	@echo "API: http://127.0.0.1:5001/health   logs: logs/   stop: make stop"
+	@echo "Dashboard: http://127.0.0.1:5001/   API: http://127.0.0.1:5001/health   logs: logs/   stop: make stop"
 
 ## The same in the foreground (Ctrl-C stops everything).
 run-fg: install

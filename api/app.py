@@ -74,6 +74,8 @@ async def errors_middleware(request: web.Request, handler):
             raise
         response = json_response({"error": {"status": exc.status, "message": exc.reason}},
                                  status=exc.status)
+        if "Allow" in exc.headers:       # 405 must say which methods the resource has (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
     except PyMongoError as exc:
         log.error("request %s %s: database error: %r", request_id, request.rel_url.raw_path, exc)
         response = json_response({"error": {"status": 503, "message": "database unavailable"}},

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -11,10 +12,12 @@ from pymongo.errors import PyMongoError
 from api import analysis
 from api.json import json_response
 from api.keys import HUB, METRICS, QUERIES, SETTINGS, SPEC
+from api.metrics import gap_metrics
 from api.openapi import render_docs
-from api.params import EXCHANGES, MARKETS, BadRequest, NotFound, choice, filters, int_param, only
+from api.params import (EXCHANGES, MARKETS, TYPES, BadRequest, NotFound, check_symbol, choice,
+                        filters, int_param, only)
 from api.queries import Queries
-from api.status import book_state
+from api.status import book_state, exchange_status
 from common import schema
 from common.settings import Settings
 
@@ -52,7 +55,7 @@ async def gaps(request: web.Request) -> web.Response:
 
 
 def _exchange_param(request: web.Request) -> str:
-    exchange = request.match_info["exchange"].lower()
+    exchange = request.match_info["exchange"]
     if exchange not in EXCHANGES:
         raise BadRequest(f"exchange: must be one of {', '.join(EXCHANGES)}",
                          allowed=list(EXCHANGES))
@@ -91,16 +94,30 @@ async def realtime(request: web.Request) -> web.Response:
     return json_response({"data": await _realtime(request)})
 
 
+def by_type(grouped: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """symbol -> market -> type -> record, as type -> [records] (by symbol, then market), every
+    type present: the shape of the original runbook (``.data.market_data | length`` = streams)."""
+    out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in TYPES}
+    for symbol in sorted(grouped):
+        for market in sorted(grouped[symbol]):
+            for kind, doc in grouped[symbol][market].items():
+                out.setdefault(kind, []).append(doc)
+    return out
+
+
 async def realtime_exchange(request: web.Request) -> web.Response:
+    """``data``: type -> newest record per symbol and market; ``by_symbol``: the grouped view."""
     _no_params(request)
     exchange = _exchange_param(request)
-    return json_response({"data": (await _realtime(request, exchange)).get(exchange, {})})
+    grouped = (await _realtime(request, exchange)).get(exchange, {})
+    return json_response({"exchange": exchange, "data": by_type(grouped), "by_symbol": grouped})
 
 
 async def realtime_symbol(request: web.Request) -> web.Response:
     _no_params(request)
     exchange = _exchange_param(request)
-    symbols = await _queries(request).resolve_symbols(exchange, request.match_info["symbol"])
+    symbol = check_symbol("symbol", request.match_info["symbol"])
+    symbols = await _queries(request).resolve_symbols(exchange, symbol)
     grouped = (await _realtime(request, exchange, symbols)).get(exchange, {})
     return json_response({"exchange": exchange, "data": grouped})
 
@@ -197,10 +214,11 @@ async def orderbook(request: web.Request) -> web.Response:
     depth = int_param(request.query, "depth", 20, 1, 1000)
     exchange = _exchange_param(request)
     queries = _queries(request)
-    symbols = await queries.resolve_symbols(exchange, request.match_info["symbol"])
+    symbols = await queries.resolve_symbols(exchange,
+                                            check_symbol("symbol", request.match_info["symbol"]))
     docs = await queries.latest_of_type(schema.ORDER_BOOK, exchange, symbols)
     status_doc = await queries.status()
-    ex_status = ((status_doc or {}).get("exchanges") or {}).get(exchange, {})
+    ex_status = exchange_status(status_doc, exchange)
     stale_after = _settings(request).stale_after_s
     now = datetime.now(timezone.utc)
     books = []
@@ -246,6 +264,7 @@ async def metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
     try:
         m.update_collector(await _queries(request).status())
+        m.update_gaps(await gap_metrics(_queries(request).db))   # one scrape per ~15 s
     except PyMongoError:
         m.reported.set(0)
     m.ws_clients.set(len(request.app[HUB].clients))
@@ -262,8 +281,17 @@ async def docs(request: web.Request) -> web.Response:
     return web.Response(text=render_docs(request.app[SPEC]), content_type="text/html")
 
 
-async def ws(request: web.Request) -> web.StreamResponse:
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+async def dashboard(request: web.Request) -> web.Response:
     _no_params(request)
+    return web.FileResponse(STATIC_DIR / "dashboard.html",
+                            headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+async def ws(request: web.Request) -> web.StreamResponse:
+    only(request.query, {"api_key"})     # read by the security middleware
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise BadRequest("this endpoint speaks WebSocket (send Upgrade: websocket)")
     return await request.app[HUB].handle(request)

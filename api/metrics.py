@@ -3,11 +3,14 @@ counters read from its status document (exported as gauges)."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
+
+from common import schema
+from common.status import MergedStatus
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 EXCHANGE_FIELDS = ("messages", "reconnects", "gaps", "malformed", "resyncs")
@@ -44,6 +47,19 @@ class Metrics:
                                registry=r)
         self.reported = Gauge("cryptodata_collector_reported",
                               "1 if a collector status document exists", registry=r)
+        # What /health judges, as series an alert rule can watch (deploy/monitoring/).
+        self.stream_age = Gauge("cryptodata_collector_stream_age_seconds",
+                                "seconds since the newest record of a stream "
+                                "(collection:market:symbol)", ["exchange", "stream"], registry=r)
+        self.book_unsynced = Gauge("cryptodata_collector_book_unsynced_seconds",
+                                   "seconds a book has been out of the live state (0 = live)",
+                                   ["exchange", "book", "state"], registry=r)
+        self.gaps_open = Gauge("cryptodata_gaps_open",
+                               "gap-ledger entries not closed yet (exchange * = database)",
+                               ["exchange"], registry=r)
+        self.gaps_unfilled = Gauge("cryptodata_gaps_not_backfilled_24h",
+                                   "gaps of the last 24 h closed without their data fetched "
+                                   "again", ["exchange"], registry=r)
 
     def middleware(self):
         @web.middleware
@@ -66,7 +82,7 @@ class Metrics:
                     time.perf_counter() - started)
         return middleware
 
-    def update_collector(self, status_doc: dict | None) -> None:
+    def update_collector(self, status_doc: MergedStatus | None) -> None:
         """``status_doc``: the merged status (api.status.merge_status)."""
         if status_doc is None:
             self.reported.set(0)
@@ -95,8 +111,54 @@ class Metrics:
             for coll, count in (info.get("records") or {}).items():
                 if isinstance(count, (int, float)):
                     self.records.labels(name, coll).set(count)
+        self._update_streams(status_doc)
+
+    def _update_streams(self, status_doc: dict) -> None:
+        """Per-stream ages and per-book unsynced time; rebuilt each time so a stream or book
+        the collector no longer reports leaves no frozen series behind."""
+        now = datetime.now(timezone.utc)
+        self.stream_age.clear()
+        self.book_unsynced.clear()
+        for name, info in (status_doc.get("exchanges") or {}).items():
+            for coll, per_key in (info.get("last_record_at") or {}).items():
+                for key, at in (per_key or {}).items():
+                    if isinstance(at, datetime):
+                        self.stream_age.labels(name, f"{coll}:{key}").set(
+                            (now - at).total_seconds())
+            for book, state in (info.get("books") or {}).items():
+                if not isinstance(state, dict):
+                    continue
+                since = state.get("since")
+                live = state.get("state") == "live"
+                unsynced = 0.0 if live or not isinstance(since, datetime) else \
+                    (now - since).total_seconds()
+                self.book_unsynced.labels(name, book, str(state.get("state"))).set(unsynced)
+
+    def update_gaps(self, counts: dict[str, dict[str, int]]) -> None:
+        """``counts``: exchange -> {open, not_backfilled_24h} (gap_metrics)."""
+        self.gaps_open.clear()
+        self.gaps_unfilled.clear()
+        for name, row in counts.items():
+            self.gaps_open.labels(name).set(row["open"])
+            self.gaps_unfilled.labels(name).set(row["not_backfilled_24h"])
 
     def render(self) -> web.Response:
         resp = web.Response(body=generate_latest(self.registry))
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
+
+
+async def gap_metrics(db) -> dict[str, dict[str, int]]:
+    """exchange -> {open, not_backfilled_24h} from the gap ledger (an alert wants both: a gap
+    still open, and one that closed without its data being fetched again)."""
+    since = datetime.now(timezone.utc) - timedelta(days=1)
+    ended = {"$ne": [{"$ifNull": ["$end", None]}, None]}
+    rows = await db[schema.GAPS].aggregate([
+        {"$match": {"$or": [{"start": {"$gte": since}}, {"end": None}]}},
+        {"$group": {"_id": "$exchange",
+                    "open": {"$sum": {"$cond": [ended, 0, 1]}},
+                    "unfilled": {"$sum": {"$cond": [{"$and": [
+                        ended, {"$ne": ["$backfilled", True]}, {"$gte": ["$start", since]}]},
+                        1, 0]}}}}])
+    return {row["_id"]: {"open": row["open"], "not_backfilled_24h": row["unfilled"]}
+            async for row in rows}

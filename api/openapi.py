@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from api import stream
+from api.security import AUTH_EXEMPT
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -15,35 +16,50 @@ def openapi_path(path: str) -> str:
     return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
 
 
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ERROR}}}
+
+
 def build_spec(routes, auth: bool) -> dict[str, Any]:
+    """Every answer a route can give is declared: 400 (bad parameter), 404 (unknown symbol or
+    path), 405 (with ``Allow``), 429, 500, 503 (database unreachable), 401 where a key applies.
+    ``/ws`` is left out: OpenAPI 3.0 cannot describe a WebSocket (its protocol is in /docs)."""
     paths: dict[str, Any] = {}
+    used_ids: set[str] = set()
     for r in routes:
+        if r.path == "/ws":
+            continue
+        # operationId must be unique; a handler serving two paths gets the path in the second.
+        op_id = r.handler.__name__
+        if op_id in used_ids:
+            op_id = f"{op_id}_{re.sub(r'[^A-Za-z0-9]+', '_', r.path).strip('_') or 'root'}"
+        used_ids.add(op_id)
         responses: dict[str, Any] = {
             "200": {"description": "OK", "content": {r.content_type: {"schema": {
                 "type": "object"} if r.content_type == "application/json" else {
                 "type": "string"}}}},
-            "400": {"description": "bad parameter",
-                    "content": {"application/json": {"schema": ERROR}}},
-            "429": {"description": "rate limited (see Retry-After)",
-                    "content": {"application/json": {"schema": ERROR}}},
+            "400": _error("bad parameter"),
+            "404": _error("unknown symbol (body lists the known ones) or path"),
+            "405": {**_error("method not allowed"), "headers": {"Allow": {
+                "description": "the methods this path answers", "schema": {"type": "string"}}}},
+            "429": _error("rate limited (see Retry-After)"),
+            "500": _error("internal error (body has the request id)"),
+            "503": _error("database unavailable"),
         }
-        if r.path == "/ws":
-            responses["101"] = {"description": "WebSocket upgrade"}
-        if any(p["in"] == "path" for p in r.params) or any(p["name"] == "symbol"
-                                                           for p in r.params):
-            responses["404"] = {"description": "unknown symbol (body lists the known ones)",
-                                "content": {"application/json": {"schema": ERROR}}}
-        op: dict[str, Any] = {"summary": r.summary, "operationId": r.handler.__name__,
+        op: dict[str, Any] = {"summary": r.summary, "operationId": op_id,
                               "tags": [r.tag], "parameters": r.params, "responses": responses}
-        if r.path not in ("/health", "/docs", "/openapi.json"):
-            responses["401"] = {"description": "missing or invalid X-API-Key (when auth is on)",
-                                "content": {"application/json": {"schema": ERROR}}}
+        if auth:
+            if r.path in AUTH_EXEMPT:
+                op["security"] = []         # answered without a key
+            else:
+                responses["401"] = _error("missing or invalid X-API-Key")
         paths.setdefault(openapi_path(r.path), {})[r.method.lower()] = op
     spec: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {"title": "cryptodata API", "version": "1.0.0",
                  "description": "Normalized market data (binance, bybit, kraken, gateio, okx). "
-                                "History endpoints return newest first with a `next` cursor."},
+                                "History endpoints return newest first with a `next` cursor. "
+                                "Live stream: WebSocket at /ws (protocol in /docs)."},
         "paths": paths,
         "components": {
             "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {
@@ -83,7 +99,7 @@ def render_docs(spec: dict[str, Any]) -> str:
                 out.append("</table>")
             codes = ", ".join(sorted(op["responses"]))
             out.append(f"<p>Responses: {e(codes)}</p>")
-            if path == "/ws":
-                out.append(f"<pre>{e(stream.__doc__ or '')}</pre>")
+    out.append("<h2><code>GET /ws</code> (WebSocket)</h2><p>Live stream of stored records.</p>"
+               f"<pre>{e(stream.__doc__ or '')}</pre>")
     out.append("</body></html>")
     return "".join(out)

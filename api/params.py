@@ -2,14 +2,11 @@
 never a client-supplied document or operator. Errors are ``BadRequest`` (400, JSON body)."""
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
-import orjson
 from bson import ObjectId
 
 from aiohttp import web
@@ -19,8 +16,6 @@ MARKETS = ("spot", "perp")
 INTERVALS = ("1m",)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-# Longest since..until window one request may scan; longer ranges are walked with ``cursor``.
-MAX_RANGE = timedelta(days=31)
 TYPES = ("market_data", "order_book", "trades", "ohlcv", "funding_rates", "open_interest",
          "volume_liquidity")
 
@@ -52,22 +47,39 @@ class NotFound(ApiError):
     status = 404
 
 
+# The exact grammar the server accepts for since/until, published as the OpenAPI ``pattern``
+# (so a schema-valid value is never refused and everything else is): epoch milliseconds (1 to 13
+# digits, 1970-2286) or an ISO 8601 date, optionally with a time (minutes, seconds, up to 6
+# decimals) and ``Z`` or a +hh:mm offset; years 1970-2999, days valid for their month, leap
+# years included, so every match is a real instant.
+_LEAP = r"(19(7[26]|8[048]|9[26])|2[0-9](0[48]|[2468][048]|[13579][26])|2000|2400)"
+_YEAR = r"(19[7-9][0-9]|2[0-9]{3})"
+_DATE = (rf"({_YEAR}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)"
+         rf"|(0[13578]|1[02])-31)|{_LEAP}-02-29)")
+_TIME = (r"T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+         r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?")
+TIME_PATTERN = rf"^([0-9]{{1,13}}|{_DATE}({_TIME})?)$"
+_TIME_RE = re.compile(TIME_PATTERN)
+# Symbols: 1 to 40 printable ASCII characters (every exchange's symbols are ASCII).
+SYMBOL_PATTERN = r"^[ -~]{1,40}$"
+_SYMBOL_RE = re.compile(SYMBOL_PATTERN)
+
+
 def parse_time(name: str, value: str) -> datetime:
-    """ISO 8601 (``2026-01-01T00:00:00Z``) or epoch milliseconds."""
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        ms = ascii_int(text)
-        try:
-            if ms is not None:
-                return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-        except (OverflowError, OSError, ValueError):
-            pass
-        raise BadRequest(f"{name}: epoch milliseconds out of range")
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise BadRequest(f"{name}: expected ISO 8601 or epoch milliseconds, got {value!r}") from exc
+    """``TIME_PATTERN``: ISO 8601 (``2026-01-01T00:00:00Z``) or epoch milliseconds."""
+    if not _TIME_RE.fullmatch(value):
+        raise BadRequest(f"{name}: expected ISO 8601 (2026-01-01T00:00:00Z; years 1970-2999) "
+                         f"or epoch milliseconds (up to 13 digits), got {value[:64]!r}")
+    if value.isdigit():
+        return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def check_symbol(name: str, value: str) -> str:
+    if not _SYMBOL_RE.fullmatch(value):
+        raise BadRequest(f"{name}: 1 to 40 printable ASCII characters")
+    return value
 
 
 def _single(query, name: str) -> str | None:
@@ -78,10 +90,10 @@ def _single(query, name: str) -> str | None:
 
 
 def choice(query, name: str, allowed: tuple[str, ...]) -> str | None:
+    """Exactly one of ``allowed`` (case-sensitive, as the OpenAPI enum says), or absent."""
     value = _single(query, name)
-    if value is None or value == "":
+    if value is None:
         return None
-    value = value.lower()
     if value not in allowed:
         raise BadRequest(f"{name}: must be one of {', '.join(allowed)}", allowed=list(allowed))
     return value
@@ -100,34 +112,32 @@ class Filters:
     cursor: tuple[datetime, Any] | None = None
 
 
+# The cursor is ``<epoch_ms>.<kind><id>`` (kind o: ObjectId hex, i: integer, s: ASCII string):
+# readable, and a grammar the OpenAPI ``pattern`` states exactly, so every well-formed cursor is a
+# valid position (possibly past the end: an empty page) and nothing else is accepted. String ids
+# are the gap ledger's ASCII keys (``exchange:market:symbol:stream:ms``); records use ObjectIds.
+CURSOR_PATTERN = r"^[0-9]{1,13}\.(o[0-9a-f]{24}|i-?[0-9]{1,18}|s[ -~]{1,200})$"
+_CURSOR_RE = re.compile(CURSOR_PATTERN)
+
+
 def encode_cursor(ts: datetime, _id: Any) -> str:
-    """Opaque cursor: urlsafe base64 of ``[epoch_ms, id_kind, id]``."""
+    ms = int(ts.timestamp() * 1000)
     if isinstance(_id, ObjectId):
-        ident = ["o", str(_id)]
-    elif isinstance(_id, int):
-        ident = ["i", _id]
-    else:
-        ident = ["s", str(_id)]
-    raw = orjson.dumps([int(ts.timestamp() * 1000), *ident])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return f"{ms}.o{_id}"
+    if isinstance(_id, int) and not isinstance(_id, bool):
+        return f"{ms}.i{_id}"
+    return f"{ms}.s{_id}"
 
 
 def decode_cursor(text: str) -> tuple[datetime, Any]:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        ms, kind, ident = orjson.loads(raw)
-        ts = datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
-        if kind == "o":
-            return ts, ObjectId(str(ident))
-        if kind == "i" and isinstance(ident, int) and not isinstance(ident, bool):
-            return ts, ident
-        if kind == "s" and isinstance(ident, str):
-            return ts, ident
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError, OverflowError, OSError):
-        pass
-    except Exception:   # noqa: BLE001  (bson.errors.InvalidId and friends)
-        pass
-    raise BadRequest("cursor: invalid; pass the 'next' value of the previous page unchanged")
+    if not _CURSOR_RE.fullmatch(text):
+        raise BadRequest("cursor: invalid; pass the 'next' value of the previous page unchanged")
+    ms, _, ident = text.partition(".")
+    ts = datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
+    kind, value = ident[0], ident[1:]
+    if kind == "o":
+        return ts, ObjectId(value)
+    return ts, (int(value) if kind == "i" else value)
 
 
 def filters(request: web.Request, *, interval: bool = False) -> Filters:
@@ -147,23 +157,17 @@ def filters(request: web.Request, *, interval: bool = False) -> Filters:
         if not 1 <= limit <= MAX_LIMIT:
             raise BadRequest(f"limit: must be between 1 and {MAX_LIMIT}")
     since_text, until_text = _single(query, "since"), _single(query, "until")
-    since = parse_time("since", since_text) if since_text else None
-    until = parse_time("until", until_text) if until_text else None
-    if since and until and since > until:
-        raise BadRequest("since must not be after until")
+    since = parse_time("since", since_text) if since_text is not None else None
+    until = parse_time("until", until_text) if until_text is not None else None
+    # since > until is an empty range: an empty page, not an error.
     cursor_text = _single(query, "cursor")
-    cursor = decode_cursor(cursor_text) if cursor_text else None
-    if since and cursor is None:
-        end = until or datetime.now(timezone.utc)
-        if end - since > MAX_RANGE:
-            raise BadRequest(f"since..until spans more than {MAX_RANGE.days} days; narrow it "
-                             "or page through it with 'cursor'")
+    cursor = decode_cursor(cursor_text) if cursor_text is not None else None
     symbol = _single(query, "symbol")
-    if symbol is not None and not (0 < len(symbol) <= 40 and symbol.isprintable()):
-        raise BadRequest("symbol: 1 to 40 printable characters")
+    if symbol is not None:
+        check_symbol("symbol", symbol)
     return Filters(
         exchange=choice(query, "exchange", EXCHANGES),
-        symbol=symbol or None,
+        symbol=symbol,
         market=choice(query, "market", MARKETS),
         limit=limit, since=since, until=until,
         interval=(choice(query, "interval", INTERVALS) or "1m") if interval else None,
@@ -173,7 +177,7 @@ def filters(request: web.Request, *, interval: bool = False) -> Filters:
 
 def int_param(query, name: str, default: int, low: int, high: int) -> int:
     text = _single(query, name)
-    if text is None or text == "":
+    if text is None:
         return default
     value = ascii_int(text)
     if value is None or not low <= value <= high:
@@ -199,17 +203,20 @@ def path_param(name: str, schema: dict, description: str) -> dict:
 
 
 P_EXCHANGE = query_param("exchange", {"type": "string", "enum": list(EXCHANGES)}, "exchange id")
-P_SYMBOL = query_param("symbol", {"type": "string", "minLength": 1, "maxLength": 40},
+P_SYMBOL = query_param("symbol", {"type": "string", "pattern": SYMBOL_PATTERN},
               "native (BTC-USDT) or any spelling (btcusdt, BTC/USDT); unknown -> 404")
 P_MARKET = query_param("market", {"type": "string", "enum": list(MARKETS)}, "spot or perp")
 P_LIMIT = query_param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
                        "default": DEFAULT_LIMIT}, "rows per page")
-P_SINCE = query_param("since", {"type": "string"}, "ISO 8601 or epoch ms, inclusive")
-P_UNTIL = query_param("until", {"type": "string"}, "ISO 8601 or epoch ms, inclusive")
-P_CURSOR = query_param("cursor", {"type": "string"}, "the 'next' value of the previous page")
+P_SINCE = query_param("since", {"type": "string", "pattern": TIME_PATTERN},
+                      "ISO 8601 or epoch ms, inclusive; since > until is an empty range")
+P_UNTIL = query_param("until", {"type": "string", "pattern": TIME_PATTERN},
+                      "ISO 8601 or epoch ms, inclusive")
+P_CURSOR = query_param("cursor", {"type": "string", "pattern": CURSOR_PATTERN},
+                       "the 'next' value of the previous page, unchanged")
 P_INTERVAL = query_param("interval", {"type": "string", "enum": list(INTERVALS)}, "candle interval")
 HISTORY_PARAMS = [P_EXCHANGE, P_SYMBOL, P_MARKET, P_LIMIT, P_SINCE, P_UNTIL, P_CURSOR]
 PATH_EXCHANGE = {**path_param("exchange", {"type": "string", "enum": list(EXCHANGES)}, "exchange id"),
                  "example": "binance"}
-PATH_SYMBOL = {**path_param("symbol", {"type": "string", "minLength": 1, "maxLength": 40},
+PATH_SYMBOL = {**path_param("symbol", {"type": "string", "pattern": SYMBOL_PATTERN},
                     "symbol, any spelling"), "example": "BTCUSDT"}

@@ -4,13 +4,14 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, cast
 
 from pymongo import DESCENDING
 
 from api.params import EXCHANGES, Filters, NotFound, encode_cursor
 from api.status import is_collector_status, merge_status
 from common import schema
+from common.status import CollectorStatus, MergedStatus
 from common.symbols import symbol_key
 
 NO_ID = {"_id": 0}
@@ -208,16 +209,16 @@ class Queries:
                 if (not exchange or d.get("exchange") == exchange)
                 and (not wanted or d.get("symbol") in wanted)]
 
-    async def status_docs(self) -> list[dict[str, Any]]:
+    async def status_docs(self) -> list[CollectorStatus]:
         """Every collector process's status document: ``collector`` (one process) or
         ``collector-<i>-of-<N>`` (partitions)."""
         docs = await self.db[schema.STATUS].find(
             {"$or": [{"_id": "collector"}, {"_id": {"$regex": "^collector-"}}]}).to_list(1000)
-        return [d for d in docs if is_collector_status(d.get("_id"))]
+        return [cast(CollectorStatus, d) for d in docs if is_collector_status(d.get("_id"))]
 
-    async def status(self) -> dict[str, Any] | None:
+    async def status(self) -> MergedStatus | None:
         """The collector status merged over its processes (api.status.merge_status)."""
         return merge_status(await self.status_docs())
 
-    async def status_cached(self) -> dict[str, Any] | None:
+    async def status_cached(self) -> MergedStatus | None:
         return await self._status.get()

@@ -28,6 +28,11 @@ P_DEPTH = query_param("depth", {"type": "integer", "minimum": 1, "maximum": 1000
              "levels per side")
 
 ROUTES = [
+    Route("GET", "/", handlers.dashboard, "Live dashboard (HTML; the same as /dashboard)",
+          tag="ui", content_type="text/html"),
+    Route("GET", "/dashboard", handlers.dashboard,
+          "Live dashboard: prices, spreads, book state, freshness, gaps, charts", tag="ui",
+          content_type="text/html"),
     Route("GET", "/health", handlers.health, "Database, collector heartbeat and stream freshness",
           tag="ops"),
     Route("GET", "/metrics", handlers.metrics, "Prometheus metrics (API + collector counters)",
@@ -73,3 +78,5 @@ ROUTES = [
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
+    # The dashboard's script, style and vendored chart library (no CDN: works offline).
+    app.router.add_static("/static/", handlers.STATIC_DIR)

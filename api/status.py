@@ -9,7 +9,9 @@ united (a book belongs to one partition); the heartbeat is the oldest running pr
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
+
+from common.status import BookState, CollectorStatus, MergedStatus, ProcessSummary
 
 COLLECTOR_ID = "collector"
 PARTITION_PREFIX = "collector-"
@@ -84,7 +86,7 @@ def _merge_writer(writers: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def merge_status(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
+def merge_status(docs: list[CollectorStatus]) -> MergedStatus | None:
     """One status view over every collector process; ``processes`` lists each one."""
     docs = [d for d in docs if isinstance(d.get("updated_at"), datetime)]
     if not docs:
@@ -96,24 +98,33 @@ def merge_status(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
     for doc in docs:
         for name, info in (doc.get("exchanges") or {}).items():
             if isinstance(info, dict):
-                _merge_exchange(exchanges.setdefault(name, {}), info, str(doc["_id"]), several)
-    return {
+                _merge_exchange(exchanges.setdefault(name, {}), dict(info), str(doc["_id"]),
+                                several)
+    return MergedStatus(
         # The oldest heartbeat among running processes: one stuck partition shows.
-        "updated_at": min(d["updated_at"] for d in (running or docs)),
-        "running": bool(running),
-        "writer": _merge_writer([d["writer"] for d in docs if isinstance(d.get("writer"), dict)]),
-        "exchanges": exchanges,
-        "processes": [{"id": d["_id"], "updated_at": d["updated_at"],
-                       "running": d.get("running", True), "host": d.get("host"),
-                       "pid": d.get("pid"), "started_at": d.get("started_at"),
-                       "writer": d.get("writer", {})}
-                      for d in sorted(docs, key=lambda d: str(d["_id"]))],
-    }
+        updated_at=min(d["updated_at"] for d in (running or docs)),
+        running=bool(running),
+        writer=_merge_writer([dict(d["writer"]) for d in docs
+                              if isinstance(d.get("writer"), dict)]),
+        exchanges=exchanges,
+        processes=[ProcessSummary(id=d["_id"], updated_at=d["updated_at"],
+                                  running=d.get("running", True), host=d.get("host"),
+                                  pid=d.get("pid"), started_at=d.get("started_at"),
+                                  writer=d.get("writer", {}))
+                   for d in sorted(docs, key=lambda d: str(d["_id"]))],
+    )
 
 
-def book_state(status: dict[str, Any] | None, exchange: str, market: str,
-               symbol: str) -> dict[str, Any] | None:
+def book_state(status: MergedStatus | None, exchange: str, market: str,
+               symbol: str) -> BookState | None:
     """The collector's sync state of one book (``{"state", "since", "update_id"}``), if reported."""
-    books = (((status or {}).get("exchanges") or {}).get(exchange) or {}).get("books") or {}
+    books = exchange_status(status, exchange).get("books") or {}
     book = books.get(f"{market}:{symbol}")
-    return book if isinstance(book, dict) else None
+    return cast(BookState, book) if isinstance(book, dict) else None
+
+
+def exchange_status(status: MergedStatus | None, exchange: str) -> dict[str, Any]:
+    """One exchange's merged counters and state (empty when the collector reported none)."""
+    if status is None:
+        return {}
+    return status["exchanges"].get(exchange) or {}

@@ -27,6 +27,7 @@ from common.db import get_database, make_client
 from common.indexes import ensure_indexes
 from common.sentry import init_sentry
 from common.settings import Settings
+from common.status import CollectorStatus
 
 log = logging.getLogger("collector")
 
@@ -158,16 +159,9 @@ class Collector:
         log.info("stopped; %d documents stored in total", self.writer.stored)
         await self.client.close()
 
-    def status_doc(self) -> dict[str, Any]:
-        exchanges = {}
-        for feed in self.feeds:
-            doc = self.stats.exchange(feed.name).as_doc()
-            doc["connections"] = feed.connection_status()
-            doc["books"] = feed.book_states()
-            doc["last_record_at"] = {
-                coll: {k: schema.s_to_dt(v) for k, v in per.items()}
-                for coll, per in self.stats.exchange(feed.name).last_record_at.items()}
-            exchanges[feed.name] = doc
+    def status_doc(self, running: bool = True) -> CollectorStatus:
+        exchanges = {feed.name: self.stats.exchange(feed.name).as_doc(
+            feed.connection_status(), feed.book_states()) for feed in self.feeds}
         writer = self.writer
         return {
             "_id": self.status_id, "partition": self.settings.partition or None,
@@ -181,11 +175,11 @@ class Collector:
                        "spool": writer.spool_status()},
             "gaps": self.gaps.status(),
             "exchanges": exchanges,
+            "running": running,
         }
 
     async def _write_status(self, final: bool = False) -> None:
-        doc = self.status_doc()
-        doc["running"] = not final
+        doc = self.status_doc(running=not final)
         try:
             await self.db[schema.STATUS].replace_one({"_id": self.status_id}, doc, upsert=True)
         except PyMongoError as exc:

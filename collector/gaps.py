@@ -27,6 +27,7 @@ from typing import Any
 
 from common import schema
 from common.schema import now_utc
+from common.status import GapCounters
 
 log = logging.getLogger(__name__)
 
@@ -144,5 +145,5 @@ class GapLedger:
         spool = getattr(self.writer, "spool", None)
         return getattr(self.writer, "dropped", 0) + (spool.dropped if spool is not None else 0)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GapCounters:
         return {"open": len(self.open_gaps), "opened": self.opened, "closed": self.closed}

@@ -15,6 +15,7 @@ order: unsubscribe, then subscribe, in one coroutine so they cannot be reordered
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Awaitable, Callable, Generic, Hashable, TypeVar
@@ -48,7 +49,7 @@ class ResubscribeScheduler(Generic[K]):
         self._done[key] = asyncio.Event()
         task = asyncio.get_running_loop().create_task(self._run(key))
         self._tasks[key] = task
-        task.add_done_callback(lambda t, k=key: self._tasks.get(k) is t and self._forget(k))
+        task.add_done_callback(functools.partial(self._forget_if, key))
 
     def done(self, key: K) -> None:
         """The fresh snapshot for ``key`` arrived: the resync is complete."""
@@ -60,6 +61,10 @@ class ResubscribeScheduler(Generic[K]):
         """Drop pending resyncs (e.g. the connection went away: reconnecting resubscribes all)."""
         for key in [k for k in self._tasks if predicate(k)]:
             self._tasks[key].cancel()
+            self._forget(key)
+
+    def _forget_if(self, key: K, task: asyncio.Task) -> None:
+        if self._tasks.get(key) is task:
             self._forget(key)
 
     def _forget(self, key: K) -> None:

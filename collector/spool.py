@@ -35,6 +35,7 @@ from bson.codec_options import CodecOptions
 from bson.errors import InvalidBSON
 
 from datetime import timezone
+from common.status import SpoolStatus
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Spool:
     def __bool__(self) -> bool:
         return self.records > 0
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> SpoolStatus:
         return {"records": self.records, "bytes": self.bytes, "segments": len(self._segments),
                 "max_bytes": self.max_bytes, "policy": self.policy, "dropped": self.dropped,
                 "rejected": self.rejected, "spooled": self.spooled, "replayed": self.replayed}

@@ -7,6 +7,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.schema import s_to_dt
+from common.status import BookState, ConnectionStatus, ExchangeStatus
+
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +27,6 @@ class ExchangeStats:
     last_record_at: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
     unavailable_symbols: dict[str, str] = field(default_factory=dict)   # symbol -> reason
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # message -> count
-    connections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def error_once(self, exchange: str, message: str) -> None:
         """Count an exchange-reported error; log only its first occurrence."""
@@ -33,7 +35,8 @@ class ExchangeStats:
             log.error("%s: %s", exchange, key)
         self.errors[key] += 1
 
-    def as_doc(self) -> dict[str, Any]:
+    def as_doc(self, connections: dict[str, ConnectionStatus],
+               books: dict[str, BookState]) -> ExchangeStatus:
         return {
             "messages": self.messages,
             "malformed": self.malformed,
@@ -45,7 +48,10 @@ class ExchangeStats:
             "records": dict(self.records),
             "unavailable_symbols": dict(self.unavailable_symbols),
             "errors": dict(self.errors),
-            "connections": self.connections,
+            "connections": connections,
+            "books": books,
+            "last_record_at": {coll: {k: s_to_dt(v) for k, v in per.items()}
+                               for coll, per in self.last_record_at.items()},
         }
 
 

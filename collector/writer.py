@@ -27,6 +27,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from common import schema
 from common.schema import Record, latest_id
+from common.status import SpoolStatus
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ class Writer:
             except Exception:  # noqa: BLE001 - a listener bug must not stop the writer
                 log.exception("outage listener failed")
 
-    def spool_status(self) -> dict[str, Any] | None:
+    def spool_status(self) -> SpoolStatus | None:
         return None if self.spool is None else self.spool.status()
 
     def _unavailable(self, exc: Exception) -> None:

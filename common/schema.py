@@ -206,7 +206,9 @@ class Candle(Record):
     """OHLCV candle (``ohlcv``). ``ts`` is the candle open time; upserted until ``closed``.
 
     ``volume`` in base units, ``quote_volume`` in quote units, ``trades`` the trade count when
-    the exchange gives one.
+    the exchange gives one. ``source`` is ``exchange`` (the exchange's own candles) or
+    ``trades`` (built by the collector from the stored trades where the exchange serves no
+    candles for that market).
     """
 
     collection: ClassVar[str] = OHLCV
@@ -221,6 +223,7 @@ class Candle(Record):
     quote_volume: float | None = None
     trades: int | None = None
     closed: bool = False
+    source: str = "exchange"
 
 
 @dataclass(slots=True)

@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     batch_size: int = 500
     flush_interval_s: float = 0.25
     queue_max: int = 200_000
-    # Disk spool for MongoDB outages (README "Reliability"): directory, size limit and what
+    # Disk spool for MongoDB outages (docs/reliability.md): directory, size limit and what
     # happens when it is full: "drop_oldest" (default) or "reject" (keep in memory up to
     # queue_max, then drop new documents).
     spool_dir: str = "var/spool"

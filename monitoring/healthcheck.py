@@ -28,7 +28,10 @@ import urllib.error
 import urllib.request
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sentry_sdk._types import MonitorConfig
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -205,7 +208,7 @@ def report_sentry(checks: list[Check], status: int, duration: float, check_in_id
     sentry_sdk.flush(timeout=10)
 
 
-def monitor_config(schedule: str) -> dict[str, Any]:
+def monitor_config(schedule: str) -> MonitorConfig:
     return {"schedule": {"type": "crontab", "value": schedule}, "checkin_margin": 2,
             "max_runtime": 2, "timezone": "UTC"}
 

@@ -66,7 +66,11 @@ async def test_realtime_views(api):
     assert body["data"]["BTCUSDT"]["spot"]["trades"]["stale"] is False
     everything = await (await client.get("/realtime")).json()
     assert set(everything["data"]) == {"binance", "okx"}
-    assert set((await (await client.get("/realtime/okx")).json())["data"]) == {"BTC-USDT"}
+    okx = await (await client.get("/realtime/okx")).json()
+    # The runbook's shape: data -> type -> records; the grouped view is by_symbol.
+    assert [(r["symbol"], r["market"], r["price"]) for r in okx["data"]["trades"]] == [
+        ("BTC-USDT", "spot", 229.0)]
+    assert okx["data"]["market_data"] == [] and set(okx["by_symbol"]) == {"BTC-USDT"}
     resp = await client.get("/realtime/binance/NOPE")
     assert resp.status == 404
     err = await resp.json()
@@ -86,7 +90,9 @@ async def test_ohlcv_exchanges_symbols(api):
 @pytest.mark.parametrize("path,params", [
     ("/trades", {"limit": "0"}), ("/trades", {"limit": "1001"}), ("/trades", {"limit": "ten"}),
     ("/trades", {"since": "yesterday"}), ("/trades", {"exchange": "ftx"}),
-    ("/trades", {"symbol[$ne]": "x"}), ("/trades", {"since": "2026-01-02", "until": "2026-01-01"}),
+    ("/trades", {"symbol[$ne]": "x"}), ("/trades", {"since": "2026-02-30"}),
+    ("/trades", {"exchange": ""}), ("/trades", {"exchange": "Binance"}), ("/realtime/OKX", {}),
+    ("/trades", {"symbol": "BTC\u00e9"}), ("/trades", {"cursor": "1.x"}),
     ("/ohlcv", {"interval": "7m"}), ("/realtime/ftx", {}),
     # Not ASCII digits, or too many of them: a 400, never int() blowing up into a 500.
     ("/trades", {"limit": "²"}), ("/trades", {"limit": "١٠"}),

@@ -21,6 +21,7 @@ from datetime import timedelta
 
 import orjson
 import pytest
+from yarl import URL
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from bson import ObjectId
@@ -167,16 +168,16 @@ async def test_cursor_pages_walk_every_row_once_with_ties(client):
     assert pages == 5
 
 
-async def test_time_range_limit_unless_cursor(client):
+async def test_any_time_range_is_a_page_and_an_inverted_one_is_empty(client):
+    """The contract (OpenAPI pattern) has no cross-parameter rule: a 40-day range answers like
+    any other (newest first, ``limit`` rows), since > until is an empty range, not an error."""
     old = (now_utc() - timedelta(days=40)).isoformat()
-    resp = await client.get("/trades", params={"since": old})
-    assert resp.status == 400 and "31 days" in (await resp.json())["error"]["message"]
-    first = await (await client.get("/trades", params={"limit": "2"})).json()
-    resp = await client.get("/trades", params={"since": old, "limit": "2",
-                                               "cursor": first["next"]})
-    assert resp.status == 200 and (await resp.json())["count"] == 2
-    ok = await client.get("/trades", params={"since": (now_utc() - timedelta(days=30)).isoformat()})
-    assert ok.status == 200
+    newest = await (await client.get("/trades", params={"limit": "2"})).json()
+    ranged = await client.get("/trades", params={"since": old, "limit": "2"})
+    assert ranged.status == 200 and (await ranged.json())["data"] == newest["data"]
+    inverted = await client.get("/trades", params={"since": "2026-01-02", "until": "2026-01-01"})
+    assert inverted.status == 200
+    assert await inverted.json() == {"data": [], "count": 0, "next": None}
 
 
 async def test_orderbook_top_n_with_update_id_and_sync(client):
@@ -230,6 +231,26 @@ async def test_auth_on_requires_a_valid_key_except_health(make_client):
     assert (await client.get("/trades", headers={"X-API-Key": "k-123"})).status == 200
     assert (await client.get("/health")).status == 200
     assert (await client.get("/metrics")).status == 401
+
+
+async def test_ws_takes_the_key_as_api_key_query_and_only_ws(make_client):
+    """Browsers cannot send headers on a WebSocket: /ws (only) accepts ?api_key=; the page and
+    its static files need no key."""
+    client = await make_client(api_auth="on", api_keys=["k-123"])
+    ws = await client.ws_connect("/ws?api_key=k-123")
+    await ws.send_json({"op": "ping"})
+    assert await ws.receive_json() == {"op": "pong"}
+    await ws.close()
+    resp = await client.get("/ws?api_key=wrong", headers={"Upgrade": "websocket"})
+    assert resp.status == 401
+    assert (await client.get("/trades?api_key=k-123")).status == 401
+    for path in ("/", "/dashboard", "/static/dashboard.js",
+                 "/static/vendor/lightweight-charts-4.2.3/LICENSE"):
+        assert (await client.get(path)).status == 200, path
+    # Nothing outside api/static/ is served, key or not.
+    for path in ("/static/..%2fkeys.py", "/static/%2e%2e/keys.py"):
+        resp = await client.get(URL(path, encoded=True), headers={"X-API-Key": "k-123"})
+        assert resp.status in (403, 404), (path, resp.status)
 
 
 async def test_auth_auto_off_on_loopback_on_elsewhere(make_client):
@@ -333,11 +354,16 @@ async def test_openapi_matches_the_route_table_and_docs_render(client):
     spec = await (await client.get("/openapi.json")).json()
     table = {(r.method.lower(), openapi_path(r.path)) for r in ROUTES}
     documented = {(m, p) for p, ops in spec["paths"].items() for m in ops}
-    assert table == documented
+    # /ws is a WebSocket, which OpenAPI 3.0 cannot describe: /docs has its protocol.
+    assert table - {("get", "/ws")} == documented
     registered = {(r.method.lower(), openapi_path(r.resource.canonical))
-                  for r in client.app.router.routes() if r.method != "HEAD"}
+                  for r in client.app.router.routes()
+                  if r.method != "HEAD" and not r.resource.canonical.startswith("/static")}
     assert registered == table
     assert spec["openapi"].startswith("3.")
+    ids = [op["operationId"] for ops in spec["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))              # / and /dashboard share a handler
+    assert spec["paths"]["/trades"]["get"]["responses"]["405"]["headers"]["Allow"]
     html = await (await client.get("/docs")).text()
     assert "<script" not in html and "https://" not in html and "http://" not in html  # no CDN
     for _, path in table:
@@ -557,12 +583,13 @@ def _valid_values() -> dict[str, str]:
 async def test_route_accepts_exactly_its_openapi_parameters(client, route):
     path = CONCRETE.get(route.path, route.path)
     spec = await (await client.get("/openapi.json")).json()
-    documented = spec["paths"][openapi_path(route.path)]["get"]["parameters"]
+    documented = [] if route.path == "/ws" else \
+        spec["paths"][openapi_path(route.path)]["get"]["parameters"]
     query = {p["name"]: _valid_values()[p["name"]] for p in documented if p["in"] == "query"}
     # Every parameter some other route takes, and one nobody takes: a 400 here.
     others = {p["name"] for ops in spec["paths"].values() for op in ops.values()
               for p in op["parameters"] if p["in"] == "query"} - set(query)
-    for name in sorted(others) + ["zz_undocumented"]:
+    for name in sorted(others - ({"api_key"} if route.path == "/ws" else set())) + ["zz_undocumented"]:
         resp = await client.get(path, params={name: _valid_values().get(name, "1")})
         assert resp.status == 400, (path, name, await resp.text())
         assert "unknown parameter" in (await resp.json())["error"]["message"], (path, name)
@@ -884,3 +911,12 @@ def test_api_bench_prints_figures_for_every_endpoint_in_both_modes():
             cells = [c.strip() for c in row.strip("|").split("|")]
             p50, p99, rps = (float(c) for c in cells[3:6])
             assert 0 < p50 <= p99 and rps > 0, row
+
+
+async def test_405_says_which_methods_are_allowed(client):
+    """RFC 9110: a 405 carries Allow; the body keeps the one JSON error shape."""
+    for method, path in (("POST", "/trades"), ("DELETE", "/realtime/okx"), ("PUT", "/")):
+        resp = await client.request(method, path)
+        assert resp.status == 405, (method, path)
+        assert {m.strip() for m in resp.headers["Allow"].split(",")} == {"GET"}, resp.headers
+        assert await resp.json() == {"error": {"status": 405, "message": "Method Not Allowed"}}

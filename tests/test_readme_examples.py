@@ -1,5 +1,6 @@
-"""Every ``curl`` example in the README's API section runs against the real app on stored data
-and gets a 2xx JSON answer (so the documented URLs cannot drift from the routes)."""
+"""Every ``curl`` example in the README and the API reference (docs/api.md) runs against the real
+app on stored data and gets a 2xx JSON answer (so the documented URLs cannot drift from the
+routes)."""
 from __future__ import annotations
 
 import re
@@ -21,8 +22,9 @@ CURL = re.compile(r"^curl\s.*$", re.MULTILINE)
 
 
 def readme_examples() -> list[tuple[dict[str, str], str]]:
-    """(headers, path?query) of every ``curl`` line in the README's code blocks."""
-    text = (ROOT / "README.md").read_text()
+    """(headers, path?query) of every ``curl`` line in the README's and docs/api.md's code
+    blocks."""
+    text = (ROOT / "README.md").read_text() + (ROOT / "docs" / "api.md").read_text()
     blocks = re.findall(r"```(?:sh|bash|console)?\n(.*?)```", text, re.DOTALL)
     examples = []
     for block in blocks:

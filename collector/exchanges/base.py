@@ -26,16 +26,18 @@ from collector.kit.availability import Availability
 from collector.kit.backfill import Backfill
 from collector.kit.emitters import CandleCloser, ChangeOrInterval
 from collector.kit.rotation import rotate_forever
-from collector.kit.samplers import sample_books, sample_liquidity
+from collector.kit.samplers import sample_books, sample_liquidity, sample_trade_candles
 from collector.kit.spec import Channel, ConnMeta, Subscription, VenueSpec, batches, \
     plan_connections
+from collector.kit.trade_candles import TradeCandles
 from collector.kit.tradeids import TradeIdContinuity
 from collector.orderbook import OrderBook
 from collector.rest import RateBudget, RestClient
 from collector.stats import Stats
 from collector.writer import Writer
-from common.schema import Candle, Record, Ticker, ms_to_dt, s_to_dt
+from common.schema import Candle, Record, Ticker, Trade, ms_to_dt, s_to_dt
 from common.settings import ExchangeSettings, Settings
+from common.status import BookState, ConnectionStatus
 from common.symbols import pair_from_symbol
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class Feed(Backfill):
         self.routes: Mapping[Any, Handler] = {}
         self.trade_ids = TradeIdContinuity()
         self.candles = CandleCloser()
+        # Markets whose candles are built from trades (no exchange candles): set by the feed.
+        self.trade_candles: TradeCandles | None = None
         self.derived = ChangeOrInterval(min_interval_s=1.0,
                                         max_interval_s=min(ctx.poll_interval_s, 60.0))
         self._pairs: dict[str, str] = {}
@@ -142,6 +146,8 @@ class Feed(Backfill):
         """Hand a normalized record to the writer and note it for freshness/logging."""
         if isinstance(record, Ticker):
             self.tickers[(record.market, record.symbol)] = record
+        elif self.trade_candles is not None and isinstance(record, Trade):
+            self.trade_candles.add(record)
         self.writer.submit(record, history=history)
         stats = self.stats
         stats.records[record.collection] += 1
@@ -164,9 +170,8 @@ class Feed(Backfill):
         key = (market, symbol)
         hole = self.trade_ids.check(key, low, high, at_ms)
         while self.trade_ids.newly_off:
-            off = self.trade_ids.newly_off.pop()
-            self.stats.error_once(self.name, f"{off[0]} {off[1]}: trade ids not consecutive "
-                                             f"(too many holes a minute); id check off")
+            self.stats.error_once(self.name, f"{self.trade_ids.newly_off.pop()}: trade ids not "
+                                             f"consecutive (too many holes a minute); check off")
         if hole is None:
             return
         gap = self.gaps.record(self.name, symbol, market, "trade", "sequence_gap",
@@ -345,10 +350,10 @@ class Feed(Backfill):
         if gap is not None:
             self.gaps.close(gap)        # a book cannot be backfilled: it is resynced
 
-    def book_states(self) -> dict[str, dict[str, Any]]:
+    def book_states(self) -> dict[str, BookState]:
         """Per book ``market:symbol``: state live | syncing (first snapshot pending) |
         resyncing (lost integrity or its connection), since when, and the last update id."""
-        states = {}
+        states: dict[str, BookState] = {}
         for (market, symbol), book in self.books.items():
             since = self._books_resyncing.get((market, symbol))
             if book.synced:
@@ -373,7 +378,11 @@ class Feed(Backfill):
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.append(task)
-        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+        task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     def start_task(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro))
@@ -389,6 +398,8 @@ class Feed(Backfill):
             self.start_task(coro)
         self.start_task(sample_books(self))
         self.start_task(sample_liquidity(self))
+        if self.trade_candles is not None:
+            self.start_task(sample_trade_candles(self))
         await asyncio.gather(*self._tasks)
 
     async def stop(self) -> None:
@@ -400,7 +411,7 @@ class Feed(Backfill):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def connection_status(self) -> dict[str, dict[str, Any]]:
+    def connection_status(self) -> dict[str, ConnectionStatus]:
         return {conn.name: {"connected": conn.connected.is_set(), "connects": conn.connects,
                             "disconnects": conn.disconnects, "last_error": conn.last_error}
                 for conn in self.connections}

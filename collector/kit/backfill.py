@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from collector.gaps import Gap
 from collector.rest import RestError
-from common.schema import PERP, SPOT, Trade, s_to_dt
+from common.schema import PERP, SPOT, Record, Trade, s_to_dt
 
 if TYPE_CHECKING:
-    from collector.exchanges.base import Feed
+    from collector.gaps import GapLedger
+    from collector.kit.spec import Channel
+    from collector.stats import ExchangeStats
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,19 @@ TRADES, KLINE, DERIVATIVES = "trades", "kline", "derivatives"
 class Backfill:
     """Mixin of ``Feed``: the orchestration; exchanges override the three hooks."""
 
-    async def run_backfill(self: Feed, gap: Gap) -> None:
+    if TYPE_CHECKING:      # provided by Feed
+        name: ClassVar[str]
+        stats: ExchangeStats
+        gaps: GapLedger
+        connection_kinds: dict[str, set[str]]
+
+        def symbols(self, market: str) -> list[str]: ...
+        def owns(self, market: str, symbol: str, stream: str) -> bool: ...
+        def channels(self, market: str) -> list[Channel]: ...
+        def malformed(self, raw: Any, exc: BaseException) -> None: ...
+        def emit(self, record: Record, *, history: bool = True) -> None: ...
+
+    async def run_backfill(self, gap: Gap) -> None:
         try:
             done = await self.backfill(gap)
         except Exception:  # noqa: BLE001 - a failed backfill leaves the gap marked not backfilled
@@ -32,7 +46,7 @@ class Backfill:
             self.stats.backfills += 1
             self.gaps.mark_backfilled(gap)
 
-    async def backfill(self: Feed, gap: Gap) -> bool:
+    async def backfill(self, gap: Gap) -> bool:
         """Re-fetch over REST what ``gap`` missed and ``emit`` it: trades since the gap start,
         closed candles since then, and on perps funding and open interest re-polled, each only
         in the partition that owns it. Books are not backfilled (they resync from a snapshot).
@@ -65,7 +79,7 @@ class Backfill:
         log.info("%s: backfill of %s %s", self.name, gap.id, "complete" if complete else "partial")
         return complete
 
-    def backfill_kinds(self: Feed, gap: Gap) -> tuple[str, ...]:
+    def backfill_kinds(self, gap: Gap) -> tuple[str, ...]:
         """What a gap missed: nothing for a book (it resyncs), trades for a trade-id hole, only
         what the dropped connection carried for a connection gap, everything for a restart."""
         if gap.stream == "book":
@@ -84,7 +98,7 @@ class Backfill:
             out.append(DERIVATIVES)
         return tuple(out)
 
-    def owns_backfill(self: Feed, market: str, symbol: str, kind: str) -> bool:
+    def owns_backfill(self, market: str, symbol: str, kind: str) -> bool:
         """Whether this partition backfills ``kind`` of (market, symbol): the owner of the first
         channel (in the spec's order) that carries it, so exactly one partition does."""
         wanted = {TRADES: ("trades",), KLINE: ("kline",),
@@ -96,7 +110,7 @@ class Backfill:
                     return self.owns(market, symbol, channel.partition_stream)
         return False
 
-    def emit_backfilled_trades(self: Feed, trades: list[Trade], since: datetime,
+    def emit_backfilled_trades(self, trades: list[Trade], since: datetime,
                                page_limit: int) -> bool:
         """Emit the trades of one REST page at or after ``since``; True if the page reaches
         back to ``since`` (it held older trades, or fewer than a full page)."""

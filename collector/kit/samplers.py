@@ -3,6 +3,7 @@ are in sync and changed) and volume/liquidity metrics (book + latest ticker)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from collector.liquidity import compute_liquidity
@@ -41,3 +42,13 @@ async def sample_liquidity(feed: Feed) -> None:
                                        received_at=now)
             if record is not None:
                 feed.emit(record)
+
+
+async def sample_trade_candles(feed: Feed) -> None:
+    """Once a second: store the trade-built candles that changed (``kit.trade_candles``)."""
+    builder = feed.trade_candles
+    assert builder is not None
+    while True:
+        await asyncio.sleep(1.0)
+        for candle in builder.due(time.time() * 1000):
+            feed.emit(candle)
