@@ -184,7 +184,7 @@ def test_ohlc_update_every_field():
                          "open": 0.5624, "high": 0.5628, "low": 0.5622, "close": 0.5627,
                          "volume": 30927.68066226,
                          "quote_volume": pytest.approx(30927.68066226 * 0.5626), "trades": 12,
-                         "closed": False}
+                         "closed": False, "source": "exchange"}
 
 
 def test_ohlc_snapshot_candles_in_order():
@@ -323,10 +323,10 @@ def test_rest_ohlc_every_field_without_the_running_candle():
     assert [fields(c) for c in candles] == [
         {**spot("BTC/USD", utc(2023, 7, 6, 19, 20)), "interval": "1m", "open": 30306.1,
          "high": 30306.2, "low": 30305.7, "close": 30305.7, "volume": 3.39243896,
-         "quote_volume": pytest.approx(3.39243896 * 30306.1), "trades": 23, "closed": True},
+         "quote_volume": pytest.approx(3.39243896 * 30306.1), "trades": 23, "closed": True, "source": "exchange"},
         {**spot("BTC/USD", utc(2023, 7, 6, 19, 21)), "interval": "1m", "open": 30304.5,
          "high": 30304.5, "low": 30300.0, "close": 30300.0, "volume": 4.42996871,
-         "quote_volume": pytest.approx(4.42996871 * 30300.9), "trades": 18, "closed": True}]
+         "quote_volume": pytest.approx(4.42996871 * 30300.9), "trades": 18, "closed": True, "source": "exchange"}]
 
 
 def test_futures_history_every_field_keyed_by_uid():
