@@ -100,17 +100,35 @@ def _ping() -> str:
     return '{"method":"ping"}'
 
 
+V2_HEARTBEAT = HeartbeatPolicy(app_ping=_ping, app_ping_interval_s=SPOT_PING_INTERVAL_S)
+SPOT_CONNECTION = ConnectionSpec("spot", "spot", "spot_ws_url", SPOT_CHANNELS,
+                                 heartbeat=V2_HEARTBEAT)
+LIMITS = Limits(connect_interval_s=CONNECT_INTERVAL_S, backoff_max_s=BACKOFF_MAX_S,
+                request_interval_s=REQUEST_INTERVAL_S, rest_weight_per_window=SPOT_REST_CALLS,
+                rest_window_s=SPOT_REST_WINDOW_S)
+
+# Perpetuals over the Unified WebSocket. Documented (D-UWS): the endpoint, "the same v2 message
+# format" as spot v2, ``asset_class: derivatives`` on subscriptions, the v2 connection rules
+# (application ping, ~1 minute idle cut). INFERRED from "same v2 format" (no source found): the
+# channel names ticker/trade/book, ``PF_`` symbols, the CRC32 book checksum, and the ticker's
+# funding / mark / index / open-interest field names (parsers.parse_unified_ticker).
+UNIFIED_ASSET_CLASS = "derivatives"
+UNIFIED_PARAMS = {SPOT_TICKER: {"event_trigger": SPOT_TICKER_TRIGGER},
+                  SPOT_TRADE: {"snapshot": False}}
+UNIFIED_CHANNELS = (Channel(SPOT_TICKER, "ticker"), Channel(SPOT_TRADE, "trades"),
+                    Channel(SPOT_BOOK, "book"))
+
+# One perpetual transport is used, chosen by the settings (``perp_transport``): the feed blanks
+# the URL of the other, so its connection is not planned. Same label and partition streams.
 SPEC = VenueSpec(
     name="kraken",
     connections=(
-        ConnectionSpec("spot", "spot", "spot_ws_url", SPOT_CHANNELS,
-                       heartbeat=HeartbeatPolicy(app_ping=_ping,
-                                                 app_ping_interval_s=SPOT_PING_INTERVAL_S)),
+        SPOT_CONNECTION,
         ConnectionSpec("perp", "perp", "perp_ws_url", FUT_CHANNELS,
                        heartbeat=HeartbeatPolicy(protocol_ping_interval_s=FUT_PING_INTERVAL_S)),
+        ConnectionSpec("perp", "perp", "perp_unified_ws_url", UNIFIED_CHANNELS,
+                       heartbeat=V2_HEARTBEAT),
     ),
-    limits=Limits(connect_interval_s=CONNECT_INTERVAL_S, backoff_max_s=BACKOFF_MAX_S,
-                  request_interval_s=REQUEST_INTERVAL_S,
-                  rest_weight_per_window=SPOT_REST_CALLS, rest_window_s=SPOT_REST_WINDOW_S),
+    limits=LIMITS,
     book_protocol=RESUBSCRIBE,
 )

@@ -15,16 +15,20 @@ from collector.exchanges.kraken import parsers as p
 from collector.exchanges.kraken.rest import KrakenRest
 from collector.exchanges.kraken.requests import FuturesRequests, SpotRequests
 from collector.kit.books import ResubscribeBooks
+from collector.kit.trade_candles import TradeCandles
 from collector.kit.spec import ConnMeta, Subscription
-from common.schema import PERP, SPOT, received_now
-from common.settings import ExchangeSettings
+from common.schema import PERP, SPOT, Funding, OpenInterest, Ticker, received_now
+from common.settings import KrakenSettings
 
 class KrakenFeed(KrakenRest):
     name = "kraken"
     spec = ep.SPEC
 
-    def __init__(self, cfg: ExchangeSettings, ctx: FeedContext) -> None:
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: KrakenSettings, ctx: FeedContext) -> None:
+        # One perpetual transport: the other's URL is blanked, so it is not planned.
+        self.unified = cfg.perp_transport == "unified"
+        unused = "perp_ws_url" if self.unified else "perp_unified_ws_url"
+        super().__init__(cfg.model_copy(update={unused: ""}), ctx)
         self.book_depth = next((d for d in ep.SPOT_BOOK_DEPTHS if d >= cfg.book_depth),
                                ep.SPOT_BOOK_DEPTHS[-1])
         self.precision: dict[str, tuple[int, int]] = {}
@@ -34,6 +38,8 @@ class KrakenFeed(KrakenRest):
         self.checksum_failures = 0
         self._fut_seq: dict[str, int] = {}
         self.spot_requests = SpotRequests()
+        if self.configured_symbols(PERP):    # no perpetual candle channel: built from trades
+            self.trade_candles = TradeCandles({PERP})
         self.routes = {
             ep.SPOT_BOOK: self._on_book, ep.SPOT_TICKER: self._on_ticker,
             ep.SPOT_TRADE: self._on_trade, ep.SPOT_OHLC: self._on_ohlc,
@@ -53,15 +59,21 @@ class KrakenFeed(KrakenRest):
     def arg_text(self, sub: Subscription) -> str:
         return f"{sub.channel.name}:{sub.symbol}"
 
-    def _book_request(self, symbols: list[str], method: str = "subscribe") -> str:
-        snapshot = {"snapshot": True} if method == "subscribe" else {}    # subscribe-only
+    def _v2(self, market: str) -> bool:
+        return market == SPOT or self.unified
+
+    def _book_request(self, symbols: list[str], method: str = "subscribe",
+                      market: str = SPOT) -> str:
+        params: dict = {"snapshot": True} if method == "subscribe" else {}   # subscribe-only
+        if market == PERP:
+            params["asset_class"] = ep.UNIFIED_ASSET_CLASS
         return self.spot_requests.request(ep.SPOT_BOOK, symbols, method, depth=self.book_depth,
-                                          **snapshot)
+                                          **params)
 
     def on_connection_open(self, meta: ConnMeta) -> None:
         books = meta.symbols("book")
         for symbol in books:
-            self.book(meta.market, symbol, keep_text=meta.market == SPOT).reset()
+            self.book(meta.market, symbol, keep_text=self._v2(meta.market)).reset()
         self.resync.reset(meta.market, books)
         if meta.market == PERP:
             self._fut_seq.clear()
@@ -70,18 +82,23 @@ class KrakenFeed(KrakenRest):
         by_channel: dict[str, list[str]] = {}
         for sub in subs:
             by_channel.setdefault(sub.channel.name, []).append(sub.symbol)
-        if meta.market == PERP:
+        if not self._v2(meta.market):
             fut = meta.extra["requests"] = FuturesRequests()    # one per product and feed
             return [fut.request("subscribe", ep.FUT_HEARTBEAT, None)] + [
                 fut.request("subscribe", feed, s) for feed, ss in by_channel.items() for s in ss]
         books = by_channel.pop(ep.SPOT_BOOK, [])
-        known = [s for s in books if s in self.precision]   # from a previous connection
+        spot = meta.market == SPOT
+        # Spot books wait for the pairs' precisions (instrument channel) unless known from a
+        # previous connection; unified books use the digits as sent (no instrument channel).
+        known = [s for s in books if s in self.precision] if spot else books
         meta.extra["books"] = set(known)
         requests = [self.spot_requests.request(ep.SPOT_INSTRUMENT, None, snapshot=True)] \
-            if books else []
-        requests += [self.spot_requests.request(ch, ss, **ep.SPOT_PARAMS[ch])
+            if books and spot else []
+        params, extra = (ep.SPOT_PARAMS, {}) if spot else \
+            (ep.UNIFIED_PARAMS, {"asset_class": ep.UNIFIED_ASSET_CLASS})
+        requests += [self.spot_requests.request(ch, ss, **params[ch], **extra)
                      for ch, ss in by_channel.items()]
-        return requests + ([self._book_request(known)] if known else [])
+        return requests + ([self._book_request(known, market=meta.market)] if known else [])
 
     def _subscribe_books(self, conn: WsConnection, only_known: bool) -> None:
         meta = self.meta(conn)
@@ -106,9 +123,9 @@ class KrakenFeed(KrakenRest):
                     None)
         if conn is None:
             raise ConnectionError(f"{market} not connected")
-        if market == SPOT:
-            await self.send_paced(conn, [self._book_request([symbol], "unsubscribe"),
-                                         self._book_request([symbol])])
+        if self._v2(market):
+            await self.send_paced(conn, [self._book_request([symbol], "unsubscribe", market),
+                                         self._book_request([symbol], market=market)])
         else:
             fut = self.meta(conn).extra["requests"]
             await self.send_paced(conn, [fut.request(e, ep.FUT_BOOK, symbol)
@@ -136,7 +153,8 @@ class KrakenFeed(KrakenRest):
         return None if feed is None or "event" in msg else "fut:" + feed
 
     def on_control(self, conn: WsConnection, msg: dict) -> None:
-        if self.meta(conn).market == PERP:
+        market = self.meta(conn).market
+        if not self._v2(market):
             self._fut_control(conn, msg)
         elif msg.get("success") is False:
             error = str(msg.get("error", "unknown error"))
@@ -146,7 +164,7 @@ class KrakenFeed(KrakenRest):
             self.stats.error_once(self.name, f"spot {method} failed: {error}")
             symbol = (msg.get("result") or {}).get("symbol") or msg.get("symbol")
             if symbol and "not supported" in error.lower():
-                self.mark_unavailable(SPOT, symbol, error)
+                self.mark_unavailable(market, symbol, error)
             if channel == ep.SPOT_INSTRUMENT or "instrument" in error.lower():
                 # No precisions: subscribe the books anyway; checksums then use the numbers'
                 # own digits (exact for prices/quantities sent with full precision).
@@ -169,30 +187,35 @@ class KrakenFeed(KrakenRest):
         return False
 
     def _on_book(self, conn: WsConnection, msg: dict, raw: str | bytes) -> None:
+        market = self.meta(conn).market
         kind, items = p.parse_book(raw, msg, self.precision, self.price_texts)
         for symbol, expected, bids, asks in items:
-            book = self.book(SPOT, symbol, keep_text=True)
+            book = self.book(market, symbol, keep_text=True)
             if kind != "snapshot" and not book.synced:
-                self.resync.unsynced_update(SPOT, symbol)
+                self.resync.unsynced_update(market, symbol)
                 continue
             actual = p.apply_book(book, kind, bids, asks, self.book_depth)
             if actual == expected:
                 if kind == "snapshot":
-                    self.resync.synced(SPOT, symbol)
+                    self.resync.synced(market, symbol)
                 continue
             # No sequence numbers on v2 books: the checksum is the only gap detector.
             self.checksum_failures += 1
-            self.resync.lose(SPOT, symbol, "checksum", f"local {actual} != exchange {expected}")
+            self.resync.lose(market, symbol, "checksum", f"local {actual} != exchange {expected}")
 
     def _on_ticker(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         received_at = received_now()
+        if self.meta(conn).market == SPOT:
+            for item in msg["data"]:
+                self.emit(p.parse_ticker(item, received_at))
+            return
         for item in msg["data"]:
-            self.emit(p.parse_ticker(item, received_at))
+            self._derived(*p.parse_unified_ticker(item, received_at))
 
     def _on_trade(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         # v2 trade ids are sequential per pair, but a per-trade id check (check_trade_ids)
         # costs a quarter of this path's throughput; disconnects are covered by their gaps.
-        for trade in p.parse_trades(msg, received_now()):
+        for trade in p.parse_trades(msg, received_now(), self.meta(conn).market):
             self.emit(trade)
 
     def _on_ohlc(self, conn: WsConnection, msg: dict, raw: Any) -> None:
@@ -201,7 +224,9 @@ class KrakenFeed(KrakenRest):
             self.emit_candle(p.parse_candle(item, received_at))
 
     def _on_fut_ticker(self, conn: WsConnection, msg: dict, raw: Any) -> None:
-        ticker, funding, oi = p.parse_futures_ticker(msg, received_now())
+        self._derived(*p.parse_futures_ticker(msg, received_now()))
+
+    def _derived(self, ticker: Ticker, funding: Funding | None, oi: OpenInterest | None) -> None:
         self.emit(ticker)
         if funding is not None:
             self.emit_derived(funding, funding.rate)

@@ -91,7 +91,7 @@ def parse_instrument_pairs(msg: dict) -> dict[str, tuple[int, int]]:
     return {p["symbol"]: (int(p["price_precision"]), int(p["qty_precision"])) for p in pairs}
 
 
-def parse_ticker(item: dict, received_at: datetime) -> Ticker:
+def parse_ticker(item: dict, received_at: datetime, market: str = SPOT) -> Ticker:
     symbol = item["symbol"]
     get = item.get
     # orjson floats as they are (float(x) of a float is x); anything else by _f's rule.
@@ -101,7 +101,7 @@ def parse_ticker(item: dict, received_at: datetime) -> Ticker:
     change = v if type(v := get("change")) is float else _f(v)
     ts = parse_time_fast(v) if (v := get("timestamp")) else received_at
     return Ticker(
-        EXCHANGE, symbol, _pair(symbol), SPOT, ts, received_at,
+        EXCHANGE, symbol, _pair(symbol), market, ts, received_at,
         last,
         v if type(v := item["bid"]) is float else _f(v),
         v if type(v := get("bid_qty")) is float else _f(v),
@@ -116,7 +116,7 @@ def parse_ticker(item: dict, received_at: datetime) -> Ticker:
         v if type(v := get("change_pct")) is float else _f(v))
 
 
-def parse_trades(msg: dict, received_at: datetime) -> list[Trade]:
+def parse_trades(msg: dict, received_at: datetime, market: str = SPOT) -> list[Trade]:
     out = []
     for item in msg["data"]:
         symbol = item["symbol"]
@@ -124,11 +124,35 @@ def parse_trades(msg: dict, received_at: datetime) -> list[Trade]:
         if side != "buy" and side != "sell":
             raise ValueError(f"bad side {side!r}")
         # Positional construction (trade_id, price, size, side): cheaper than keywords.
-        out.append(Trade(EXCHANGE, symbol, _pair(symbol), SPOT,
+        out.append(Trade(EXCHANGE, symbol, _pair(symbol), market,
                          parse_time_fast(item["timestamp"]), received_at,
                          str(int(item["trade_id"])), float(item["price"]),
                          float(item["qty"]), side))
     return out
+
+
+def parse_unified_ticker(item: dict, received_at: datetime
+                         ) -> tuple[Ticker, Funding | None, OpenInterest | None]:
+    """Unified WebSocket ``ticker`` of a perpetual (asset_class derivatives): the spot v2 ticker
+    fields, plus -- names INFERRED from the v2 conventions, no source documents them yet --
+    ``mark_price``, ``index_price``, ``funding_rate`` (relative, dimensionless, as v1's
+    ``relative_funding_rate``), ``funding_rate_prediction``, ``next_funding_time`` (RFC 3339)
+    and ``open_interest`` (contracts = base units on PF_)."""
+    ticker = parse_ticker(item, received_at, PERP)
+    ticker.mark_price, ticker.index_price = _f(item.get("mark_price")), _f(item.get("index_price"))
+    symbol, pair, ts = ticker.symbol, ticker.pair, ticker.ts
+    funding = None
+    if item.get("funding_rate") is not None:
+        nxt = item.get("next_funding_time")
+        funding = Funding(EXCHANGE, symbol, pair, PERP, ts, received_at,
+                          rate=float(item["funding_rate"]),
+                          next_funding_time=parse_time(nxt) if nxt else None,
+                          predicted_rate=_f(item.get("funding_rate_prediction")),
+                          mark_price=ticker.mark_price, index_price=ticker.index_price,
+                          interval_hours=1.0)
+    oi = _open_interest(item.get("open_interest"), symbol, pair, ts, received_at,
+                        ticker.mark_price)
+    return ticker, funding, oi
 
 
 def parse_candle(item: dict, received_at: datetime) -> Candle:
