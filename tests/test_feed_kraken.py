@@ -569,3 +569,51 @@ async def test_spot_pings_keep_the_connection_inside_the_idle_cut(mongo_db, fake
     async with running_feed(KrakenFeed, mongo_db, settings, "kraken", configure):
         await wait_for(lambda: _value(fake.pings >= 10), timeout_s=5, what="pings")
         assert fake.idle_cuts == 0 and fake.spot_connects == 1 and fake.rate_errors == 0
+
+
+# ---- perpetuals over the Unified WebSocket (issue 12) ------------------------------------------
+async def test_unified_transport_serves_every_perp_type_and_trade_candles(mongo_db, fake):
+    """``perp_transport: unified``: book (v2 checksum), trades, ticker with funding and open
+    interest from wss://uws.kraken.com/v2/public (subscriptions say asset_class derivatives);
+    nothing goes to the v1 endpoint; 1-minute candles are built from the trades (source
+    "trades") and close when their minute has ended."""
+    settings = settings_for(fake, spot_symbols=[], perp_transport="unified",
+                            perp_unified_ws_url=fake.unified_url)
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
+        await wait_for(lambda: _book_synced(feed, "perp", "PF_XBTUSD"), timeout_s=10,
+                       what="unified book synced")
+        await wait_for_latest(mongo_db, "kraken", {("perp", "PF_XBTUSD", t) for t in (
+            schema.MARKET_DATA, schema.TRADES, schema.FUNDING_RATES, schema.OPEN_INTEREST,
+            schema.ORDER_BOOK)})
+        assert fake.perp_connects == 0 and fake.unified_connects == 1
+        requests = [r for r in fake.requests if r.get("method") == "subscribe"]
+        assert {r["params"]["channel"] for r in requests} == {"ticker", "trade", "book"}
+        assert all(r["params"]["asset_class"] == "derivatives" for r in requests)
+        funding = await mongo_db[schema.FUNDING_RATES].find_one({"symbol": "PF_XBTUSD"})
+        assert (funding["rate"], funding["predicted_rate"], funding["pair"]) == (
+            1e-05, 9e-06, "BTC/USD")
+        oi = await mongo_db[schema.OPEN_INTEREST].find_one({"symbol": "PF_XBTUSD"})
+        assert oi["open_interest"] == FUT_OPEN_INTEREST
+        trade = await mongo_db[schema.TRADES].find_one({"symbol": "PF_XBTUSD"})
+        assert trade["market"] == "perp" and trade["side"] in ("buy", "sell")
+        assert feed.checksum_failures == 0 and feed.stats.malformed == 0
+        # a checksum failure resubscribes that book over the unified socket
+        fake.corrupt_next.add("PF_XBTUSD")
+        await wait_for(lambda: _value(feed.checksum_failures == 1), timeout_s=5, what="mismatch")
+        await wait_for(lambda: _book_synced(feed, "perp", "PF_XBTUSD"), timeout_s=5,
+                       what="resynced")
+        assert [r["method"] for r in fake.requests if r.get("params", {}).get("channel") ==
+                "book"] == ["subscribe", "unsubscribe", "subscribe"]
+        # candles from trades: every trade counted once, closed after the minute
+        feed.trade_candles.grace_ms = 0
+        candle = await wait_for(lambda: mongo_db[schema.OHLCV].find_one(
+            {"symbol": "PF_XBTUSD", "market": "perp", "source": "trades"}), timeout_s=5,
+            what="a trade-built candle")
+        assert candle["interval"] == "1m"
+
+
+def test_default_perp_transport_is_v1():
+    feed = offline_feed()
+    assert [c.url for c in feed.build_connections()] == ["ws://spot", "ws://perp"]
+    feed = offline_feed(perp_transport="unified", perp_unified_ws_url="ws://uws/v2/public")
+    assert [c.url for c in feed.build_connections()] == ["ws://spot", "ws://uws/v2/public"]

@@ -51,6 +51,9 @@ INSTRUMENTS = {"BTC/USD": (1, 8, 50000.0), "ETH/USD": (2, 8, 3000.0)}
 # REST pair parameter -> (v2 symbol, the pair key Kraken returns)
 REST_PAIRS = {"XBTUSD": ("BTC/USD", "XXBTZUSD"), "ETHUSD": ("ETH/USD", "XETHZUSD")}
 FUT_PRODUCTS = {"PF_XBTUSD": 50000.0}
+# The Unified WebSocket's perpetuals (v2 format; precisions of the fake's own choosing: the feed
+# gets none from this endpoint and checksums the digits as sent, so books are sent padded).
+UNIFIED_INSTRUMENTS = {"PF_XBTUSD": (1, 4, 50000.0)}
 FUT_FUNDING_ABS = 0.5            # absolute rate; / index (= mid) = relative 1e-05
 FUT_OPEN_INTEREST = 1234.5
 LEVELS = 25
@@ -77,10 +80,11 @@ def num(value: float, places: int) -> str:
 
 
 class SpotBook:
-    def __init__(self, symbol: str, rng: random.Random) -> None:
+    def __init__(self, symbol: str, rng: random.Random, pad: bool = False) -> None:
         self.symbol = symbol
         self.rng = rng
-        self.pp, self.qp, mid = INSTRUMENTS[symbol]
+        self.pad = pad          # numbers with every digit of their precision (unified)
+        self.pp, self.qp, mid = INSTRUMENTS.get(symbol) or UNIFIED_INSTRUMENTS[symbol]
         tick = 10 ** -self.pp
         self.tick = tick
         self.depth = 10
@@ -90,8 +94,11 @@ class SpotBook:
     def qty(self) -> float:
         return round(self.rng.uniform(0.001, 3.0), self.rng.choice([1, 3, self.qp])) or 0.5
 
+    def num(self, value: float, places: int) -> str:
+        return f"{value:.{places}f}" if self.pad else num(value, places)
+
     def levels(self, side: dict, prices) -> list[str]:
-        return [f'{{"price":{num(p, self.pp)},"qty":{num(side.get(p, 0.0), self.qp)}}}'
+        return [f'{{"price":{self.num(p, self.pp)},"qty":{self.num(side.get(p, 0.0), self.qp)}}}'
                 for p in prices]
 
     def checksum(self) -> int:
@@ -148,8 +155,7 @@ class SpotBook:
         send = [p for p in changed if p in inside or p not in side] + \
             [p for p in sorted(entered) if p not in changed]
         checksum = self.checksum() ^ (0x5A5A if corrupt else 0)
-        levels = [f'{{"price":{num(p, self.pp)},"qty":{num(side.get(p, 0.0), self.qp)}}}'
-                  for p in send]
+        levels = self.levels(side, send)
         bids = ",".join(levels) if is_bid else ""
         asks = ",".join(levels) if not is_bid else ""
         return ('{"channel":"book","type":"update","data":[{"symbol":"%s","bids":[%s],'
@@ -218,6 +224,9 @@ class FakeKraken:
         self.spot_port = free_port()
         self.perp_port = free_port()
         self.spot_url = f"ws://127.0.0.1:{self.spot_port}/v2"
+        self.unified_port = free_port()
+        self.unified_url = f"ws://127.0.0.1:{self.unified_port}/v2/public"
+        self.unified_connects = 0
         self.perp_url = f"ws://127.0.0.1:{self.perp_port}/ws/v1"
         self.rest_port = free_port()
         self.rest_url = f"http://127.0.0.1:{self.rest_port}"
@@ -260,7 +269,9 @@ class FakeKraken:
         self.market = Market()
         # The exchange's own book per pair: the bbo ticker follows its top of book.
         self.market_books = {s: SpotBook(s, self.rng) for s in INSTRUMENTS}
+        self.market_books.update({s: SpotBook(s, self.rng, pad=True) for s in UNIFIED_INSTRUMENTS})
         self._spot_sockets: dict = {}    # ws -> its subscriptions
+        self._unified_sockets: dict = {}
         self._perp_sockets: dict = {}
         self._servers = []
         self._market_task: asyncio.Task | None = None
@@ -271,6 +282,8 @@ class FakeKraken:
         self._servers.append(await serve(self._spot, "127.0.0.1", self.spot_port,
                                          process_request=self._admit))
         self._servers.append(await serve(self._perp, "127.0.0.1", self.perp_port,
+                                         process_request=self._admit))
+        self._servers.append(await serve(self._unified, "127.0.0.1", self.unified_port,
                                          process_request=self._admit))
         app = web.Application()
         app.router.add_get("/0/public/Trades", self._rest_trades)
@@ -295,7 +308,8 @@ class FakeKraken:
 
     async def drop_connections(self) -> None:
         """Close every client connection (the market keeps running)."""
-        for ws in list(self._spot_sockets) + list(self._perp_sockets):
+        for ws in list(self._spot_sockets) + list(self._perp_sockets) + \
+                list(self._unified_sockets):
             await ws.close()
 
     def _admit(self, connection, request):
@@ -367,13 +381,19 @@ class FakeKraken:
     def _ticker_message(self, symbol: str, now: datetime) -> str:
         bid, ask = self.best_bbo(symbol)
         self.tickers_sent.append((symbol, bid, ask))
-        trades = self.market.spot_trades.get(symbol)
+        trades = self.market.spot_trades.get(symbol) or self.market.fut_trades.get(symbol)
         last = trades[-1].price if trades else bid
+        # Derivatives: funding, mark, index and open interest (field names inferred, see doc).
+        extra = "" if symbol in INSTRUMENTS else (
+            ',"mark_price":%s,"index_price":%s,"funding_rate":1e-05,'
+            '"funding_rate_prediction":9e-06,"next_funding_time":"%s","open_interest":%s'
+            % (bid + 0.1, bid, rfc3339(now.replace(minute=0, second=0, microsecond=0)
+                                       + timedelta(hours=1)), FUT_OPEN_INTEREST))
         return ('{"channel":"ticker","type":"update","data":[{"symbol":"%s","bid":%s,'
                 '"bid_qty":1.5,"ask":%s,"ask_qty":0.25,"last":%s,"volume":1234.5,'
                 '"vwap":%s,"low":%s,"high":%s,"change":12.5,"change_pct":0.25,'
-                '"timestamp":"%s"}]}' % (symbol, bid, ask, last, bid, bid - 100, ask + 100,
-                                         rfc3339(now)))
+                '"timestamp":"%s"%s}]}' % (symbol, bid, ask, last, bid, bid - 100, ask + 100,
+                                           rfc3339(now), extra))
 
     def _ohlc_message(self, symbol: str, candle: FakeCandle, now: datetime,
                       kind: str = "update") -> str:
@@ -395,6 +415,14 @@ class FakeKraken:
         for ws, feeds in list(self._perp_sockets.items()):
             if product in feeds["trade"]:
                 await self._send(ws, json.dumps(self._fut_trade_doc(product, trade)))
+        for ws, subs in list(self._unified_sockets.items()):
+            if product in subs["trade"]:
+                await self._send(ws, json.dumps({"channel": "trade", "type": "update", "data": [{
+                    "symbol": product, "side": trade.side, "price": trade.price,
+                    "qty": trade.qty, "ord_type": "market", "trade_id": trade.seq,
+                    "timestamp": rfc3339(now)}]}))
+            if subs["ticker"].get(product) == "trades":
+                await self._send(ws, self._ticker_message(product, now))
 
     @staticmethod
     def _fut_trade_doc(product: str, trade: FutTrade) -> dict:
@@ -520,10 +548,20 @@ class FakeKraken:
     # ---- spot v2 -----------------------------------------------------------------------------
     async def _spot(self, ws) -> None:
         self.spot_connects += 1
+        await self._v2_socket(ws, self._spot_sockets, INSTRUMENTS, None)
+
+    async def _unified(self, ws) -> None:
+        """The Unified WebSocket: spot v2's format; subscriptions must say ``asset_class:
+        derivatives`` (documented); the rest follows spot v2 (inferred, see the doc)."""
+        self.unified_connects += 1
+        await self._v2_socket(ws, self._unified_sockets, UNIFIED_INSTRUMENTS, "derivatives")
+
+    async def _v2_socket(self, ws, sockets: dict, universe: dict, asset_class: str | None
+                         ) -> None:
         # channel -> subscribed symbols (ticker: symbol -> its event_trigger; ohlc: -> interval)
         subs: dict[str, dict] = {"ticker": {}, "trade": {}, "ohlc": {}}
         books: dict[str, SpotBook] = {}
-        self._spot_sockets[ws] = subs
+        sockets[ws] = subs
         last_heard = {"at": time.monotonic()}
         pump = asyncio.get_running_loop().create_task(self._spot_pump(ws, subs, books))
         idle = asyncio.get_running_loop().create_task(self._idle_cut(ws, last_heard))
@@ -549,13 +587,13 @@ class FakeKraken:
                     continue
                 if self.silent:
                     continue
-                await self._spot_request(ws, msg, subs, books)
+                await self._spot_request(ws, msg, subs, books, universe, asset_class)
         except ConnectionClosed:
             pass
         finally:
             pump.cancel()
             idle.cancel()
-            self._spot_sockets.pop(ws, None)
+            sockets.pop(ws, None)
 
     async def _idle_cut(self, ws, last_heard: dict) -> None:
         """Kraken closes a connection that sent nothing for about a minute."""
@@ -569,10 +607,15 @@ class FakeKraken:
         except (ConnectionClosed, asyncio.CancelledError):
             return
 
-    async def _spot_request(self, ws, msg: dict, subs: dict, books: dict) -> None:
+    async def _spot_request(self, ws, msg: dict, subs: dict, books: dict, universe: dict,
+                            asset_class: str | None) -> None:
         method, req_id = msg.get("method"), msg.get("req_id")
         params = msg["params"]
         channel = params["channel"]
+        if params.get("asset_class") != asset_class:
+            await self._spot_error(ws, {"error": f"Invalid asset_class {params.get('asset_class')}",
+                                        "method": method, "success": False, "req_id": req_id})
+            return
         if method == "subscribe" and channel == "instrument":
             await ws.send(json.dumps({"method": "subscribe", "req_id": req_id, "result": {
                 "channel": "instrument", "snapshot": True}, "success": True, **ack_times()}))
@@ -584,7 +627,7 @@ class FakeKraken:
                                       "data": {"assets": [], "pairs": pairs}}))
             return
         for symbol in params.get("symbol", []):
-            if symbol not in INSTRUMENTS:
+            if symbol not in universe:
                 await self._spot_error(ws, {"error": f"Currency pair not supported {symbol}",
                                             "method": method, "success": False,
                                             "symbol": symbol, "req_id": req_id})
@@ -610,7 +653,7 @@ class FakeKraken:
             if channel == "book":
                 if method == "subscribe":
                     self.book_subscribes[symbol] += 1
-                    books[symbol] = SpotBook(symbol, self.rng)
+                    books[symbol] = SpotBook(symbol, self.rng, pad=asset_class is not None)
                     await ws.send(books[symbol].snapshot(params.get("depth", 10)))
                 else:
                     self.book_unsubscribes[symbol] += 1
