@@ -13,6 +13,7 @@ from collector.exchanges.base import FeedContext
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken import parsers as p
 from collector.exchanges.kraken.rest import KrakenRest
+from collector.exchanges.kraken.futures_v1 import FuturesV1
 from collector.exchanges.kraken.requests import FuturesRequests, SpotRequests
 from collector.kit.books import ResubscribeBooks
 from collector.kit.trade_candles import TradeCandles
@@ -20,7 +21,7 @@ from collector.kit.spec import ConnMeta, Subscription
 from common.schema import PERP, SPOT, Funding, OpenInterest, Ticker, received_now
 from common.settings import KrakenSettings
 
-class KrakenFeed(KrakenRest):
+class KrakenFeed(FuturesV1, KrakenRest):
     name = "kraken"
     spec = ep.SPEC
 
@@ -36,8 +37,8 @@ class KrakenFeed(KrakenRest):
         self.resync = ResubscribeBooks(self, self._resubscribe, cooldown_s=ep.RESYNC_COOLDOWN_S,
                                        retry_after_s=ep.RESYNC_RETRY_S)
         self.checksum_failures = 0
-        self._fut_seq: dict[str, int] = {}
         self.spot_requests = SpotRequests()
+        self.fut_seq: dict[str, int] = {}
         if self.configured_symbols(PERP):    # no perpetual candle channel: built from trades
             self.trade_candles = TradeCandles({PERP})
         self.routes = {
@@ -76,14 +77,14 @@ class KrakenFeed(KrakenRest):
             self.book(meta.market, symbol, keep_text=self._v2(meta.market)).reset()
         self.resync.reset(meta.market, books)
         if meta.market == PERP:
-            self._fut_seq.clear()
+            self.fut_seq.clear()
 
     def subscribe_requests(self, meta: ConnMeta, subs: list[Subscription]) -> list[str]:
         by_channel: dict[str, list[str]] = {}
         for sub in subs:
             by_channel.setdefault(sub.channel.name, []).append(sub.symbol)
         if not self._v2(meta.market):
-            fut = meta.extra["requests"] = FuturesRequests()    # one per product and feed
+            fut = meta.extra["requests"] = FuturesRequests()
             return [fut.request("subscribe", ep.FUT_HEARTBEAT, None)] + [
                 fut.request("subscribe", feed, s) for feed, ss in by_channel.items() for s in ss]
         books = by_channel.pop(ep.SPOT_BOOK, [])
@@ -172,14 +173,6 @@ class KrakenFeed(KrakenRest):
         elif "error" in msg or "Error" in msg:
             self.stats.error_once(self.name, f"spot error: {msg.get('error') or msg.get('Error')}")
 
-    def _fut_control(self, conn: WsConnection, msg: dict) -> None:
-        event = msg.get("event")
-        if event in ("error", "alert", "subscribed_failed", "unsubscribed_failed"):
-            self.stats.error_once(self.name, f"futures {event}: {msg.get('message', '')}")
-        feed, symbol = self.meta(conn).extra.setdefault("requests", FuturesRequests()).answered(msg)
-        if msg.get("message") == "Invalid product id" and symbol is not None:
-            self.mark_unavailable(PERP, symbol, f"Invalid product id ({feed})")
-
     def _on_instrument(self, conn: WsConnection, msg: dict, raw: Any) -> bool:
         self.precision.update(p.parse_instrument_pairs(msg))
         if msg.get("type") == "snapshot":
@@ -232,36 +225,6 @@ class KrakenFeed(KrakenRest):
             self.emit_derived(funding, funding.rate)
         if oi is not None:
             self.emit_derived(oi, oi.open_interest)
-
-    def _on_fut_trade(self, conn: WsConnection, msg: dict, raw: Any) -> None:
-        self.emit(p.parse_futures_trade(msg, received_now()))
-
-    def _on_fut_trades(self, conn: WsConnection, msg: dict, raw: Any) -> None:
-        received_at = received_now()
-        for trade in msg["trades"]:
-            self.emit(p.parse_futures_trade({"product_id": msg["product_id"], **trade},
-                                            received_at))
-
-    def _on_fut_snapshot(self, conn: WsConnection, msg: dict, raw: Any) -> None:
-        symbol = msg["product_id"]
-        bids, asks, seq = p.parse_futures_book_snapshot(msg)
-        self.book(PERP, symbol).load_snapshot(bids, asks, seq)
-        self._fut_seq[symbol] = seq
-        self.resync.synced(PERP, symbol)
-
-    def _on_fut_book(self, conn: WsConnection, msg: dict, raw: Any) -> None:
-        symbol = msg["product_id"]
-        side, price, qty, seq = p.parse_futures_book_delta(msg)
-        book, last = self.books.get((PERP, symbol)), self._fut_seq.get(symbol)
-        if book is None or not book.synced or last is None or seq <= last:
-            return      # before the snapshot of a (re)subscription, or a repeat
-        if seq != last + 1:
-            self._fut_seq.pop(symbol, None)
-            self.resync.lose(PERP, symbol, "sequence_gap", f"seq {last} -> {seq}")
-            return
-        self._fut_seq[symbol] = seq
-        p.apply_futures_delta(book, side, price, qty, seq)
-
 
 def _keepalive(conn: WsConnection, msg: Any, raw: Any) -> bool:
     """Heartbeats and status: keep-alive, not data (the idle watchdog must not count them)."""
