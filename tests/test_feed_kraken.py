@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from datetime import timedelta
 
 import aiohttp
 import orjson
@@ -610,6 +611,22 @@ async def test_unified_transport_serves_every_perp_type_and_trade_candles(mongo_
             {"symbol": "PF_XBTUSD", "market": "perp", "source": "trades"}), timeout_s=5,
             what="a trade-built candle")
         assert candle["interval"] == "1m"
+        fake.trades_paused = True       # the minute's trades are now final
+
+        async def candle_of_its_trades():
+            doc = await mongo_db[schema.OHLCV].find_one(
+                {"symbol": "PF_XBTUSD", "source": "trades", "ts": candle["ts"]})
+            trades = await mongo_db[schema.TRADES].find(
+                {"symbol": "PF_XBTUSD", "ts": {"$gte": candle["ts"],
+                                               "$lt": candle["ts"] + timedelta(minutes=1)}}
+            ).sort("ts", 1).to_list(None)
+            return (doc, trades) if trades and doc["trades"] == len(trades) else None
+        doc, trades = await wait_for(candle_of_its_trades, timeout_s=5,
+                                     what="the candle of the minute's stored trades")
+        prices = [t["price"] for t in trades]
+        assert (doc["open"], doc["close"], doc["high"], doc["low"]) == (
+            prices[0], prices[-1], max(prices), min(prices))
+        assert doc["volume"] == pytest.approx(sum(t["size"] for t in trades))
 
 
 def test_default_perp_transport_is_v1():
