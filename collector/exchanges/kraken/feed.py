@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from collector.connection import WsConnection
 from collector.exchanges.base import FeedContext
 from collector.exchanges.kraken import endpoints as ep
@@ -62,6 +60,10 @@ class KrakenFeed(FuturesV1, KrakenRest):
 
     def _v2(self, market: str) -> bool:
         return market == SPOT or self.unified
+
+    def _market(self, conn: WsConnection) -> str:
+        """Market of a v2 message's connection (spot unless perpetuals are on unified too)."""
+        return conn.meta.spec.market if self.unified else SPOT
 
     def _book_request(self, symbols: list[str], method: str = "subscribe",
                       market: str = SPOT) -> str:
@@ -140,11 +142,7 @@ class KrakenFeed(FuturesV1, KrakenRest):
         await super().stop()
 
     # ---- messages ----------------------------------------------------------------------------
-    def decode(self, raw: str | bytes) -> Any:
-        try:
-            return orjson.loads(raw)   # floats; books prove their checksum texts (parsers)
-        except orjson.JSONDecodeError:
-            return p.decode(raw)       # whatever orjson refuses, the exact decoder judges
+    decode = staticmethod(p.decode_fast)
 
     def channel_of(self, msg: dict) -> str | None:
         channel = msg.get("channel")
@@ -180,7 +178,7 @@ class KrakenFeed(FuturesV1, KrakenRest):
         return False
 
     def _on_book(self, conn: WsConnection, msg: dict, raw: str | bytes) -> None:
-        market = self.meta(conn).market
+        market = self._market(conn)
         kind, items = p.parse_book(raw, msg, self.precision, self.price_texts)
         for symbol, expected, bids, asks in items:
             book = self.book(market, symbol, keep_text=True)
@@ -198,7 +196,7 @@ class KrakenFeed(FuturesV1, KrakenRest):
 
     def _on_ticker(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         received_at = received_now()
-        if self.meta(conn).market == SPOT:
+        if not self.unified or conn.meta.spec.market == SPOT:
             for item in msg["data"]:
                 self.emit(p.parse_ticker(item, received_at))
             return
@@ -208,7 +206,7 @@ class KrakenFeed(FuturesV1, KrakenRest):
     def _on_trade(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         # v2 trade ids are sequential per pair, but a per-trade id check (check_trade_ids)
         # costs a quarter of this path's throughput; disconnects are covered by their gaps.
-        for trade in p.parse_trades(msg, received_now(), self.meta(conn).market):
+        for trade in p.parse_trades(msg, received_now(), self._market(conn)):
             self.emit(trade)
 
     def _on_ohlc(self, conn: WsConnection, msg: dict, raw: Any) -> None:
