@@ -270,6 +270,27 @@ class OrderBook:
         return bid is not None and ask is not None and bid[0] >= ask[0]
 
 
+def apply_text_levels(side: BookSide, levels: Iterable[tuple[float, float, str]]) -> None:
+    """(price, size, text) levels onto a kept-text side with one text string per level (a
+    checksum form made by the parser); size 0 deletes. ``BookSide.set`` inlined: the hot path of
+    checksummed books (Kraken)."""
+    book, keys, text = side.levels, side.keys, side.text
+    assert text is not None
+    sign = -1.0 if side.is_bid else 1.0
+    for price, size, level_text in levels:
+        key = sign * price
+        if size == 0.0:
+            if key in book:
+                del book[key]
+                del keys[bisect_left(keys, key)]
+            text.pop(price, None)
+        else:
+            if key not in book:
+                insort(keys, key)
+            book[key] = size
+            text[price] = level_text  # type: ignore[assignment]
+
+
 def parse_levels(levels: Iterable[Iterable[str]]) -> list[tuple[float, float]]:
     """``[["price", "qty", ...], ...]`` (the common wire shape) -> ``[(price, qty), ...]``."""
     return [(float(level[0]), float(level[1])) for level in levels]  # type: ignore[index]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import aiohttp
 import orjson
@@ -60,11 +60,16 @@ class RateBudget:
 
 
 class RestClient:
+    """``rate_limited``: for venues that report rate limits in the body of a 2xx answer, the
+    seconds to pause for such a body (None for any other); it then backs off like a 429."""
+
     def __init__(self, session: aiohttp.ClientSession, base_url: str, budget: RateBudget,
-                 *, timeout_s: float = 10.0, headers: Mapping[str, str] | None = None) -> None:
+                 *, timeout_s: float = 10.0, headers: Mapping[str, str] | None = None,
+                 rate_limited: Callable[[Any], float | None] | None = None) -> None:
         self.session = session
         # Sent with every request of this client (e.g. a venue's wire-format switch).
         self.headers = dict(headers) if headers else None
+        self.rate_limited = rate_limited
         self.base_url = base_url.rstrip("/")
         self.budget = budget
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -100,4 +105,11 @@ class RestClient:
         if status >= 400:
             self.errors += 1
             raise RestError(status, payload, url)
+        if self.rate_limited is not None:
+            pause = self.rate_limited(payload)
+            if pause is not None:
+                self.errors += 1
+                self.budget.pause(pause)
+                log.warning("%s answered %.100r; pausing REST for %.0fs", url, payload, pause)
+                raise RateLimited(status, payload, url)
         return payload

@@ -69,6 +69,10 @@ class KrakenSettings(ExchangeSettings):
     perp_ws_url: str = "wss://futures.kraken.com/ws/v1"
     perp_rest_url: str = "https://futures.kraken.com"
     book_depth: int = 100
+    # Perpetuals over the Derivatives WebSocket v1 (decommissioned 1 March 2027) or the Unified
+    # WebSocket (v2 format, asset_class "derivatives"); v1 until unified is proven live.
+    perp_transport: Literal["unified", "v1"] = "v1"
+    perp_unified_ws_url: str = "wss://uws.kraken.com/v2/public"
 
 
 class GateioSettings(ExchangeSettings):

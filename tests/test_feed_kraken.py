@@ -3,13 +3,18 @@ through the API."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from datetime import timedelta
 
+import aiohttp
+import orjson
 import pytest
 
 from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken.feed import KrakenFeed
+from collector.rest import RateLimited
 from common import schema
 from common.indexes import apply_indexes
 from common.settings import KrakenSettings, Settings
@@ -47,6 +52,17 @@ def fast_reconnects(feed: KrakenFeed) -> None:
 
 async def _value(value):
     return value
+
+
+def with_connections(feed: KrakenFeed, change) -> None:
+    """Apply ``change`` to every connection the feed builds."""
+    make = feed.new_connection
+
+    def new_connection(*args, **kwargs):
+        conn = make(*args, **kwargs)
+        change(conn)
+        return conn
+    feed.new_connection = new_connection
 
 
 def _book_requests(fake: FakeKraken, symbol: str) -> list[str]:
@@ -146,7 +162,7 @@ async def test_futures_resync_has_a_cool_down(mongo_db, fake):
 
     def configure(feed):
         fast_reconnects(feed)
-        feed.perp_resync.cooldown_s = 1.0
+        feed.resync.scheduler.cooldown_s = 1.0
     async with running_feed(KrakenFeed, mongo_db, settings, "kraken", configure) as feed:
         async def synced():
             book = feed.books.get(("perp", "PF_XBTUSD"))
@@ -161,7 +177,7 @@ async def test_futures_resync_has_a_cool_down(mongo_db, fake):
         await wait_for(lambda: _value(fake.fut_book_subscribes["PF_XBTUSD"] == 3),
                        timeout_s=5, what="second resubscribe")
         assert asyncio.get_running_loop().time() - first >= 0.8
-        assert feed.perp_resync.requests == 2
+        assert feed.resync.scheduler.requests == 2
 
 
 async def test_unknown_symbol_isolated_and_error_logged_once(mongo_db, fake):
@@ -172,8 +188,8 @@ async def test_unknown_symbol_isolated_and_error_logged_once(mongo_db, fake):
             return await mongo_db[schema.TRADES].count_documents({"symbol": "BTC/USD"}) and \
                 await mongo_db[schema.MARKET_DATA].count_documents({"symbol": "PF_XBTUSD"})
         await wait_for(data, timeout_s=10, what="data for the valid symbols")
-        assert "DOGE/USD" in feed.stats.unavailable_symbols
-        assert "PF_NOPEUSD" in feed.stats.unavailable_symbols
+        assert "spot:DOGE/USD" in feed.stats.unavailable_symbols
+        assert "perp:PF_NOPEUSD" in feed.stats.unavailable_symbols
         assert any("not supported" in e for e in feed.stats.errors)
         assert sum(feed.stats.errors.values()) >= 2
 
@@ -186,7 +202,9 @@ async def test_silent_connection_is_reconnected_by_idle_watchdog(mongo_db, fake,
 
     def configure(feed):
         fast_reconnects(feed)
-        feed.ping_interval_s = 0.1   # pongs keep arriving but are control traffic
+        # pongs keep arriving but are control traffic
+        with_connections(feed, lambda conn: setattr(conn, "heartbeat", dataclasses.replace(
+            conn.heartbeat, app_ping_interval_s=0.1)))
     async with running_feed(KrakenFeed, mongo_db, settings, "kraken", configure) as feed:
         async def reconnected():
             return (fake.spot_connects if market == "spot" else fake.perp_connects) >= 2
@@ -208,22 +226,19 @@ async def test_heartbeats_neither_feed_the_watchdog_nor_reset_the_backoff(mongo_
     fake.quiet = True
     settings = settings_for(fake, idle_timeout_s=0.4, perp_symbols=[])
 
+    def quick_backoff(conn):
+        conn.healthy_after_s = 0.1
+        conn.backoff.initial_s, conn.backoff.max_s = 0.02, 0.3
+
     def configure(feed):
         fast_reconnects(feed)
-        make = feed.connection
-
-        def connection(*args, **kwargs):
-            conn = make(*args, **kwargs)
-            conn.healthy_after_s = 0.1
-            conn.backoff.initial_s, conn.backoff.max_s = 0.02, 0.3
-            return conn
-        feed.connection = connection
+        with_connections(feed, quick_backoff)
     async with running_feed(KrakenFeed, mongo_db, settings, "kraken", configure) as feed:
         await wait_for(lambda: _value(fake.spot_connects >= 4), timeout_s=10,
                        what="reconnects while only heartbeats arrive")
-        assert feed.spot_conn.backoff.attempt >= 3
+        assert feed.connections[0].backoff.attempt >= 3
         fake.quiet = False
-        await wait_for(lambda: _value(feed.spot_conn.backoff.attempt == 0), timeout_s=5,
+        await wait_for(lambda: _value(feed.connections[0].backoff.attempt == 0), timeout_s=5,
                        what="backoff reset once data flows")
 
 
@@ -260,6 +275,7 @@ async def test_drop_mid_stream_backfills_missed_trades_and_candles(mongo_db, fak
     # The production budget (about 1 call/s) would make this test slow, not different.
     monkeypatch.setattr(ep, "SPOT_REST_CALLS", 50.0)
     monkeypatch.setattr(ep, "FUT_REST_CALLS", 50.0)
+    fake.rest_limit = None      # ... and the fake's limit, which is Kraken's, would refuse it
     settings = settings_for(fake)
     await apply_indexes(mongo_db, settings.retention)
     async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
@@ -377,13 +393,20 @@ def test_ping_throttle_and_idle_thresholds():
     assert spot.idle_timeout_s == perp.idle_timeout_s == STREAM_IDLE_S["book"]
 
 
+def _subscriptions(feed: KrakenFeed) -> list[tuple[str, str, str]]:
+    """(market, symbol, channel) of every subscription the feed's connections carry."""
+    return [(sub.market, sub.symbol, sub.channel.name) for conn in feed.build_connections()
+            for sub in conn.meta.subscriptions]
+
+
 def test_a_connection_without_book_uses_the_quiet_threshold():
-    """Spot ticker and ohlc update on trades only: without a book, a quiet pair is allowed the
-    trades threshold instead of being reconnected every 10 s."""
+    """The ohlc channel updates on trades only: a connection with neither book nor ticker (the
+    bbo ticker moves with the book) is allowed the trades threshold instead of being
+    reconnected every 10 s."""
     for i in range(200):
         feed = offline_feed("0/4", spot_symbols=[f"SYM{i}/USD"], perp_symbols=[])
-        subs = feed.spot_subscriptions()
-        if not subs["book"] and any(subs.values()):
+        channels = {ch for _, _, ch in _subscriptions(feed)}
+        if channels and not channels & {"book", "ticker"}:
             break
     else:
         pytest.fail("no partition without a book")
@@ -395,8 +418,7 @@ def _subscribed(partition: str) -> list[tuple[str, str, str]]:
     symbols = [f"SYM{i}/USD" for i in range(30)] + ["BTC/USD"]
     feed = offline_feed(partition, spot_symbols=symbols,
                         perp_symbols=[f"PF_SYM{i}USD" for i in range(20)] + ["PF_XBTUSD"])
-    return [("spot", s, ch) for ch, syms in feed.spot_subscriptions().items() for s in syms] + \
-        [("perp", s, f) for f, syms in feed.perp_subscriptions().items() for s in syms]
+    return _subscriptions(feed)
 
 
 def test_partitions_cover_every_subscription_once():
@@ -407,26 +429,208 @@ def test_partitions_cover_every_subscription_once():
     assert all(parts)
 
 
-class _RecordingConn:
-    def __init__(self) -> None:
-        self.sent: list[dict] = []
-
-    async def send(self, text: str) -> None:
-        import orjson
-        self.sent.append(orjson.loads(text))
-
-
-async def test_on_open_sends_exactly_the_partitions_subscriptions():
+def test_on_open_sends_exactly_the_partitions_subscriptions():
     for part in ("0/2", "1/2"):
         feed = offline_feed(part, spot_symbols=[f"SYM{i}/USD" for i in range(12)],
                             perp_symbols=[f"PF_SYM{i}USD" for i in range(12)])
         feed.precision = {f"SYM{i}/USD": (1, 8) for i in range(12)}
-        spot, perp = _RecordingConn(), _RecordingConn()
-        await feed._open_spot(spot)
-        await feed._open_perp(perp)
-        sent = {(m["params"]["channel"], s) for m in spot.sent
-                for s in m["params"].get("symbol", [])}
-        want = {(ch, s) for ch, syms in feed.spot_subscriptions().items() for s in syms}
+        want = set(_subscriptions(feed))
+        sent = set()
+        for conn in feed.connections:
+            meta = conn.meta
+            for text in feed.subscribe_requests(meta, list(meta.subscriptions)):
+                msg = orjson.loads(text)
+                if meta.market == "spot":
+                    sent |= {("spot", s, msg["params"]["channel"])
+                             for s in msg["params"].get("symbol", [])}
+                else:
+                    sent |= {("perp", s, msg["feed"]) for s in msg.get("product_ids", [])}
         assert sent == want
-        sent = {(m["feed"], s) for m in perp.sent for s in m.get("product_ids", [])}
-        assert sent == {(f, s) for f, syms in feed.perp_subscriptions().items() for s in syms}
+
+
+# ---- conformance (issue 11, docs/exchanges/kraken.md "Findings") ------------------------------
+async def _book_synced(feed: KrakenFeed, market: str, symbol: str) -> bool:
+    book = feed.books.get((market, symbol))
+    return book is not None and book.synced
+
+
+async def test_failed_unsubscribe_reply_keeps_the_symbol(mongo_db, fake):
+    """F1: a resync whose unsubscribe finds nothing (the server had dropped the book) gets
+    Kraken's ``{"error":"Subscription Not Found","method":"subscribe",...}``: the reply is
+    judged by its req_id (an unsubscribe), the book resyncs and BTC/USD stays available, also
+    across a reconnect."""
+    settings = settings_for(fake, perp_symbols=[])
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
+        await wait_for(lambda: _book_synced(feed, "spot", "BTC/USD"), timeout_s=10, what="book")
+        fake.forget_book_after_corrupt.add("BTC/USD")
+        fake.corrupt_next.add("BTC/USD")
+        await wait_for(lambda: _value(fake.book_subscribes["BTC/USD"] == 2), timeout_s=5,
+                       what="resubscribe")
+        await wait_for(lambda: _book_synced(feed, "spot", "BTC/USD"), timeout_s=5, what="resync")
+        assert fake.unsubscribe_failures == {"BTC/USD": 1}
+        assert fake.errors_sent[-1]["error"] == "Subscription Not Found"
+        assert feed.stats.unavailable_symbols == {}
+        assert feed.stats.errors == {}
+        await fake.drop_connections()
+        await wait_for(lambda: _value(fake.book_subscribes["BTC/USD"] == 3), timeout_s=5,
+                       what="BTC/USD subscribed again after the reconnect")
+
+
+async def test_futures_error_without_product_ids_marks_the_requested_product(mongo_db, fake):
+    """F3: the real ``{"event":"error","message":"Invalid product id"}`` names no product. With
+    the instrument list unreachable, the error is attributed to the request it answers: only
+    PF_NOPEUSD is marked, and the reconnect does not subscribe it again."""
+    fake.instruments_down = True
+    settings = settings_for(fake, spot_symbols=[], perp_symbols=["PF_NOPEUSD", "PF_XBTUSD"])
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
+        await wait_for(lambda: _value(bool(feed.stats.unavailable_symbols)), timeout_s=10,
+                       what="unknown product marked")
+        assert fake.errors_sent == [{"event": "error", "message": "Invalid product id"}] * 3
+        assert set(feed.stats.unavailable_symbols) == {"perp:PF_NOPEUSD"}
+        await wait_for(lambda: mongo_db[schema.MARKET_DATA].find_one({"symbol": "PF_XBTUSD"}),
+                       timeout_s=5, what="the valid product's data")
+        fake.requests.clear()
+        await fake.drop_connections()
+        await wait_for(lambda: _value(fake.perp_connects == 2 and len(fake.requests) >= 4),
+                       timeout_s=5, what="resubscribed")
+        assert {p for r in fake.requests for p in r.get("product_ids", [])} == {"PF_XBTUSD"}
+
+
+async def test_ticker_follows_top_of_book_between_trades(mongo_db, fake):
+    """F4: subscribed with ``event_trigger: bbo``, the ticker's bid/ask move with the book while
+    no trade happens (the default trigger sends nothing then)."""
+    fake.trades_paused = True
+    settings = settings_for(fake, spot_symbols=["BTC/USD"], perp_symbols=[])
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
+        def at_top_of_book():
+            ticker = feed.tickers.get(("spot", "BTC/USD"))
+            return _value(len(set(fake.tickers_sent)) >= 3 and ticker is not None and
+                          ("BTC/USD", ticker.bid, ticker.ask) == fake.tickers_sent[-1])
+        await wait_for(at_top_of_book, timeout_s=5, what="tickers following the top of book")
+        assert await mongo_db[schema.TRADES].count_documents({}) == 0
+        [request] = [r for r in fake.requests if r.get("params", {}).get("channel") == "ticker"]
+        assert request["params"]["event_trigger"] == "bbo"
+
+
+async def test_ohlc_backfill_beyond_the_720_row_window_is_partial(mongo_db, fake):
+    """F5: ``/0/public/OHLC`` returns only the newest rows (720; 3 here): a gap that starts
+    earlier is reported partial (False), one inside the window complete."""
+    fake.ohlc_max_rows = 3
+    settings = settings_for(fake, spot_symbols=["BTC/USD"], perp_symbols=[])
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
+        await wait_for(lambda: _value(len(fake.market.candles.get("BTC/USD", [])) >= 6),
+                       timeout_s=10, what="six candles on the server")
+        candles = fake.market.candles["BTC/USD"]
+        assert await feed.backfill_candles("spot", "BTC/USD", candles[0].begin) is False
+        recent = fake.market.candles["BTC/USD"][-2].begin
+        assert await feed.backfill_candles("spot", "BTC/USD", recent) is True
+
+
+@pytest.mark.parametrize("error", ["EAPI:Rate limit exceeded", "EGeneral:Too many requests",
+                                   (429, 7)])
+async def test_rest_rate_limit_answers_pause_rest(fake, error):
+    """F6: Kraken's HTTP-200 body rate-limit errors back off like a 429 (which honours
+    Retry-After): RateLimited is raised and every REST call of the budget waits."""
+    settings = settings_for(fake)
+    async with aiohttp.ClientSession() as session:
+        feed = KrakenFeed(settings.kraken,
+                          dataclasses.replace(offline_context(settings), session=session))
+        fake.rest_errors_next = [error]
+        before = time.monotonic()
+        with pytest.raises(RateLimited):
+            await feed.spot_rest.get(ep.SPOT_OHLC_REST, {"pair": "XBTUSD", "interval": 1})
+        pause = feed.spot_rest.budget.paused_until - before
+        assert pause == pytest.approx(7 if isinstance(error, tuple) else 30, abs=0.5)
+
+
+async def test_fake_rest_limit_is_kept_by_the_feed_budget(fake):
+    """The fake refuses bursts beyond a public limit of about 1 call/s; the feed's own budget
+    (3 calls per 3 s) keeps under it."""
+    settings = settings_for(fake)
+    fake.rest_limit = (4.0, 1.0)
+    async with aiohttp.ClientSession() as session:
+        feed = KrakenFeed(settings.kraken,
+                          dataclasses.replace(offline_context(settings), session=session))
+        feed.spot_rest.budget.capacity = feed.spot_rest.budget.tokens = 3
+        for _ in range(5):
+            await feed.spot_rest.get(ep.SPOT_OHLC_REST, {"pair": "XBTUSD", "interval": 1})
+        assert fake.rate_errors == 0
+
+
+async def test_spot_pings_keep_the_connection_inside_the_idle_cut(mongo_db, fake):
+    """The fake closes a spot socket that sends nothing for ``idle_cut_s`` (Kraken: ~1 minute);
+    the feed's application ping (20 s in production) keeps it open."""
+    fake.idle_cut_s = 0.6
+    settings = settings_for(fake, perp_symbols=[])
+
+    def configure(feed):
+        fast_reconnects(feed)
+        with_connections(feed, lambda conn: setattr(conn, "heartbeat", dataclasses.replace(
+            conn.heartbeat, app_ping_interval_s=0.15)))
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", configure):
+        await wait_for(lambda: _value(fake.pings >= 10), timeout_s=5, what="pings")
+        assert fake.idle_cuts == 0 and fake.spot_connects == 1 and fake.rate_errors == 0
+
+
+# ---- perpetuals over the Unified WebSocket (issue 12) ------------------------------------------
+async def test_unified_transport_serves_every_perp_type_and_trade_candles(mongo_db, fake):
+    """``perp_transport: unified``: book (v2 checksum), trades, ticker with funding and open
+    interest from wss://uws.kraken.com/v2/public (subscriptions say asset_class derivatives);
+    nothing goes to the v1 endpoint; 1-minute candles are built from the trades (source
+    "trades") and close when their minute has ended."""
+    settings = settings_for(fake, spot_symbols=[], perp_transport="unified",
+                            perp_unified_ws_url=fake.unified_url)
+    async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
+        await wait_for(lambda: _book_synced(feed, "perp", "PF_XBTUSD"), timeout_s=10,
+                       what="unified book synced")
+        await wait_for_latest(mongo_db, "kraken", {("perp", "PF_XBTUSD", t) for t in (
+            schema.MARKET_DATA, schema.TRADES, schema.FUNDING_RATES, schema.OPEN_INTEREST,
+            schema.ORDER_BOOK)})
+        assert fake.perp_connects == 0 and fake.unified_connects == 1
+        requests = [r for r in fake.requests if r.get("method") == "subscribe"]
+        assert {r["params"]["channel"] for r in requests} == {"ticker", "trade", "book"}
+        assert all(r["params"]["asset_class"] == "derivatives" for r in requests)
+        funding = await mongo_db[schema.FUNDING_RATES].find_one({"symbol": "PF_XBTUSD"})
+        assert (funding["rate"], funding["predicted_rate"], funding["pair"]) == (
+            1e-05, 9e-06, "BTC/USD")
+        oi = await mongo_db[schema.OPEN_INTEREST].find_one({"symbol": "PF_XBTUSD"})
+        assert oi["open_interest"] == FUT_OPEN_INTEREST
+        trade = await mongo_db[schema.TRADES].find_one({"symbol": "PF_XBTUSD"})
+        assert trade["market"] == "perp" and trade["side"] in ("buy", "sell")
+        assert feed.checksum_failures == 0 and feed.stats.malformed == 0
+        # a checksum failure resubscribes that book over the unified socket
+        fake.corrupt_next.add("PF_XBTUSD")
+        await wait_for(lambda: _value(feed.checksum_failures == 1), timeout_s=5, what="mismatch")
+        await wait_for(lambda: _book_synced(feed, "perp", "PF_XBTUSD"), timeout_s=5,
+                       what="resynced")
+        assert [r["method"] for r in fake.requests if r.get("params", {}).get("channel") ==
+                "book"] == ["subscribe", "unsubscribe", "subscribe"]
+        # candles from trades: every trade counted once, closed after the minute
+        feed.trade_candles.grace_ms = 0
+        candle = await wait_for(lambda: mongo_db[schema.OHLCV].find_one(
+            {"symbol": "PF_XBTUSD", "market": "perp", "source": "trades"}), timeout_s=5,
+            what="a trade-built candle")
+        assert candle["interval"] == "1m"
+        fake.trades_paused = True       # the minute's trades are now final
+
+        async def candle_of_its_trades():
+            doc = await mongo_db[schema.OHLCV].find_one(
+                {"symbol": "PF_XBTUSD", "source": "trades", "ts": candle["ts"]})
+            trades = await mongo_db[schema.TRADES].find(
+                {"symbol": "PF_XBTUSD", "ts": {"$gte": candle["ts"],
+                                               "$lt": candle["ts"] + timedelta(minutes=1)}}
+            ).sort("ts", 1).to_list(None)
+            return (doc, trades) if trades and doc["trades"] == len(trades) else None
+        doc, trades = await wait_for(candle_of_its_trades, timeout_s=5,
+                                     what="the candle of the minute's stored trades")
+        prices = [t["price"] for t in trades]
+        assert (doc["open"], doc["close"], doc["high"], doc["low"]) == (
+            prices[0], prices[-1], max(prices), min(prices))
+        assert doc["volume"] == pytest.approx(sum(t["size"] for t in trades))
+
+
+def test_default_perp_transport_is_v1():
+    feed = offline_feed()
+    assert [c.url for c in feed.build_connections()] == ["ws://spot", "ws://perp"]
+    feed = offline_feed(perp_transport="unified", perp_unified_ws_url="ws://uws/v2/public")
+    assert [c.url for c in feed.build_connections()] == ["ws://spot", "ws://uws/v2/public"]

@@ -8,6 +8,9 @@ REST ``/0/public/Trades`` and ``/0/public/OHLC`` pages, and the Kraken Futures W
 """
 from __future__ import annotations
 
+from collector.connection import HeartbeatPolicy
+from collector.kit.spec import RESUBSCRIBE, Channel, ConnectionSpec, Limits, VenueSpec
+
 # Spot WebSocket v2 channels.
 SPOT_INSTRUMENT = "instrument"
 SPOT_TICKER = "ticker"
@@ -24,12 +27,17 @@ CHECKSUM_LEVELS = 10
 # v2 application ping; the server closes connections idle for ~1 minute.
 SPOT_PING_INTERVAL_S = 20.0
 
-# Data kind of each subscription (partitioning, idle thresholds). The spot ``ticker`` (default
-# ``event_trigger: trades``) and ``ohlc`` channels update on trades only, so on a quiet pair they
-# are as quiet as the trade channel: they count as "trades" for the idle watchdog.
-SPOT_KINDS = {SPOT_TICKER: "ticker", SPOT_TRADE: "trades", SPOT_BOOK: "book", SPOT_OHLC: "kline"}
-SPOT_IDLE_KINDS = {SPOT_TICKER: "trades", SPOT_TRADE: "trades", SPOT_BOOK: "book",
-                   SPOT_OHLC: "trades"}
+# The ticker is subscribed with ``event_trigger: bbo``: it is pushed on every top-of-book change,
+# so bid/ask stay fresh between trades (the default, ``trades``, fires on trades only).
+SPOT_TICKER_TRIGGER = "bbo"
+# Subscribe parameters per spot channel (besides the symbols); books are subscribed once the
+# pairs' precisions (for the checksum) are known from the ``instrument`` channel.
+SPOT_PARAMS = {SPOT_TICKER: {"event_trigger": SPOT_TICKER_TRIGGER}, SPOT_TRADE: {"snapshot": False},
+               SPOT_OHLC: {"interval": SPOT_OHLC_INTERVAL_MIN}}
+# Partition streams are the data kinds (ownership unchanged since before the feed kit). The
+# ``ohlc`` channel updates on trades only: on a quiet pair it is as quiet as the trade channel.
+SPOT_CHANNELS = (Channel(SPOT_TICKER, "ticker"), Channel(SPOT_TRADE, "trades"),
+                 Channel(SPOT_BOOK, "book"), Channel(SPOT_OHLC, "kline", idle="trades"))
 
 # Spot REST (relative to spot_rest_url). Trades: ``pair``, ``since`` (the first request in
 # seconds, then the returned ``last`` cursor, nanoseconds), ``count`` <= 1000, oldest first.
@@ -62,7 +70,10 @@ FUT_TRADE = "trade"
 FUT_BOOK = "book"
 FUT_HEARTBEAT = "heartbeat"
 # The futures ticker carries ticker, funding and open interest; it is pushed every second.
-FUT_KINDS = {FUT_TICKER: "ticker", FUT_TRADE: "trades", FUT_BOOK: "book"}
+FUT_CHANNELS = (Channel(FUT_TICKER, "ticker"), Channel(FUT_TRADE, "trades"),
+                Channel(FUT_BOOK, "book"))
+# The client must send a ping at least every 60 s (WebSocket ping frames do).
+FUT_PING_INTERVAL_S = 30.0
 
 # Kraken Futures perpetuals accrue funding hourly (inferred from next_funding_rate_time being on
 # the hour; no doc sentence found).
@@ -78,3 +89,46 @@ BACKOFF_MAX_S = 60.0
 # retry when the fresh snapshot does not arrive.
 RESYNC_COOLDOWN_S = 2.0
 RESYNC_RETRY_S = 10.0
+
+# Futures v1: at most 100 requests/s per connection (one request per product and feed); spot
+# v2's message rate is dynamic (``{"Error":"Exceeded msg rate"}``): requests on one connection
+# are paced at about 66/s.
+REQUEST_INTERVAL_S = 0.015
+
+
+def _ping() -> str:
+    return '{"method":"ping"}'
+
+
+V2_HEARTBEAT = HeartbeatPolicy(app_ping=_ping, app_ping_interval_s=SPOT_PING_INTERVAL_S)
+SPOT_CONNECTION = ConnectionSpec("spot", "spot", "spot_ws_url", SPOT_CHANNELS,
+                                 heartbeat=V2_HEARTBEAT)
+LIMITS = Limits(connect_interval_s=CONNECT_INTERVAL_S, backoff_max_s=BACKOFF_MAX_S,
+                request_interval_s=REQUEST_INTERVAL_S, rest_weight_per_window=SPOT_REST_CALLS,
+                rest_window_s=SPOT_REST_WINDOW_S)
+
+# Perpetuals over the Unified WebSocket. Documented (D-UWS): the endpoint, "the same v2 message
+# format" as spot v2, ``asset_class: derivatives`` on subscriptions, the v2 connection rules
+# (application ping, ~1 minute idle cut). INFERRED from "same v2 format" (no source found): the
+# channel names ticker/trade/book, ``PF_`` symbols, the CRC32 book checksum, and the ticker's
+# funding / mark / index / open-interest field names (parsers.parse_unified_ticker).
+UNIFIED_ASSET_CLASS = "derivatives"
+UNIFIED_PARAMS = {SPOT_TICKER: {"event_trigger": SPOT_TICKER_TRIGGER},
+                  SPOT_TRADE: {"snapshot": False}}
+UNIFIED_CHANNELS = (Channel(SPOT_TICKER, "ticker"), Channel(SPOT_TRADE, "trades"),
+                    Channel(SPOT_BOOK, "book"))
+
+# One perpetual transport is used, chosen by the settings (``perp_transport``): the feed blanks
+# the URL of the other, so its connection is not planned. Same label and partition streams.
+SPEC = VenueSpec(
+    name="kraken",
+    connections=(
+        SPOT_CONNECTION,
+        ConnectionSpec("perp", "perp", "perp_ws_url", FUT_CHANNELS,
+                       heartbeat=HeartbeatPolicy(protocol_ping_interval_s=FUT_PING_INTERVAL_S)),
+        ConnectionSpec("perp", "perp", "perp_unified_ws_url", UNIFIED_CHANNELS,
+                       heartbeat=V2_HEARTBEAT),
+    ),
+    limits=LIMITS,
+    book_protocol=RESUBSCRIBE,
+)

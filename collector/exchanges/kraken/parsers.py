@@ -9,12 +9,16 @@ raises ``Inexact`` (the feed then re-decodes that message with ``decode``). Ever
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any, Iterable
 
+import orjson
+
+from collector.orderbook import OrderBook, apply_text_levels
 from common.schema import PERP, SPOT, Candle, Funding, OpenInterest, Ticker, Trade, UTC, \
     ms_to_dt, s_to_dt
 from common.symbols import pair_from_symbol
@@ -26,6 +30,18 @@ _pair = lru_cache(maxsize=4096)(pair_from_symbol)
 def decode(raw: str | bytes) -> Any:
     """JSON with floats as Decimal (exact engine precision, trailing zeros kept)."""
     return json.loads(raw, parse_float=Decimal)
+
+
+_loads, _JSONDecodeError = orjson.loads, orjson.JSONDecodeError
+
+
+def decode_fast(raw: str | bytes) -> Any:
+    """The feed's decoder: orjson (floats; book levels prove their checksum texts), and
+    ``decode`` for whatever orjson refuses (the exact decoder judges it)."""
+    try:
+        return _loads(raw)
+    except _JSONDecodeError:
+        return decode(raw)
 
 
 def v2_symbol(configured: str) -> str:
@@ -89,7 +105,7 @@ def parse_instrument_pairs(msg: dict) -> dict[str, tuple[int, int]]:
     return {p["symbol"]: (int(p["price_precision"]), int(p["qty_precision"])) for p in pairs}
 
 
-def parse_ticker(item: dict, received_at: datetime) -> Ticker:
+def parse_ticker(item: dict, received_at: datetime, market: str = SPOT) -> Ticker:
     symbol = item["symbol"]
     get = item.get
     # orjson floats as they are (float(x) of a float is x); anything else by _f's rule.
@@ -99,7 +115,7 @@ def parse_ticker(item: dict, received_at: datetime) -> Ticker:
     change = v if type(v := get("change")) is float else _f(v)
     ts = parse_time_fast(v) if (v := get("timestamp")) else received_at
     return Ticker(
-        EXCHANGE, symbol, _pair(symbol), SPOT, ts, received_at,
+        EXCHANGE, symbol, _pair(symbol), market, ts, received_at,
         last,
         v if type(v := item["bid"]) is float else _f(v),
         v if type(v := get("bid_qty")) is float else _f(v),
@@ -114,7 +130,7 @@ def parse_ticker(item: dict, received_at: datetime) -> Ticker:
         v if type(v := get("change_pct")) is float else _f(v))
 
 
-def parse_trades(msg: dict, received_at: datetime) -> list[Trade]:
+def parse_trades(msg: dict, received_at: datetime, market: str = SPOT) -> list[Trade]:
     out = []
     for item in msg["data"]:
         symbol = item["symbol"]
@@ -122,11 +138,35 @@ def parse_trades(msg: dict, received_at: datetime) -> list[Trade]:
         if side != "buy" and side != "sell":
             raise ValueError(f"bad side {side!r}")
         # Positional construction (trade_id, price, size, side): cheaper than keywords.
-        out.append(Trade(EXCHANGE, symbol, _pair(symbol), SPOT,
+        out.append(Trade(EXCHANGE, symbol, _pair(symbol), market,
                          parse_time_fast(item["timestamp"]), received_at,
                          str(int(item["trade_id"])), float(item["price"]),
                          float(item["qty"]), side))
     return out
+
+
+def parse_unified_ticker(item: dict, received_at: datetime
+                         ) -> tuple[Ticker, Funding | None, OpenInterest | None]:
+    """Unified WebSocket ``ticker`` of a perpetual (asset_class derivatives): the spot v2 ticker
+    fields, plus -- names INFERRED from the v2 conventions, no source documents them yet --
+    ``mark_price``, ``index_price``, ``funding_rate`` (relative, dimensionless, as v1's
+    ``relative_funding_rate``), ``funding_rate_prediction``, ``next_funding_time`` (RFC 3339)
+    and ``open_interest`` (contracts = base units on PF_)."""
+    ticker = parse_ticker(item, received_at, PERP)
+    ticker.mark_price, ticker.index_price = _f(item.get("mark_price")), _f(item.get("index_price"))
+    symbol, pair, ts = ticker.symbol, ticker.pair, ticker.ts
+    funding = None
+    if item.get("funding_rate") is not None:
+        nxt = item.get("next_funding_time")
+        funding = Funding(EXCHANGE, symbol, pair, PERP, ts, received_at,
+                          rate=float(item["funding_rate"]),
+                          next_funding_time=parse_time(nxt) if nxt else None,
+                          predicted_rate=_f(item.get("funding_rate_prediction")),
+                          mark_price=ticker.mark_price, index_price=ticker.index_price,
+                          interval_hours=1.0)
+    oi = _open_interest(item.get("open_interest"), symbol, pair, ts, received_at,
+                        ticker.mark_price)
+    return ticker, funding, oi
 
 
 def parse_candle(item: dict, received_at: datetime) -> Candle:
@@ -205,12 +245,12 @@ def levels_fast(levels: Iterable[dict], price_precision: int, qty_precision: int
     ``price_texts`` caches price -> text for this pair's precision (prices recur on the tick
     grid). Deletions (qty 0) carry no text. Raises ``Inexact`` for a number whose text cannot be
     proven exact (see ``_exact_text``): the caller then uses the exact path."""
+    if price_precision > 22 or qty_precision > 22:   # 10^p no longer exact as a float
+        raise Inexact("precision")
     out = []
     append = out.append
     pscale = 10.0 ** price_precision
     qscale = 10.0 ** qty_precision
-    if price_precision > 22 or qty_precision > 22:   # 10^p no longer exact as a float
-        raise Inexact("precision")
     get = price_texts.get
     for level in levels:
         price = level["price"]
@@ -250,7 +290,106 @@ def book_checksum(asks: Iterable[tuple[str, str]], bids: Iterable[tuple[str, str
     return zlib.crc32(text.encode()) & 0xFFFFFFFF
 
 
+CHECKSUM_LEVELS = 10
+
+
+def book_crc(book: OrderBook) -> int:
+    """The v2 checksum of a kept-text book: CRC32 of the top 10 asks then the top 10 bids, from
+    each level's kept text (one string per level, or ``(price text, qty text)`` pairs)."""
+    n = CHECKSUM_LEVELS
+    asks_text, bids_text = book.asks.text, book.bids.text
+    assert asks_text is not None and bids_text is not None
+    texts = [asks_text[key] for key in book.asks.keys[:n]]
+    texts += [bids_text[-key] for key in book.bids.keys[:n]]
+    if texts and type(texts[0]) is tuple:
+        texts = ["".join(t) for t in texts]
+    return zlib.crc32("".join(texts).encode()) & 0xFFFFFFFF  # type: ignore[arg-type]
+
+
+# symbol -> (its precision, price -> checksum text at that precision)
+PriceTexts = dict[str, tuple[tuple[int, int], dict[float, str]]]
+# symbol, the exchange's checksum, bids, asks
+BookItem = tuple[str, int, list[FastLevel], list[FastLevel]]
+
+
+def _texts_of(caches: PriceTexts, symbol: str, precision: tuple[int, int]) -> dict[float, str]:
+    entry = caches.get(symbol)
+    if entry is None or entry[0] != precision:
+        entry = caches[symbol] = (precision, {})
+    return entry[1]
+
+
+def parse_book(raw: str | bytes, msg: dict, precision: dict[str, tuple[int, int]],
+               caches: PriceTexts) -> tuple[str, list[BookItem]]:
+    """A ``book`` message -> (snapshot | update, its items), every level parsed (and its
+    checksum text made) before any book changes. Fast path: the orjson floats formatted to the
+    instrument precision, each text proven exact; a message with a number that cannot be proven
+    (or a pair without a known precision) is decoded again with exact decimals and parsed from
+    those."""
+    try:
+        items = []
+        for item in msg["data"]:
+            symbol = item["symbol"]
+            prec = precision.get(symbol)
+            if prec is None:
+                raise Inexact("no instrument precision")
+            pp, qp = prec
+            cache = _texts_of(caches, symbol, prec)
+            items.append((symbol, _int(item["checksum"]), levels_fast(item["bids"], pp, qp, cache),
+                          levels_fast(item["asks"], pp, qp, cache)))
+        return msg["type"], items
+    except Inexact:
+        msg = decode(raw)
+    items = []
+    for item in msg["data"]:
+        symbol = item["symbol"]
+        pp, qp = precision.get(symbol, (None, None))     # type: ignore[arg-type]
+        items.append((symbol, _int(item["checksum"]), levels_exact(item["bids"], pp, qp),
+                      levels_exact(item["asks"], pp, qp)))
+    return msg["type"], items
+
+
+def apply_book(book: OrderBook, kind: str, bids: list[FastLevel], asks: list[FastLevel],
+               depth: int) -> int:
+    """The hot path: one item of a parsed ``book`` message onto a kept-text book (a snapshot
+    replaces it); then truncate to the subscribed depth (Kraken never deletes levels that fall
+    out of it) and return the local checksum to compare with the exchange's."""
+    if kind == "snapshot":
+        book.load_snapshot((), ())
+    apply_text_levels(book.asks, asks)
+    apply_text_levels(book.bids, bids)
+    book.changed = True
+    book.truncate(depth)
+    return book_crc(book)
+
+
 # ---- spot REST -----------------------------------------------------------------------------------
+# Rate-limit errors Kraken REST answers with HTTP 200 (matched by prefix; a ": <detail>" may
+# follow). ``EService:Throttled: <unix time>`` names the instant to wait until.
+RATE_LIMIT_ERRORS = ("EAPI:Rate limit exceeded", "EAuth:Rate limit exceeded",
+                     "EGeneral:Too many requests")
+THROTTLED = "EService:Throttled"
+RATE_LIMIT_PAUSE_S = 30.0
+
+
+def rest_rate_limit(body: Any) -> float | None:
+    """Seconds to pause all REST calls when a body says the client is rate limited (None when
+    it does not), so that these answers back off like an HTTP 429."""
+    errors = body.get("error") if isinstance(body, dict) else None
+    if not errors or not isinstance(errors, list):
+        return None
+    for error in errors:
+        text = str(error)
+        if text.startswith(RATE_LIMIT_ERRORS):
+            return RATE_LIMIT_PAUSE_S
+        if text.startswith(THROTTLED):
+            try:
+                return max(1.0, float(text.rsplit(":", 1)[1]) - time.time())
+            except (ValueError, IndexError):
+                return RATE_LIMIT_PAUSE_S
+    return None
+
+
 def _rest_result(body: dict) -> tuple[list, Any]:
     """``{"error": [...], "result": {<pair key>: rows, "last": cursor}}`` -> (rows, last). The pair
     key is Kraken's own (``XXBTZUSD``), so it is taken as the only key besides ``last``."""
@@ -373,6 +512,15 @@ def parse_futures_book_delta(msg: dict) -> tuple[str, float, float, int]:
     return side, float(msg["price"]), qty, int(msg["seq"])
 
 
+def apply_futures_delta(book: OrderBook, side: str, price: float, qty: float, seq: int) -> None:
+    """One futures ``book`` level (absolute qty, 0 deletes; ``buy`` = bid) onto a synced book."""
+    level = ((price, qty),)
+    if side == "buy":
+        book.apply(level, (), seq)
+    else:
+        book.apply((), level, seq)
+
+
 # ---- futures REST --------------------------------------------------------------------------------
 def _futures_ok(body: dict) -> dict:
     if body.get("result") != "success":
@@ -382,7 +530,9 @@ def _futures_ok(body: dict) -> dict:
 
 def parse_futures_history(body: dict, symbol: str, received_at: datetime) -> list[Trade]:
     """``/derivatives/api/v3/history`` -> trades, newest first. ``uid`` is the id the WebSocket
-    ``trade`` feed sends (the streamed trades' key)."""
+    ``trade`` feed sends (the streamed trades' key). ``trade_id`` is the row's position in the
+    page (100, 99, ...), not an id: a row without ``uid`` is keyed by its time, price, size and
+    side instead."""
     pair = pair_from_symbol(symbol)
     out = []
     for row in _futures_ok(body)["history"]:
@@ -390,7 +540,8 @@ def parse_futures_history(body: dict, symbol: str, received_at: datetime) -> lis
         if side not in ("buy", "sell"):
             raise ValueError(f"bad side {side!r}")
         out.append(Trade(EXCHANGE, symbol, pair, PERP, parse_time(row["time"]), received_at,
-                         trade_id=str(row.get("uid") or row["trade_id"]),
+                         trade_id=str(row.get("uid") or
+                                      f"{row['time']}|{row['price']}|{row['size']}|{side}"),
                          price=float(row["price"]), size=float(row["size"]), side=side))
     return out
 
