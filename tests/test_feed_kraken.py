@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import orjson
@@ -14,7 +14,8 @@ import pytest
 from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken.feed import KrakenFeed
-from collector.rest import RateLimited
+from collector.gaps import Gap
+from collector.rest import RateLimited, RestError
 from common import schema
 from common.indexes import apply_indexes
 from common.settings import KrakenSettings, Settings
@@ -634,3 +635,29 @@ def test_default_perp_transport_is_v1():
     assert [c.url for c in feed.build_connections()] == ["ws://spot", "ws://perp"]
     feed = offline_feed(perp_transport="unified", perp_unified_ws_url="ws://uws/v2/public")
     assert [c.url for c in feed.build_connections()] == ["ws://spot", "ws://uws/v2/public"]
+
+
+async def test_derivatives_rest_after_its_decommission_degrades_to_no_perp_backfill(
+        mongo_db, fake, monkeypatch):
+    """Issue 12: Derivatives REST v3 has no documented successor. Before 2027-03-01 a failure
+    is an ordinary REST error; from that date the first failure retires it: one error line in
+    /health (``errors``), the perpetual backfill is partial, and no further call is made."""
+    fake.derivatives_rest_gone = True
+    settings = settings_for(fake, spot_symbols=[], perp_symbols=["PF_XBTUSD"])
+    gap = Gap("kraken", "*", "perp", "kraken:perp", "disconnect",
+              datetime.now(timezone.utc) - timedelta(seconds=30))
+    async with aiohttp.ClientSession() as session:
+        feed = KrakenFeed(settings.kraken,
+                          dataclasses.replace(offline_context(settings), session=session))
+        assert await feed.backfill(gap) is False               # still before the date
+        assert not feed.perp_rest_retired and ep.FUT_REST_RETIRED not in feed.stats.errors
+        monkeypatch.setattr(ep, "FUT_REST_DECOMMISSION",
+                            datetime.now(timezone.utc) - timedelta(days=1))
+        assert await feed.backfill(gap) is False
+        assert feed.perp_rest_retired and feed.stats.errors[ep.FUT_REST_RETIRED] == 1
+        calls = len(fake.rest_requests)
+        assert await feed.backfill(gap) is False
+        with pytest.raises(RestError):
+            await feed.repoll_derivatives("PF_XBTUSD")
+        assert len(fake.rest_requests) == calls               # retired: nothing sent again
+        assert feed.stats.errors[ep.FUT_REST_RETIRED] == 1

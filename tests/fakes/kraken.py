@@ -265,6 +265,8 @@ class FakeKraken:
         self.pings = 0
         self.requests: list[dict] = []
         self.rest_requests: list[tuple[str, dict]] = []
+        # Derivatives REST v3 turned off (its decommission): every call answers 404.
+        self.derivatives_rest_gone = False
         self.history_page = 100          # /derivatives/api/v3/history page size
         self.market = Market()
         # The exchange's own book per pair: the bbo ticker follows its top of book.
@@ -506,7 +508,15 @@ class FakeKraken:
         return web.json_response({"error": [], "result": {
             key: rows, "last": rows[-2][0] if len(rows) > 1 else since}})
 
+    def _derivatives_gone(self, request: web.Request) -> web.Response | None:
+        if not self.derivatives_rest_gone:
+            return None
+        self.rest_requests.append((request.path, dict(request.query)))
+        return web.Response(status=404, text="Not Found")
+
     async def _instruments(self, request: web.Request) -> web.Response:
+        if (gone := self._derivatives_gone(request)) is not None:
+            return gone
         if self.instruments_down:
             return web.Response(status=503, text="Service Unavailable")
         return web.json_response({"result": "success", "instruments": [
@@ -515,6 +525,8 @@ class FakeKraken:
             + [{"symbol": "PI_XBTUSD", "type": "futures_inverse", "tradeable": True}]})
 
     async def _rest_tickers(self, request: web.Request) -> web.Response:
+        if (gone := self._derivatives_gone(request)) is not None:
+            return gone
         self.rest_requests.append((request.path, dict(request.query)))
         now = datetime.now(timezone.utc)
         return web.json_response({"result": "success", "serverTime": iso_ms(now), "tickers": [{
@@ -528,6 +540,8 @@ class FakeKraken:
 
     async def _rest_history(self, request: web.Request) -> web.Response:
         """The ``history_page`` most recent trades before ``lastTime`` (newest first)."""
+        if (gone := self._derivatives_gone(request)) is not None:
+            return gone
         query = dict(request.query)
         self.rest_requests.append((request.path, query))
         product = query.get("symbol", "").upper()

@@ -8,6 +8,8 @@ REST ``/0/public/Trades`` and ``/0/public/OHLC`` pages, and the Kraken Futures W
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from collector.connection import HeartbeatPolicy
 from collector.kit.spec import RESUBSCRIBE, Channel, ConnectionSpec, Limits, VenueSpec
 
@@ -55,6 +57,12 @@ SPOT_REST_WINDOW_S = 3.0
 
 # Futures REST (relative to perp_rest_url).
 FUT_INSTRUMENTS_REST = "/derivatives/api/v3/instruments"
+# Derivatives REST v3 is decommissioned on 2027-03-01 with no documented successor for the
+# instruments, tickers and history endpoints (docs/exchanges/kraken.md): after that date a
+# failing call retires it for the process (no REST backfill for perpetuals; one /health error).
+FUT_REST_DECOMMISSION = datetime(2027, 3, 1, tzinfo=timezone.utc)
+FUT_REST_RETIRED = ("derivatives REST v3 decommissioned 2027-03-01 and failing: no REST "
+                    "backfill (trades, funding, open interest) for perpetuals")
 FUT_TICKERS_REST = "/derivatives/api/v3/tickers"
 # Trade history: the 100 most recent trades before ``lastTime`` (newest first).
 FUT_HISTORY_REST = "/derivatives/api/v3/history"

@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from collector.exchanges.base import Feed, FeedContext
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken import parsers as p
-from collector.rest import RateBudget, RestClient, RestError
+from collector.rest import RateBudget, RateLimited, RestClient, RestError
 from common.schema import PERP, SPOT, now_utc
 from common.settings import ExchangeSettings
 
 log = logging.getLogger(__name__)
+
+
+class RestRetired(RestError):
+    """The endpoint family is gone for good (a backfill through it is partial, not retried)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(410, reason, "")
 
 
 class KrakenRest(Feed):
@@ -28,6 +36,22 @@ class KrakenRest(Feed):
                                     rate_limited=p.rest_rate_limit)
         self.perp_rest = RestClient(ctx.session, cfg.perp_rest_url,
                                     RateBudget(ep.FUT_REST_CALLS, ep.FUT_REST_WINDOW_S))
+        self.perp_rest_retired = False
+
+    async def perp_get(self, path: str, params: dict | None = None) -> Any:
+        """A derivatives REST v3 call. From its decommission date a failure (refused, 404, 410,
+        ...) retires it for this process: reported once in ``/health``, never retried, and the
+        perpetual backfill hooks do nothing (a gap stays ``backfilled: false``)."""
+        if self.perp_rest_retired:
+            raise RestRetired(ep.FUT_REST_RETIRED)
+        try:
+            return await self.perp_rest.get(path, params)
+        except RestError as exc:
+            if now_utc() >= ep.FUT_REST_DECOMMISSION and not isinstance(exc, RateLimited):
+                self.perp_rest_retired = True
+                self.stats.error_once(self.name, ep.FUT_REST_RETIRED)
+                raise RestRetired(ep.FUT_REST_RETIRED) from exc
+            raise
 
     async def prepare(self) -> None:
         """Validate the futures symbols against the instrument list (spot symbols are checked
@@ -35,7 +59,7 @@ class KrakenRest(Feed):
         if not self.cfg.perp_symbols or not self.cfg.perp_rest_url:
             return
         try:
-            listed = p.parse_futures_instruments(await self.perp_rest.get(ep.FUT_INSTRUMENTS_REST))
+            listed = p.parse_futures_instruments(await self.perp_get(ep.FUT_INSTRUMENTS_REST))
         except (RestError, KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("kraken: futures instrument list unavailable (%s)", exc)
             return
@@ -73,7 +97,7 @@ class KrakenRest(Feed):
         for _ in range(ep.FUT_HISTORY_MAX_PAGES):
             params = {"symbol": symbol} if last_time is None else \
                 {"symbol": symbol, "lastTime": last_time}
-            trades = p.parse_futures_history(await self.perp_rest.get(ep.FUT_HISTORY_REST, params),
+            trades = p.parse_futures_history(await self.perp_get(ep.FUT_HISTORY_REST, params),
                                              symbol, now_utc())
             if not trades or self.emit_backfilled_trades(trades, since, ep.FUT_HISTORY_PAGE):
                 return True
@@ -104,7 +128,7 @@ class KrakenRest(Feed):
 
     async def repoll_derivatives(self, symbol: str) -> None:
         """Funding and open interest come with the futures ticker: re-polled over REST."""
-        body = await self.perp_rest.get(ep.FUT_TICKERS_REST)
+        body = await self.perp_get(ep.FUT_TICKERS_REST)
         for record in p.parse_futures_rest_ticker(body, symbol, now_utc()):
             if record is not None:
                 self.emit(record)
