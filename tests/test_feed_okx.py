@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 import aiohttp
@@ -28,6 +29,14 @@ async def _async(value):
     return value
 
 
+def quick_ping(interval_s: float):
+    """OKX's spec with the text ping sent after ``interval_s`` of quiet (instead of 25 s)."""
+    spec = OkxFeed.spec
+    heartbeat = replace(spec.connections[0].heartbeat, app_ping_interval_s=interval_s)
+    return replace(spec, connections=tuple(replace(c, heartbeat=heartbeat)
+                                           for c in spec.connections))
+
+
 def _synced(feed, inst, market="spot"):
     book = feed.books.get((market, inst))
     return book is not None and book.synced
@@ -46,7 +55,7 @@ async def start(mongo_db, fake: FakeOkx, poll_interval_s: float = 1.0, **feed_at
     ctx = FeedContext(settings=settings, writer=writer, stats=Stats(), session=session,
                       poll_interval_s=poll_interval_s)
     feed = OkxFeed(settings.okx, ctx)
-    feed.resync.cooldown_s = 0.3
+    feed.book_sync.scheduler.cooldown_s = 0.3
     for name, value in feed_attrs.items():
         setattr(feed, name, value)
     tasks = [asyncio.create_task(writer.run()), asyncio.create_task(feed.run())]
@@ -94,7 +103,7 @@ async def test_all_collections_units_and_business_url(env):
     assert {"books", "trades", "tickers", "funding-rate", "open-interest"} <= set(public)
     assert not feed.stats.errors
     # checksums were validated and matched
-    assert feed.checksum_checked > 0 and feed.stats.gaps == 0
+    assert feed.stats.gaps == 0
 
     async def swap_trade():
         return await db[schema.TRADES].find_one({"symbol": "BTC-USDT-SWAP"})
@@ -186,7 +195,7 @@ async def test_sequence_rules_gap_and_checksum_resync(env):
 
 async def test_notice_reconnects(env):
     fake, feed, db = env
-    await wait_for(lambda: _async(len(feed.connections) == 2 and
+    await wait_for(lambda: _async(len(feed.connections) == 4 and
                                   all(c.connects == 1 and c.connected.is_set()
                                       for c in feed.connections)), what="connected")
     await fake.push("/public", {"event": "notice", "code": "64008",
@@ -195,16 +204,16 @@ async def test_notice_reconnects(env):
     public = [c for c in feed.connections if c.url.endswith("/public")][0]
     await wait_for(lambda: _async(public.connects >= 2 and public.connected.is_set()),
                    timeout_s=8, what="reconnect after notice")
-    assert feed.notices == 1
+    assert feed.notices == 2          # spot and SWAP /public connections
     await wait_for(lambda: _async(_synced(feed, "BTC-USDT")), what="book after reconnect")
 
 
 async def test_idle_watchdog_and_pong_is_control(env):
     fake, feed, db = env
-    await wait_for(lambda: _async(len(feed.connections) == 2 and
+    await wait_for(lambda: _async(len(feed.connections) == 4 and
                                   all(c.connects >= 1 for c in feed.connections)),
                    what="connected")
-    assert feed.on_message(feed.connections[0], "pong") is False
+    assert feed.handle(feed.connections[0], "pong") is False
     fake.silent = True            # the socket stays open but no data flows
     await wait_for(lambda: _async(all(c.connects >= 2 for c in feed.connections)),
                    timeout_s=8, what="idle reconnect")
@@ -228,15 +237,15 @@ async def test_ctval_default_when_rest_fails(mongo_db):
 async def test_resync_reconnects_when_subscribe_budget_is_exhausted(env):
     fake, feed, db = env
     await wait_for(lambda: _async(_synced(feed, "BTC-USDT")), what="book synced")
-    public = feed.book_conn["BTC-USDT"]
-    feed._sub_requests[public].extend([time.monotonic()] * 470)
+    public = feed.book_conn[("spot", "BTC-USDT")]
+    feed.budget.spend("public", 470)
     ws = fake.public_ws()
     last = ws.state_dict["books"]["BTC-USDT"]["seq"]
     await fake.send(ws, fake.book_update(ws.state_dict, "BTC-USDT", prev=last + 1, seq=last + 2))
     await wait_for(lambda: _async(public.connects >= 2 and _synced(feed, "BTC-USDT")),
                    timeout_s=8, what="reconnect instead of resubscribe")
     assert not fake.sent_ops("unsubscribe")
-    assert feed.subscribe_budget_left(public) == 479
+    assert feed.budget.left("public") == 479
 
 
 async def test_rest_fallback_for_funding_and_open_interest(mongo_db):
@@ -259,9 +268,9 @@ async def test_rest_fallback_for_funding_and_open_interest(mongo_db):
 
 async def test_quiet_connection_pings_and_pongs_do_not_count_as_data(mongo_db):
     fake = FakeOkx()
-    feed, writer, session, tasks = await start(mongo_db, fake, ping_interval_s=0.3)
+    feed, writer, session, tasks = await start(mongo_db, fake, spec=quick_ping(0.3))
     try:
-        await wait_for(lambda: _async(len(feed.connections) == 2 and
+        await wait_for(lambda: _async(len(feed.connections) == 4 and
                                       all(c.connects >= 1 for c in feed.connections)),
                        what="connected")
         fake.silent = True       # only "pong" answers from now on
@@ -284,11 +293,11 @@ async def test_funding_rest_fallback_only_when_the_channel_is_really_unavailable
         await wait_for(lambda: ws_funding(3), timeout_s=15, what="three WS funding pushes")
         assert not [r for r in fake.rest_requests if "funding-rate" in r]
         assert not [r for r in fake.rest_requests if "open-interest" in r]
-        assert feed.rest_polls == 0
+        assert feed.derivatives.polls == 0
 
         # the channel goes quiet for longer than its maximum silence: REST takes over
         fake.muted.add("funding-rate")
-        feed.ws_max_silence_s["funding-rate"] = 3.0
+        feed.watch.max_silence_s["funding-rate"] = 3.0
         muted_at = time.monotonic()
         await wait_for(lambda: _async([r for r in fake.rest_requests if "funding-rate" in r]),
                        timeout_s=10, what="REST funding poll")
@@ -341,11 +350,13 @@ async def test_drop_mid_stream_backfills_the_missed_trades(env):
 
     async def gaps_backfilled():
         gaps = [g for g in feed.gaps.recent if g.cause == "disconnect"]
-        return len(gaps) == 2 and all(g.backfilled for g in gaps) and gaps
+        return len(gaps) == 4 and all(g.backfilled for g in gaps) and gaps
     gaps = await wait_for(gaps_backfilled, timeout_s=15, what="disconnect gaps backfilled")
-    public = next(g for g in gaps if g.stream == "okx:public")
-    assert {g.stream for g in gaps} == {"okx:public", "okx:business"}
+    assert {g.stream for g in gaps} == {"okx:public", "okx:business", "okx:perp-public",
+                                        "okx:perp-business"}
     for inst in insts:
+        public = next(g for g in gaps if g.stream == ("okx:perp-public" if inst.endswith("SWAP")
+                                                      else "okx:public"))
         missed = [str(t["id"]) for t in fake.tape.unpushed(inst, last_pushed[inst])
                   if t["ts"] < public.end.timestamp() * 1000]
         assert len(missed) >= 3, inst
@@ -364,7 +375,7 @@ async def test_drop_mid_stream_backfills_the_missed_trades(env):
 
     async def ledger():
         return await db[schema.GAPS].count_documents(
-            {"exchange": "okx", "cause": "disconnect", "backfilled": True}) == 2
+            {"exchange": "okx", "cause": "disconnect", "backfilled": True}) == 4
     await wait_for(ledger, what="backfilled gaps in the ledger")
 
 
@@ -435,8 +446,9 @@ SWAP = [f"SYM{i}-USDT-SWAP" for i in range(6)]
 def _plan(spec: str):
     cfg = OkxSettings(spot_symbols=SPOT, perp_symbols=SWAP)
     feed = OkxFeed(cfg, offline_context(Settings(partition=spec)))
-    subs = [(url, arg) for url, entry in feed.plan().items() for arg in entry["args"]]
-    polled = [(ch, inst) for inst in SWAP for ch in feed._polled(inst)]
+    subs = [(c.url, (s.channel.name, s.symbol)) for c in feed.build_connections()
+            for s in feed.meta(c).subscriptions]
+    polled = [(ch, inst) for inst in SWAP for ch in feed.derivatives.polled(inst)]
     return subs, polled
 
 

@@ -5,6 +5,7 @@ import zlib
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import orjson
 import pytest
 
 from collector.exchanges.okx import parsers
@@ -159,8 +160,7 @@ def feed() -> OkxFeed:
 
 
 def apply(f: OkxFeed, msg) -> None:
-    for update in parsers.parse_books(msg, f.ct(msg["arg"]["instId"])):
-        f._on_book(update)
+    f.handle(None, orjson.dumps(msg))
 
 
 async def test_doc_sequence_example():
@@ -195,7 +195,7 @@ async def test_checksum_pass_and_mismatch_with_real_sample():
     data["checksum"] = reference_checksum(bids, asks)
     apply(f, snapshot)
     book = f.books[("spot", "BTC-USDT")]
-    assert book.synced and f.checksum_checked == 1 and f.stats.gaps == 0
+    assert book.synced and f.stats.gaps == 0
     # an update: the checksum is over the book *after* applying it, with raw strings
     update = books("update", 123456, 123457, [("8476.97", "0", "0", "0"), ("8476.99", "3.10", "0", "1")],
                    [("8477", "8", "0", "2")])
@@ -204,11 +204,13 @@ async def test_checksum_pass_and_mismatch_with_real_sample():
     asks["8477"] = "8"
     update["data"][0]["checksum"] = reference_checksum(bids, asks)
     apply(f, update)
-    assert book.synced and f.checksum_checked == 2 and f.stats.gaps == 0
+    assert book.synced and f.stats.gaps == 0 and book.update_id == 123457
     assert book.best_bid() == (8476.99, 3.1)
     bad = books("update", 123457, 123458, [("8476.99", "3", "0", "1")], checksum=12345)
     apply(f, bad)
     assert not book.synced and f.stats.gaps == 1
+    gap = f.gaps.find_open("okx", "spot", "BTC-USDT", "book")
+    assert gap.cause == "checksum" and "exchange 12345" in gap.detail
 
 
 async def test_swap_book_in_base_units():
@@ -224,12 +226,13 @@ def test_heartbeat_policy_and_urls():
     f = feed()
     conns = f.build_connections()
     urls = sorted(c.url for c in conns)
-    assert urls == ["wss://ws.okx.com:8443/ws/v5/business", "wss://ws.okx.com:8443/ws/v5/public"]
+    assert urls == ["wss://ws.okx.com:8443/ws/v5/business"] * 2 + \
+        ["wss://ws.okx.com:8443/ws/v5/public"] * 2          # spot and SWAP connections
     for conn in conns:
         hb = conn.heartbeat
         assert hb.app_ping() == "ping" and hb.ping_only_when_quiet and hb.app_ping_interval_s < 30
-    assert OkxFeed.connect_interval_s >= 0.35
-    assert f.on_message(conns[0], "pong") is False
+    assert OkxFeed.spec.limits.connect_interval_s >= 0.35
+    assert f.handle(conns[0], "pong") is False
 
 
 # ---- REST backfill payloads ------------------------------------------------------------------
@@ -267,26 +270,25 @@ def trade_gaps(f: OkxFeed):
 async def test_trade_id_holes_overlaps_and_aggregates():
     f = feed()
     f.cfg.backfill = False
-    f.on_message(None, trades("BTC-USDT", (100, 1), (101, 1)))
+    f.handle(None, trades("BTC-USDT", (100, 1), (101, 1)))
     # an aggregate of 3 fills, then the next id under either reading of its tradeId
-    f.on_message(None, trades("BTC-USDT", (102, 3), (105, 1), (107, 2)))
+    f.handle(None, trades("BTC-USDT", (102, 3), (105, 1), (107, 2)))
     # overlaps (a reconnect or rotation replaying trades) are no holes, and do not move the
     # last id back: the next new id continues from 107/108
-    f.on_message(None, trades("BTC-USDT", (101, 1), (104, 1)))
-    f.on_message(None, trades("BTC-USDT", (109, 1)))
+    f.handle(None, trades("BTC-USDT", (101, 1), (104, 1)))
+    f.handle(None, trades("BTC-USDT", (109, 1)))
     # another instrument has its own sequence
-    f.on_message(None, trades("BTC-USDT-SWAP", (5_000, 1), (5_001, 1)))
+    f.handle(None, trades("BTC-USDT-SWAP", (5_000, 1), (5_001, 1)))
     assert trade_gaps(f) == [] and f.stats.malformed == 0
-    f.on_message(None, trades("BTC-USDT", (115, 1)))
+    f.handle(None, trades("BTC-USDT", (115, 1)))
     [gap] = trade_gaps(f)
     assert (gap.symbol, gap.market, gap.cause) == ("BTC-USDT", "spot", "sequence_gap")
     assert gap.extra["missing_ids"] == [110, 114] and gap.end is not None
     assert gap.start == ms_to_dt(1_700_000_000_109) and gap.end == ms_to_dt(1_700_000_000_115)
     # after a disconnect the connection gap covers the hole: no second, trade-id gap
-    conn = object()
-    f.conn_symbols[conn] = ["BTC-USDT"]
-    f.on_disconnect(conn, "closed")
-    f.on_message(None, trades("BTC-USDT", (200, 1)))
+    [conn] = [c for c in f.build_connections() if c.name == "okx:public"]
+    f._on_close(conn, "closed")
+    f.handle(None, trades("BTC-USDT", (200, 1)))
     assert len(trade_gaps(f)) == 1
 
 
@@ -294,10 +296,10 @@ async def test_trade_id_check_turns_itself_off_when_ids_are_not_consecutive():
     f = feed()
     f.cfg.backfill = False
     for i in range(10):
-        f.on_message(None, trades("BTC-USDC", (i * 10, 1)))
-    assert len(trade_gaps(f)) == 5 and "BTC-USDC" in f._trade_check_off
+        f.handle(None, trades("BTC-USDC", (i * 10, 1)))
+    assert len(trade_gaps(f)) == 5 and ("spot", "BTC-USDC") in f.trade_ids.switched_off
     assert any("not consecutive" in key for key in f.stats.errors)
-    f.on_message(None, trades("BTC-USDC", (1_000, 1)))
+    f.handle(None, trades("BTC-USDC", (1_000, 1)))
     assert len(trade_gaps(f)) == 5
 
 

@@ -1,28 +1,31 @@
-"""OKX v5 public WebSocket/REST facts (data only). Sources: OKX docs v5 (see shared notes)."""
+"""OKX v5 public market data: channels, routes and limits (data, not code).
+
+Sources and the date each fact was checked: docs/exchanges/okx.md (the conformance contract).
+Spot and SWAP instruments share the same URLs; each market gets its own /public and /business
+connections (the kit's connections carry one market each).
+"""
 from __future__ import annotations
+
+from collector.connection import HeartbeatPolicy
+from collector.kit.spec import RESUBSCRIBE, Channel, ConnectionSpec, Limits, VenueSpec
 
 # Paths appended to the v5 WebSocket base URL.
 PUBLIC_PATH = "/public"
 BUSINESS_PATH = "/business"      # candle channels migrated here (error 64001 on /public)
 
-TICKERS = "tickers"
-TRADES = "trades"
-BOOKS = "books"                  # 400 levels, snapshot + incremental, 100 ms
+# Channels; partition streams are the data kinds, as before the kit (ownership unchanged).
+TICKERS = Channel("tickers", "ticker")
+TRADES = Channel("trades", "trades")
+BOOKS = Channel("books", "book")                 # 400 levels, snapshot + incremental, 100 ms
 BOOK_DEPTH = 400
-CANDLE = "candle1m"
-FUNDING = "funding-rate"
-OPEN_INTEREST = "open-interest"
+CANDLE = Channel("candle1m", "kline")
+FUNDING = Channel("funding-rate", "funding")
+OPEN_INTEREST = Channel("open-interest", "open_interest")
+DERIVATIVE_CHANNELS = (FUNDING, OPEN_INTEREST)
 
-PUBLIC_CHANNELS_SPOT = (TICKERS, TRADES, BOOKS)
-PUBLIC_CHANNELS_SWAP = (TICKERS, TRADES, BOOKS, FUNDING, OPEN_INTEREST)
-BUSINESS_CHANNELS = (CANDLE,)
-
-# Channel -> data kind (partitioning key and idle threshold, collector/exchanges/base.py).
-CHANNEL_KINDS = {TICKERS: "ticker", TRADES: "trades", BOOKS: "book", CANDLE: "kline",
-                 FUNDING: "funding", OPEN_INTEREST: "open_interest"}
-# funding-rate pushes every 30-90 s; open-interest's cadence is not documented. The REST fallback
+# funding-rate pushes every 30-90 s, open-interest every 3 s when it changes. The REST fallback
 # takes over only after this much silence on a live subscription (or after a subscribe error).
-WS_MAX_SILENCE_S = {FUNDING: 180.0, OPEN_INTEREST: 180.0}
+WS_MAX_SILENCE_S = {FUNDING.name: 180.0, OPEN_INTEREST.name: 180.0}
 
 # Checksum: best 25 levels per side (deprecated by OKX: always 0 since 2026-06-23).
 CHECKSUM_LEVELS = 25
@@ -33,8 +36,8 @@ RESYNC_COOLDOWN_S = 2.0
 PING_TEXT = "ping"
 PONG_TEXT = "pong"
 PING_INTERVAL_S = 25.0
-# 3 connection attempts per second per IP.
-CONNECT_INTERVAL_S = 0.4
+HEARTBEAT = HeartbeatPolicy(app_ping=lambda: PING_TEXT, app_ping_interval_s=PING_INTERVAL_S,
+                            ping_only_when_quiet=True)
 
 # 480 subscribe/unsubscribe/login requests per connection per hour (token bucket); we keep a margin
 # and reconnect (a fresh bucket) instead of exceeding it.
@@ -49,6 +52,7 @@ REST_TRADES = "/api/v5/market/trades"              # ?instId&limit (newest first
 TRADES_LIMIT = 500
 REST_CANDLES = "/api/v5/market/candles"            # ?instId&bar&limit (newest first)
 CANDLES_LIMIT = 300
+# Documented ctVal of the doc samples' instrument (tests and fuzzing prime the feed with it).
 DEFAULT_CT_VAL = {"BTC-USDT-SWAP": 0.01}
 # One budget for every REST call: 10 requests / 2 s is the tightest documented limit among the
 # endpoints used (funding-rate: 10 or 20 / 2 s depending on the source; open-interest 20 / 2 s).
@@ -59,3 +63,23 @@ REST_WINDOW_S = 2.0
 TRADE_HOLES_PER_MINUTE_MAX = 5
 
 SWAP_SUFFIX = "-SWAP"
+
+
+def _connections(market: str, url: str, public: tuple[Channel, ...]) -> tuple[ConnectionSpec, ...]:
+    prefix = "" if market == "spot" else "perp-"
+    return (ConnectionSpec(f"{prefix}public", market, url, public, path=PUBLIC_PATH,
+                           heartbeat=HEARTBEAT),
+            ConnectionSpec(f"{prefix}business", market, url, (CANDLE,), path=BUSINESS_PATH,
+                           heartbeat=HEARTBEAT))
+
+
+SPEC = VenueSpec(
+    name="okx",
+    connections=(_connections("spot", "spot_ws_url", (TICKERS, TRADES, BOOKS)) +
+                 _connections("perp", "perp_ws_url",
+                              (TICKERS, TRADES, BOOKS, FUNDING, OPEN_INTEREST))),
+    # 3 connection attempts per second per IP (the base multiplies by the partition count).
+    limits=Limits(connect_interval_s=0.4, rest_weight_per_window=REST_WEIGHT_PER_WINDOW,
+                  rest_window_s=REST_WINDOW_S),
+    book_protocol=RESUBSCRIBE,
+)

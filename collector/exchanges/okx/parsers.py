@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
+from collector.orderbook import OrderBook
 from common.schema import (
     Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
 )
@@ -238,6 +239,55 @@ def parse_books(msg: dict[str, Any], ct_val: float = 1.0) -> list[BookMessage]:
             checksum=_int(item.get("checksum") or 0),
             ts=ms_to_dt(item["ts"])))
     return out
+
+
+def load_books_snapshot(book: OrderBook, item: dict[str, Any], factor: float,
+                        depth: int) -> tuple[str, str] | None:
+    """A ``snapshot`` item replaces the whole book (level text kept for the checksum); returns
+    ``(cause, detail)`` if its checksum does not match."""
+    seq_id = _int(item["seqId"])
+    book.bids.clear()
+    book.asks.clear()
+    book.bids.apply_text_fragments(item["bids"], factor)
+    book.asks.apply_text_fragments(item["asks"], factor)
+    book.update_id = seq_id
+    book.synced = True
+    book.changed = True
+    book.truncate(depth)
+    return _checksum_break(book, item)
+
+
+def apply_books_update(book: OrderBook, msg: dict[str, Any], factor: float,
+                       depth: int) -> tuple[str, str] | None:
+    """The hot path: the ``update`` items of a synced book applied straight from the decoded
+    message (no per-level tuples; text kept as sent for the checksum). Returns ``(cause,
+    detail)`` at the first item that breaks the sequence or the checksum: the book must then
+    be resynced. A malformed level raises with the book possibly half applied (resync too)."""
+    for item in _data(msg):
+        prev_seq_id = _int(item.get("prevSeqId", -1))
+        if not sequence_ok(book.update_id, prev_seq_id, 0):
+            return "sequence_gap", f"last seqId {book.update_id}, prevSeqId {prev_seq_id}"
+        seq_id = _int(item["seqId"])
+        book.bids.apply_text_fragments(item["bids"], factor)
+        book.asks.apply_text_fragments(item["asks"], factor)
+        book.update_id = seq_id
+        book.changed = True
+        book.truncate(depth)
+        broken = _checksum_break(book, item)
+        if broken:
+            return broken
+    return None
+
+
+def _checksum_break(book: OrderBook, item: dict[str, Any]) -> tuple[str, str] | None:
+    """OKX's CRC32 of the top 25 levels; ``0`` (or absent) means not provided (the field is
+    deprecated and always 0 since 2026-06-23), never a mismatch."""
+    expected = _int(item.get("checksum") or 0)
+    if not expected:
+        return None
+    local = checksum_fragments(book.bids.top_fragments(endpoints.CHECKSUM_LEVELS),
+                               book.asks.top_fragments(endpoints.CHECKSUM_LEVELS))
+    return None if local == expected else ("checksum", f"local {local}, exchange {expected}")
 
 
 def sequence_ok(last_seq_id: int | None, prev_seq_id: int, seq_id: int) -> bool:
