@@ -42,12 +42,13 @@ def _synced(feed, inst, market="spot"):
     return book is not None and book.synced
 
 
-async def start(mongo_db, fake: FakeOkx, poll_interval_s: float = 1.0, **feed_attrs):
+async def start(mongo_db, fake: FakeOkx, poll_interval_s: float = 1.0, cfg=None,
+                **feed_attrs):
     await fake.start()
     settings = Settings(
         okx=OkxSettings(spot_ws_url=f"{fake.ws_base}/ws/v5", perp_ws_url=f"{fake.ws_base}/ws/v5",
                         spot_rest_url=fake.rest_base, perp_rest_url=fake.rest_base,
-                        idle_timeout_s=1.0),
+                        idle_timeout_s=1.0, **(cfg or {})),
         book_snapshot_interval_s=0.2, liquidity_interval_s=0.2, flush_interval_s=0.1)
     await apply_indexes(mongo_db, settings.retention)
     writer = Writer(mongo_db, flush_interval_s=0.1)
@@ -99,8 +100,9 @@ async def test_all_collections_units_and_business_url(env):
     subs = fake.sent_ops("subscribe")
     public = [a["channel"] for p, m in subs if p.endswith("/public") for a in m["args"]]
     business = [a["channel"] for p, m in subs if p.endswith("/business") for a in m["args"]]
-    assert "candle1m" not in public and set(business) == {"candle1m"}
-    assert {"books", "trades", "tickers", "funding-rate", "open-interest"} <= set(public)
+    # candles and every fill (trades-all) on /business, never on /public; no error events
+    assert set(business) == {"candle1m", "trades-all"}
+    assert set(public) == {"books", "tickers", "funding-rate", "open-interest"}
     assert not feed.stats.errors
     # checksums were validated and matched
     assert feed.stats.gaps == 0
@@ -221,15 +223,67 @@ async def test_idle_watchdog_and_pong_is_control(env):
     await wait_for(lambda: _async(_synced(feed, "BTC-USDT")), what="data after reconnect")
 
 
-async def test_ctval_default_when_rest_fails(mongo_db):
+async def test_unfetchable_ctval_holds_swap_records_back_never_a_default(mongo_db):
+    """Finding F3 (issue 11 item 8): ETH-USDT-SWAP's ctVal is 0.1; while /instruments fails
+    the old feed stored its sizes with a default of 1 (10x). Now its records wait for the
+    instrument's own ctVal (retried with backoff); spot is unaffected meanwhile."""
     fake = FakeOkx()
     fake.instruments_fail = True
-    feed, writer, session, tasks = await start(mongo_db, fake)
+    feed, writer, session, tasks = await start(
+        mongo_db, fake, cfg={"spot_symbols": ["BTC-USDT"], "perp_symbols": ["ETH-USDT-SWAP"]})
     try:
-        await wait_for(lambda: _async(feed.ct_val.get("BTC-USDT-SWAP") == 0.01),
-                       what="default ctVal")
-        assert any("ctVal" in key for key in feed.stats.errors)
-        await wait_for(lambda: _async(_synced(feed, "BTC-USDT-SWAP", "perp")), what="swap book")
+        async def spot_trade():
+            return await mongo_db[schema.TRADES].find_one({"symbol": "BTC-USDT"})
+        await wait_for(spot_trade, what="spot trades while ctVal is unknown")
+        await wait_for(lambda: _async(any(t["pushed"]
+                                          for t in fake.tape.trades.get("ETH-USDT-SWAP", ()))),
+                       what="SWAP fills pushed")
+        assert feed.ct("ETH-USDT-SWAP") is None
+        for name in (schema.TRADES, schema.MARKET_DATA, schema.ORDER_BOOK, schema.OPEN_INTEREST):
+            assert await mongo_db[name].count_documents({"symbol": "ETH-USDT-SWAP"}) == 0, name
+        assert any("ctVal of ETH-USDT-SWAP" in key for key in feed.stats.errors)
+
+        fake.instruments_fail = False
+        await wait_for(lambda: _async(feed.ct("ETH-USDT-SWAP") == 0.1), what="ctVal retried")
+
+        async def swap_trade():
+            return await mongo_db[schema.TRADES].find_one({"symbol": "ETH-USDT-SWAP"})
+        trade = await wait_for(swap_trade, what="SWAP trade after ctVal")
+        assert trade["size"] == 0.5                       # 5 contracts of 0.1 ETH
+        ticker = await wait_for(lambda: mongo_db[schema.MARKET_DATA].find_one(
+            {"symbol": "ETH-USDT-SWAP"}), what="SWAP ticker")
+        assert (ticker["bid_size"], ticker["ask_size"]) == (23 * 0.1, 155 * 0.1)
+        await wait_for(lambda: _async(_synced(feed, "ETH-USDT-SWAP", "perp")), what="swap book")
+        assert feed.books[("perp", "ETH-USDT-SWAP")].best_ask() == (8476.98, 415 * 0.1)
+    finally:
+        await stop(feed, writer, session, tasks, fake)
+
+
+async def test_unknown_and_inverse_instruments_are_unavailable_per_market(mongo_db):
+    """Findings F3/F7 (issue 11 item 8): REST 51001 and WS 60018 mark (market, symbol)
+    unavailable; an inverse SWAP (ctVal in USD) is refused, not stored as base units. The same
+    name in the other market is untouched."""
+    fake = FakeOkx()
+    feed, writer, session, tasks = await start(mongo_db, fake, cfg={
+        "spot_symbols": ["BTC-USDT", "FOO-USDT"],
+        "perp_symbols": ["BTC-USDT-SWAP", "FOO-USDT-SWAP", "BTC-USD-SWAP"]})
+    try:
+        unavailable = feed.stats.unavailable_symbols
+        await wait_for(lambda: _async("spot:FOO-USDT" in unavailable), what="60018 on WS")
+        assert unavailable["perp:FOO-USDT-SWAP"] == \
+            "Instrument ID, Instrument ID code or Spread ID doesn't exist."
+        assert unavailable["perp:BTC-USD-SWAP"].startswith("ctType 'inverse'")
+        assert "Wrong URL or channel:" in unavailable["spot:FOO-USDT"]
+        assert set(unavailable) == {"spot:FOO-USDT", "perp:FOO-USDT-SWAP", "perp:BTC-USD-SWAP"}
+        # the unknown SWAPs were never subscribed; no ctVal was made up for them
+        subscribed = {a["instId"] for _, m in fake.sent_ops("subscribe") for a in m["args"]}
+        assert "FOO-USDT-SWAP" not in subscribed and "BTC-USD-SWAP" not in subscribed
+        assert feed.ct_val == {"BTC-USDT-SWAP": 0.01}
+        await wait_for(lambda: _async(_synced(feed, "BTC-USDT") and
+                                      _synced(feed, "BTC-USDT-SWAP", "perp")),
+                       what="the known instruments keep flowing")
+        for symbol in ("FOO-USDT", "FOO-USDT-SWAP", "BTC-USD-SWAP"):
+            assert await mongo_db[schema.TRADES].count_documents({"symbol": symbol}) == 0
     finally:
         await stop(feed, writer, session, tasks, fake)
 
@@ -355,17 +409,17 @@ async def test_drop_mid_stream_backfills_the_missed_trades(env):
     assert {g.stream for g in gaps} == {"okx:public", "okx:business", "okx:perp-public",
                                         "okx:perp-business"}
     for inst in insts:
-        public = next(g for g in gaps if g.stream == ("okx:perp-public" if inst.endswith("SWAP")
-                                                      else "okx:public"))
+        business = next(g for g in gaps if g.stream == (
+            "okx:perp-business" if inst.endswith("SWAP") else "okx:business"))
         missed = [str(t["id"]) for t in fake.tape.unpushed(inst, last_pushed[inst])
-                  if t["ts"] < public.end.timestamp() * 1000]
+                  if t["ts"] < business.end.timestamp() * 1000]
         assert len(missed) >= 3, inst
 
         async def stored(ids=missed, inst=inst):
             return await db[schema.TRADES].count_documents(
                 {"exchange": "okx", "symbol": inst, "trade_id": {"$in": ids}}) == len(ids)
         await wait_for(stored, what=f"missed {inst} trades in MongoDB")
-    # /public's gap refetches trades once per instrument; /business's only candles
+    # the /business gaps (trades-all + candles) refetch trades once per instrument
     assert len([r for r in fake.rest_requests if r.startswith("/api/v5/market/trades")]) == 3
     # no trade-id gap on top of the connection gap for the same hole
     assert not [g for g in feed.gaps.recent if g.stream == "trade"]
@@ -470,4 +524,6 @@ def test_partitions_cover_every_channel_once(n):
 def test_idle_thresholds_per_connection():
     feed = OkxFeed(OkxSettings(), offline_context())
     idle = {c.url.rsplit("/", 1)[1]: c.idle_timeout_s for c in feed.build_connections()}
-    assert idle == {"public": 10.0, "business": 30.0}     # books vs candles only
+    # /public: books send a no-change message only every ~60 s (idle class "quiet");
+    # /business: candles (trades-all may pause for minutes)
+    assert idle == {"public": 70.0, "business": 30.0}

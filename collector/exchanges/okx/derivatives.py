@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from collector.exchanges.okx import endpoints as ep
 from collector.exchanges.okx import parsers
-from collector.kit.books import PARSE_ERRORS
+from collector.exchanges.okx.api import get_data
+from collector.kit.books import PARSE_ERRORS, SymbolUnavailable
 from collector.rest import RestError
 from common.schema import PERP, now_utc
 
@@ -90,16 +91,17 @@ class DerivativesFallback:
                         (ep.REST_OPEN_INTEREST, {"instType": "SWAP", "instId": inst}))
         payload: Any = None
         try:
-            payload = await feed.perp_rest.get(path, params)
-            parsers.rest_data(payload)
+            payload = {"data": await get_data(feed.perp_rest, path, params)}
             self.polls += 1
             if funding:
                 for record in parsers.parse_funding(payload, now_utc()):
                     feed.emit_derived(record, record.rate)
-            else:
-                for oi in parsers.parse_open_interest(payload, now_utc(), feed.ct(inst)):
+            elif (factor := feed.ct(inst)) is not None:
+                for oi in parsers.parse_open_interest(payload, now_utc(), factor):
                     feed.emit_derived(oi, oi.open_interest)
-        except RestError as exc:
+        except SymbolUnavailable as exc:
+            feed.mark_unavailable(PERP, inst, str(exc))
+        except RestError as exc:        # a rate limit (50011) has paused the budget already
             feed.stats.error_once(feed.name, f"REST {path} failed: {exc}")
         except PARSE_ERRORS as exc:
             feed.malformed(payload, exc)

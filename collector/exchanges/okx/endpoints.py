@@ -14,14 +14,19 @@ PUBLIC_PATH = "/public"
 BUSINESS_PATH = "/business"      # candle channels migrated here (error 64001 on /public)
 
 # Channels; partition streams are the data kinds, as before the kit (ownership unchanged).
-TICKERS = Channel("tickers", "ticker")
-TRADES = Channel("trades", "trades")
-BOOKS = Channel("books", "book")                 # 400 levels, snapshot + incremental, 100 ms
+# /public channels push only on change; books send a no-change message every ~60 s and the text
+# ping keeps the socket alive meanwhile: idle class "quiet" (70 s), not the 10 s book default.
+TICKERS = Channel("tickers", "ticker", idle="quiet")
+BOOKS = Channel("books", "book", idle="quiet")     # 400 levels, snapshot + incremental, 100 ms
 BOOK_DEPTH = 400
-CANDLE = Channel("candle1m", "kline")
-FUNDING = Channel("funding-rate", "funding")
-OPEN_INTEREST = Channel("open-interest", "open_interest")
+FUNDING = Channel("funding-rate", "funding", idle="quiet")
+OPEN_INTEREST = Channel("open-interest", "open_interest", idle="quiet")
 DERIVATIVE_CHANNELS = (FUNDING, OPEN_INTEREST)
+# /business. Trades: ``trades-all`` pushes every fill (``trades`` on /public aggregates the fills
+# of one taker order under the LAST fill's id, while REST /market/trades lists fills: mixing the
+# two double-counts volume after a backfill). Same partition stream "trades" as before.
+TRADES = Channel("trades-all", "trades")
+CANDLE = Channel("candle1m", "kline")
 
 # funding-rate pushes every 30-90 s, open-interest every 3 s when it changes. The REST fallback
 # takes over only after this much silence on a live subscription (or after a subscribe error).
@@ -52,6 +57,15 @@ REST_TRADES = "/api/v5/market/trades"              # ?instId&limit (newest first
 TRADES_LIMIT = 500
 REST_CANDLES = "/api/v5/market/candles"            # ?instId&bar&limit (newest first)
 CANDLES_LIMIT = 300
+REST_BOOKS = "/api/v5/market/books"                # ?instId&sz (sz default 1!, max 400)
+# Error codes: unknown instrument (REST, HTTP 200) / unknown channel or instrument (WS);
+# rate limit in the body (HTTP 200 or 429) and "system busy" (HTTP 429): back off like a 429.
+UNKNOWN_INSTRUMENT = "51001"
+WS_UNKNOWN_ARG = "60018"
+RATE_LIMIT_CODES = ("50011", "50013")
+RATE_LIMIT_PAUSE_S = 2.0                           # one window of the per-endpoint limits
+# Only linear contracts: ctVal in base units (inverse ones count USD; not supported).
+LINEAR = "linear"
 # Documented ctVal of the doc samples' instrument (tests and fuzzing prime the feed with it).
 DEFAULT_CT_VAL = {"BTC-USDT-SWAP": 0.01}
 # One budget for every REST call: 10 requests / 2 s is the tightest documented limit among the
@@ -69,17 +83,19 @@ def _connections(market: str, url: str, public: tuple[Channel, ...]) -> tuple[Co
     prefix = "" if market == "spot" else "perp-"
     return (ConnectionSpec(f"{prefix}public", market, url, public, path=PUBLIC_PATH,
                            heartbeat=HEARTBEAT),
-            ConnectionSpec(f"{prefix}business", market, url, (CANDLE,), path=BUSINESS_PATH,
-                           heartbeat=HEARTBEAT))
+            ConnectionSpec(f"{prefix}business", market, url, (TRADES, CANDLE),
+                           path=BUSINESS_PATH, heartbeat=HEARTBEAT))
 
 
 SPEC = VenueSpec(
     name="okx",
-    connections=(_connections("spot", "spot_ws_url", (TICKERS, TRADES, BOOKS)) +
+    connections=(_connections("spot", "spot_ws_url", (TICKERS, BOOKS)) +
                  _connections("perp", "perp_ws_url",
-                              (TICKERS, TRADES, BOOKS, FUNDING, OPEN_INTEREST))),
+                              (TICKERS, BOOKS, FUNDING, OPEN_INTEREST))),
     # 3 connection attempts per second per IP (the base multiplies by the partition count).
-    limits=Limits(connect_interval_s=0.4, rest_weight_per_window=REST_WEIGHT_PER_WINDOW,
-                  rest_window_s=REST_WINDOW_S),
+    # Fewer than 30 book channels per connection (docs: spread 400-level books over
+    # connections): at most 56 subscriptions, i.e. 28 spot or 14 SWAP books on one /public.
+    limits=Limits(connect_interval_s=0.4, subscriptions_per_connection=56,
+                  rest_weight_per_window=REST_WEIGHT_PER_WINDOW, rest_window_s=REST_WINDOW_S),
     book_protocol=RESUBSCRIBE,
 )

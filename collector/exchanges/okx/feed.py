@@ -1,9 +1,10 @@
-"""OKX v5 feed: /public (tickers, trades, books, funding-rate, open-interest) and /business
-(candle1m) connections per market (``endpoints.SPEC``). Books are kept with the wire text for
-the CRC32 checksum and checked against seqId/prevSeqId; a break resubscribes that instrument
-alone (``ResubscribeBooks``). SWAP contract sizes become base units with ctVal (``prepare``).
-Funding and open interest come from their channels; REST stands in only while a channel is
-rejected or silent (``watch.ChannelWatch``)."""
+"""OKX v5 feed: per market a /public (tickers, books, funding-rate, open-interest) and a
+/business (trades-all, candle1m) connection (``endpoints.SPEC``). Books: a WS snapshot when one
+comes (kept with the wire text for the CRC32 checksum; a break resubscribes that book alone,
+``ResubscribeBooks``), else a REST ``/market/books`` snapshot spliced with the buffered updates
+on prevSeqId (``SnapshotBooks``; a break re-fetches without resubscribing, which keeps the 480
+requests/hour budget). SWAP sizes become base units with each instrument's own ctVal
+(``contracts``). Funding and open interest: REST only while a channel is rejected or silent."""
 from __future__ import annotations
 
 import logging
@@ -17,12 +18,14 @@ from collector.connection import MessageHandler, WsConnection
 from collector.exchanges.base import Feed, FeedContext
 from collector.exchanges.okx import endpoints as ep
 from collector.exchanges.okx import parsers
+from collector.exchanges.okx.api import get_data
 from collector.exchanges.okx.budget import SubscribeBudget
+from collector.exchanges.okx.contracts import ContractSizes
 from collector.exchanges.okx.derivatives import DerivativesFallback
-from collector.kit.books import PARSE_ERRORS, ResubscribeBooks
+from collector.exchanges.okx.books import OkxBooks
 from collector.kit.spec import ConnMeta, Subscription
 from collector.kit.tradeids import TradeIdContinuity
-from collector.rest import RestClient, RestError
+from collector.rest import RestClient
 from common.schema import PERP, now_utc, received_now
 from common.settings import ExchangeSettings
 
@@ -42,9 +45,10 @@ class OkxFeed(Feed):
         self.depth = min(cfg.book_depth, ep.BOOK_DEPTH)
         self.spot_rest = self.rest(cfg.spot_rest_url)
         self.perp_rest = self.rest(cfg.perp_rest_url)
-        self.ct_val: dict[str, float] = {}
-        self.book_sync = ResubscribeBooks(self, self._resubscribe_book,
-                                          cooldown_s=ep.RESYNC_COOLDOWN_S)
+        self.contracts = ContractSizes(self)
+        self.ct_val = self.contracts.values
+        self.order_books = OkxBooks(self)
+        self.book_sync, self.rest_books = self.order_books.resubscribe, self.order_books.rest
         self.book_conn: dict[tuple[str, str], WsConnection] = {}   # its /public connection
         self.budget = SubscribeBudget()
         self.derivatives = DerivativesFallback(self)
@@ -59,28 +63,15 @@ class OkxFeed(Feed):
     def rest_for(self, market: str) -> RestClient:
         return self.perp_rest if market == PERP else self.spot_rest
 
-    def ct(self, inst: str) -> float:
-        if parsers.market_of(inst) != PERP:
-            return 1.0
-        return self.ct_val.get(inst) or ep.DEFAULT_CT_VAL.get(inst, 1.0)
+    def ct(self, inst: str) -> float | None:
+        return self.contracts.get(inst)
 
     # ---- setup -------------------------------------------------------------------------------
     async def prepare(self) -> None:
-        """Contract values of the SWAP instruments (contracts -> base units)."""
+        """Contract values of the SWAP instruments; a failed fetch retries in the background."""
         for inst in self.symbols(PERP):
-            try:
-                data = parsers.rest_data(await self.perp_rest.get(
-                    ep.REST_INSTRUMENTS, {"instType": "SWAP", "instId": inst}))
-                if not data:
-                    self.mark_unavailable(PERP, inst, "not listed in /api/v5/public/instruments")
-                    continue
-                self.ct_val[inst] = float(data[0]["ctVal"])
-            except (RestError, *PARSE_ERRORS) as exc:
-                default = ep.DEFAULT_CT_VAL.get(inst, 1.0)
-                log.warning("okx: ctVal of %s unavailable (%r); using default %s",
-                            inst, exc, default)
-                self.stats.error_once(self.name, f"ctVal fetch failed for {inst}; default used")
-                self.ct_val[inst] = default
+            if not await self.contracts.load(inst):
+                self.spawn(self.contracts.retry(inst))
 
     def subscribe_requests(self, meta: ConnMeta, subs: list[Subscription]) -> list[str]:
         requests = [self._request("subscribe", batch) for batch in self.batched(subs)]
@@ -108,7 +99,7 @@ class OkxFeed(Feed):
     def on_disconnect(self, meta: ConnMeta, reason: str) -> None:
         # The reconnect subscribes (and so snapshots) every book on it again.
         if meta.carries_books:
-            self.book_sync.reset(meta.market, meta.symbols("book"))
+            self.order_books.reset(meta.market, meta.symbols("book"))
 
     # ---- messages ----------------------------------------------------------------------------
     def decode(self, raw: str | bytes) -> Any:
@@ -129,8 +120,12 @@ class OkxFeed(Feed):
             text = str(msg.get("msg"))
             self.stats.error_once(self.name, f"error {msg.get('code')}: {text}")
             match = _REJECTED_ARG.search(text)
-            if match:
-                self.watch.rejected.add((match.group(1), match.group(2)))
+            if match and str(msg.get("code")) == ep.WS_UNKNOWN_ARG:
+                channel, inst = match.groups()
+                if channel in ep.WS_MAX_SILENCE_S:       # REST stands in for this channel
+                    self.watch.rejected.add((channel, inst))
+                else:                                    # the instrument does not exist
+                    self.mark_unavailable(parsers.market_of(inst), inst, text)
         elif event == "subscribe" and isinstance(msg.get("arg"), dict):
             self.watch.acked((msg["arg"].get("channel"), msg["arg"].get("instId")))
         elif event == "notice":
@@ -140,21 +135,24 @@ class OkxFeed(Feed):
             conn.reconnect("notice")
 
     def _on_tickers(self, conn: WsConnection, msg: dict, raw: Any) -> None:
-        for ticker in parsers.parse_tickers(msg, received_now(), self.ct(msg["arg"]["instId"])):
-            self.emit(ticker)
+        if (factor := self.ct(msg["arg"]["instId"])) is not None:
+            for ticker in parsers.parse_tickers(msg, received_now(), factor):
+                self.emit(ticker)
 
     def _on_trades(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         inst = msg["arg"]["instId"]
         market = parsers.market_of(inst)
-        for trade, item in zip(parsers.parse_trades(msg, received_now(), self.ct(inst)),
-                               msg["data"]):
+        if (factor := self.ct(inst)) is None:
+            return                      # held back until the contract value is known
+        for trade, item in zip(parsers.parse_trades(msg, received_now(), factor), msg["data"]):
             low, high = parsers.trade_id_range(item)
             self.check_trade_ids(market, inst, low, high, int(item["ts"]))
             self.emit(trade)
 
     def _on_candles(self, conn: WsConnection, msg: dict, raw: Any) -> None:
-        for candle in parsers.parse_candles(msg, received_now(), self.ct(msg["arg"]["instId"])):
-            self.emit(candle)
+        if (factor := self.ct(msg["arg"]["instId"])) is not None:
+            for candle in parsers.parse_candles(msg, received_now(), factor):
+                self.emit(candle)
 
     def _on_funding(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         for funding in parsers.parse_funding(msg, received_now()):
@@ -163,36 +161,16 @@ class OkxFeed(Feed):
 
     def _on_open_interest(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         inst = msg["arg"]["instId"]
-        for oi in parsers.parse_open_interest(msg, received_now(), self.ct(inst)):
-            self.emit_derived(oi, oi.open_interest)
+        if (factor := self.ct(inst)) is not None:
+            for oi in parsers.parse_open_interest(msg, received_now(), factor):
+                self.emit_derived(oi, oi.open_interest)
         self.watch.pushed((ep.OPEN_INTEREST.name, inst))
 
     # ---- order books -------------------------------------------------------------------------
     def _on_books(self, conn: WsConnection, msg: dict, raw: Any) -> None:
-        inst = msg["arg"]["instId"]
-        market = parsers.market_of(inst)
-        book = self.book(market, inst, keep_fragments=True)
-        action = msg.get("action")
-        try:
-            if action == "update" and book.synced:
-                broken = parsers.apply_books_update(book, msg, self.ct(inst), self.depth)
-            elif action == "snapshot":
-                [item] = msg["data"]
-                broken = parsers.load_books_snapshot(book, item, self.ct(inst), self.depth)
-                self.book_sync.synced(market, inst)
-            elif action == "update":
-                self.book_sync.unsynced_update(market, inst)
-                return
-            else:
-                raise ValueError(f"unknown book action {action!r}")
-        except PARSE_ERRORS as exc:
-            if book.synced:   # possibly half applied: rebuild this book, count the message
-                self.book_sync.lose(market, inst, "sequence_gap", f"malformed update: {exc!r}")
-            raise
-        if broken:
-            self.book_sync.lose(market, inst, *broken)
+        self.order_books.on_message(msg)
 
-    async def _resubscribe_book(self, key: tuple[str, str]) -> None:
+    async def resubscribe_book(self, key: tuple[str, str]) -> None:
         conn = self.book_conn.get(key)
         if conn is None:
             raise ConnectionError(f"okx: no connection carries the {key} book")
@@ -208,7 +186,7 @@ class OkxFeed(Feed):
         await conn.send(self._request("subscribe", sub))
 
     async def stop(self) -> None:
-        self.book_sync.cancel_all()
+        self.order_books.cancel_all()
         await super().stop()
 
     # ---- funding / open interest: REST only while a channel is unavailable ------------------
@@ -226,17 +204,22 @@ class OkxFeed(Feed):
         return super().owns_backfill(market, symbol, kind)
 
     async def backfill_trades(self, market: str, symbol: str, since: datetime) -> bool:
-        payload = await self.rest_for(market).get(
-            ep.REST_TRADES, {"instId": symbol, "limit": ep.TRADES_LIMIT})
-        trades = parsers.parse_rest_trades(payload, now_utc(), self.ct(symbol))
+        """The newest 500 fills: the same objects (and ids) as ``trades-all``."""
+        if (factor := self.ct(symbol)) is None:
+            return False
+        data = await get_data(self.rest_for(market), ep.REST_TRADES,
+                              {"instId": symbol, "limit": ep.TRADES_LIMIT})
+        trades = parsers.parse_trades({"data": data}, now_utc(), factor)
         return self.emit_backfilled_trades(trades, since, ep.TRADES_LIMIT)
 
     async def backfill_candles(self, market: str, symbol: str, since: datetime) -> None:
         """The newest 300 1m candles (5 h), closed ones (``confirm`` "1") from the gap start."""
-        payload = await self.rest_for(market).get(
-            ep.REST_CANDLES, {"instId": symbol, "bar": "1m", "limit": ep.CANDLES_LIMIT})
+        if (factor := self.ct(symbol)) is None:
+            return
+        data = await get_data(self.rest_for(market), ep.REST_CANDLES,
+                              {"instId": symbol, "bar": "1m", "limit": ep.CANDLES_LIMIT})
         start = since.replace(second=0, microsecond=0)
-        for candle in parsers.parse_rest_candles(payload, symbol, "1m", now_utc(),
-                                                 self.ct(symbol)):
+        for candle in parsers.parse_rest_candles({"code": "0", "data": data}, symbol, "1m",
+                                                 now_utc(), factor):
             if candle.closed and candle.ts >= start:
                 self.emit(candle)
