@@ -48,7 +48,7 @@ async def start(mongo_db, fake: FakeOkx, poll_interval_s: float = 1.0, cfg=None,
     settings = Settings(
         okx=OkxSettings(spot_ws_url=f"{fake.ws_base}/ws/v5", perp_ws_url=f"{fake.ws_base}/ws/v5",
                         spot_rest_url=fake.rest_base, perp_rest_url=fake.rest_base,
-                        idle_timeout_s=1.0, **(cfg or {})),
+                        **{"idle_timeout_s": 1.0, **(cfg or {})}),
         book_snapshot_interval_s=0.2, liquidity_interval_s=0.2, flush_interval_s=0.1)
     await apply_indexes(mongo_db, settings.retention)
     writer = Writer(mongo_db, flush_interval_s=0.1)
@@ -527,3 +527,172 @@ def test_idle_thresholds_per_connection():
     # /public: books send a no-change message only every ~60 s (idle class "quiet");
     # /business: candles (trades-all may pause for minutes)
     assert idle == {"public": 70.0, "business": 30.0}
+
+
+# ---- conformance (docs/exchanges/okx.md Findings; each fails on the pre-kit feed) -----------
+def _book_levels(book) -> tuple[list, list]:
+    return book.bids.top(400), book.asks.top(400)
+
+
+def _fake_levels(fake: FakeOkx, inst: str, factor: float = 1.0) -> tuple[list, list]:
+    book = fake.books[inst]
+    bids = sorted(((float(p), float(s) * factor) for p, s in book["bids"].items()), reverse=True)
+    asks = sorted((float(p), float(s) * factor) for p, s in book["asks"].items())
+    return [list(b) for b in bids], [list(a) for a in asks]
+
+
+async def test_trades_are_fills_and_a_backfill_counts_each_once(env):
+    """Finding F1 (issue 11 item 2): the fake's taker orders have 1-3 fills; ``trades`` would
+    push one aggregate (LAST fill id, summed size), REST lists the fills. The feed stores fills
+    (``trades-all``), so after a drop and its backfill every fill id is stored exactly once with
+    its own size: the stored volume equals the market's."""
+    fake, feed, db = env
+    inst = "BTC-USDT"
+    await wait_for(lambda: _async(sum(t["pushed"] for t in fake.tape.trades.get(inst, ())) >= 8),
+                   what="fills flowing")
+    await fake.drop_connections(down_s=0.8)
+
+    async def backfilled():
+        return [g for g in feed.gaps.recent if g.stream == "okx:business" and g.backfilled]
+    [gap] = await wait_for(backfilled, timeout_s=15, what="business gap backfilled")
+    upto = max(t["id"] for t in fake.tape.trades[inst] if t["ts"] < gap.end.timestamp() * 1000)
+    fills = [t for t in fake.tape.trades[inst] if t["id"] <= upto]
+    assert any(not t["pushed"] for t in fills)                 # the gap really missed some
+
+    async def stored():
+        docs = await db[schema.TRADES].find({"exchange": "okx", "symbol": inst,
+                                             "trade_id": {"$in": [str(t["id"]) for t in fills]}}
+                                            ).to_list(None)
+        return len(docs) == len(fills) and docs
+    docs = await wait_for(stored, what="every fill of the window stored")
+    assert sorted(int(d["trade_id"]) for d in docs) == [t["id"] for t in fills]
+    assert {d["size"] for d in docs} == {0.0002}               # one fill each, never a sum
+    assert sum(d["size"] for d in docs) == pytest.approx(0.0002 * len(fills))
+    assert not [g for g in feed.gaps.recent if g.stream == "trade"]
+    # the fake did aggregate: orders of several fills happened in this window
+    assert len({t["ts"] for t in fills}) < len(fills)
+
+
+async def test_books_without_ws_snapshot_sync_from_rest_and_stay_exact(mongo_db):
+    """Finding F2 (issue 11 item 5): without the WS snapshot (the announced change) books are
+    built from REST /market/books (sz=400, seqId) spliced with the buffered updates; varied
+    updates (both sides, deletions, top-of-book moves, the no-change message, checksum 0) keep
+    the feed's book equal to the exchange's; a sequence break re-fetches REST and never
+    resubscribes (the 480/hour budget)."""
+    fake = FakeOkx()
+    fake.ws_snapshot = False
+    fake.varied = True
+    feed, writer, session, tasks = await start(mongo_db, fake)
+    try:
+        await wait_for(lambda: _async(_synced(feed, "BTC-USDT") and _synced(feed, "BTC-USDC") and
+                                      _synced(feed, "BTC-USDT-SWAP", "perp")),
+                       what="books synced from REST")
+        books_requests = [r for r in fake.rest_requests if r.startswith("/api/v5/market/books")]
+        assert all("sz=400" in r for r in books_requests) and len(books_requests) == 3
+        book = feed.books[("spot", "BTC-USDT")]
+        start_seq = book.update_id
+        await wait_for(lambda: _async(book.update_id >= start_seq + 25), what="25 updates")
+        fake.silent = True                 # freeze the market to compare the two books
+        await asyncio.sleep(0.3)
+        assert book.update_id == fake.books["BTC-USDT"]["seq"]
+        assert _book_levels(book) == _fake_levels(fake, "BTC-USDT")
+        swap = feed.books[("perp", "BTC-USDT-SWAP")]
+        assert _book_levels(swap) == _fake_levels(fake, "BTC-USDT-SWAP", 0.01)
+        assert feed.stats.gaps == 0 and feed.stats.malformed == 0
+        fake.silent = False
+
+        ws = fake.public_ws()
+        last = fake.books["BTC-USDT"]["seq"]
+        await fake.send(ws, fake.book_update(None, "BTC-USDT", prev=last + 3, seq=last + 4))
+        await wait_for(lambda: _async(feed.stats.resyncs == 1 and book.synced),
+                       what="REST re-sync after the break")
+        assert not fake.sent_ops("unsubscribe")
+        assert len([r for r in fake.rest_requests if "market/books?instId=BTC-USDT&" in r]) >= 2
+        assert (await wait_for(lambda: mongo_db[schema.ORDER_BOOK].find_one(
+            {"symbol": "BTC-USDT"}), what="stored book"))["bids"]
+    finally:
+        await stop(feed, writer, session, tasks, fake)
+
+
+async def test_varied_ws_book_updates_keep_the_book_exact(mongo_db):
+    """The strict fake's varied content over the WS-snapshot protocol: deletions, new best
+    levels, the 60 s no-change message (seqId == prevSeqId), checksum 0 never a mismatch."""
+    fake = FakeOkx()
+    fake.varied = True
+    fake.heartbeat_every = 4
+    feed, writer, session, tasks = await start(mongo_db, fake)
+    try:
+        await wait_for(lambda: _async(_synced(feed, "BTC-USDT")), what="synced")
+        book = feed.books[("spot", "BTC-USDT")]
+        start_seq, start_top = book.update_id, book.best_bid()
+        await wait_for(lambda: _async(book.update_id >= start_seq + 30), what="30 updates")
+        fake.silent = True
+        await asyncio.sleep(0.3)
+        assert _book_levels(book) == _fake_levels(fake, "BTC-USDT")
+        assert book.best_bid() != start_top            # the top of the book moved
+        assert feed.stats.gaps == 0 and feed.stats.resyncs == 0 and not feed.gaps.open_gaps
+    finally:
+        await stop(feed, writer, session, tasks, fake)
+
+
+async def test_body_rate_limit_backs_off_and_is_not_malformed(mongo_db):
+    """Finding F6: OKX reports a REST rate limit as ``{"code":"50011",...}`` with HTTP 200.
+    It pauses the REST budget like a 429 and is not counted as a malformed message."""
+    fake = FakeOkx()
+    fake.ws_rejects = {"funding-rate"}
+    fake.rate_limit_next = 1
+    feed, writer, session, tasks = await start(mongo_db, fake, poll_interval_s=1.0)
+    try:
+        # the first call (instruments) is limited: retried, no ctVal made up meanwhile
+        await wait_for(lambda: _async(feed.ct("BTC-USDT-SWAP") == 0.01), what="ctVal retried")
+        fake.rate_limit_next = 1          # the next call (a funding poll or a book snapshot)
+        await wait_for(lambda: _async(any("50011" in k for k in feed.stats.errors)),
+                       what="rate limit seen")
+        assert feed.rest_budget.paused_until > 0
+        funding = await wait_for(lambda: mongo_db[schema.FUNDING_RATES].find_one(
+            {"exchange": "okx"}), timeout_s=10, what="funding once the limit passed")
+        assert funding["rate"] == 0.0001875391284828
+        assert feed.stats.malformed == 0
+    finally:
+        await stop(feed, writer, session, tasks, fake)
+
+
+@pytest.mark.parametrize("ping_s,cut", [(0.3, False), (25.0, True)])
+async def test_pings_keep_a_quiet_connection_past_the_idle_cut(mongo_db, ping_s, cut):
+    """The strict fake closes a connection that was sent nothing for ``idle_cut_s`` (OKX: 30 s,
+    close 4004); the feed's text ping after quiet (25 s; here 0.3 s) gets a pong and keeps it
+    open. Without pings in time the cut comes."""
+    fake = FakeOkx()
+    fake.idle_cut_s = 1.0
+    feed, writer, session, tasks = await start(mongo_db, fake, spec=quick_ping(ping_s),
+                                               cfg={"idle_timeout_s": 30.0})
+    try:
+        await wait_for(lambda: _async(len(feed.connections) == 4 and
+                                      all(c.connected.is_set() for c in feed.connections)),
+                       what="connected")
+        fake.silent = True
+        if cut:          # closed by the server (4004) after ~1 s of nothing sent
+            await wait_for(lambda: _async(all(c.disconnects >= 1 for c in feed.connections)),
+                           timeout_s=5, what="idle cut")
+        else:
+            await asyncio.sleep(2.5)
+            assert all(c.connects == 1 for c in feed.connections)
+            assert sum(1 for _, t in fake.received if t == "ping") >= 4
+    finally:
+        await stop(feed, writer, session, tasks, fake)
+
+
+def test_connect_interval_is_per_ip_and_books_are_spread_over_connections():
+    """Findings F4/F5 (issue 11 item 9): 3 connection attempts per second per IP, shared by the
+    partitions on one host; fewer than 30 book channels per connection, one request each."""
+    feed = OkxFeed(OkxSettings(), offline_context(Settings(partition="0/3")))
+    assert feed.throttle.min_interval_s == pytest.approx(1.2)      # 3 partitions x 0.4 s
+    many = [f"SYM{i}-USDT" for i in range(70)]
+    feed = OkxFeed(OkxSettings(spot_symbols=many, perp_symbols=[]), offline_context())
+    conns = feed.build_connections()
+    public = [feed.meta(c) for c in conns if c.url.endswith("/public")]
+    assert [len(m.symbols("book")) for m in public] == [28, 28, 14]
+    for meta in public:
+        [request] = feed.subscribe_requests(meta, list(meta.subscriptions))
+        assert len(request) < 64_000
+    assert sorted(s for m in public for s in m.symbols("book")) == sorted(many)

@@ -256,39 +256,44 @@ def test_rest_trades_and_candles():
 
 
 # ---- trade-id continuity ---------------------------------------------------------------------
-def trades(inst: str, *fills: tuple[int, int]) -> bytes:
-    import orjson
-    return orjson.dumps({"arg": {"channel": "trades", "instId": inst}, "data": [
-        {"instId": inst, "tradeId": str(i), "px": "100", "sz": "1", "side": "buy",
-         "ts": str(1_700_000_000_000 + i), "count": str(count)} for i, count in fills]})
+def trades(inst: str, *ids: int) -> bytes:
+    """A ``trades-all`` push per fill id (the feed's trade channel)."""
+    return orjson.dumps({"arg": {"channel": "trades-all", "instId": inst}, "data": [
+        {"instId": inst, "tradeId": str(i), "px": "100", "sz": "1", "side": "buy", "source": "0",
+         "ts": str(1_700_000_000_000 + i)} for i in ids]})
 
 
 def trade_gaps(f: OkxFeed):
     return [g for g in f.gaps.recent if g.stream == "trade"]
 
 
-async def test_trade_id_holes_overlaps_and_aggregates():
+def test_trade_id_range_of_an_aggregate_ends_at_its_trade_id():
+    """Documented: a ``trades`` aggregate's tradeId is the LAST fill (123 with count 3 covers
+    121..123); a ``trades-all`` / REST object is one fill."""
+    assert parsers.trade_id_range({"tradeId": "123", "count": "3"}) == (121, 123)
+    assert parsers.trade_id_range({"tradeId": "130639474"}) == (130639474, 130639474)
+
+
+async def test_trade_id_holes_and_overlaps():
     f = feed()
     f.cfg.backfill = False
-    f.handle(None, trades("BTC-USDT", (100, 1), (101, 1)))
-    # an aggregate of 3 fills, then the next id under either reading of its tradeId
-    f.handle(None, trades("BTC-USDT", (102, 3), (105, 1), (107, 2)))
-    # overlaps (a reconnect or rotation replaying trades) are no holes, and do not move the
-    # last id back: the next new id continues from 107/108
-    f.handle(None, trades("BTC-USDT", (101, 1), (104, 1)))
-    f.handle(None, trades("BTC-USDT", (109, 1)))
+    f.handle(None, trades("BTC-USDT", 100, 101, 102))
+    # overlaps (a reconnect or rotation replaying fills) are no holes, and do not move the
+    # last id back: the next new id continues from 103
+    f.handle(None, trades("BTC-USDT", 101, 102))
+    f.handle(None, trades("BTC-USDT", 103))
     # another instrument has its own sequence
-    f.handle(None, trades("BTC-USDT-SWAP", (5_000, 1), (5_001, 1)))
+    f.handle(None, trades("BTC-USDT-SWAP", 5_000, 5_001))
     assert trade_gaps(f) == [] and f.stats.malformed == 0
-    f.handle(None, trades("BTC-USDT", (115, 1)))
+    f.handle(None, trades("BTC-USDT", 109))
     [gap] = trade_gaps(f)
     assert (gap.symbol, gap.market, gap.cause) == ("BTC-USDT", "spot", "sequence_gap")
-    assert gap.extra["missing_ids"] == [110, 114] and gap.end is not None
-    assert gap.start == ms_to_dt(1_700_000_000_109) and gap.end == ms_to_dt(1_700_000_000_115)
+    assert gap.extra["missing_ids"] == [104, 108] and gap.end is not None
+    assert gap.start == ms_to_dt(1_700_000_000_103) and gap.end == ms_to_dt(1_700_000_000_109)
     # after a disconnect the connection gap covers the hole: no second, trade-id gap
-    [conn] = [c for c in f.build_connections() if c.name == "okx:public"]
+    [conn] = [c for c in f.build_connections() if c.name == "okx:business"]
     f._on_close(conn, "closed")
-    f.handle(None, trades("BTC-USDT", (200, 1)))
+    f.handle(None, trades("BTC-USDT", 200))
     assert len(trade_gaps(f)) == 1
 
 
@@ -296,10 +301,10 @@ async def test_trade_id_check_turns_itself_off_when_ids_are_not_consecutive():
     f = feed()
     f.cfg.backfill = False
     for i in range(10):
-        f.handle(None, trades("BTC-USDC", (i * 10, 1)))
+        f.handle(None, trades("BTC-USDC", i * 10))
     assert len(trade_gaps(f)) == 5 and ("spot", "BTC-USDC") in f.trade_ids.switched_off
     assert any("not consecutive" in key for key in f.stats.errors)
-    f.handle(None, trades("BTC-USDC", (1_000, 1)))
+    f.handle(None, trades("BTC-USDC", 1_000))
     assert len(trade_gaps(f)) == 5
 
 
