@@ -1,6 +1,7 @@
 """OKX v5 parsers against documented payloads, plus the feed's book sequence/checksum rules."""
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -324,3 +325,156 @@ def test_checksum_from_kept_fragments_matches_text():
                                       book.asks.top_fragments(25)) == parsers.checksum(bids, asks)
     book.truncate(1)
     assert book.bids.top_fragments(25) == ["3366.1:7"] and book.asks.top_fragments(25) == ["3366.8:9"]
+
+
+# ---- pinned: every normalized field of every record type, from documented payloads ----------
+# (fixtures one file per payload variant; a one-line mistake in a mapping fails here)
+def fields(record) -> dict:
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
+BASE = {"exchange": "okx", "received_at": NOW}
+
+
+def test_pinned_spot_ticker():
+    [t] = parsers.parse_tickers(load_jsonl("okx/tickers.jsonl")[2], NOW)
+    assert fields(t) == {**BASE, "symbol": "BTC-USDT", "pair": "BTC/USDT", "market": "spot",
+                         "ts": ms_to_dt(1652459224956), "last": 30236.0, "bid": 30228.6,
+                         "bid_size": 0.23393, "ask": 30228.7, "ask_size": 1.55896972,
+                         "open_24h": 29700.4, "high_24h": 31073.0, "low_24h": 28020.3,
+                         "volume_24h": 17602.13085371, "quote_volume_24h": 525802090.62716611,
+                         "change_pct_24h": (30236 - 29700.4) / 29700.4 * 100,
+                         "mark_price": None, "index_price": None}
+
+
+def test_pinned_swap_ticker_contracts_to_base():
+    [t] = parsers.parse_tickers(load_jsonl("okx/tickers.jsonl")[1], NOW, ct_val=10.0)
+    assert fields(t) == {**BASE, "symbol": "UNI-USD-SWAP", "pair": "UNI/USD", "market": "perp",
+                         "ts": ms_to_dt(1652459223143), "last": 5.123, "bid": 5.134,
+                         "bid_size": 960.0, "ask": 5.142, "ask_size": 250.0, "open_24h": 4.799,
+                         "high_24h": 5.458, "low_24h": 4.537,
+                         "volume_24h": 577730.7823,                   # volCcy24h: base coin
+                         "quote_volume_24h": 577730.7823 * 5.123,
+                         "change_pct_24h": (5.123 - 4.799) / 4.799 * 100,
+                         "mark_price": None, "index_price": None}
+
+
+def test_pinned_trades_all_fill():
+    [t] = parsers.parse_trades(load_jsonl("okx/trades-all_doc.jsonl")[0], NOW)
+    assert fields(t) == {**BASE, "symbol": "BTC-USDT", "pair": "BTC/USDT", "market": "spot",
+                         "ts": ms_to_dt(1630048897897), "trade_id": "130639474",
+                         "price": 42219.9, "size": 0.12060306, "side": "buy"}
+
+
+def test_pinned_swap_trade_taker_sell_in_base_units():
+    [t] = parsers.parse_trades(load_jsonl("okx/trades.jsonl")[1], NOW, ct_val=10.0)
+    assert fields(t) == {**BASE, "symbol": "UNI-USD-SWAP", "pair": "UNI/USD", "market": "perp",
+                         "ts": ms_to_dt(1652459215150), "trade_id": "12883020", "price": 5.123,
+                         "size": 1000.0, "side": "sell"}
+
+
+def test_pinned_rest_trade_is_one_fill():
+    [t] = parsers.parse_rest_trades(load_jsonl("okx/rest_trades_fill_doc.jsonl")[0], NOW)
+    assert fields(t) == {**BASE, "symbol": "BTC-USDT", "pair": "BTC/USDT", "market": "spot",
+                         "ts": ms_to_dt(1654161646974), "trade_id": "242720720",
+                         "price": 29963.2, "size": 0.00001, "side": "sell"}
+    assert parsers.trade_id_range(load_jsonl("okx/rest_trades_fill_doc.jsonl")[0]["data"][0]) \
+        == (242720720, 242720720)
+
+
+def test_pinned_trades_aggregate_covers_the_fills_before_its_id():
+    msg = load_jsonl("okx/trades_aggregate_doc.jsonl")[0]
+    assert parsers.trade_id_range(msg["data"][0]) == (130639472, 130639474)
+
+
+def test_pinned_candles_spot_closed_and_swap_running():
+    msg = load_jsonl("okx/candle.jsonl")[0]
+    [c] = parsers.parse_candles(msg, NOW)
+    assert fields(c) == {**BASE, "symbol": "BTC-USDT", "pair": "BTC/USDT", "market": "spot",
+                         "ts": ms_to_dt(1597026383085), "interval": "1d", "open": 8533.02,
+                         "high": 8553.74, "low": 8527.17, "close": 8548.26,
+                         "volume": 45247.0,                # vol: base for spot
+                         "quote_volume": 5529.5858061,     # volCcyQuote
+                         "trades": None, "closed": True}
+    msg["arg"] = {"channel": "candle1m", "instId": "BTC-USDT-SWAP"}
+    msg["data"][0][8] = "0"
+    [c] = parsers.parse_candles(msg, NOW, ct_val=0.01)
+    assert fields(c) == {**BASE, "symbol": "BTC-USDT-SWAP", "pair": "BTC/USDT", "market": "perp",
+                         "ts": ms_to_dt(1597026383085), "interval": "1m", "open": 8533.02,
+                         "high": 8553.74, "low": 8527.17, "close": 8548.26,
+                         "volume": 529.5858061,            # volCcy: base for derivatives
+                         "quote_volume": 5529.5858061, "trades": None, "closed": False}
+
+
+def test_pinned_funding():
+    [f] = parsers.parse_funding(load_jsonl("okx/funding-rate.jsonl")[0], NOW)
+    assert fields(f) == {**BASE, "symbol": "BTC-USD-SWAP", "pair": "BTC/USD", "market": "perp",
+                         "ts": ms_to_dt(1700724675402), "rate": 0.0001875391284828,
+                         "next_funding_time": ms_to_dt(1700726400000),   # fundingTime
+                         "predicted_rate": None,                         # nextFundingRate ""
+                         "mark_price": None, "index_price": None, "interval_hours": 8.0}
+
+
+def test_pinned_open_interest_ws_and_rest():
+    msg = load_jsonl("okx/open-interest_usd.constructed.jsonl")[0]
+    expected = {**BASE, "symbol": "BTC-USDT-SWAP", "pair": "BTC/USDT", "market": "perp",
+                "ts": ms_to_dt(1630338003010), "open_interest": 5654.74,      # oiCcy: base
+                "open_interest_value": 350000000.5}                           # oiUsd
+    [oi] = parsers.parse_open_interest(msg, NOW, ct_val=0.01)
+    assert fields(oi) == expected
+    [oi] = parsers.parse_open_interest({"code": "0", "msg": "", "data": msg["data"]}, NOW, 0.01)
+    assert fields(oi) == expected
+
+
+def test_pinned_book_snapshot_update_deletion_and_no_change():
+    from collector.orderbook import OrderBook
+    book = OrderBook(400, keep_fragments=True)
+    snapshot = load_jsonl("okx/books_doc.jsonl")[0]["data"][0]
+    assert parsers.load_books_snapshot(book, snapshot, 0.01, 400) is None
+    assert book.synced and book.update_id == 123456
+    assert book.best_bid() == (8476.97, 2.56) and book.best_ask() == (8476.98, 4.15)
+    assert book.asks.top(2) == [[8476.98, 4.15], [8477.0, 0.07]]
+    update = load_jsonl("okx/books_update.constructed.jsonl")[0]
+    assert parsers.apply_books_update(book, update, 0.01, 400) is None
+    assert book.update_id == 123457
+    assert book.best_ask() == (8476.99, 0.12)                   # best ask deleted, new one
+    assert book.best_bid() == (8476.97, 3.0)                    # size changed
+    assert 8475.55 not in [p for p, _ in book.bids.top(400)]    # "0" deletes the level
+    assert parsers.apply_books_update(
+        book, load_jsonl("okx/books_no_change.constructed.jsonl")[0], 0.01, 400) is None
+    assert book.update_id == 123457 and book.best_ask() == (8476.99, 0.12)
+    stale = load_jsonl("okx/books_update.constructed.jsonl")[0]       # prevSeqId 123456 again
+    assert parsers.apply_books_update(book, stale, 0.01, 400) == \
+        ("sequence_gap", "last seqId 123457, prevSeqId 123456")
+
+
+def test_pinned_rest_book_snapshot_and_buffered_diff():
+    payload = load_jsonl("okx/rest_books_seqid_doc.jsonl")[0]
+    assert parsers.parse_rest_books(payload["data"], 0.5) == (
+        [(41006.3, 0.30178218 * 0.5)], [(41006.8, 0.60038921 * 0.5)], 3235851742)
+    diff = parsers.books_diff(load_jsonl("okx/books_update.constructed.jsonl")[0]["data"][0], 0.01)
+    assert (diff.first_id, diff.last_id, diff.prev_id) == (123457, 123457, 123456)
+    assert diff.bids == [(8476.97, 3.0), (8475.55, 0.0)]
+    assert diff.asks == [(8476.98, 0.0), (8476.99, 0.12)]
+
+
+def test_pinned_rest_envelope_errors():
+    with pytest.raises(ValueError, match="51001"):
+        parsers.rest_data(load_jsonl("okx/rest_error_51001.jsonl")[0])
+    with pytest.raises(ValueError, match="50011"):
+        parsers.rest_data(load_jsonl("okx/rest_error_50011.jsonl")[0])
+
+
+async def test_ws_error_shapes_are_handled():
+    """60018 marks (market, symbol) unavailable; 64001 and 60012 are reported; a notice is
+    control traffic. None of them is data or malformed."""
+    f = feed()
+    for name in ("error_60018_unknown_instrument", "error_64001_candle_on_public.constructed",
+                 "error", "subscribe_ack"):
+        for msg in load_jsonl(f"okx/{name}.jsonl"):
+            assert f.handle(None, orjson.dumps(msg)) is False
+    assert f.stats.unavailable_symbols == {"spot:FOO-USDT": load_jsonl(
+        "okx/error_60018_unknown_instrument.jsonl")[0]["msg"]}
+    assert {k.split(":")[0] for k in f.stats.errors} >= {"error 60018", "error 64001",
+                                                         "error 60012"}
+    assert f.stats.malformed == 0
