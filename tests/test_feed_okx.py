@@ -29,10 +29,11 @@ async def _async(value):
     return value
 
 
-def quick_ping(interval_s: float):
+def quick_ping(interval_s: float, pong_timeout_s: float | None = 5.0):
     """OKX's spec with the text ping sent after ``interval_s`` of quiet (instead of 25 s)."""
     spec = OkxFeed.spec
-    heartbeat = replace(spec.connections[0].heartbeat, app_ping_interval_s=interval_s)
+    heartbeat = replace(spec.connections[0].heartbeat, app_ping_interval_s=interval_s,
+                        app_pong_timeout_s=pong_timeout_s)
     return replace(spec, connections=tuple(replace(c, heartbeat=heartbeat)
                                            for c in spec.connections))
 
@@ -678,6 +679,30 @@ async def test_pings_keep_a_quiet_connection_past_the_idle_cut(mongo_db, ping_s,
             await asyncio.sleep(2.5)
             assert all(c.connects == 1 for c in feed.connections)
             assert sum(1 for _, t in fake.received if t == "ping") >= 4
+    finally:
+        await stop(feed, writer, session, tasks, fake)
+
+
+async def test_a_ping_without_pong_reconnects_long_before_the_idle_watchdog(mongo_db):
+    """Finding F8: OKX documents "expect pong within N seconds, else reconnect". A socket that
+    stops answering (here: the fake no longer answers pings, nothing else arrives) is replaced
+    after ping + pong timeout (0.3 + 0.5 s here), not after the 70 s data-idle threshold."""
+    fake = FakeOkx()
+    feed, writer, session, tasks = await start(mongo_db, fake, spec=quick_ping(0.3, 0.5),
+                                               cfg={"idle_timeout_s": 60.0})
+    try:
+        await wait_for(lambda: _async(len(feed.connections) == 4 and
+                                      all(c.connected.is_set() for c in feed.connections)),
+                       what="connected")
+        fake.silent = True
+        fake.answer_pings = False
+        silenced = time.monotonic()
+        await wait_for(lambda: _async(all(c.disconnects >= 1 for c in feed.connections)),
+                       timeout_s=6, what="reconnect after the missing pong")
+        assert time.monotonic() - silenced < 6
+        [gap, *_] = [g for g in feed.gaps.recent + list(feed.gaps.open_gaps.values())
+                     if g.cause == "disconnect"] or [None]
+        assert gap is not None and "after an application ping" in gap.detail
     finally:
         await stop(feed, writer, session, tasks, fake)
 

@@ -107,6 +107,7 @@ class FakeOkx(TradingFake, FakeExchange):
         self.rate_limit_status = 200
         self.rate_limit_next = 0
         self.refused_connects = 0
+        self.answer_pings = True
         self.books: dict[str, dict[str, Any]] = {}          # instId -> {"bids","asks","seq"}
         self._ticks = 0
         self._connect_times: deque[float] = deque()
@@ -267,7 +268,8 @@ class FakeOkx(TradingFake, FakeExchange):
 
     async def on_text(self, ws, path, state, text) -> None:
         if text == "ping":
-            await self.send(ws, "pong")
+            if self.answer_pings:
+                await self.send(ws, "pong")
             return
         try:
             msg = orjson.loads(text)

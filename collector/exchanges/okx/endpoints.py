@@ -37,12 +37,14 @@ CHECKSUM_LEVELS = 25
 # Per-symbol cool-down between book resubscriptions.
 RESYNC_COOLDOWN_S = 2.0
 
-# No server pings: send the text "ping" after 25 s of silence (server drops after 30 s).
+# No server pings: send the text "ping" after 25 s of silence (server drops after 30 s) and
+# expect "pong" (or data) in time, else reconnect (docs: "connect").
 PING_TEXT = "ping"
 PONG_TEXT = "pong"
 PING_INTERVAL_S = 25.0
+PONG_TIMEOUT_S = 5.0
 HEARTBEAT = HeartbeatPolicy(app_ping=lambda: PING_TEXT, app_ping_interval_s=PING_INTERVAL_S,
-                            ping_only_when_quiet=True)
+                            ping_only_when_quiet=True, app_pong_timeout_s=PONG_TIMEOUT_S)
 
 # 480 subscribe/unsubscribe/login requests per connection per hour (token bucket); we keep a margin
 # and reconnect (a fresh bucket) instead of exceeding it.
