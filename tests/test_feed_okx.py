@@ -721,3 +721,38 @@ def test_connect_interval_is_per_ip_and_books_are_spread_over_connections():
         [request] = feed.subscribe_requests(meta, list(meta.subscriptions))
         assert len(request) < 64_000
     assert sorted(s for m in public for s in m.symbols("book")) == sorted(many)
+
+
+async def test_long_gaps_page_history_trades_and_candles(env):
+    """Finding F9: a gap longer than one REST page is paged back (``history-trades`` by tradeId,
+    ``candles`` then ``history-candles`` by ``after``) until its start, so it is complete, not
+    partial, and every fill / closed minute of it is stored."""
+    fake, feed, db = env
+    inst = "BTC-USDT"
+    await wait_for(lambda: _async(len(fake.tape.trades.get(inst, ())) >= 5), what="fills")
+    await asyncio.sleep(0.05)
+    since = now_utc()
+    await asyncio.sleep(0.05)
+    burst = [fake.tape.new(inst) for _ in range(1200)]      # happened, never pushed
+    assert await feed.backfill_trades("spot", inst, since) is True
+    history = [r for r in fake.rest_requests if r.startswith("/api/v5/market/history-trades")]
+    assert len(history) >= 7 and all("type=1" in r and "after=" in r for r in history)
+
+    async def stored():
+        return await db[schema.TRADES].count_documents(
+            {"exchange": "okx", "symbol": inst,
+             "trade_id": {"$in": [str(t["id"]) for t in burst]}}) == len(burst)
+    await wait_for(stored, what="all 1,200 fills of the burst stored")
+
+    emitted = []
+    emit = feed.emit
+    feed.emit = lambda record, **kw: (isinstance(record, schema.Candle) and emitted.append(record),
+                                      emit(record, **kw))[1]
+    since = now_utc() - timedelta(hours=30)               # 1,800 minutes > the latest 1,440
+    assert await feed.backfill_candles("spot", inst, since) is True
+    assert any(r.startswith("/api/v5/market/history-candles") for r in fake.rest_requests)
+    start = since.replace(second=0, microsecond=0)
+    minutes = sorted({c.ts for c in emitted if c.closed and c.ts >= start})
+    # every closed minute from the gap start on, none missing (1,800 +- a minute boundary)
+    assert minutes == [start + timedelta(minutes=i) for i in range(len(minutes))]
+    assert len(minutes) in (1800, 1801)

@@ -44,7 +44,9 @@ from tests.fakes.tape import TradeTape, TradingFake
 CONN_ID = "a4d3ae55"
 # endpoint -> (requests, window seconds, keyed by instId too)
 REST_LIMITS = {"/api/v5/market/books": (40, 2.0, False), "/api/v5/market/trades": (100, 2.0, False),
+               "/api/v5/market/history-trades": (20, 2.0, False),
                "/api/v5/market/candles": (40, 2.0, False),
+               "/api/v5/market/history-candles": (20, 2.0, False),
                "/api/v5/public/funding-rate": (10, 2.0, True),
                "/api/v5/public/open-interest": (20, 2.0, True),
                "/api/v5/public/instruments": (20, 2.0, False)}
@@ -130,6 +132,8 @@ class FakeOkx(TradingFake, FakeExchange):
         app.router.add_get("/api/v5/public/open-interest", self._open_interest)
         app.router.add_get("/api/v5/market/trades", self._trades)
         app.router.add_get("/api/v5/market/candles", self._candles)
+        app.router.add_get("/api/v5/market/history-candles", self._candles)
+        app.router.add_get("/api/v5/market/history-trades", self._history_trades)
         app.router.add_get("/api/v5/market/books", self._rest_books)
 
     @staticmethod
@@ -175,7 +179,22 @@ class FakeOkx(TradingFake, FakeExchange):
         return self._json({"code": "0", "msg": "", "data": [
             self.fill_item(inst, t) for t in self.tape.recent(inst, limit)]})
 
+    async def _history_trades(self, request: web.Request) -> web.Response:
+        """Fills older than ``after`` (a tradeId, ``type`` 1), newest first, ``limit`` <= 100."""
+        if (answer := self._check(request)) is not None:
+            return answer
+        limit = int(request.query.get("limit", 100))
+        if not 1 <= limit <= 100 or request.query.get("type", "1") != "1":
+            return self._param_error("limit" if request.query.get("type", "1") == "1" else "type")
+        after = int(request.query.get("after", 2 ** 62))
+        fills = [t for t in self.tape.recent(request.query["instId"], self.tape.keep)
+                 if t["id"] < after][:limit]
+        return self._json({"code": "0", "msg": "", "data": [
+            self.fill_item(request.query["instId"], t) for t in fills]})
+
     async def _candles(self, request: web.Request) -> web.Response:
+        """``candles``: the latest 1,440 rows only; ``history-candles``: older ones too. Both
+        newest first, ``after`` = older than that open time."""
         if (answer := self._check(request)) is not None:
             return answer
         if request.query.get("bar") != "1m":
@@ -184,7 +203,10 @@ class FakeOkx(TradingFake, FakeExchange):
         if not 1 <= limit <= 300:
             return self._param_error("limit")
         current = now_ms() // 60_000 * 60_000
-        rows = [rest_candle(current - i * 60_000, "0" if i == 0 else "1") for i in range(limit)]
+        newest = int(request.query["after"]) - 60_000 if "after" in request.query else current
+        oldest = current - 1439 * 60_000 if request.path.endswith("/candles") else 0
+        rows = [rest_candle(t, "0" if t == current else "1")
+                for t in range(newest, newest - limit * 60_000, -60_000) if t >= oldest]
         return self._json({"code": "0", "msg": "", "data": rows})
 
     async def _rest_books(self, request: web.Request) -> web.Response:

@@ -57,8 +57,12 @@ REST_OPEN_INTEREST = "/api/v5/public/open-interest"
 REST_FUNDING = "/api/v5/public/funding-rate"
 REST_TRADES = "/api/v5/market/trades"              # ?instId&limit (newest first)
 TRADES_LIMIT = 500
-REST_CANDLES = "/api/v5/market/candles"            # ?instId&bar&limit (newest first)
-CANDLES_LIMIT = 300
+REST_HISTORY_TRADES = "/api/v5/market/history-trades"   # ?instId&type=1&after=<tradeId>&limit
+HISTORY_TRADES_LIMIT = 100                         # 3 months back; 20 requests / 2 s
+REST_CANDLES = "/api/v5/market/candles"            # ?instId&bar&limit&after=<ts> (newest first;
+CANDLES_LIMIT = 300                                # only the latest 1,440 rows)
+REST_HISTORY_CANDLES = "/api/v5/market/history-candles"   # older candles, same parameters
+BACKFILL_MAX_PAGES = 50                            # per gap and kind: 5,000 fills / 250 h
 REST_BOOKS = "/api/v5/market/books"                # ?instId&sz (sz default 1!, max 400)
 # Error codes: unknown instrument (REST, HTTP 200) / unknown channel or instrument (WS);
 # rate limit in the body (HTTP 200 or 429) and "system busy" (HTTP 429): back off like a 429.

@@ -204,22 +204,43 @@ class OkxFeed(Feed):
         return super().owns_backfill(market, symbol, kind)
 
     async def backfill_trades(self, market: str, symbol: str, since: datetime) -> bool:
-        """The newest 500 fills: the same objects (and ids) as ``trades-all``."""
+        """Fills since ``since`` (the same objects and ids as ``trades-all``): the newest 500,
+        then ``history-trades`` pages older than the oldest id; complete once a page reaches
+        back to ``since``."""
         if (factor := self.ct(symbol)) is None:
             return False
-        data = await get_data(self.rest_for(market), ep.REST_TRADES,
-                              {"instId": symbol, "limit": ep.TRADES_LIMIT})
-        trades = parsers.parse_trades({"data": data}, now_utc(), factor)
-        return self.emit_backfilled_trades(trades, since, ep.TRADES_LIMIT)
+        path, limit = ep.REST_TRADES, ep.TRADES_LIMIT
+        params: dict[str, Any] = {"instId": symbol, "limit": limit}
+        for _ in range(ep.BACKFILL_MAX_PAGES):
+            data = await get_data(self.rest_for(market), path, params)
+            trades = parsers.parse_trades({"data": data}, now_utc(), factor)
+            if self.emit_backfilled_trades(trades, since, limit) or not trades:
+                return bool(trades)
+            path, limit = ep.REST_HISTORY_TRADES, ep.HISTORY_TRADES_LIMIT
+            params = {"instId": symbol, "type": "1", "limit": limit,
+                      "after": min(int(t.trade_id) for t in trades)}
+        return False
 
-    async def backfill_candles(self, market: str, symbol: str, since: datetime) -> None:
-        """The newest 300 1m candles (5 h), closed ones (``confirm`` "1") from the gap start."""
+    async def backfill_candles(self, market: str, symbol: str, since: datetime) -> bool:
+        """Closed 1m candles (``confirm`` "1") from the gap start: ``candles`` pages older than
+        the oldest row, then ``history-candles``; False if they run out before ``since``."""
         if (factor := self.ct(symbol)) is None:
-            return
-        data = await get_data(self.rest_for(market), ep.REST_CANDLES,
-                              {"instId": symbol, "bar": "1m", "limit": ep.CANDLES_LIMIT})
+            return False
         start = since.replace(second=0, microsecond=0)
-        for candle in parsers.parse_rest_candles({"code": "0", "data": data}, symbol, "1m",
-                                                 now_utc(), factor):
-            if candle.closed and candle.ts >= start:
-                self.emit(candle)
+        path, params = ep.REST_CANDLES, {"instId": symbol, "bar": "1m", "limit": ep.CANDLES_LIMIT}
+        for _ in range(ep.BACKFILL_MAX_PAGES):
+            data = await get_data(self.rest_for(market), path, params)
+            candles = parsers.parse_rest_candles({"code": "0", "data": data}, symbol, "1m",
+                                                 now_utc(), factor)
+            for candle in candles:
+                if candle.closed and candle.ts >= start:
+                    self.emit(candle)
+            if candles and candles[0].ts <= start:
+                return True
+            if candles:
+                params = {**params, "after": int(candles[0].ts.timestamp() * 1000)}
+            elif path == ep.REST_CANDLES:
+                path = ep.REST_HISTORY_CANDLES      # past the latest 1,440 rows
+            else:
+                return False
+        return False
