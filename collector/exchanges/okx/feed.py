@@ -19,10 +19,10 @@ from collector.exchanges.base import Feed, FeedContext
 from collector.exchanges.okx import endpoints as ep
 from collector.exchanges.okx import parsers
 from collector.exchanges.okx.api import get_data
+from collector.exchanges.okx.books import OkxBooks
 from collector.exchanges.okx.budget import SubscribeBudget
 from collector.exchanges.okx.contracts import ContractSizes
 from collector.exchanges.okx.derivatives import DerivativesFallback
-from collector.exchanges.okx.books import OkxBooks
 from collector.kit.spec import ConnMeta, Subscription
 from collector.kit.tradeids import TradeIdContinuity
 from collector.rest import RestClient
