@@ -16,7 +16,7 @@ from collector.stats import Stats
 from collector.writer import Writer
 from common import schema
 from common.indexes import apply_indexes
-from common.schema import now_utc
+from common.schema import ms_to_dt, now_utc
 from common.settings import OkxSettings, Settings
 from tests.fakes.okx import FakeOkx, rest_candle
 from tests.feed_helpers import offline_context
@@ -27,6 +27,12 @@ from tests.helpers import wait_for
 
 async def _async(value):
     return value
+
+
+async def all_connected(feed: OkxFeed, n: int = 4) -> None:
+    await wait_for(lambda: _async(len(feed.connections) == n and
+                                  all(c.connected.is_set() for c in feed.connections)),
+                   what="connected")
 
 
 def quick_ping(interval_s: float, pong_timeout_s: float | None = 5.0):
@@ -594,10 +600,11 @@ async def test_books_without_ws_snapshot_sync_from_rest_and_stay_exact(mongo_db)
         start_seq = book.update_id
         await wait_for(lambda: _async(book.update_id >= start_seq + 25), what="25 updates")
         fake.silent = True                 # freeze the market to compare the two books
-        await asyncio.sleep(0.3)
-        assert book.update_id == fake.books["BTC-USDT"]["seq"]
-        assert _book_levels(book) == _fake_levels(fake, "BTC-USDT")
         swap = feed.books[("perp", "BTC-USDT-SWAP")]
+        await wait_for(lambda: _async(book.update_id == fake.books["BTC-USDT"]["seq"] and
+                                      swap.update_id == fake.books["BTC-USDT-SWAP"]["seq"]),
+                       what="the last updates applied")
+        assert _book_levels(book) == _fake_levels(fake, "BTC-USDT")
         assert _book_levels(swap) == _fake_levels(fake, "BTC-USDT-SWAP", 0.01)
         assert feed.stats.gaps == 0 and feed.stats.malformed == 0
         fake.silent = False
@@ -628,7 +635,8 @@ async def test_varied_ws_book_updates_keep_the_book_exact(mongo_db):
         start_seq, start_top = book.update_id, book.best_bid()
         await wait_for(lambda: _async(book.update_id >= start_seq + 30), what="30 updates")
         fake.silent = True
-        await asyncio.sleep(0.3)
+        await wait_for(lambda: _async(book.update_id == fake.books["BTC-USDT"]["seq"]),
+                       what="the last update applied")
         assert _book_levels(book) == _fake_levels(fake, "BTC-USDT")
         assert book.best_bid() != start_top            # the top of the book moved
         assert feed.stats.gaps == 0 and feed.stats.resyncs == 0 and not feed.gaps.open_gaps
@@ -668,17 +676,15 @@ async def test_pings_keep_a_quiet_connection_past_the_idle_cut(mongo_db, ping_s,
     feed, writer, session, tasks = await start(mongo_db, fake, spec=quick_ping(ping_s),
                                                cfg={"idle_timeout_s": 30.0})
     try:
-        await wait_for(lambda: _async(len(feed.connections) == 4 and
-                                      all(c.connected.is_set() for c in feed.connections)),
-                       what="connected")
+        await all_connected(feed)
         fake.silent = True
         if cut:          # closed by the server (4004) after ~1 s of nothing sent
             await wait_for(lambda: _async(all(c.disconnects >= 1 for c in feed.connections)),
                            timeout_s=5, what="idle cut")
-        else:
-            await asyncio.sleep(2.5)
-            assert all(c.connects == 1 for c in feed.connections)
-            assert sum(1 for _, t in fake.received if t == "ping") >= 4
+        else:            # 8 pings take > 2 s, twice the cut: each answered, nothing cut
+            await wait_for(lambda: _async(sum(t == "ping" for _, t in fake.received) >= 8),
+                           what="pings while quiet")
+            assert all(c.connects == 1 and c.disconnects == 0 for c in feed.connections)
     finally:
         await stop(feed, writer, session, tasks, fake)
 
@@ -691,9 +697,7 @@ async def test_a_ping_without_pong_reconnects_long_before_the_idle_watchdog(mong
     feed, writer, session, tasks = await start(mongo_db, fake, spec=quick_ping(0.3, 0.5),
                                                cfg={"idle_timeout_s": 60.0})
     try:
-        await wait_for(lambda: _async(len(feed.connections) == 4 and
-                                      all(c.connected.is_set() for c in feed.connections)),
-                       what="connected")
+        await all_connected(feed)
         fake.silent = True
         fake.answer_pings = False
         silenced = time.monotonic()
@@ -730,10 +734,8 @@ async def test_long_gaps_page_history_trades_and_candles(env):
     fake, feed, db = env
     inst = "BTC-USDT"
     await wait_for(lambda: _async(len(fake.tape.trades.get(inst, ())) >= 5), what="fills")
-    await asyncio.sleep(0.05)
-    since = now_utc()
-    await asyncio.sleep(0.05)
     burst = [fake.tape.new(inst) for _ in range(1200)]      # happened, never pushed
+    since = ms_to_dt(burst[0]["ts"])
     assert await feed.backfill_trades("spot", inst, since) is True
     history = [r for r in fake.rest_requests if r.startswith("/api/v5/market/history-trades")]
     assert len(history) >= 7 and all("type=1" in r and "after=" in r for r in history)
