@@ -330,7 +330,10 @@ def test_checksum_from_kept_fragments_matches_text():
 # ---- pinned: every normalized field of every record type, from documented payloads ----------
 # (fixtures one file per payload variant; a one-line mistake in a mapping fails here)
 def fields(record) -> dict:
-    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    out = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    # Candle.source (main, after this branch point): OKX candles come from the exchange.
+    assert out.pop("source", "exchange") == "exchange"
+    return out
 
 
 BASE = {"exchange": "okx", "received_at": NOW}
