@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import datetime
-from typing import Any, Coroutine
+from typing import Any, Callable, Coroutine
 
 import orjson
 
@@ -47,6 +47,8 @@ class OkxFeed(Feed):
         self.perp_rest = self.rest(cfg.perp_rest_url)
         self.contracts = ContractSizes(self)
         self.ct_val = self.contracts.values
+        # Base units per contract (1 for spot; None while a SWAP's ctVal is unknown).
+        self.ct: Callable[[str], float | None] = self.contracts.get
         self.order_books = OkxBooks(self)
         self.book_sync, self.rest_books = self.order_books.resubscribe, self.order_books.rest
         self.book_conn: dict[tuple[str, str], WsConnection] = {}   # its /public connection
@@ -62,9 +64,6 @@ class OkxFeed(Feed):
 
     def rest_for(self, market: str) -> RestClient:
         return self.perp_rest if market == PERP else self.spot_rest
-
-    def ct(self, inst: str) -> float | None:
-        return self.contracts.get(inst)
 
     # ---- setup -------------------------------------------------------------------------------
     async def prepare(self) -> None:
@@ -140,14 +139,13 @@ class OkxFeed(Feed):
                 self.emit(ticker)
 
     def _on_trades(self, conn: WsConnection, msg: dict, raw: Any) -> None:
-        inst = msg["arg"]["instId"]
-        market = parsers.market_of(inst)
-        if (factor := self.ct(inst)) is None:
+        if (factor := self.ct(msg["arg"]["instId"])) is None:
             return                      # held back until the contract value is known
+        check, emit = self.check_trade_ids, self.emit
         for trade, item in zip(parsers.parse_trades(msg, received_now(), factor), msg["data"]):
             low, high = parsers.trade_id_range(item)
-            self.check_trade_ids(market, inst, low, high, int(item["ts"]))
-            self.emit(trade)
+            check(trade.market, trade.symbol, low, high, int(item["ts"]))
+            emit(trade)
 
     def _on_candles(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         if (factor := self.ct(msg["arg"]["instId"])) is not None:

@@ -128,8 +128,10 @@ def trade_id_range(item: dict[str, Any]) -> tuple[int, int]:
     a ``trades`` aggregate (``count`` > 1) covers ``count`` fills ending at its ``tradeId``
     (documented: ``tradeId`` is the LAST fill id; 123 with count 3 covers 121..123)."""
     trade_id = _int(item["tradeId"])
-    count = _int(item.get("count") or 1)
-    return trade_id - (count - 1), trade_id
+    count = item.get("count")
+    if not count:
+        return trade_id, trade_id
+    return trade_id - (_int(count) - 1), trade_id
 
 
 # ---- candles ---------------------------------------------------------------------------------
