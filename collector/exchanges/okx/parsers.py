@@ -264,19 +264,23 @@ def apply_books_update(book: OrderBook, msg: dict[str, Any], factor: float,
     message (no per-level tuples; text kept as sent for the checksum). Returns ``(cause,
     detail)`` at the first item that breaks the sequence or the checksum: the book must then
     be resynced. A malformed level raises with the book possibly half applied (resync too)."""
+    bids, asks = book.bids, book.asks
     for item in data_of(msg):
-        prev_seq_id = _int(item.get("prevSeqId", -1))
-        if not sequence_ok(book.update_id, prev_seq_id, 0):
+        # int(): an absurd number (inf) raises before anything is applied; the feed's message
+        # loop counts it as malformed like any other bad value.
+        prev_seq_id = int(item.get("prevSeqId", -1))
+        if prev_seq_id != book.update_id:          # sequence_ok, inlined (hot path)
             return "sequence_gap", f"last seqId {book.update_id}, prevSeqId {prev_seq_id}"
-        seq_id = _int(item["seqId"])
-        book.bids.apply_text_fragments(item["bids"], factor)
-        book.asks.apply_text_fragments(item["asks"], factor)
+        seq_id = int(item["seqId"])
+        bids.apply_text_fragments(item["bids"], factor)
+        asks.apply_text_fragments(item["asks"], factor)
         book.update_id = seq_id
         book.changed = True
         book.truncate(depth)
-        broken = _checksum_break(book, item)
-        if broken:
-            return broken
+        if item.get("checksum"):                   # 0 / absent: not provided (deprecated)
+            broken = _checksum_break(book, item)
+            if broken:
+                return broken
     return None
 
 
