@@ -36,6 +36,9 @@ class HeartbeatPolicy:
     - ``protocol_ping_interval_s``: RFC 6455 ping frames from the client (None = off; servers that
       ping us are answered automatically by the websockets library).
     - ``pong_timeout_s``: a protocol ping unanswered for this long closes the connection.
+    - ``app_pong_timeout_s``: with ``ping_only_when_quiet``, nothing received (a pong or data)
+      this long after an application ping closes the connection (None = off: the data-idle
+      watchdog alone notices a dead socket).
     """
 
     app_ping: Callable[[], str] | None = None
@@ -43,6 +46,7 @@ class HeartbeatPolicy:
     ping_only_when_quiet: bool = False
     protocol_ping_interval_s: float | None = None
     pong_timeout_s: float = 20.0
+    app_pong_timeout_s: float | None = None
 
 
 class Backoff:
@@ -242,16 +246,29 @@ class WsConnection:
         loop = asyncio.get_running_loop()
         policy = self.heartbeat
         assert policy.app_ping is not None
+        quiet_only = policy.ping_only_when_quiet
+        last_ping_at = 0.0
+        awaiting: float | None = None        # time of an unanswered ping (pong deadline)
         while True:
-            await asyncio.sleep(policy.app_ping_interval_s if not policy.ping_only_when_quiet
+            await asyncio.sleep(policy.app_ping_interval_s if not quiet_only
                                 else max(0.05, policy.app_ping_interval_s / 5))
-            if policy.ping_only_when_quiet and \
-                    loop.time() - self.last_message_at < policy.app_ping_interval_s:
+            now = loop.time()
+            if awaiting is not None and policy.app_pong_timeout_s is not None:
+                if self.last_message_at > awaiting:
+                    awaiting = None
+                elif now - awaiting > policy.app_pong_timeout_s:   # no pong, no data
+                    self._reconnect_reason = (f"no answer {policy.app_pong_timeout_s:g}s "
+                                              f"after an application ping")
+                    await ws.close(code=1000, reason="no pong")
+                    return
+            # Quiet mode: once per quiet period, not every tick.
+            if quiet_only and now - max(self.last_message_at, last_ping_at) < \
+                    policy.app_ping_interval_s:
                 continue
             try:
                 await ws.send(policy.app_ping())
             except ConnectionClosed:
                 return
-            if policy.ping_only_when_quiet:
-                # Reset so we ping once per quiet period, not every tick.
-                self.last_message_at = loop.time()
+            last_ping_at = loop.time()
+            if awaiting is None:
+                awaiting = last_ping_at

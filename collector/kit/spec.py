@@ -16,7 +16,10 @@ from collector.connection import HeartbeatPolicy
 # Expected worst-case silence per idle class (seconds); a connection's idle watchdog uses the
 # shortest among its channels: books/tickers push every 100 ms-1 s, mark price every 1-3 s,
 # candles every ~2 s, while trades (and 1-minute statistics) on a quiet symbol pause for minutes.
-IDLE_S = {"book": 10.0, "ticker": 20.0, "funding": 15.0, "kline": 30.0, "trades": 300.0}
+# "quiet": channels that push only on change and whose venue keep-alive comes about once a
+# minute (a no-change book message every ~60 s), so a shorter threshold cuts healthy connections.
+IDLE_S = {"book": 10.0, "ticker": 20.0, "funding": 15.0, "kline": 30.0, "trades": 300.0,
+          "quiet": 70.0}
 
 SNAPSHOT_DIFF = "snapshot_diff"   # REST snapshot spliced with buffered WS diffs (Binance, Gate.io)
 RESUBSCRIBE = "resubscribe"       # a (re)subscription pushes a fresh snapshot (Bybit, OKX, Kraken)

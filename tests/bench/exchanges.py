@@ -6,7 +6,9 @@ fakes in ``tests/fakes`` send); values move like a live market (``TickerState``,
 
 - **bybit** (v5 spot): ``publicTrade.<S>``, ``tickers.<S>`` (spot snapshot pushes),
   ``orderbook.200.<S>``: one ``snapshot`` then ``delta`` messages, ``u`` + 1 each.
-- **okx** (v5, ``/ws/v5/public``): ``trades``, ``tickers``, ``books`` (400 levels): one
+- **okx** (v5, ``/ws/v5/public``): ``trades-all`` (one fill per push, the channel the feed
+  subscribes on /business; the replay server streams every kind on the one data connection),
+  ``tickers``, ``books`` (400 levels): one
   ``snapshot`` then ``update`` messages with ``prevSeqId``/``seqId`` and the CRC32 ``checksum`` of
   the top 25 levels (signed, raw strings), 4-field levels ``[px, sz, "0", orders]``.
 - **kraken** (spot WebSocket v2): numbers are JSON numbers with the engine's precision (trailing
@@ -161,7 +163,7 @@ class OkxFrames(Frames):
     def trade(self, book, ts):
         tid, price, qty, side = self._trade_values(book)
         return orjson.dumps({
-            "arg": {"channel": "trades", "instId": book.symbol},
+            "arg": {"channel": "trades-all", "instId": book.symbol},
             "data": [{"instId": book.symbol, "tradeId": str(tid), "px": price, "sz": qty,
                       "side": side, "ts": str(ts)}]})
 

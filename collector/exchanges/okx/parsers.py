@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
+from collector.booksync import Diff
+from collector.exchanges.okx import endpoints
+from collector.orderbook import OrderBook
 from common.schema import (
     Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
 )
 from common.symbols import pair_from_symbol
-
-from collector.exchanges.okx import endpoints
 
 EXCHANGE = "okx"
 
@@ -38,7 +39,7 @@ def _mul(value: Any, factor: float) -> float | None:
     return None if v is None else v * factor
 
 
-def _data(msg: dict[str, Any]) -> list[Any]:
+def data_of(msg: dict[str, Any]) -> list[Any]:
     data = msg["data"]
     if not isinstance(data, list):
         raise TypeError("data is not an array")
@@ -49,7 +50,7 @@ def _data(msg: dict[str, Any]) -> list[Any]:
 def parse_tickers(msg: dict[str, Any], received_at: datetime, ct_val: float = 1.0) -> list[Ticker]:
     out = []
     hit, miss = price_hit, price_miss
-    for item in _data(msg):
+    for item in data_of(msg):
         inst = item["instId"]
         get = item.get
         market = market_of(inst)
@@ -85,7 +86,7 @@ def parse_tickers(msg: dict[str, Any], received_at: datetime, ct_val: float = 1.
 # ---- trades ----------------------------------------------------------------------------------
 def parse_trades(msg: dict[str, Any], received_at: datetime, ct_val: float = 1.0) -> list[Trade]:
     out = []
-    for item in _data(msg):
+    for item in data_of(msg):
         inst = item["instId"]
         market = market_of(inst)
         side = item["side"]
@@ -102,7 +103,7 @@ def rest_data(payload: dict[str, Any]) -> list[Any]:
     """``{"code":"0","msg":"","data":[...]}`` -> data; any other code raises ValueError."""
     if str(payload.get("code")) != "0":
         raise ValueError(f"code {payload.get('code')}: {payload.get('msg')}")
-    return _data(payload)
+    return data_of(payload)
 
 
 def parse_rest_trades(payload: dict[str, Any], received_at: datetime,
@@ -123,13 +124,14 @@ def parse_rest_candles(payload: dict[str, Any], inst_id: str, bar: str, received
 
 
 def trade_id_range(item: dict[str, Any]) -> tuple[int, int]:
-    """The trade ids one ``trades`` object may stand for. An aggregated object (``count`` > 1)
-    covers ``count`` consecutive fills, but whether its ``tradeId`` is the first or the last of
-    them is not documented: return the widest range consistent with either reading, so a
-    continuity check built on it never reports a false hole."""
+    """The fill ids one trade object stands for: ``trades-all`` (and REST) objects are one fill;
+    a ``trades`` aggregate (``count`` > 1) covers ``count`` fills ending at its ``tradeId``
+    (documented: ``tradeId`` is the LAST fill id; 123 with count 3 covers 121..123)."""
     trade_id = _int(item["tradeId"])
-    count = _int(item.get("count") or 1)
-    return trade_id - (count - 1), trade_id + (count - 1)
+    count = item.get("count")
+    if not count:
+        return trade_id, trade_id
+    return trade_id - (_int(count) - 1), trade_id
 
 
 # ---- candles ---------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ def parse_candles(msg: dict[str, Any], received_at: datetime, ct_val: float = 1.
     market = market_of(inst)
     interval = candle_interval(arg["channel"])
     out = []
-    for row in _data(msg):
+    for row in data_of(msg):
         ts, o, h, low, c, vol, vol_ccy = row[:7]
         vol_quote = row[7] if len(row) > 8 else None
         confirm = row[-1]
@@ -173,7 +175,7 @@ def parse_candles(msg: dict[str, Any], received_at: datetime, ct_val: float = 1.
 # ---- funding / open interest -----------------------------------------------------------------
 def parse_funding(msg: dict[str, Any], received_at: datetime) -> list[Funding]:
     out = []
-    for item in _data(msg):
+    for item in data_of(msg):
         inst = item["instId"]
         funding_time = opt_float(item.get("fundingTime"))
         next_time = opt_float(item.get("nextFundingTime"))
@@ -191,7 +193,7 @@ def parse_funding(msg: dict[str, Any], received_at: datetime) -> list[Funding]:
 def parse_open_interest(msg: dict[str, Any], received_at: datetime,
                         ct_val: float = 1.0) -> list[OpenInterest]:
     out = []
-    for item in _data(msg):
+    for item in data_of(msg):
         inst = item["instId"]
         oi = opt_float(item.get("oiCcy"))          # coin (base) units
         if oi is None:
@@ -230,7 +232,7 @@ def parse_books(msg: dict[str, Any], ct_val: float = 1.0) -> list[BookMessage]:
         raise ValueError(f"unknown book action {action!r}")
     factor = ct_val if market_of(inst) == "perp" else 1.0
     out = []
-    for item in _data(msg):
+    for item in data_of(msg):
         out.append(BookMessage(
             inst_id=inst, snapshot=action == "snapshot", bids=_levels(item["bids"], factor),
             asks=_levels(item["asks"], factor), seq_id=_int(item["seqId"]),
@@ -238,6 +240,79 @@ def parse_books(msg: dict[str, Any], ct_val: float = 1.0) -> list[BookMessage]:
             checksum=_int(item.get("checksum") or 0),
             ts=ms_to_dt(item["ts"])))
     return out
+
+
+def load_books_snapshot(book: OrderBook, item: dict[str, Any], factor: float,
+                        depth: int) -> tuple[str, str] | None:
+    """A ``snapshot`` item replaces the whole book (level text kept for the checksum); returns
+    ``(cause, detail)`` if its checksum does not match."""
+    seq_id = _int(item["seqId"])
+    book.bids.clear()
+    book.asks.clear()
+    book.bids.apply_text_fragments(item["bids"], factor)
+    book.asks.apply_text_fragments(item["asks"], factor)
+    book.update_id = seq_id
+    book.synced = True
+    book.changed = True
+    book.truncate(depth)
+    return _checksum_break(book, item)
+
+
+def apply_books_update(book: OrderBook, msg: dict[str, Any], factor: float,
+                       depth: int) -> tuple[str, str] | None:
+    """The hot path: the ``update`` items of a synced book applied straight from the decoded
+    message (no per-level tuples; text kept as sent for the checksum). Returns ``(cause,
+    detail)`` at the first item that breaks the sequence or the checksum: the book must then
+    be resynced. A malformed level raises with the book possibly half applied (resync too)."""
+    bids, asks = book.bids, book.asks
+    for item in data_of(msg):
+        # int(): an absurd number (inf) raises before anything is applied; the feed's message
+        # loop counts it as malformed like any other bad value.
+        prev_seq_id = int(item.get("prevSeqId", -1))
+        if prev_seq_id != book.update_id:          # sequence_ok, inlined (hot path)
+            return "sequence_gap", f"last seqId {book.update_id}, prevSeqId {prev_seq_id}"
+        seq_id = int(item["seqId"])
+        bids.apply_text_fragments(item["bids"], factor)
+        asks.apply_text_fragments(item["asks"], factor)
+        book.update_id = seq_id
+        book.changed = True
+        book.truncate(depth)
+        if item.get("checksum"):                   # 0 / absent: not provided (deprecated)
+            broken = _checksum_break(book, item)
+            if broken:
+                return broken
+    return None
+
+
+def _checksum_break(book: OrderBook, item: dict[str, Any]) -> tuple[str, str] | None:
+    """OKX's CRC32 of the top 25 levels; ``0`` (or absent) means not provided (the field is
+    deprecated and always 0 since 2026-06-23), never a mismatch."""
+    expected = _int(item.get("checksum") or 0)
+    if not expected:
+        return None
+    local = checksum_fragments(book.bids.top_fragments(endpoints.CHECKSUM_LEVELS),
+                               book.asks.top_fragments(endpoints.CHECKSUM_LEVELS))
+    return None if local == expected else ("checksum", f"local {local}, exchange {expected}")
+
+
+def parse_rest_books(data: list[Any], factor: float = 1.0
+                     ) -> tuple[list[tuple[float, float]], list[tuple[float, float]], int]:
+    """``GET /api/v5/market/books`` data -> (bids, asks, seqId), sizes in base units."""
+    [item] = data
+    return _levels_base(item["bids"], factor), _levels_base(item["asks"], factor), \
+        _int(item["seqId"])
+
+
+def _levels_base(levels: Any, factor: float) -> list[tuple[float, float]]:
+    return [(float(level[0]), float(level[1]) * factor) for level in levels]
+
+
+def books_diff(item: dict[str, Any], factor: float) -> Diff:
+    """An ``update`` item buffered for a REST snapshot: OKX's ``prevSeqId`` -> ``seqId`` as the
+    splice's ids (first ``prevSeqId + 1``, last ``seqId``, previous ``prevSeqId``)."""
+    prev_seq_id = _int(item["prevSeqId"])
+    return Diff(prev_seq_id + 1, _int(item["seqId"]), prev_seq_id,
+                _levels_base(item["bids"], factor), _levels_base(item["asks"], factor))
 
 
 def sequence_ok(last_seq_id: int | None, prev_seq_id: int, seq_id: int) -> bool:
