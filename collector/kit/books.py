@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]                       # (market, symbol)
 Levels = Sequence[tuple[float, float]]
-PARSE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+PARSE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError)
 
 
 class SymbolUnavailable(Exception):
