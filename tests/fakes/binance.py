@@ -384,15 +384,16 @@ class FakeBinance:
                                             "id": req_id}).decode())
             return True
         if method == "LIST_SUBSCRIPTIONS":
-            await ws.send_str(orjson.dumps({"result": sorted(client.streams), "id": req_id}).decode())
+            await ws.send_str(orjson.dumps({"result": sorted(client.streams),
+                                            "id": req_id}).decode())
             return True
         params = req.get("params", [])
         if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
             if not isinstance(params, list) or not all(
                     isinstance(p, str) and STREAM_RE.fullmatch(p) for p in params):
                 # The live error (REC-1/REC-2), nested, then the USD-M server closes (REC-1).
-                await ws.send_str(orjson.dumps({"error": {"code": 2, "msg": "Invalid request: "
-                                                          "invalid stream"}, "id": req_id}).decode())
+                error = {"code": 2, "msg": "Invalid request: invalid stream"}
+                await ws.send_str(orjson.dumps({"error": error, "id": req_id}).decode())
                 await self._close(client, WSCloseCode.POLICY_VIOLATION, "invalid stream")
                 return False
             if method == "UNSUBSCRIBE":
@@ -564,8 +565,10 @@ class FakeBinance:
         if state.market == "spot":
             msg.pop("Q")
             msg.update({"x": f"{open_:.2f}", "c": last, "Q": "0.010",
-                        "b": f"{state.price - 0.5:.2f}", "B": f"{self.rng.randint(1, 30) * 0.1:.3f}",
-                        "a": f"{state.price + 0.5:.2f}", "A": f"{self.rng.randint(1, 30) * 0.1:.3f}"})
+                        "b": f"{state.price - 0.5:.2f}",
+                        "B": f"{self.rng.randint(1, 30) * 0.1:.3f}",
+                        "a": f"{state.price + 0.5:.2f}",
+                        "A": f"{self.rng.randint(1, 30) * 0.1:.3f}"})
         msg.update({"o": f"{open_:.2f}", "h": f"{max(open_, state.price) + 100:.2f}",
                     "l": f"{min(open_, state.price) - 100:.2f}", "v": f"{volume:.3f}",
                     "q": f"{volume * state.price:.2f}", "O": now_ms - 86_400_000, "C": now_ms,
