@@ -141,7 +141,8 @@ class Client:
     opened: float
     streams: set[str] = field(default_factory=set)
     frames: collections.deque = field(default_factory=collections.deque)   # arrival times
-    heartbeat: dict[bytes, float] = field(default_factory=dict)            # ping -> sent at
+    heartbeat: dict[bytes, float] = field(default_factory=dict)            # unanswered pings
+    pinged_at: float = 0.0
 
 
 class FakeBinance:
@@ -170,6 +171,7 @@ class FakeBinance:
         self.connections = 0
         self.messages_sent = 0
         self.closes: list[tuple[str, int, str]] = []
+        self.heartbeats_answered = 0
         self.requests: list[tuple[str, dict]] = []       # every WS request (route, body)
         self.trades_made: dict[tuple[str, str], list[str]] = {}
         self.trade_rows: dict[tuple[str, str], dict[str, tuple[str, str, int, bool]]] = {}
@@ -187,6 +189,7 @@ class FakeBinance:
         self.rest_requests: collections.Counter = collections.Counter()
         self.weight_used: dict[str, int] = {"spot": 0, "perp": 0}      # current window
         self.weight_total: dict[str, int] = {"spot": 0, "perp": 0}     # since start
+        self.weight_by_path: collections.Counter = collections.Counter()
         self.rest_rejected: list[tuple[str, int]] = []                 # (path, status)
         self._window_start = {"spot": time.monotonic(), "perp": time.monotonic()}
         self._backoff_until = {"spot": 0.0, "perp": 0.0}
@@ -320,9 +323,9 @@ class FakeBinance:
                     await self._close(client, WSCloseCode.GOING_AWAY, "max connection age")
                 elif client.heartbeat and now - min(client.heartbeat.values()) > timeout:
                     await self._close(client, WSCloseCode.POLICY_VIOLATION, "pong timeout")
-                elif now - max(client.heartbeat.values(), default=client.opened) >= interval:
+                elif now - (client.pinged_at or client.opened) >= interval:
                     payload = b"hb-%d" % next(self._ping_seq)
-                    client.heartbeat[payload] = now
+                    client.heartbeat[payload] = client.pinged_at = now
                     try:
                         await client.ws.ping(payload)
                     except ConnectionError:
@@ -350,7 +353,9 @@ class FakeBinance:
                 if msg.type == WSMsgType.PING:
                     await ws.pong(msg.data)
                 elif msg.type == WSMsgType.PONG:
-                    client.heartbeat.pop(bytes(msg.data), None)   # unsolicited pongs: no effect
+                    # Unsolicited pongs are allowed but do not count as an answer.
+                    if client.heartbeat.pop(bytes(msg.data), None) is not None:
+                        self.heartbeats_answered += 1
                 elif not await self._request(client, msg.data):
                     break
         finally:
@@ -632,6 +637,7 @@ class FakeBinance:
                                "the API.", 429, {"Retry-After": str(retry)})
         self.weight_used[market] += weight
         self.weight_total[market] += weight
+        self.weight_by_path[request.path] += weight
         response = await handler(request)
         response.headers["X-MBX-USED-WEIGHT-1M"] = str(self.weight_used[market])
         return response
