@@ -263,3 +263,6 @@ def test_rest_error_bodies():
     assert parsers.rejected_symbol(_one("error_rate_limit")) is None
     assert parsers.rejected_symbol("<html>") is None
     assert parsers.rejected_symbol({"code": -1121}) == "Invalid symbol."
+    # The exchange's own text is reported (mutation test: a mapping to the default survived).
+    assert parsers.rejected_symbol({"code": -1121, "msg": "Symbol is closed."}) == \
+        "Symbol is closed."

@@ -273,6 +273,15 @@ async def test_closed_kline_is_stored_with_the_exact_ohlcv(mongo_db):
             float(k["v"]), float(k["q"]), k["n"])
 
 
+# ---- F9 / H7: connection attempts per IP ---------------------------------------------------------
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_connection_attempts_stay_within_300_per_5_minutes_per_ip(partitions):
+    """F9: all partitions on one host together open at most 300 connections per 5 minutes."""
+    settings = Settings(partition=f"0/{partitions}" if partitions > 1 else "")
+    feed = BinanceFeed(settings.binance, FeedContext(settings, None, Stats(), None, 30.0))
+    assert partitions * 300 / feed.throttle.min_interval_s <= 300
+
+
 # ---- C7: server shutdown notice -----------------------------------------------------------------
 async def test_server_shutdown_notice_reconnects_every_connection(mongo_db):
     async with serving() as fake, running_feed(fake, mongo_db) as (feed, _):

@@ -70,7 +70,7 @@ SPEC = VenueSpec(
                        path=PERP_MARKET_WS_PATH),
     ),
     # The server pings (spot every 20 s, futures every 3 min); websockets answers them.
-    limits=Limits(connect_interval_s=0.5,        # 300 connections / 5 min / IP
+    limits=Limits(connect_interval_s=1.0,        # 300 connection attempts / 5 min / IP
                   subscriptions_per_connection=MAX_STREAMS_PER_CONNECTION,
                   args_per_request=MAX_PARAMS_PER_SUBSCRIBE,
                   request_interval_s=REQUEST_INTERVAL_S),
