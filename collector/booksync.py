@@ -3,7 +3,8 @@
 The exchanges' documented procedure: buffer diffs, fetch a snapshot with ``lastUpdateId``, drop
 diffs the snapshot already contains, require the first kept diff to straddle the snapshot id, then
 require continuity between consecutive diffs. Continuity is either ``U <= previous u + 1 <= u``
-(Binance spot, Gate: normally ``U == previous u + 1``) or ``pu == previous u`` (Binance USD-M, whose ``U`` is not contiguous).
+(Binance spot, Gate: normally ``U == previous u + 1``) or ``pu == previous u`` (Binance USD-M,
+whose ``U`` is not contiguous).
 A break is a gap: the caller discards that symbol's book and resyncs it alone.
 """
 from __future__ import annotations

@@ -16,14 +16,14 @@ import pytest
 
 from collector.exchanges.base import FeedContext
 from collector.exchanges.binance.feed import BinanceFeed
-from collector.gaps import GapLedger
 from collector.rest import RestClient
 from collector.stats import Stats
-from collector.writer import Writer
 from common import schema
 from common.indexes import apply_indexes
 from common.settings import BinanceSettings, Settings
+from tests import feedutil
 from tests.fakes.binance import MAX_STREAMS, FakeBinance
+from tests.feed_helpers import ListWriter
 from tests.helpers import wait_for
 
 OPEN_INTEREST = 10659.509          # the fake's /fapi/v1/openInterest
@@ -39,29 +39,32 @@ async def serving(**kw: Any):
         await fake.stop()
 
 
-@contextlib.asynccontextmanager
-async def running_feed(fake: FakeBinance, db, *, run: bool = True, **cfg_kw: Any):
+def _settings(fake: FakeBinance, **cfg_kw: Any) -> Settings:
     base, ws = f"http://127.0.0.1:{fake.port}", f"ws://127.0.0.1:{fake.port}"
     cfg_kw.setdefault("spot_symbols", ["BTCUSDT", "BTCUSDC"])
     cfg = BinanceSettings(spot_ws_url=ws, perp_ws_url=ws, spot_rest_url=base,
                           perp_rest_url=base, **cfg_kw)
-    settings = Settings(binance=cfg, book_snapshot_interval_s=0.2, liquidity_interval_s=0.3)
+    return Settings(binance=cfg, poll_interval_s=0.5, book_snapshot_interval_s=0.2,
+                    liquidity_interval_s=0.3)
+
+
+@contextlib.asynccontextmanager
+async def running_feed(fake: FakeBinance, db, **cfg_kw: Any):
+    """The feed running against ``fake``, storing into ``db`` (tests/feedutil.py)."""
+    settings = _settings(fake, **cfg_kw)
     await apply_indexes(db, settings.retention)
-    writer = Writer(db, batch_size=200, flush_interval_s=0.1)
+    async with feedutil.running_feed(BinanceFeed, db, settings, "binance") as feed:
+        yield feed, feed.writer
+
+
+async def prepared(fake: FakeBinance, **cfg_kw: Any) -> BinanceFeed:
+    """A feed that only ran ``prepare()`` (the symbol checks) against ``fake``."""
+    settings = _settings(fake, **cfg_kw)
     async with aiohttp.ClientSession() as session:
-        feed = BinanceFeed(cfg, FeedContext(settings, writer, Stats(), session, 0.5,
-                                            GapLedger(writer)))
-        tasks = [asyncio.create_task(writer.run())]
-        if run:
-            tasks.append(asyncio.create_task(feed.run()))
-        try:
-            yield feed, writer
-        finally:
-            await feed.stop()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await writer.close()
+        feed = BinanceFeed(settings.binance, FeedContext(settings, ListWriter(), Stats(), session,
+                                                         30.0))
+        await feed.prepare()
+    return feed
 
 
 async def _value(result: Any) -> Any:
@@ -223,13 +226,11 @@ async def test_perp_trade_backfill_pages_aggtrades_by_from_id(mongo_db):
 
 
 # ---- F10 / F13: which symbols are collected -----------------------------------------------------
-async def test_only_linear_usdm_perpetuals_are_collected(mongo_db):
+async def test_only_linear_usdm_perpetuals_are_collected():
     """F10: a coin-margined contract (BTCUSD_PERP, margin BTC, sizes in contracts) and a
     quarterly future listed on the USD-M endpoints are reported unavailable, not collected."""
-    async with serving() as fake, running_feed(
-            fake, mongo_db, run=False,
-            perp_symbols=["BTCUSDT", "BTCUSD_PERP", "BTCUSDT_261225"]) as (feed, _):
-        await feed.prepare()
+    async with serving() as fake:
+        feed = await prepared(fake, perp_symbols=["BTCUSDT", "BTCUSD_PERP", "BTCUSDT_261225"])
         assert feed.stats.unavailable_symbols == {
             "perp:BTCUSD_PERP": "coin-margined (BTC margin), not a linear perpetual",
             "perp:BTCUSDT_261225": "USD-M contract type CURRENT_QUARTER"}
@@ -240,12 +241,11 @@ def test_default_spot_symbols_hold_no_busd_pair():
     assert BinanceSettings().spot_symbols == ["BTCUSDT", "BTCUSDC"]
 
 
-async def test_unknown_spot_symbol_fails_the_batch_then_is_found_alone(mongo_db):
+async def test_unknown_spot_symbol_fails_the_batch_then_is_found_alone():
     """F3: one exchangeInfo for all spot symbols; the -1121 of an unknown one (which fails the
     whole request) is resolved per symbol."""
-    async with serving() as fake, running_feed(
-            fake, mongo_db, run=False, spot_symbols=["BTCUSDT", "NOPEUSDT"]) as (feed, _):
-        await feed.prepare()
+    async with serving() as fake:
+        feed = await prepared(fake, spot_symbols=["BTCUSDT", "NOPEUSDT"])
         assert feed.stats.unavailable_symbols == {"spot:NOPEUSDT": "Invalid symbol."}
         assert fake.weight_by_path["/api/v3/exchangeInfo"] == 3 * 20
 
