@@ -15,7 +15,7 @@ endif
 RUN_ENV += CRYPTODATA_EMBEDDED_DB_PORT=$(EMBEDDED_DB_PORT) CRYPTODATA_VENV=$(abspath $(VENV))
 CTL := env $(RUN_ENV) $(VENV)/bin/supervisorctl -c supervisord.conf
 
-.PHONY: run run-fg stop status logs test install check-deploy bench
+.PHONY: run run-fg stop status logs test install check-deploy bench mutation
 
 install: $(VENV)/.installed
 
@@ -75,3 +75,22 @@ check-deploy: install
 	$(VENV)/bin/pip install --quiet -r deploy/requirements-ci.txt
 	PYTHON=$(abspath $(VENV))/bin/python deploy/systemd/check.sh
 	PYTHON=$(abspath $(VENV))/bin/python deploy/ansible/check.sh
+
+## Mutation test of the exchange parsers (developer tool, not in CI): mutmut over
+## collector/exchanges/<ex>/parsers.py with that exchange's parser unit tests only; prints
+## killed/survived per exchange. MUTATE=binance restricts it; `mutmut show N` shows a mutant.
+MUTATE ?= binance bybit gateio kraken okx
+mutation: install
+	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	@for ex in $(MUTATE); do \
+	  tests=$$(ls tests/test_parsers_$$ex.py tests/test_$${ex}_parsers.py 2>/dev/null); \
+	  rm -f .mutmut-cache; \
+	  PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/mutmut run --paths-to-mutate collector/exchanges/$$ex/parsers.py \
+	    --runner "$(abspath $(VENV))/bin/python -m pytest -x -q -p no:cacheprovider $$tests" \
+	    --no-progress >/dev/null; \
+	  echo "== $$ex"; $(VENV)/bin/mutmut results | grep -E '^(Survived|Timed out|Suspicious)' || true; \
+	  $(VENV)/bin/python -c "import sqlite3; db = sqlite3.connect('.mutmut-cache'); \
+	    rows = dict(db.execute('select status, count(*) from Mutant group by status')); \
+	    killed = rows.get('ok_killed', 0); total = sum(rows.values()); \
+	    print(f'$$ex: {killed}/{total} mutants killed ({100 * killed / max(total, 1):.1f} %)', rows)"; \
+	done

@@ -2,8 +2,9 @@
 
 The exchanges' documented procedure: buffer diffs, fetch a snapshot with ``lastUpdateId``, drop
 diffs the snapshot already contains, require the first kept diff to straddle the snapshot id, then
-require continuity between consecutive diffs. Continuity is either ``U == previous u + 1``
-(Binance spot, Gate) or ``pu == previous u`` (Binance USD-M, whose ``U`` is not contiguous).
+require continuity between consecutive diffs. Continuity is either ``U <= previous u + 1 <= u``
+(Binance spot, Gate: normally ``U == previous u + 1``) or ``pu == previous u`` (Binance USD-M,
+whose ``U`` is not contiguous).
 A break is a gap: the caller discards that symbol's book and resyncs it alone.
 """
 from __future__ import annotations
@@ -89,7 +90,9 @@ class SnapshotDiffSync:
                 return Outcome.STALE    # already applied (overlapping connections on rotation)
             if prev_id != local:
                 return Outcome.GAP
-        elif first_id != local + 1:
+        elif first_id > local + 1:
+            # Only a diff that starts past the next id is a gap; one re-covering applied ids
+            # (U <= local < u, e.g. across a rotation) is applied: its sizes are absolute.
             return Outcome.GAP
         return Outcome.APPLIED
 

@@ -40,7 +40,7 @@ class ExchangeSettings(BaseModel):
 
 
 class BinanceSettings(ExchangeSettings):
-    spot_symbols: list[str] = ["BTCUSDT", "BTCUSDC", "BTCBUSD"]
+    spot_symbols: list[str] = ["BTCUSDT", "BTCUSDC"]       # BUSD pairs no longer trade
     perp_symbols: list[str] = ["BTCUSDT"]
     spot_ws_url: str = "wss://stream.binance.com:9443"
     spot_rest_url: str = "https://api.binance.com"

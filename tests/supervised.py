@@ -83,6 +83,8 @@ class SupervisedSystem:
             "CRYPTODATA_BINANCE__PERP_WS_URL": fake_ws,
             "CRYPTODATA_BINANCE__SPOT_REST_URL": fake_http,
             "CRYPTODATA_BINANCE__PERP_REST_URL": fake_http,
+            # BTCBUSD (delisted) shows an unavailable symbol in /health.
+            "CRYPTODATA_BINANCE__SPOT_SYMBOLS": '["BTCUSDT", "BTCUSDC", "BTCBUSD"]',
             "CRYPTODATA_API_PORT": str(api_port),
             "CRYPTODATA_STATUS_INTERVAL_S": "1",
             "CRYPTODATA_FLUSH_INTERVAL_S": "0.2",

@@ -190,7 +190,8 @@ async def test_make_before_break_rotation_loses_nothing(fake, mongo_db):
                "deduplicated", records_lost=lost, rotations=feed.rotations,
                disconnect_gaps=feed.stats.reconnects, duplicates_rejected=writer.duplicates)
         assert feed.stats.reconnects == 0 and not feed.gaps.recent and lost == 0
-        assert len(feed.connections) == 3
+        # Three connections (a rotation may be in flight: its replacement shares the label).
+        assert len({conn.name for conn in feed.connections}) == 3
 
 
 async def _writer_flushed(writer):

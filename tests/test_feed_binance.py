@@ -32,7 +32,7 @@ async def running(fake, mongo_db):
     base = f"http://127.0.0.1:{fake.port}"
     ws = f"ws://127.0.0.1:{fake.port}"
     cfg = BinanceSettings(spot_ws_url=ws, perp_ws_url=ws, spot_rest_url=base, perp_rest_url=base,
-                          idle_timeout_s=1.5)
+                          spot_symbols=["BTCUSDT", "BTCUSDC", "BTCBUSD"], idle_timeout_s=1.5)
     settings = Settings(binance=cfg, book_snapshot_interval_s=0.2, liquidity_interval_s=0.3)
     await apply_indexes(mongo_db, settings.retention)
     writer = Writer(mongo_db, batch_size=200, flush_interval_s=0.1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Coroutine
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, Coroutine
 
 from pymongo.errors import PyMongoError
 
@@ -189,6 +189,22 @@ class Backfill:
             first = min(trades, key=lambda t: int(t.trade_id))
             self.backfill_oldest[(first.market, first.symbol)] = (int(first.trade_id), first.ts)
         return bool(trades) and (len(fresh) < len(trades) or len(trades) < page_limit)
+
+    async def page_trades_back(self, newest: Callable[[], Awaitable[list[Trade]]],
+                               before: Callable[[int], Awaitable[list[Trade]]],
+                               since: datetime, page_limit: int, max_pages: int = 20) -> bool:
+        """Trades since ``since`` from a venue with integer trade ids that serves the newest
+        page (``newest()``) and the page just before an id (``before(oldest id)``): pages back
+        until a page reaches ``since``; True if one did within ``max_pages`` (a REST budget)."""
+        page = await newest()
+        for pages in range(1, max_pages + 1):
+            if self.emit_backfilled_trades(page, since, page_limit):
+                return True
+            if not page or pages == max_pages:
+                return False
+            oldest = min(int(t.trade_id) for t in page)
+            page = [t for t in await before(oldest) if int(t.trade_id) < oldest]
+        return False
 
     # ---- hooks -------------------------------------------------------------------------------
     async def backfill_trades(self, market: str, symbol: str, since: datetime) -> bool:

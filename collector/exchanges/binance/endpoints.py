@@ -33,6 +33,7 @@ PERP_DEPTH_PATH = "/fapi/v1/depth"
 PERP_DEPTH_LIMIT = 1000
 PERP_DEPTH_WEIGHT = 20
 PERP_EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"
+PERP_EXCHANGE_INFO_WEIGHT = 1
 OPEN_INTEREST_PATH = "/fapi/v1/openInterest"
 PREMIUM_INDEX_PATH = "/fapi/v1/premiumIndex"
 
@@ -44,11 +45,11 @@ PERP_WEIGHT_PER_MINUTE = 1920
 MAX_PARAMS_PER_SUBSCRIBE = 200
 MAX_STREAMS_PER_CONNECTION = 1024
 REQUEST_INTERVAL_S = 0.25
-# Error code for an unknown symbol.
-INVALID_SYMBOL = -1121
-# Backfill (no API key needed): the newest 1000 spot trades, the newest aggregate futures trades,
-# closed candles from a start time.
+# Backfill (no API key needed): the newest 1000 spot trades, older ones by fromId
+# (historicalTrades, same weight), aggregate futures trades (newest or by fromId, last 48 h
+# only), closed candles from a start time. A gap pages back at most BACKFILL_MAX_PAGES pages.
 SPOT_TRADES_PATH = "/api/v3/trades"
+SPOT_HISTORICAL_TRADES_PATH = "/api/v3/historicalTrades"
 SPOT_TRADES_WEIGHT = 25
 PERP_AGG_TRADES_PATH = "/fapi/v1/aggTrades"
 PERP_AGG_TRADES_WEIGHT = 20
@@ -57,6 +58,7 @@ PERP_KLINES_PATH = "/fapi/v1/klines"
 SPOT_KLINES_WEIGHT = 2
 PERP_KLINES_WEIGHT = 5          # limit 1000 (1-99: 1, 100-499: 2, 500-1000: 5)
 BACKFILL_LIMIT = 1000
+BACKFILL_MAX_PAGES = 20
 
 SPEC = VenueSpec(
     name="binance",
@@ -68,7 +70,7 @@ SPEC = VenueSpec(
                        path=PERP_MARKET_WS_PATH),
     ),
     # The server pings (spot every 20 s, futures every 3 min); websockets answers them.
-    limits=Limits(connect_interval_s=0.5,        # 300 connections / 5 min / IP
+    limits=Limits(connect_interval_s=1.0,        # 300 connection attempts / 5 min / IP
                   subscriptions_per_connection=MAX_STREAMS_PER_CONNECTION,
                   args_per_request=MAX_PARAMS_PER_SUBSCRIBE,
                   request_interval_s=REQUEST_INTERVAL_S),

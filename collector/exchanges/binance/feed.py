@@ -15,7 +15,7 @@ from collector.exchanges.binance import endpoints as ep
 from collector.exchanges.binance import parsers
 from collector.kit.books import SnapshotBooks, SymbolUnavailable
 from collector.kit.spec import ConnMeta, Subscription
-from collector.rest import RateBudget, RestClient, RestError
+from collector.rest import RateBudget, RestError
 from common.schema import PERP, SPOT, Funding, now_utc, received_now
 from common.settings import ExchangeSettings
 
@@ -35,6 +35,7 @@ class BinanceFeed(Feed):
                                        use_prev_id=lambda market: market == PERP)
         self.mark_prices: dict[str, float] = {}
         self._subscribe_id = 0
+        self._requests: dict[int, list[str]] = {}     # request id -> params, until answered
         self.routes = {"trade": self._on_trade, "aggTrade": self._on_trade,
                        "depthUpdate": self._on_depth, "24hrTicker": self._on_ticker,
                        "kline": self._on_kline, "markPriceUpdate": self._on_mark_price,
@@ -42,41 +43,52 @@ class BinanceFeed(Feed):
 
     # ---- setup -------------------------------------------------------------------------------
     async def prepare(self) -> None:
-        """Skip unknown/delisted symbols up front (reported once, shown in /health)."""
-        for symbol in self.cfg.spot_symbols:
-            try:
-                info = await self.spot_rest.get(ep.SPOT_EXCHANGE_INFO_PATH, {"symbol": symbol},
-                                                weight=ep.SPOT_EXCHANGE_INFO_WEIGHT)
-                status = info["symbols"][0]["status"]
-                if status != "TRADING":
-                    self.mark_unavailable(SPOT, symbol, f"spot status {status}")
-            except RestError as exc:
-                if _invalid_symbol(exc):
-                    self.mark_unavailable(SPOT, symbol, exc.payload.get("msg", "Invalid symbol."))
-                else:
-                    log.warning("binance: could not check %s: %s", symbol, exc)
-            except (KeyError, IndexError, TypeError) as exc:
-                log.warning("binance: unexpected exchangeInfo for %s: %r", symbol, exc)
+        """Skip unknown, delisted and non-linear symbols up front (reported once, in /health).
+        One spot exchangeInfo (weight 20); if an unknown symbol fails it, one per symbol."""
+        spot = self.configured_symbols(SPOT)
+        if spot and not await self._check_spot(spot):
+            for symbol in spot:
+                await self._check_spot([symbol])
         if self.cfg.perp_symbols:
             try:
-                info = await self.perp_rest.get(ep.PERP_EXCHANGE_INFO_PATH, weight=1)
-                listed = {s["symbol"]: s.get("status") for s in info["symbols"]}
-                for symbol in self.cfg.perp_symbols:
-                    if listed.get(symbol) != "TRADING":
-                        self.mark_unavailable(PERP, symbol, f"USD-M status "
-                                                            f"{listed.get(symbol, 'unknown symbol')}")
-            except RestError as exc:
-                # Not reachable now: try every symbol; the depth snapshot reports unknown ones.
-                log.warning("binance: futures exchangeInfo failed: %s", exc)
-            except (KeyError, TypeError) as exc:
-                log.warning("binance: unexpected futures exchangeInfo: %r", exc)
+                info = await self.perp_rest.get(ep.PERP_EXCHANGE_INFO_PATH,
+                                                weight=ep.PERP_EXCHANGE_INFO_WEIGHT)
+                listed = parsers.contracts(info)
+                for symbol in self.configured_symbols(PERP):
+                    reason = parsers.not_linear_perpetual(listed.get(symbol))
+                    if reason:
+                        self.mark_unavailable(PERP, symbol, reason)
+            except (RestError, KeyError, TypeError) as exc:
+                # Try every symbol then: the depth snapshot reports unknown ones.
+                log.warning("binance: futures exchangeInfo failed: %r", exc)
+
+    async def _check_spot(self, symbols: list[str]) -> bool:
+        """Mark the non-trading ``symbols``; False if the exchange named one of several unknown."""
+        try:
+            info = await self.spot_rest.get(ep.SPOT_EXCHANGE_INFO_PATH,
+                                            {"symbols": orjson.dumps(symbols).decode()},
+                                            weight=ep.SPOT_EXCHANGE_INFO_WEIGHT)
+            for symbol, status in parsers.contract_statuses(info).items():
+                if status != "TRADING":
+                    self.mark_unavailable(SPOT, symbol, f"spot status {status}")
+        except RestError as exc:
+            if (reason := parsers.rejected_symbol(exc.payload)) and len(symbols) > 1:
+                return False
+            if reason:
+                self.mark_unavailable(SPOT, symbols[0], reason)
+            else:
+                log.warning("binance: could not check %s: %s", symbols, exc)
+        except (KeyError, TypeError) as exc:
+            log.warning("binance: unexpected exchangeInfo for %s: %r", symbols, exc)
+        return True
 
     def subscribe_requests(self, meta: ConnMeta, subs: list[Subscription]) -> list[str]:
         requests = []
         for batch in self.batched(subs):
             self._subscribe_id += 1
-            requests.append(orjson.dumps({"method": "SUBSCRIBE", "params": [
-                self.arg_text(s) for s in batch], "id": self._subscribe_id}).decode())
+            params = self._requests[self._subscribe_id] = [self.arg_text(s) for s in batch]
+            requests.append(orjson.dumps({"method": "SUBSCRIBE", "params": params,
+                                          "id": self._subscribe_id}).decode())
         return requests
 
     def arg_text(self, sub: Subscription) -> str:
@@ -93,13 +105,15 @@ class BinanceFeed(Feed):
         return data.get("e") if isinstance(data, dict) else None
 
     def on_control(self, conn: WsConnection, msg: Any) -> None:
-        """Subscribe acks ``{"result": null, "id": N}``; errors are nested:
-        ``{"error": {"code": 2, "msg": "Invalid request: ..."}, "id": N}``."""
-        error = msg.get("error") if isinstance(msg, dict) else None
-        if isinstance(error, dict):
-            self.stats.error_once(self.name, f"{error.get('code')}: {error.get('msg')}")
-        elif isinstance(msg, dict) and "code" in msg:       # older, flat error shape
-            self.stats.error_once(self.name, f"{msg.get('code')}: {msg.get('msg')}")
+        """Acks ``{"result": null, "id": N}``; errors nested as the servers send them
+        (``{"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": N}``) or flat
+        as documented (``{"code": 2, "msg": ...}``): reported once with the refused streams."""
+        error = msg["error"] if isinstance(msg.get("error"), dict) else msg if "code" in msg \
+            else None
+        params = self._requests.pop(msg.get("id"), None) or ()
+        if error is not None:
+            self.stats.error_once(self.name, f"{error.get('code')}: {error.get('msg')} (refused"
+                                             f": {' '.join(params[:3]) or '-'}; {len(params)})")
 
     def _on_trade(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         data = msg.get("data", msg)
@@ -114,14 +128,11 @@ class BinanceFeed(Feed):
     def _on_ticker(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         ticker = parsers.parse_ticker(msg.get("data", msg), self.meta(conn).market,
                                       received_now())
-        if ticker.bid is None:
+        book = self.books.get((ticker.market, ticker.symbol))
+        if ticker.bid is None and book is not None and book.synced:
             # USD-M tickers carry no best bid/ask: take them from the live book when synced.
-            book = self.books.get((ticker.market, ticker.symbol))
-            if book is not None and book.synced:
-                bid, ask = book.best_bid(), book.best_ask()
-                if bid and ask:
-                    ticker.bid, ticker.bid_size = bid
-                    ticker.ask, ticker.ask_size = ask
+            if (bid := book.best_bid()) and (ask := book.best_ask()):
+                (ticker.bid, ticker.bid_size), (ticker.ask, ticker.ask_size) = bid, ask
         self.emit(ticker)
 
     def _on_kline(self, conn: WsConnection, msg: dict, raw: Any) -> None:
@@ -154,8 +165,8 @@ class BinanceFeed(Feed):
         try:
             payload = await rest.get(path, {"symbol": symbol, "limit": limit}, weight=weight)
         except RestError as exc:
-            if _invalid_symbol(exc):
-                raise SymbolUnavailable(exc.payload.get("msg", "Invalid symbol.")) from exc
+            if reason := parsers.rejected_symbol(exc.payload):
+                raise SymbolUnavailable(reason) from exc
             raise
         return parsers.parse_depth_snapshot(payload)
 
@@ -168,8 +179,8 @@ class BinanceFeed(Feed):
         return self.owns(PERP, symbol, ep.OPEN_INTEREST_STREAM)
 
     def pollers(self) -> list[Coroutine[Any, Any, None]]:
-        owned = [s for s in self.symbols(PERP) if self._open_interest_owner(s)]
-        return [self._poll_derivatives()] if owned else []
+        return [self._poll_derivatives()] if any(map(self._open_interest_owner,
+                                                     self.symbols(PERP))) else []
 
     async def _poll_derivatives(self) -> None:
         first = True
@@ -207,20 +218,24 @@ class BinanceFeed(Feed):
         return super().owns_backfill(market, symbol, kind)
 
     async def backfill_trades(self, market: str, symbol: str, since: datetime) -> bool:
-        """The newest 1000 trades (spot) / aggregate trades (USD-M): complete when the page
-        reaches back to the gap start."""
-        received_at = now_utc()
-        if market == SPOT:
-            rows = await self.spot_rest.get(ep.SPOT_TRADES_PATH,
-                                            {"symbol": symbol, "limit": ep.BACKFILL_LIMIT},
-                                            weight=ep.SPOT_TRADES_WEIGHT)
-            trades = [parsers.parse_rest_trade(r, symbol, received_at) for r in rows]
-        else:
-            rows = await self.perp_rest.get(ep.PERP_AGG_TRADES_PATH,
-                                            {"symbol": symbol, "limit": ep.BACKFILL_LIMIT},
-                                            weight=ep.PERP_AGG_TRADES_WEIGHT)
-            trades = [parsers.parse_rest_agg_trade(r, symbol, received_at) for r in rows]
-        return self.emit_backfilled_trades(trades, since, ep.BACKFILL_LIMIT)
+        """The newest page of trades (spot) / aggregate trades (USD-M), then older pages by
+        ``fromId`` (ids are consecutive) until one reaches back to the gap start."""
+        spot = market == SPOT
+        rest = self.spot_rest if spot else self.perp_rest
+        parse = parsers.parse_rest_trade if spot else parsers.parse_rest_agg_trade
+        weight = ep.SPOT_TRADES_WEIGHT if spot else ep.PERP_AGG_TRADES_WEIGHT
+
+        async def page(path: str, **query: int) -> list:
+            rows = await rest.get(path, {"symbol": symbol, "limit": ep.BACKFILL_LIMIT, **query},
+                                  weight=weight)
+            received_at = now_utc()
+            return [parse(row, symbol, received_at) for row in rows]
+
+        older = ep.SPOT_HISTORICAL_TRADES_PATH if spot else ep.PERP_AGG_TRADES_PATH
+        return await self.page_trades_back(
+            lambda: page(ep.SPOT_TRADES_PATH if spot else ep.PERP_AGG_TRADES_PATH),
+            lambda oldest: page(older, fromId=max(0, oldest - ep.BACKFILL_LIMIT)),
+            since, ep.BACKFILL_LIMIT, ep.BACKFILL_MAX_PAGES)
 
     async def backfill_candles(self, market: str, symbol: str, since: datetime) -> None:
         rest, path, weight = (self.spot_rest, ep.SPOT_KLINES_PATH, ep.SPOT_KLINES_WEIGHT) \
@@ -234,7 +249,3 @@ class BinanceFeed(Feed):
             candle = parsers.parse_rest_kline(row, symbol, market, received_at)
             if candle.closed:
                 self.emit(candle)
-
-
-def _invalid_symbol(exc: RestError) -> bool:
-    return isinstance(exc.payload, dict) and exc.payload.get("code") == ep.INVALID_SYMBOL
