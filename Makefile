@@ -51,8 +51,10 @@ status:
 logs:
 	tail -n 50 -f logs/data_collection.log logs/api_server.log
 
-## Set up and run the whole test suite.
+## Set up and run the whole test suite: lint (ruff), type check (mypy), then pytest.
 test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 
 ## Benchmarks, full run (~8 min on 2 cores; figures and how to read them: tests/bench/README.md):

@@ -14,8 +14,18 @@ from api.json import json_response
 from api.keys import HUB, METRICS, QUERIES, SETTINGS, SPEC
 from api.metrics import gap_metrics
 from api.openapi import render_docs
-from api.params import (EXCHANGES, MARKETS, TYPES, BadRequest, NotFound, check_symbol, choice,
-                        filters, int_param, only)
+from api.params import (
+    EXCHANGES,
+    MARKETS,
+    TYPES,
+    BadRequest,
+    NotFound,
+    check_symbol,
+    choice,
+    filters,
+    int_param,
+    only,
+)
 from api.queries import Queries
 from api.status import book_state, exchange_status
 from common import schema
@@ -283,7 +293,7 @@ async def docs(request: web.Request) -> web.Response:
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-async def dashboard(request: web.Request) -> web.Response:
+async def dashboard(request: web.Request) -> web.StreamResponse:
     _no_params(request)
     return web.FileResponse(STATIC_DIR / "dashboard.html",
                             headers={"Content-Type": "text/html; charset=utf-8"})

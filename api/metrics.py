@@ -6,8 +6,14 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from common import schema
 from common.status import MergedStatus
@@ -113,7 +119,7 @@ class Metrics:
                     self.records.labels(name, coll).set(count)
         self._update_streams(status_doc)
 
-    def _update_streams(self, status_doc: dict) -> None:
+    def _update_streams(self, status_doc: MergedStatus) -> None:
         """Per-stream ages and per-book unsynced time; rebuilt each time so a stream or book
         the collector no longer reports leaves no frozen series behind."""
         now = datetime.now(timezone.utc)

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from bson import ObjectId
-
 from aiohttp import web
+from bson import ObjectId
 
 EXCHANGES = ("binance", "bybit", "kraken", "gateio", "okx")
 MARKETS = ("spot", "perp")
@@ -142,7 +141,8 @@ def decode_cursor(text: str) -> tuple[int, Any]:
 
 def filters(request: web.Request, *, interval: bool = False) -> Filters:
     query = request.query
-    known = {"exchange", "symbol", "market", "limit", "since", "until", "cursor"} | ({"interval"} if interval else set())
+    known = {"exchange", "symbol", "market", "limit", "since", "until", "cursor"} | (
+        {"interval"} if interval else set())
     unknown = sorted(set(query) - known)
     if unknown:
         raise BadRequest(f"unknown parameter(s): {', '.join(unknown)}", allowed=sorted(known))

@@ -207,6 +207,7 @@ class Queries:
             if sort is HISTORY_SORT:
                 rows += await coll.find(query).sort(sort).limit(need).to_list(need)
                 continue
+            assert f.cursor is not None
             last_id = f.cursor[1]
             try:
                 rows += [r for r in await coll.find(query).sort(sort).to_list(None)

@@ -8,8 +8,15 @@ from typing import Any, Callable
 from aiohttp import web
 
 from api import handlers
-from api.params import (HISTORY_PARAMS, P_EXCHANGE, P_INTERVAL, P_MARKET, PATH_EXCHANGE,
-                        PATH_SYMBOL, query_param)
+from api.params import (
+    HISTORY_PARAMS,
+    P_EXCHANGE,
+    P_INTERVAL,
+    P_MARKET,
+    PATH_EXCHANGE,
+    PATH_SYMBOL,
+    query_param,
+)
 from common import schema
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 from pymongo.errors import PyMongoError
-
 from sentry_sdk.integrations.asyncio import AsyncioIntegration
 
 from collector.exchanges import load_feed_class
@@ -161,7 +160,7 @@ class Collector:
                 except (PyMongoError, asyncio.TimeoutError) as exc:
                     log.warning("previous run's open gaps not readable yet: %r", exc)
             await asyncio.sleep(1.0)
-        own = self.gaps.own_ids
+        own = self.gaps.own_ids or set()
         for gap in found:
             if gap["_id"] in own:
                 continue

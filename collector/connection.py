@@ -15,7 +15,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 # aiohttp-backed by default (3x cheaper per frame); CRYPTODATA_WS_CLIENT=websockets reverts.
-from collector.wsclient import connect
+from collector.wsclient import AiohttpClientConnection, connect
+
+# Either client library's connection (the same send / close / iterate surface).
+AnyConnection = ClientConnection | AiohttpClientConnection
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +131,7 @@ class WsConnection:
         self.healthy_after_s = healthy_after_s
         self.open_timeout_s = open_timeout_s
 
-        self.ws: ClientConnection | None = None
+        self.ws: AnyConnection | None = None
         self.connected = asyncio.Event()
         self.connects = 0
         self.disconnects = 0
@@ -230,7 +233,7 @@ class WsConnection:
             self.ws = None
             await ws.close()
 
-    async def _watchdog(self, ws: ClientConnection) -> None:
+    async def _watchdog(self, ws: AnyConnection) -> None:
         """Close a connection that stays open but delivers no data (pongs do not count)."""
         loop = asyncio.get_running_loop()
         interval = max(0.05, min(1.0, self.idle_timeout_s / 4))
@@ -242,7 +245,7 @@ class WsConnection:
                 await ws.close(code=1000, reason="idle")
                 return
 
-    async def _app_pinger(self, ws: ClientConnection) -> None:
+    async def _app_pinger(self, ws: AnyConnection) -> None:
         loop = asyncio.get_running_loop()
         policy = self.heartbeat
         assert policy.app_ping is not None

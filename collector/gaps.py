@@ -19,8 +19,9 @@
   ``db_outage`` when the spool replayed everything (nothing was lost).
 - ``records_lost`` / ``lost_by_type`` (``db_outage``, ``overflow``): documents dropped for good
   (memory or spool limit), in total and per collection (only those that lost something); a
-  db_outage gap counts from the last successful write to the end of the outage. A collector killed during an outage leaves them
-  in its run state file (collector.runstate); its successor closes the gap with them.
+  db_outage gap counts from the last successful write to the end of the outage. A collector
+  killed during an outage leaves them in its run state file (collector.runstate); its successor
+  closes the gap with them.
 
 A gap is written when it opens and again when it closes / is marked backfilled (same ``_id``,
 replaced). The documents go through the writer, so during a MongoDB outage they are spooled to

@@ -1,9 +1,10 @@
 """Price-level (L2) order book shared by every exchange.
 
 Levels are kept in a dict plus a sorted key list so the best N levels, depth truncation and
-checksums cost O(N) list reads rather than a full sort. Quantities are absolute; a zero quantity deletes the level and
-deleting an absent level is a no-op (exchanges document that it happens). Where an exchange's
-checksum is computed over its own text, the book can also keep each level's original strings.
+checksums cost O(N) list reads rather than a full sort. Quantities are absolute; a zero quantity
+deletes the level and deleting an absent level is a no-op (exchanges document that it happens).
+Where an exchange's checksum is computed over its own text, the book can also keep each level's
+original strings.
 """
 from __future__ import annotations
 
@@ -270,7 +271,7 @@ class OrderBook:
         return bid is not None and ask is not None and bid[0] >= ask[0]
 
 
-def apply_text_levels(side: BookSide, levels: Iterable[tuple[float, float, str]]) -> None:
+def apply_text_levels(side: BookSide, levels: Iterable[tuple[float, float, str | None]]) -> None:
     """(price, size, text) levels onto a kept-text side with one text string per level (a
     checksum form made by the parser); size 0 deletes. ``BookSide.set`` inlined: the hot path of
     checksummed books (Kraken)."""

@@ -106,10 +106,10 @@ class RestClient:
             self.errors += 1
             raise RestError(status, payload, url)
         if self.rate_limited is not None:
-            pause = self.rate_limited(payload)
-            if pause is not None:
+            body_pause = self.rate_limited(payload)
+            if body_pause is not None:
                 self.errors += 1
-                self.budget.pause(pause)
-                log.warning("%s answered %.100r; pausing REST for %.0fs", url, payload, pause)
+                self.budget.pause(body_pause)
+                log.warning("%s answered %.100r; pausing REST for %.0fs", url, payload, body_pause)
                 raise RateLimited(status, payload, url)
         return payload

@@ -28,19 +28,19 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from datetime import timezone
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, BinaryIO, Callable, Iterator
 
 import bson
 from bson.codec_options import CodecOptions
 from bson.errors import InvalidBSON
 
-from datetime import timezone
 from common.status import SpoolStatus
 
 log = logging.getLogger(__name__)
 
-CODEC = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
+CODEC: CodecOptions = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
 POLICIES = ("drop_oldest", "reject")
 
 
@@ -62,7 +62,7 @@ class Spool:
         # seq -> [bytes, records] for every segment on disk, oldest first.
         self._segments: dict[int, list[int]] = {}
         self._types: dict[int, Counter[str]] = {}   # seq -> records per collection
-        self._file = None
+        self._file: BinaryIO | None = None
         self._file_seq: int | None = None
         self._head_offset = 0       # records of the oldest segment already replayed (this run)
         self._head_types: Counter[str] = Counter()  # the same, per collection
@@ -107,8 +107,10 @@ class Spool:
         if self.bytes + size > self.max_bytes and not self._make_room(size):
             self.rejected += len(docs)
             return False
-        if self._file is None or self._segments[self._file_seq][0] >= self.segment_bytes:
+        if self._file is None or self._file_seq is None or \
+                self._segments[self._file_seq][0] >= self.segment_bytes:
             self._open_new()
+        assert self._file is not None and self._file_seq is not None
         self._file.write(b"".join(blobs))
         seg = self._segments[self._file_seq]
         seg[0] += size
@@ -180,7 +182,7 @@ class Spool:
         done = 0
         while self._segments:
             seq = min(self._segments)
-            run_coll: str | None = None
+            run_coll = ""
             run: list[dict[str, Any]] = []
             index = 0
             for coll, doc in self._read(seq):

@@ -5,7 +5,6 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 from common.schema import s_to_dt
 from common.status import BookState, ConnectionStatus, ExchangeStatus

@@ -15,8 +15,16 @@ from collector.gaps import Gap
 from collector.writer import Writer
 from common import schema
 from common.indexes import apply_indexes
-from common.schema import (BookSnapshot, Candle, Funding, Liquidity, OpenInterest, Ticker,
-                           Trade, now_utc)
+from common.schema import (
+    BookSnapshot,
+    Candle,
+    Funding,
+    Liquidity,
+    OpenInterest,
+    Ticker,
+    Trade,
+    now_utc,
+)
 from common.settings import Settings
 from tests.helpers import free_port, wait_port
 

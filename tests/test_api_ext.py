@@ -21,10 +21,10 @@ from datetime import timedelta
 
 import orjson
 import pytest
-from yarl import URL
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from bson import ObjectId
+from yarl import URL
 
 from api.__main__ import bind_settings
 from api.app import ConfigError, create_app
@@ -34,12 +34,20 @@ from api.params import Filters, encode_cursor
 from api.queries import Queries
 from api.routes import ROUTES
 from api.security import auth_config_error, auth_required
-from collector.writer import Writer
 from collector.retention import migrate_time_keys
+from collector.writer import Writer
 from common import schema
 from common.indexes import STREAM_SORT, apply_indexes, index_specs, indexes_can_name_id
-from common.schema import (BookSnapshot, Candle, Funding, Liquidity, OpenInterest, Ticker, Trade,
-                           now_utc)
+from common.schema import (
+    BookSnapshot,
+    Candle,
+    Funding,
+    Liquidity,
+    OpenInterest,
+    Ticker,
+    Trade,
+    now_utc,
+)
 from common.settings import RetentionSettings, Settings
 from tests.bench import api_bench
 from tests.helpers import free_port
@@ -337,7 +345,7 @@ async def test_ws_slow_client_is_bounded_then_closed(client, seeded):
                                  last=float(round_)))
         assert await writer.flush()
         polls = hub.polls
-        await wait_for(lambda: hub.polls >= polls + 2)
+        await wait_for(lambda polls=polls: hub.polls >= polls + 2)
         assert len(server_client.queue) <= hub.max_queue
     assert blocked.is_set()
     assert server_client.max_seen <= hub.max_queue and server_client.dropped > 0
@@ -453,7 +461,7 @@ async def test_ws_peer_that_never_reads_real_socket_stays_bounded(client, seeded
                                      quote_volume_24h=4.0, high_24h=5.0, low_24h=0.5))
             assert await writer.flush()
             polls = hub.polls
-            await wait_for(lambda: hub.polls > polls or server_client not in hub.clients)
+            await wait_for(lambda polls=polls: hub.polls > polls or server_client not in hub.clients)
             high = max(high, len(server_client.queue))
             assert len(server_client.queue) <= hub.max_queue
             if server_client not in hub.clients:
@@ -876,7 +884,7 @@ async def test_ws_delivers_every_trade_in_order_across_flushes(client, seeded):
         assert await writer.flush()
         if flush % 2:
             polls = hub.polls                      # let some flushes land in separate ticks
-            await wait_for(lambda: hub.polls > polls)
+            await wait_for(lambda polls=polls: hub.polls > polls)
     got = []
     while len(got) < 50:
         msg = await ws.receive_json(timeout=5)

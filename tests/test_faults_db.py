@@ -21,7 +21,17 @@ from tests.faultlog import report
 from tests.helpers import wait_for
 from tests.latency_proxy import LatencyProxy
 from tests.test_faults_process import (  # noqa: F401 - fixtures
-    SUBSCRIBED, Nx, _ids, _made, _stored, _value, collector_factory, db, fake, nx)
+    SUBSCRIBED,
+    Nx,
+    _ids,
+    _made,
+    _stored,
+    _value,
+    collector_factory,
+    db,
+    fake,
+    nx,
+)
 
 SPOT_TRADES = "/api/v3/trades"
 

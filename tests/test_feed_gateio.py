@@ -364,7 +364,7 @@ async def test_drop_mid_stream_backfills_missed_trades_candles_and_derivatives(
             return want <= stored and len(want) >= 3
         await wait_for(oi_series_whole, timeout_s=15, what="1m open interest without holes")
         for row in fake.stats_served:
-            doc = await wait_for(lambda: mongo_db[schema.OPEN_INTEREST].find_one(
+            doc = await wait_for(lambda row=row: mongo_db[schema.OPEN_INTEREST].find_one(
                 {"symbol": "BTC_USDT", "ts": s_to_dt(row["time"])}), timeout_s=15,
                 what="open interest served over REST")
             assert doc["open_interest"] == pytest.approx(row["open_interest"] * MULTIPLIER)

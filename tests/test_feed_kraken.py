@@ -11,19 +11,25 @@ import aiohttp
 import orjson
 import pytest
 
-from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken.feed import KrakenFeed
 from collector.gaps import Gap
+from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.rest import RateLimited, RestError
 from common import schema
 from common.indexes import apply_indexes
 from common.settings import KrakenSettings, Settings
 from tests.fakes.kraken import FUT_FUNDING_ABS, FUT_OPEN_INTEREST, INSTRUMENTS, FakeKraken
-from tests.feed_helpers import offline_context
 from tests.faultlog import report
-from tests.feedutil import (PERP_TYPES, SPOT_TYPES, api_client, collection_counts, running_feed,
-                            wait_for_latest)
+from tests.feed_helpers import offline_context
+from tests.feedutil import (
+    PERP_TYPES,
+    SPOT_TYPES,
+    api_client,
+    collection_counts,
+    running_feed,
+    wait_for_latest,
+)
 from tests.helpers import wait_for
 
 

@@ -19,8 +19,8 @@ from common.indexes import apply_indexes
 from common.schema import ms_to_dt, now_utc
 from common.settings import OkxSettings, Settings
 from tests.fakes.okx import FakeOkx, rest_candle
-from tests.feed_helpers import offline_context
 from tests.faultlog import report
+from tests.feed_helpers import offline_context
 from tests.feedutil import PERP_TYPES, SPOT_TYPES, api_client, wait_for_latest
 from tests.helpers import wait_for
 

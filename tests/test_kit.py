@@ -7,8 +7,7 @@ from collector.connection import HeartbeatPolicy
 from collector.kit.availability import Availability
 from collector.kit.emitters import CandleCloser, ChangeOrInterval
 from collector.kit.requests import PendingRequests
-from collector.kit.spec import Channel, ConnectionSpec, Limits, VenueSpec, batches, \
-    plan_connections
+from collector.kit.spec import Channel, ConnectionSpec, Limits, VenueSpec, batches, plan_connections
 from collector.kit.trade_candles import TradeCandles
 from collector.kit.tradeids import Hole, TradeIdContinuity
 from common.schema import Candle, Trade

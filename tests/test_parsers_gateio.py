@@ -86,9 +86,9 @@ def test_contract_info():
 
 
 def test_malformed_raises():
-    with pytest.raises(Exception):
+    with pytest.raises((KeyError, ValueError)):
         p.parse_spot_trade({"result": {"currency_pair": "BTC_USDT", "side": "x"}}, NOW)
-    with pytest.raises(Exception):
+    with pytest.raises((KeyError, ValueError)):
         p.parse_futures_tickers({"result": [{"contract": "BTC_USDT"}]}, NOW, {"BTC_USDT": 1.0})
 
 

@@ -13,8 +13,8 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from collector import partition
-from collector.exchanges.binance import endpoints as ep
 from collector.exchanges.base import FeedContext
+from collector.exchanges.binance import endpoints as ep
 from collector.exchanges.binance.feed import BinanceFeed
 from collector.stats import Stats
 from common import schema

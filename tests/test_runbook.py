@@ -183,8 +183,8 @@ async def test_grep_stored_messages_finds_the_collectors_lines(mongo_uri, mongo_
                           text=True)
     lines = grep.stdout.splitlines()
     assert grep.returncode == 0 and lines, log_path.read_text()[-3000:]
-    parsed = [re.search(r"Stored (\d+) messages to MongoDB \((\d+) in total, (\d+) pending\)", l)
-              for l in lines]
+    parsed = [re.search(r"Stored (\d+) messages to MongoDB \((\d+) in total, (\d+) pending\)", line)
+              for line in lines]
     assert all(parsed), lines
     # Each line's count is the growth since the previous one; the totals add up.
     counts = [int(m.group(1)) for m in parsed]

@@ -3,13 +3,22 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pymongo.errors import DuplicateKeyError
 import pytest
+from pymongo.errors import DuplicateKeyError
 
 from collector.writer import Writer
 from common import schema
-from common.indexes import (HISTORY_SORT, READ_KEYS, STREAM_SORT, apply_indexes, expiry_plan,
-                            index_specs, indexes_can_name_id, missing_indexes, server_profile)
+from common.indexes import (
+    HISTORY_SORT,
+    READ_KEYS,
+    STREAM_SORT,
+    apply_indexes,
+    expiry_plan,
+    index_specs,
+    indexes_can_name_id,
+    missing_indexes,
+    server_profile,
+)
 from common.schema import Candle, Ticker, Trade, now_utc
 from common.settings import RetentionSettings
 
@@ -108,6 +117,7 @@ async def test_candles_are_upserted_on_open_time(mongo_db):
 
 async def test_writer_keeps_data_while_database_is_unreachable(mongo_db):
     from pymongo import AsyncMongoClient
+
     from tests.helpers import free_port
 
     dead = AsyncMongoClient(f"mongodb://127.0.0.1:{free_port()}", serverSelectionTimeoutMS=200)

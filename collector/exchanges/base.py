@@ -27,8 +27,7 @@ from collector.kit.backfill import Backfill
 from collector.kit.emitters import CandleCloser, ChangeOrInterval
 from collector.kit.rotation import rotate_forever
 from collector.kit.samplers import sample_books, sample_liquidity, sample_trade_candles
-from collector.kit.spec import Channel, ConnMeta, Subscription, VenueSpec, batches, \
-    plan_connections
+from collector.kit.spec import Channel, ConnMeta, Subscription, VenueSpec, batches, plan_connections
 from collector.kit.trade_candles import TradeCandles
 from collector.kit.tradeids import TradeIdContinuity
 from collector.orderbook import OrderBook

@@ -137,6 +137,7 @@ class Backfill:
             if last is None:
                 unknown.append(f"{market}:{symbol}")
                 continue
+            assert oldest is not None
             lo, (hi, hi_ts) = int(last["trade_id"]), oldest
             between = {int(d["trade_id"]) async for d in trades.find(
                 {**key, "ts": {"$gte": last["ts"], "$lte": hi_ts}}, {"trade_id": 1})}

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from collector.booksync import Diff, Outcome, SnapshotDiffSync
 from collector.orderbook import OrderBook
-from collector.resync import ResubscribeScheduler
 from collector.rest import RestError
+from collector.resync import ResubscribeScheduler
 
 if TYPE_CHECKING:
     from collector.exchanges.base import Feed

@@ -45,8 +45,18 @@ from collector.retention import PassStats, RetentionDeleter  # noqa: E402
 from collector.writer import Writer  # noqa: E402
 from common import schema  # noqa: E402
 from common.indexes import apply_indexes, server_profile  # noqa: E402
-from common.schema import (BookSnapshot, Candle, Funding, Liquidity, OpenInterest,  # noqa: E402
-                           Ticker, Trade, ms_to_dt, now_utc, time_key)
+from common.schema import (  # noqa: E402
+    BookSnapshot,
+    Candle,
+    Funding,
+    Liquidity,
+    OpenInterest,
+    Ticker,
+    Trade,
+    ms_to_dt,
+    now_utc,
+    time_key,
+)
 from common.settings import Settings  # noqa: E402
 from tests.bench.api_bench import pair_of  # noqa: E402
 from tests.helpers import free_port, wait_port  # noqa: E402

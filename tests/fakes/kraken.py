@@ -40,9 +40,9 @@ from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
 from websockets.asyncio.server import serve
-from websockets.http11 import Response
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Response
 
 from tests.helpers import free_port
 

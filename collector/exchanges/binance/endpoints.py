@@ -6,7 +6,6 @@ receives no /market streams.
 """
 from __future__ import annotations
 
-
 from collector.kit.spec import SNAPSHOT_DIFF, Channel, ConnectionSpec, Limits, VenueSpec
 
 SPOT_WS_PATH = "/stream"

@@ -8,7 +8,15 @@ from typing import Any
 from collector.booksync import Diff
 from collector.orderbook import OrderBook, parse_levels
 from common.schema import (
-    Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
+    Candle,
+    Funding,
+    OpenInterest,
+    Ticker,
+    Trade,
+    ms_to_dt,
+    opt_float,
+    price_hit,
+    price_miss,
 )
 from common.symbols import pair_from_symbol
 
@@ -20,7 +28,8 @@ _pair = lru_cache(maxsize=4096)(pair_from_symbol)
 _price, _price_miss = price_hit, price_miss
 
 
-def _base(symbol: str, market: str, ts: datetime, received_at: datetime) -> tuple:
+def _base(symbol: str, market: str, ts: datetime, received_at: datetime
+          ) -> tuple[str, str, str, str, datetime, datetime]:
     return EXCHANGE, symbol, _pair(symbol), market, ts, received_at
 
 

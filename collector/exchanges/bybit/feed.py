@@ -20,8 +20,7 @@ from collector.kit.books import PARSE_ERRORS, ResubscribeBooks
 from collector.kit.requests import PendingRequests
 from collector.kit.spec import ConnMeta, Subscription
 from collector.rest import RestError
-from common.schema import PERP, SPOT, Funding, OpenInterest, Record, Ticker, now_utc, \
-    received_now
+from common.schema import PERP, SPOT, Funding, OpenInterest, Record, Ticker, now_utc, received_now
 from common.settings import ExchangeSettings
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,8 @@ class BybitFeed(Feed):
         self.book_driver = ResubscribeBooks(self, self._resubscribe_book)
         self.last_ws_funding_at: dict[str, float] = {}
         self.already_subscribed = 0
-        self.requests = PendingRequests()      # spot never answers a duplicate subscribe
+        # Spot never answers a duplicate subscribe: unanswered requests expire.
+        self.requests: PendingRequests[str] = PendingRequests()
         self._req_seq = 0
         self.routes = {"orderbook": self._by_market(self.on_book),
                        ep.TICKERS: self._by_market(self.on_ticker),

@@ -9,6 +9,7 @@ REST ``/0/public/Trades`` and ``/0/public/OHLC`` pages, and the Kraken Futures W
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 from collector.connection import HeartbeatPolicy
 from collector.kit.spec import RESUBSCRIBE, Channel, ConnectionSpec, Limits, VenueSpec
@@ -34,8 +35,9 @@ SPOT_PING_INTERVAL_S = 20.0
 SPOT_TICKER_TRIGGER = "bbo"
 # Subscribe parameters per spot channel (besides the symbols); books are subscribed once the
 # pairs' precisions (for the checksum) are known from the ``instrument`` channel.
-SPOT_PARAMS = {SPOT_TICKER: {"event_trigger": SPOT_TICKER_TRIGGER}, SPOT_TRADE: {"snapshot": False},
-               SPOT_OHLC: {"interval": SPOT_OHLC_INTERVAL_MIN}}
+SPOT_PARAMS: dict[str, dict[str, Any]] = {
+    SPOT_TICKER: {"event_trigger": SPOT_TICKER_TRIGGER}, SPOT_TRADE: {"snapshot": False},
+    SPOT_OHLC: {"interval": SPOT_OHLC_INTERVAL_MIN}}
 # Partition streams are the data kinds (ownership unchanged since before the feed kit). The
 # ``ohlc`` channel updates on trades only: on a quiet pair it is as quiet as the trade channel.
 SPOT_CHANNELS = (Channel(SPOT_TICKER, "ticker"), Channel(SPOT_TRADE, "trades"),
@@ -121,8 +123,8 @@ LIMITS = Limits(connect_interval_s=CONNECT_INTERVAL_S, backoff_max_s=BACKOFF_MAX
 # channel names ticker/trade/book, ``PF_`` symbols, the CRC32 book checksum, and the ticker's
 # funding / mark / index / open-interest field names (parsers.parse_unified_ticker).
 UNIFIED_ASSET_CLASS = "derivatives"
-UNIFIED_PARAMS = {SPOT_TICKER: {"event_trigger": SPOT_TICKER_TRIGGER},
-                  SPOT_TRADE: {"snapshot": False}}
+UNIFIED_PARAMS: dict[str, dict[str, Any]] = {
+    SPOT_TICKER: {"event_trigger": SPOT_TICKER_TRIGGER}, SPOT_TRADE: {"snapshot": False}}
 UNIFIED_CHANNELS = (Channel(SPOT_TICKER, "ticker"), Channel(SPOT_TRADE, "trades"),
                     Channel(SPOT_BOOK, "book"))
 

@@ -10,14 +10,15 @@ from collector.connection import WsConnection
 from collector.exchanges.base import FeedContext
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken import parsers as p
-from collector.exchanges.kraken.rest import KrakenRest
 from collector.exchanges.kraken.futures_v1 import FuturesV1
 from collector.exchanges.kraken.requests import FuturesRequests, SpotRequests
+from collector.exchanges.kraken.rest import KrakenRest
 from collector.kit.books import ResubscribeBooks
-from collector.kit.trade_candles import TradeCandles
 from collector.kit.spec import ConnMeta, Subscription
+from collector.kit.trade_candles import TradeCandles
 from common.schema import PERP, SPOT, Funding, OpenInterest, Ticker, received_now
 from common.settings import KrakenSettings
+
 
 class KrakenFeed(FuturesV1, KrakenRest):
     name = "kraken"

@@ -19,8 +19,18 @@ from typing import Any, Iterable
 import orjson
 
 from collector.orderbook import OrderBook, apply_text_levels
-from common.schema import PERP, SPOT, Candle, Funding, OpenInterest, Ticker, Trade, UTC, \
-    ms_to_dt, s_to_dt
+from common.schema import (
+    PERP,
+    SPOT,
+    UTC,
+    Candle,
+    Funding,
+    OpenInterest,
+    Ticker,
+    Trade,
+    ms_to_dt,
+    s_to_dt,
+)
 from common.symbols import pair_from_symbol
 
 EXCHANGE = "kraken"
@@ -235,7 +245,8 @@ def _exact_text(value: float | int, precision: int, scale: float) -> str:
     raise Inexact(repr(value))
 
 
-FastLevel = tuple[float, float, str]   # price, qty, price text + qty text (checksum form)
+# price, qty, price text + qty text (checksum form; None for a deletion)
+FastLevel = tuple[float, float, str | None]
 _PRICE_TEXTS_MAX = 16384
 
 
@@ -247,7 +258,7 @@ def levels_fast(levels: Iterable[dict], price_precision: int, qty_precision: int
     proven exact (see ``_exact_text``): the caller then uses the exact path."""
     if price_precision > 22 or qty_precision > 22:   # 10^p no longer exact as a float
         raise Inexact("precision")
-    out = []
+    out: list[tuple[float, float, str | None]] = []
     append = out.append
     pscale = 10.0 ** price_precision
     qscale = 10.0 ** qty_precision
@@ -299,11 +310,11 @@ def book_crc(book: OrderBook) -> int:
     n = CHECKSUM_LEVELS
     asks_text, bids_text = book.asks.text, book.bids.text
     assert asks_text is not None and bids_text is not None
-    texts = [asks_text[key] for key in book.asks.keys[:n]]
+    texts: list[Any] = [asks_text[key] for key in book.asks.keys[:n]]
     texts += [bids_text[-key] for key in book.bids.keys[:n]]
     if texts and type(texts[0]) is tuple:
         texts = ["".join(t) for t in texts]
-    return zlib.crc32("".join(texts).encode()) & 0xFFFFFFFF  # type: ignore[arg-type]
+    return zlib.crc32("".join(texts).encode()) & 0xFFFFFFFF
 
 
 # symbol -> (its precision, price -> checksum text at that precision)
@@ -343,9 +354,9 @@ def parse_book(raw: str | bytes, msg: dict, precision: dict[str, tuple[int, int]
     items = []
     for item in msg["data"]:
         symbol = item["symbol"]
-        pp, qp = precision.get(symbol, (None, None))     # type: ignore[arg-type]
-        items.append((symbol, _int(item["checksum"]), levels_exact(item["bids"], pp, qp),
-                      levels_exact(item["asks"], pp, qp)))
+        exact_pp, exact_qp = precision.get(symbol) or (None, None)
+        items.append((symbol, _int(item["checksum"]), levels_exact(item["bids"], exact_pp, exact_qp),
+                      levels_exact(item["asks"], exact_pp, exact_qp)))
     return msg["type"], items
 
 
@@ -497,8 +508,8 @@ def parse_futures_trade(msg: dict, received_at: datetime) -> Trade:
 
 def parse_futures_book_snapshot(msg: dict) -> tuple[list[tuple[float, float]],
                                                     list[tuple[float, float]], int]:
-    bids = [(float(l["price"]), float(l["qty"])) for l in msg["bids"] if float(l["qty"]) > 0]
-    asks = [(float(l["price"]), float(l["qty"])) for l in msg["asks"] if float(l["qty"]) > 0]
+    bids = [(float(lv["price"]), float(lv["qty"])) for lv in msg["bids"] if float(lv["qty"]) > 0]
+    asks = [(float(lv["price"]), float(lv["qty"])) for lv in msg["asks"] if float(lv["qty"]) > 0]
     return bids, asks, int(msg["seq"])
 
 

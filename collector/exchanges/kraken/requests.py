@@ -35,8 +35,10 @@ class SpotRequests:
     def asked(self, reply: dict) -> tuple[Any, Any]:
         """(method, channel) of the request ``reply`` answers (the reply's own without a known
         ``req_id``)."""
-        return self.sent.get(reply.get("req_id"), (
-            reply.get("method"), (reply.get("result") or {}).get("channel")))
+        asked = self.sent.get(reply.get("req_id"))    # type: ignore[arg-type]
+        if asked is not None:
+            return asked
+        return reply.get("method"), (reply.get("result") or {}).get("channel")
 
 
 class FuturesRequests:
@@ -54,9 +56,10 @@ class FuturesRequests:
         """Forget the request ``reply`` answers; for an error, the (feed, product) it is about."""
         event = reply.get("event")
         if event in ("subscribed", "unsubscribed"):
+            feed = str(reply.get("feed"))
             for product in reply.get("product_ids") or [None]:
-                if (reply.get("feed"), product) in self.pending:
-                    self.pending.remove((reply.get("feed"), product))
+                if (feed, product) in self.pending:
+                    self.pending.remove((feed, product))
         elif event in ("error", "subscribed_failed", "unsubscribed_failed") and self.pending:
             return self.pending.popleft()
         return None, None

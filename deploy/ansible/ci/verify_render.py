@@ -65,7 +65,8 @@ def check_mongod(root: Path, ci: dict, site: dict) -> None:
     expect(conf.get("replication", {}).get("replSetName") == site["mongodb_replset_name"],
            f"mongod.conf: replication.replSetName {site['mongodb_replset_name']}")
     keyfile = root / "etc/mongod.keyfile"
-    expect(keyfile.read_text().strip() != "" and mode(keyfile) == "0o400", "mongod.keyfile: present, mode 0400")
+    expect(keyfile.read_text().strip() != "" and mode(keyfile) == "0o400",
+           "mongod.keyfile: present, mode 0400")
 
 
 def check_env_file(root: Path, ci: dict, site: dict, secrets: dict) -> None:
