@@ -15,16 +15,7 @@ from api.keys import HUB, METRICS, QUERIES, SETTINGS, SPEC
 from api.metrics import gap_metrics
 from api.openapi import render_docs
 from api.params import (
-    EXCHANGES,
-    MARKETS,
-    TYPES,
-    BadRequest,
-    NotFound,
-    check_symbol,
-    choice,
-    filters,
-    int_param,
-    only,
+    EXCHANGES, MARKETS, TYPES, BadRequest, NotFound, check_symbol, choice, filters, int_param, only,
 )
 from api.queries import Queries
 from api.status import book_state, exchange_status

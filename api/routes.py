@@ -9,13 +9,7 @@ from aiohttp import web
 
 from api import handlers
 from api.params import (
-    HISTORY_PARAMS,
-    P_EXCHANGE,
-    P_INTERVAL,
-    P_MARKET,
-    PATH_EXCHANGE,
-    PATH_SYMBOL,
-    query_param,
+    HISTORY_PARAMS, P_EXCHANGE, P_INTERVAL, P_MARKET, PATH_EXCHANGE, PATH_SYMBOL, query_param,
 )
 from common import schema
 

@@ -16,14 +16,7 @@ from collector.writer import Writer
 from common import schema
 from common.indexes import apply_indexes
 from common.schema import (
-    BookSnapshot,
-    Candle,
-    Funding,
-    Liquidity,
-    OpenInterest,
-    Ticker,
-    Trade,
-    now_utc,
+    BookSnapshot, Candle, Funding, Liquidity, OpenInterest, Ticker, Trade, now_utc,
 )
 from common.settings import Settings
 from tests.helpers import free_port, wait_port

@@ -39,14 +39,7 @@ from collector.writer import Writer
 from common import schema
 from common.indexes import STREAM_SORT, apply_indexes, index_specs, indexes_can_name_id
 from common.schema import (
-    BookSnapshot,
-    Candle,
-    Funding,
-    Liquidity,
-    OpenInterest,
-    Ticker,
-    Trade,
-    now_utc,
+    BookSnapshot, Candle, Funding, Liquidity, OpenInterest, Ticker, Trade, now_utc,
 )
 from common.settings import RetentionSettings, Settings
 from tests.bench import api_bench

@@ -20,12 +20,7 @@ from tests.fakes.gateio import FUNDING_RATE_REST, MULTIPLIER, SPOT, FakeGate
 from tests.faultlog import report
 from tests.feed_helpers import offline_context
 from tests.feedutil import (
-    PERP_TYPES,
-    SPOT_TYPES,
-    api_client,
-    collection_counts,
-    running_feed,
-    wait_for_latest,
+    PERP_TYPES, SPOT_TYPES, api_client, collection_counts, running_feed, wait_for_latest,
 )
 from tests.helpers import wait_for
 

@@ -23,12 +23,7 @@ from tests.fakes.kraken import FUT_FUNDING_ABS, FUT_OPEN_INTEREST, INSTRUMENTS, 
 from tests.faultlog import report
 from tests.feed_helpers import offline_context
 from tests.feedutil import (
-    PERP_TYPES,
-    SPOT_TYPES,
-    api_client,
-    collection_counts,
-    running_feed,
-    wait_for_latest,
+    PERP_TYPES, SPOT_TYPES, api_client, collection_counts, running_feed, wait_for_latest,
 )
 from tests.helpers import wait_for
 

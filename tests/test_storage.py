@@ -9,15 +9,8 @@ from pymongo.errors import DuplicateKeyError
 from collector.writer import Writer
 from common import schema
 from common.indexes import (
-    HISTORY_SORT,
-    READ_KEYS,
-    STREAM_SORT,
-    apply_indexes,
-    expiry_plan,
-    index_specs,
-    indexes_can_name_id,
-    missing_indexes,
-    server_profile,
+    HISTORY_SORT, READ_KEYS, STREAM_SORT, apply_indexes, expiry_plan, index_specs,
+    indexes_can_name_id, missing_indexes, server_profile,
 )
 from common.schema import Candle, Ticker, Trade, now_utc
 from common.settings import RetentionSettings

@@ -8,15 +8,7 @@ from typing import Any
 from collector.booksync import Diff
 from collector.orderbook import OrderBook, parse_levels
 from common.schema import (
-    Candle,
-    Funding,
-    OpenInterest,
-    Ticker,
-    Trade,
-    ms_to_dt,
-    opt_float,
-    price_hit,
-    price_miss,
+    Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
 )
 from common.symbols import pair_from_symbol
 

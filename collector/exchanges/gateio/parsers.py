@@ -18,18 +18,8 @@ import orjson
 from collector.booksync import Diff
 from collector.orderbook import OrderBook
 from common.schema import (
-    PERP,
-    SPOT,
-    Candle,
-    Funding,
-    OpenInterest,
-    Ticker,
-    Trade,
-    ms_to_dt,
-    opt_float,
-    price_hit,
-    price_miss,
-    s_to_dt,
+    PERP, SPOT, Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit,
+    price_miss, s_to_dt,
 )
 from common.symbols import pair_from_symbol
 

@@ -20,16 +20,7 @@ import orjson
 
 from collector.orderbook import OrderBook, apply_text_levels
 from common.schema import (
-    PERP,
-    SPOT,
-    UTC,
-    Candle,
-    Funding,
-    OpenInterest,
-    Ticker,
-    Trade,
-    ms_to_dt,
-    s_to_dt,
+    PERP, SPOT, UTC, Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, s_to_dt,
 )
 from common.symbols import pair_from_symbol
 

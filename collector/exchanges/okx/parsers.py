@@ -15,15 +15,7 @@ from collector.booksync import Diff
 from collector.exchanges.okx import endpoints
 from collector.orderbook import OrderBook
 from common.schema import (
-    Candle,
-    Funding,
-    OpenInterest,
-    Ticker,
-    Trade,
-    ms_to_dt,
-    opt_float,
-    price_hit,
-    price_miss,
+    Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
 )
 from common.symbols import pair_from_symbol
 
