@@ -85,7 +85,7 @@ MUTATE ?= binance bybit gateio kraken okx
 mutation: install
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
 	@for ex in $(MUTATE); do \
-	  tests=$$(ls tests/test_parsers_$$ex.py tests/test_$${ex}_parsers.py 2>/dev/null); \
+	  tests=tests/unit/test_parsers_$$ex.py; \
 	  rm -f .mutmut-cache; \
 	  PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/mutmut run --paths-to-mutate collector/exchanges/$$ex/parsers.py \
 	    --runner "$(abspath $(VENV))/bin/python -m pytest -x -q -p no:cacheprovider $$tests" \

@@ -10,4 +10,4 @@ export PYTHON
 echo "#### systemd units";            "$REPO/deploy/systemd/check.sh"
 echo "#### ansible";                  "$REPO/deploy/ansible/check.sh"
 echo "#### ops tests (Sentry, supervisord listener, health check)"
-cd "$REPO" && "$PYTHON" -m pytest -q tests/test_ops_sentry.py tests/test_ops_supervisor.py tests/test_ops_healthcheck.py
+cd "$REPO" && "$PYTHON" -m pytest -q tests/system/test_ops_sentry.py tests/system/test_ops_supervisor.py tests/system/test_ops_healthcheck.py

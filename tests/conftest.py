@@ -1,6 +1,6 @@
 """Session-wide fixtures: a real MongoDB wire-protocol server (nx-27017 started here, or the
-server named by MONGODB_URI) and a fresh database per test; the background soak (tests/soak.py);
-and the fault-figure table at the end of the output (tests/faultlog.py)."""
+server named by MONGODB_URI) and a fresh database per test; the background soak (tests/support/soak.py);
+and the fault-figure table at the end of the output (tests/support/faultlog.py)."""
 from __future__ import annotations
 
 import os
@@ -15,8 +15,8 @@ import pytest
 import pytest_asyncio
 from pymongo import AsyncMongoClient
 
-from tests import faultlog
-from tests.helpers import free_port, wait_port
+from tests.support import faultlog
+from tests.support.helpers import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -94,7 +94,7 @@ def background_soak(request, tmp_path_factory):
     if not request.config.stash.get(_SOAK_SELECTED, False):
         yield None
         return
-    from tests.soak import BackgroundSoak
+    from tests.support.soak import BackgroundSoak
     soak = BackgroundSoak(tmp_path_factory.mktemp("soak"))
     soak.start()
     try:

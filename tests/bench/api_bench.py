@@ -49,7 +49,7 @@ from common.schema import (  # noqa: E402
     now_utc,
 )
 from common.settings import Settings  # noqa: E402
-from tests.helpers import free_port, wait_port  # noqa: E402
+from tests.support.helpers import free_port, wait_port  # noqa: E402
 
 ENDPOINTS = ["/health", "/realtime", "/realtime/binance/BTCUSDT", "/trades?limit=100"]
 

@@ -61,7 +61,7 @@ class Bench:
         self.mongodb_uri = os.environ.get("MONGODB_URI") or self._start_nx()
 
     def _start_nx(self) -> str:
-        from tests.helpers import free_port, wait_port
+        from tests.support.helpers import free_port, wait_port
 
         exe = shutil.which("nx-27017", path=str(Path(PY).parent)) or "nx-27017"
         data = os.path.join(self.tmp, "nx")

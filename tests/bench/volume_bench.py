@@ -59,7 +59,7 @@ from common.schema import (  # noqa: E402
 )
 from common.settings import Settings  # noqa: E402
 from tests.bench.api_bench import pair_of  # noqa: E402
-from tests.helpers import free_port, wait_port  # noqa: E402
+from tests.support.helpers import free_port, wait_port  # noqa: E402
 
 WEEK_MS = 7 * 86_400_000
 FULL_TRADES = 1_000_000          # the week of trades the spacing is computed for

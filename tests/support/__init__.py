@@ -1,0 +1,1 @@
+"""Test support: fake exchanges, helpers, the fault table, the soak, process harnesses."""

@@ -1,0 +1,394 @@
+"""Kraken parsers against documented payloads (tests/fixtures/kraken), incl. checksum vectors."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+
+from collector.exchanges.kraken import endpoints as ep
+from collector.exchanges.kraken import parsers as p
+from collector.orderbook import OrderBook, apply_text_levels
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "kraken"
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def lines(name: str) -> list:
+    return [p.decode(line) for line in (FIX / name).read_text().splitlines() if line.strip()]
+
+
+def load_book(msg, price_prec, qty_prec, book=None):
+    book = book or OrderBook(100, keep_text=True)
+    item = msg["data"][0]
+    if msg["type"] == "snapshot":
+        book.load_snapshot((), ())
+    for price, qty, pt, qt in p.parse_levels(item["asks"], price_prec, qty_prec):
+        book.asks.set(price, qty, pt, qt)
+    for price, qty, pt, qt in p.parse_levels(item["bids"], price_prec, qty_prec):
+        book.bids.set(price, qty, pt, qt)
+    book.truncate(10)
+    return book, item["checksum"]
+
+
+def test_checksum_guide_btc_usd():
+    (msg,) = lines("v2_book_checksum_guide.jsonl")
+    book, expected = load_book(msg, 1, 8)
+    assert expected == 3310070434
+    assert p.book_crc(book) == 3310070434
+    assert p.checksum_text(p.decode("45285.2"), 1) == "452852"
+    assert p.checksum_text(p.decode("0.00100000"), 8) == "100000"
+
+
+def test_checksum_matic_snapshot_and_update_need_instrument_precision():
+    snapshot, update = lines("v2_book_snapshot_matic.jsonl") + lines("v2_book_update_matic.jsonl")
+    book, expected = load_book(snapshot, 4, 8)
+    assert expected == 2439117997 and p.book_crc(book) == 2439117997
+    book, expected = load_book(update, 4, 8, book)
+    assert expected == 2114181697 and p.book_crc(book) == 2114181697
+    assert book.bids.top(10)[-1] == [0.5657, 1098.3947558]
+    # Without padding to the instrument precision the documented checksum is not reproduced.
+    raw, _ = load_book(snapshot, None, None)
+    assert p.book_crc(raw) == 3830085102
+
+
+def _fast_book(msg_text: str, price_prec: int, qty_prec: int, book=None):
+    """The feed's hot path: orjson floats -> levels_fast -> one text per level."""
+    msg = orjson.loads(msg_text)
+    book = book or OrderBook(100, keep_text=True)
+    item = msg["data"][0]
+    if msg["type"] == "snapshot":
+        book.load_snapshot((), ())
+    cache: dict = {}
+    apply_text_levels(book.asks, p.levels_fast(item["asks"], price_prec, qty_prec, cache))
+    apply_text_levels(book.bids, p.levels_fast(item["bids"], price_prec, qty_prec, cache))
+    book.truncate(10)
+    return book, item["checksum"]
+
+
+def test_fast_path_reproduces_the_documented_checksums():
+    (guide,) = (FIX / "v2_book_checksum_guide.jsonl").read_text().split()
+    book, expected = _fast_book(guide, 1, 8)
+    assert p.book_crc(book) == expected == 3310070434
+    snapshot = (FIX / "v2_book_snapshot_matic.jsonl").read_text().strip()
+    update = (FIX / "v2_book_update_matic.jsonl").read_text().strip()
+    book, expected = _fast_book(snapshot, 4, 8)
+    assert p.book_crc(book) == expected == 2439117997
+    book, expected = _fast_book(update, 4, 8, book)
+    assert p.book_crc(book) == expected == 2114181697
+
+
+def test_fast_levels_equal_the_exact_path_or_refuse():
+    import random
+    rng = random.Random(7)
+    fast_count = 0
+    for _ in range(20000):
+        pp, qp = rng.randint(0, 10), rng.randint(0, 10)
+
+        def num(prec):
+            digits = rng.randint(0, prec + (3 if rng.random() < 0.2 else 0))
+            whole = 0 if rng.random() < 0.3 else rng.randint(0, 10 ** rng.randint(0, 16 - prec))
+            frac = "".join(rng.choice("0123456789") for _ in range(digits))
+            return f"{whole}.{frac or '0'}"
+        text = "[" + ",".join(f'{{"price":{num(pp)},"qty":{num(qp)}}}' for _ in range(2)) + "]"
+        exact = [(a, b, c if b != 0 else "") for a, b, c in p.levels_exact(p.decode(text), pp, qp)]
+        try:
+            fast = p.levels_fast(orjson.loads(text), pp, qp, {})
+        except p.Inexact:
+            continue
+        fast_count += 1
+        assert fast == exact, text
+    assert fast_count > 8000
+    # Near a rounding tie, >= 10^15 units of the precision, below one unit, text, bool, negative:
+    # refused (the exact path decides).
+    for level in ({"price": 1.23, "qty": 0.123456785}, {"price": 1.5, "qty": 12345678.12345678},
+                  {"price": 1.5, "qty": 1e-9}, {"price": "1.5", "qty": 1.0},
+                  {"price": True, "qty": 1.0}, {"price": 1.5, "qty": -1.0}):
+        with pytest.raises(p.Inexact):
+            p.levels_fast([level], 2, 8, {})
+    # More places than the precision but far from a tie, and ints: the exact path's text.
+    assert p.levels_fast([{"price": 2, "qty": 0.123456789}], 2, 8, {}) == [
+        (2.0, 0.123456789, "200" + "12345679")]
+
+
+def test_book_parse_falls_back_to_exact_decimals_for_unprovable_numbers():
+    raw = ('{"channel":"book","type":"update","data":[{"symbol":"X/USD","bids":[{"price":1.5,'
+           '"qty":0.1234567891}],"asks":[],"checksum":1}]}')
+    kind, items = p.parse_book(raw, orjson.loads(raw), {"X/USD": (2, 8)}, {})
+    # Exact path: the Decimal quantized to 8 places (ROUND_HALF_EVEN), float from the Decimal.
+    assert kind == "update" and items == [("X/USD", 1, [(1.5, 0.1234567891, "15012345679")], [])]
+
+
+def fields(record) -> dict:
+    """Every normalized field of a record (a one-line mapping mistake changes one of them)."""
+    return dataclasses.asdict(record)
+
+
+def utc(*args) -> datetime:
+    return datetime(*args, tzinfo=timezone.utc)
+
+
+def spot(symbol: str, ts: datetime) -> dict:
+    return {"exchange": "kraken", "symbol": symbol, "pair": symbol, "market": "spot", "ts": ts,
+            "received_at": NOW}
+
+
+def perp(symbol: str, pair: str, ts: datetime) -> dict:
+    return {"exchange": "kraken", "symbol": symbol, "pair": pair, "market": "perp", "ts": ts,
+            "received_at": NOW}
+
+
+def test_ticker_snapshot_every_field():
+    (msg,) = lines("v2_ticker_snapshot.jsonl")
+    t = p.parse_ticker(orjson.loads(orjson.dumps(msg["data"][0], default=float)), NOW)
+    assert fields(t) == {**spot("ALGO/USD", utc(2023, 9, 25, 9, 4, 31, 742648)),
+                         "last": 0.10035, "bid": 0.10025, "bid_size": 740.0, "ask": 0.10036,
+                         "ask_size": 1361.44813783,
+                         "open_24h": pytest.approx(0.10035 + 0.00017),   # last - change (quote)
+                         "high_24h": 0.10285, "low_24h": 0.09979, "volume_24h": 997038.98383185,
+                         "quote_volume_24h": pytest.approx(997038.98383185 * 0.10148),
+                         "change_pct_24h": -0.17, "mark_price": None, "index_price": None}
+
+
+def test_ticker_update_moves_the_ask():
+    (msg,) = lines("v2_ticker_update.jsonl")
+    t = p.parse_ticker(msg["data"][0], NOW)          # Decimal-decoded numbers work too
+    assert (t.bid, t.bid_size, t.ask, t.ask_size) == (0.10025, 740.0, 0.10035, 740.0)
+
+
+def test_trade_update_every_field():
+    (msg,) = lines("v2_trade_update.jsonl")
+    (t,) = p.parse_trades(msg, NOW)
+    assert fields(t) == {**spot("MATIC/USD", utc(2023, 9, 25, 7, 49, 37, 708706)),
+                         "trade_id": "4665906", "price": 0.5117, "size": 40.0, "side": "sell"}
+
+
+def test_trade_snapshot_keeps_order_and_taker_side():
+    (msg,) = lines("v2_trade_snapshot.jsonl")
+    trades = p.parse_trades(msg, NOW)
+    assert [(t.trade_id, t.side, t.price, t.size, t.ts) for t in trades] == [
+        ("4665846", "buy", 0.5147, 6423.46326, utc(2023, 9, 25, 7, 48, 36, 925533)),
+        ("4665847", "buy", 0.5147, 1136.19677815, utc(2023, 9, 25, 7, 49, 36, 925603))]
+    with pytest.raises(ValueError):
+        p.parse_trades({"data": [{**msg["data"][0], "side": "b"}]}, NOW)
+
+
+def test_ohlc_update_every_field():
+    (msg,) = lines("v2_ohlc_update.jsonl")
+    c = p.parse_candle(msg["data"][0], NOW)
+    # interval_begin (nanosecond RFC 3339) is the candle time, not the deprecated timestamp
+    assert fields(c) == {**spot("MATIC/USD", utc(2023, 10, 4, 16, 25)), "interval": "5m",
+                         "open": 0.5624, "high": 0.5628, "low": 0.5622, "close": 0.5627,
+                         "volume": 30927.68066226,
+                         "quote_volume": pytest.approx(30927.68066226 * 0.5626), "trades": 12,
+                         "closed": False, "source": "exchange"}
+
+
+def test_ohlc_snapshot_candles_in_order():
+    (msg,) = lines("v2_ohlc_snapshot.jsonl")
+    candles = [p.parse_candle(item, NOW) for item in msg["data"]]
+    assert [(c.ts, c.high, c.trades, c.volume) for c in candles] == [
+        (utc(2023, 10, 4, 15, 25), 0.09875, 1, 201.86015),
+        (utc(2023, 10, 4, 15, 30), 0.0988, 13, 16255.46368)]
+
+
+def test_instrument_precisions():
+    msg = {"channel": "instrument", "type": "snapshot", "data": {"assets": [], "pairs": [
+        {"symbol": "BTC/USD", "price_precision": 1, "qty_precision": 8},
+        {"symbol": "MATIC/USD", "price_precision": 4, "qty_precision": 8}]}}
+    assert p.parse_instrument_pairs(msg) == {"BTC/USD": (1, 8), "MATIC/USD": (4, 8)}
+
+
+def test_book_parse_and_apply_reproduce_the_documented_checksums():
+    """The hot path as the feed runs it: parse_book (fast path) then apply_book."""
+    raw = (FIX / "v2_book_checksum_guide.jsonl").read_text().strip()
+    kind, [(symbol, expected, bids, asks)] = p.parse_book(raw, orjson.loads(raw),
+                                                         {"BTC/USD": (1, 8)}, {})
+    assert (kind, symbol, expected) == ("snapshot", "BTC/USD", 3310070434)
+    book = OrderBook(10, keep_text=True)
+    assert p.apply_book(book, kind, bids, asks, 10) == expected
+    assert book.best_bid() == (45283.5, 0.1) and book.best_ask() == (45285.2, 0.001)
+    book = OrderBook(10, keep_text=True)
+    precision = {"MATIC/USD": (4, 8)}
+    for name in ("v2_book_snapshot_matic.jsonl", "v2_book_update_matic.jsonl"):
+        raw = (FIX / name).read_text().strip()
+        kind, [(_, expected, bids, asks)] = p.parse_book(raw, orjson.loads(raw), precision, {})
+        assert p.apply_book(book, kind, bids, asks, 10) == expected
+    # truncated to the subscribed depth: levels that fell out are gone
+    assert len(book.bids) == len(book.asks) == 10
+    assert book.bids.top(10)[-1] == [0.5657, 1098.3947558]
+
+
+def test_book_update_deletes_a_level():
+    book = OrderBook(10, keep_text=True)
+    p.apply_book(book, "snapshot", [(1.0, 2.0, "120")], [(1.1, 3.0, "1130")], 10)
+    p.apply_book(book, "update", [(1.0, 0.0, "")], [(1.2, 1.0, "1210")], 10)
+    assert (book.best_bid(), book.best_ask(), len(book.asks)) == (None, (1.1, 3.0), 2)
+
+
+def test_symbol_aliases():
+    assert p.v2_symbol("XBT/USD") == "BTC/USD"
+    assert p.v2_symbol("XXBTZUSD") == "BTC/USD"
+    assert p.v2_symbol("BTC/USD") == "BTC/USD"
+
+
+def test_futures_ticker_every_field_of_ticker_funding_and_open_interest():
+    (eth,) = lines("futures_ticker_pf_ethusd.jsonl")
+    eth = orjson.loads(orjson.dumps(eth, default=float))
+    ticker, funding, oi = p.parse_futures_ticker(eth, NOW)
+    ts = datetime.fromtimestamp(1783587648.112, tz=timezone.utc)
+    mark = 1751.97553924942
+    assert fields(ticker) == {**perp("PF_ETHUSD", "ETH/USD", ts), "last": 1751.7,
+                              "bid": 1751.6, "bid_size": 1.459, "ask": 1751.7, "ask_size": 2.886,
+                              "open_24h": 1734.8, "high_24h": 1765.4, "low_24h": 1708.8,
+                              "volume_24h": 57204.177, "quote_volume_24h": 99424431.8132,
+                              "change_pct_24h": 0.97, "mark_price": mark, "index_price": 1751.75}
+    # The relative rate is the comparable one; the absolute funding_rate (0.0327) is not stored.
+    assert fields(funding) == {**perp("PF_ETHUSD", "ETH/USD", ts), "rate": 1.86711875e-05,
+                               "next_funding_time": utc(2026, 7, 9, 10, 0),   # epoch ms 1783591200000
+                               "predicted_rate": 1.783425e-05, "mark_price": mark,
+                               "index_price": 1751.75, "interval_hours": 1.0}
+    assert fields(oi) == {**perp("PF_ETHUSD", "ETH/USD", ts), "open_interest": 24085.822,
+                          "open_interest_value": pytest.approx(24085.822 * mark)}
+
+
+def test_futures_ticker_omits_zero_funding_fields():
+    (eth,) = lines("futures_ticker_pf_ethusd.jsonl")
+    eth = {k: float(v) if hasattr(v, "as_tuple") else v for k, v in eth.items()
+           if not k.startswith("relative_funding") and k != "next_funding_rate_time"}
+    _, funding, _ = p.parse_futures_ticker(eth, NOW)
+    assert (funding.rate, funding.predicted_rate, funding.next_funding_time) == (0.0, None, None)
+
+
+def test_futures_trade_fill_every_field():
+    (msg,) = lines("futures_trade_fill.jsonl")
+    t = p.parse_futures_trade(orjson.loads(orjson.dumps(msg, default=float)), NOW)
+    assert fields(t) == {**perp("PI_XBTUSD", "BTC/USD",
+                                datetime.fromtimestamp(1612266317.519, tz=timezone.utc)),
+                         "trade_id": "05af78ac-a774-478c-a50c-8b9c234e071e", "price": 34969.5,
+                         "size": 15000.0, "side": "sell"}
+
+
+def test_futures_book_snapshot_and_deletion():
+    (snap,) = lines("futures_book_snapshot.jsonl")
+    (delta,) = lines("futures_book_delete.jsonl")
+    bids, asks, seq = p.parse_futures_book_snapshot(snap)
+    assert (bids, asks, seq) == ([(34892.5, 6385.0), (34892.0, 10924.0)],
+                                 [(34911.5, 20598.0), (34912.0, 2300.0)], 326072249)
+    assert p.parse_futures_book_delta(delta) == ("sell", 34981.0, 0.0, 326094134)
+    book = OrderBook(100)
+    book.load_snapshot(bids, asks, seq)
+    p.apply_futures_delta(book, "sell", 34911.5, 0.0, seq + 1)       # sell = ask side, 0 deletes
+    p.apply_futures_delta(book, "buy", 34893.0, 2.0, seq + 2)        # buy = bid side
+    assert (book.best_bid(), book.best_ask(), book.update_id) == (
+        (34893.0, 2.0), (34912.0, 2300.0), seq + 2)
+
+
+def test_futures_instruments():
+    body = {"result": "success", "instruments": [
+        {"symbol": "pi_xbtusd", "tradeable": True}, {"symbol": "PF_XBTUSD", "tradeable": True},
+        {"symbol": "PF_OLDUSD", "tradeable": False}]}
+    assert p.parse_futures_instruments(body) == {"PI_XBTUSD", "PF_XBTUSD"}
+    with pytest.raises(ValueError):
+        p.parse_futures_instruments({"result": "error", "error": "x"})
+
+
+def rest(name: str) -> dict:
+    return orjson.loads((FIX / name).read_bytes())
+
+
+def test_rest_pair_names():
+    assert p.rest_pair("BTC/USD", ep.REST_ASSETS) == "XBTUSD"
+    assert p.rest_pair("ETH/USD", ep.REST_ASSETS) == "ETHUSD"
+    assert p.rest_pair("DOGE/USDT", ep.REST_ASSETS) == "XDGUSDT"
+
+
+def test_rest_trades_every_field_and_cursor():
+    trades, last = p.parse_rest_trades(rest("rest_trades.json"), "BTC/USD", NOW)
+    assert last == "1688671969993150842"
+    assert fields(trades[0]) == {**spot("BTC/USD", datetime.fromtimestamp(
+        1688669597.8277369, tz=timezone.utc)), "trade_id": "61044952", "price": 30243.4,
+        "size": 0.34507674, "side": "buy"}
+    assert [(t.trade_id, t.side, t.price, t.size) for t in trades[1:]] == [
+        ("61044953", "sell", 30243.3, 0.0037696), ("61044954", "sell", 30240.0, 0.0037696)]
+    with pytest.raises(ValueError):
+        p.parse_rest_trades(rest("rest_error_unknown_pair.json"), "BTC/USD", NOW)
+
+
+def test_rest_ohlc_every_field_without_the_running_candle():
+    candles = p.parse_rest_ohlc(rest("rest_ohlc.json"), "BTC/USD", NOW)
+    assert [fields(c) for c in candles] == [
+        {**spot("BTC/USD", utc(2023, 7, 6, 19, 20)), "interval": "1m", "open": 30306.1,
+         "high": 30306.2, "low": 30305.7, "close": 30305.7, "volume": 3.39243896,
+         "quote_volume": pytest.approx(3.39243896 * 30306.1), "trades": 23, "closed": True, "source": "exchange"},
+        {**spot("BTC/USD", utc(2023, 7, 6, 19, 21)), "interval": "1m", "open": 30304.5,
+         "high": 30304.5, "low": 30300.0, "close": 30300.0, "volume": 4.42996871,
+         "quote_volume": pytest.approx(4.42996871 * 30300.9), "trades": 18, "closed": True, "source": "exchange"}]
+
+
+def test_futures_history_every_field_keyed_by_uid():
+    trades = p.parse_futures_history(rest("rest_futures_history.json"), "PF_XBTUSD", NOW)
+    assert [fields(t) for t in trades] == [
+        {**perp("PF_XBTUSD", "BTC/USD", utc(2019, 2, 14, 9, 25, 33, 920000)),
+         "trade_id": "11c3d82c-9e70-4fe9-8115-f643f1b162d4", "price": 3574.0, "size": 100.0,
+         "side": "sell"},
+        {**perp("PF_XBTUSD", "BTC/USD", utc(2019, 2, 14, 9, 25, 33, 100000)),
+         "trade_id": "5f4a8d0e-1b4f-4a3e-8c1e-2d0f0b6c7a11", "price": 3573.5, "size": 40.0,
+         "side": "buy"}]
+
+
+def test_futures_history_trade_id_is_a_page_position_not_a_key():
+    """F7: ``trade_id`` runs 100, 99, ... in every page; without ``uid`` the key is built from
+    the trade itself, so rows of different pages never collide."""
+    trades = p.parse_futures_history(rest("rest_futures_history_without_uid.json"),
+                                     "PF_XBTUSD", NOW)
+    assert [t.trade_id for t in trades] == ["2019-02-14T09:25:33.920Z|3574|100|sell",
+                                            "2019-02-14T09:25:33.100Z|3573.5|40|buy"]
+
+
+def test_futures_rest_ticker_every_field():
+    funding, oi = p.parse_futures_rest_ticker(rest("rest_futures_tickers.json"), "PF_XBTUSD", NOW)
+    ts = utc(2023, 7, 6, 17, 49, 30)
+    # REST has the absolute rate only: relative = absolute / index price
+    assert fields(funding) == {**perp("PF_XBTUSD", "BTC/USD", ts),
+                               "rate": pytest.approx(0.30248 / 30248.0),
+                               "next_funding_time": None,
+                               "predicted_rate": pytest.approx(-0.15124 / 30248.0),
+                               "mark_price": 30251.5, "index_price": 30248.0,
+                               "interval_hours": 1.0}
+    assert fields(oi) == {**perp("PF_XBTUSD", "BTC/USD", ts), "open_interest": 2510.0142,
+                          "open_interest_value": pytest.approx(2510.0142 * 30251.5)}
+    with pytest.raises(ValueError):
+        p.parse_futures_rest_ticker(rest("rest_futures_tickers.json"), "PF_NOPEUSD", NOW)
+
+
+def test_rest_body_rate_limits():
+    """F6: HTTP-200 rate-limit bodies pause REST like a 429; other errors do not."""
+    assert p.rest_rate_limit(rest("rest_error_rate_limit.json")) == p.RATE_LIMIT_PAUSE_S
+    assert p.rest_rate_limit(rest("rest_error_too_many_requests.json")) == p.RATE_LIMIT_PAUSE_S
+    assert p.rest_rate_limit(rest("rest_error_unknown_pair.json")) is None
+    assert p.rest_rate_limit(rest("rest_ohlc.json")) is None
+    until = time.time() + 12
+    assert p.rest_rate_limit({"error": [f"EService:Throttled: {until}"]}) == \
+        pytest.approx(12, abs=1)
+
+
+def test_spot_replies_are_judged_by_the_request_they_answer():
+    """F1: the failed-unsubscribe reply says method "subscribe"; its req_id says unsubscribe."""
+    from collector.exchanges.kraken.requests import FuturesRequests, SpotRequests
+    requests = SpotRequests()
+    requests.request("book", ["BTC/USD"], "unsubscribe", depth=100)
+    (reply,) = lines("v2_unsubscribe_not_found.jsonl")
+    assert requests.asked({**reply, "req_id": 1}) == ("unsubscribe", "book")
+    (reply,) = lines("v2_subscribe_pair_not_supported.jsonl")
+    assert requests.asked(reply) == ("subscribe", None)      # unknown req_id: its own method
+    futures = FuturesRequests()
+    futures.request("subscribe", "ticker", "PF_XBTUSD")
+    futures.request("subscribe", "ticker", "PF_NOPEUSD")
+    assert futures.answered({"event": "subscribed", "feed": "ticker",
+                             "product_ids": ["PF_XBTUSD"]}) == (None, None)
+    (error,) = lines("futures_error_invalid_product.jsonl")
+    assert futures.answered(error) == ("ticker", "PF_NOPEUSD")
