@@ -37,6 +37,8 @@ class ExchangeSettings(BaseModel):
     rotate_after_s: float = 0.0
     # REST backfill of trades/candles after a disconnect, restart or trade-id hole.
     backfill: bool = True
+    # Pages of trades one gap's backfill may fetch (a REST budget; venues that page back by id).
+    backfill_max_pages: int = 20
 
 
 class BinanceSettings(ExchangeSettings):

@@ -427,10 +427,10 @@ async def test_slow_mongodb_over_queue_max_is_an_overflow_gap(fake, nx, db, coll
 
 
 async def test_kill9_beyond_rest_reach_ledger_states_exact_loss(fake, nx, db, collector_factory):
-    """Down for more trades than Binance's REST keeps (the newest 1,000): the restart gap cannot
-    be backfilled, and states exactly how many spot trades it lost (consecutive ids); perp
-    aggregate trades are listed as unknown."""
-    proc = collector_factory()
+    """Down for more trades than the backfill may fetch (its page budget, one page of 1,000 trades
+    here): the restart gap cannot be backfilled, and states exactly how many spot trades it lost
+    (consecutive ids); perp aggregate trades are listed as unknown."""
+    proc = collector_factory(CRYPTODATA_BINANCE__BACKFILL_MAX_PAGES="1")
     proc.start()
     firsts = await _first_ids(db)
     await _more_trades(fake, 25)                    # the state file holds a durable point
@@ -452,8 +452,9 @@ async def test_kill9_beyond_rest_reach_ledger_states_exact_loss(fake, nx, db, co
                    what="trades after the restart stored")
     missing = await _missing(db, fake, firsts, last)
     spot = {f"{m}:{s}": len(v) for (m, s), v in missing.items() if m == "spot"}
-    report("kill9_beyond_rest", expected="down for more than the newest 1,000 trades REST "
-           "keeps: the restart gap is not backfilled and states the exact loss per spot stream",
+    report("kill9_beyond_rest", expected="down for more trades than the backfill's page budget "
+           "(1 page here): the restart gap is not backfilled and states the exact loss per spot "
+           "stream",
            recovery_s=recovery_s, records_lost=sum(spot.values()),
            ledger_lost=gap["records_lost"],
            **{f"missing_{k}": v for k, v in sorted(spot.items())},

@@ -46,7 +46,8 @@ MAX_STREAMS_PER_CONNECTION = 1024
 REQUEST_INTERVAL_S = 0.25
 # Backfill (no API key needed): the newest 1000 spot trades, older ones by fromId
 # (historicalTrades, same weight), aggregate futures trades (newest or by fromId, last 48 h
-# only), closed candles from a start time. A gap pages back at most BACKFILL_MAX_PAGES pages.
+# only), closed candles from a start time. A gap pages back at most ``backfill_max_pages``
+# pages (an exchange setting, 20 by default).
 SPOT_TRADES_PATH = "/api/v3/trades"
 SPOT_HISTORICAL_TRADES_PATH = "/api/v3/historicalTrades"
 SPOT_TRADES_WEIGHT = 25
@@ -57,7 +58,6 @@ PERP_KLINES_PATH = "/fapi/v1/klines"
 SPOT_KLINES_WEIGHT = 2
 PERP_KLINES_WEIGHT = 5          # limit 1000 (1-99: 1, 100-499: 2, 500-1000: 5)
 BACKFILL_LIMIT = 1000
-BACKFILL_MAX_PAGES = 20
 
 SPEC = VenueSpec(
     name="binance",

@@ -235,7 +235,7 @@ class BinanceFeed(Feed):
         return await self.page_trades_back(
             lambda: page(ep.SPOT_TRADES_PATH if spot else ep.PERP_AGG_TRADES_PATH),
             lambda oldest: page(older, fromId=max(0, oldest - ep.BACKFILL_LIMIT)),
-            since, ep.BACKFILL_LIMIT, ep.BACKFILL_MAX_PAGES)
+            since, ep.BACKFILL_LIMIT, self.cfg.backfill_max_pages)
 
     async def backfill_candles(self, market: str, symbol: str, since: datetime) -> None:
         rest, path, weight = (self.spot_rest, ep.SPOT_KLINES_PATH, ep.SPOT_KLINES_WEIGHT) \
