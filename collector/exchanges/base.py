@@ -164,6 +164,14 @@ class Feed(Backfill):
         stats.records[record.collection] += 1
         stats.last_record_at[record.collection][f"{record.market}:{record.symbol}"] = time.time()
 
+    def fill_top_of_book(self, ticker: Ticker) -> None:
+        """Best bid/ask (and sizes) for a ticker that carries none (Binance USD-M, Bybit spot),
+        from the live book when it is in sync."""
+        book = self.books.get((ticker.market, ticker.symbol))
+        if book is not None and book.synced:
+            ticker.bid, ticker.bid_size = book.best_bid() or (None, None)
+            ticker.ask, ticker.ask_size = book.best_ask() or (None, None)
+
     def emit_derived(self, record: Record, value: Any) -> None:
         """Funding / open interest pushed with every ticker: ``latest`` always, history on
         change or once per interval (``ChangeOrInterval``)."""

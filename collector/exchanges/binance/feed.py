@@ -128,11 +128,8 @@ class BinanceFeed(Feed):
     def _on_ticker(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         ticker = parsers.parse_ticker(msg.get("data", msg), self.meta(conn).market,
                                       received_now())
-        book = self.books.get((ticker.market, ticker.symbol))
-        if ticker.bid is None and book is not None and book.synced:
-            # USD-M tickers carry no best bid/ask: take them from the live book when synced.
-            if (bid := book.best_bid()) and (ask := book.best_ask()):
-                (ticker.bid, ticker.bid_size), (ticker.ask, ticker.ask_size) = bid, ask
+        if ticker.bid is None:          # USD-M tickers carry no best bid/ask
+            self.fill_top_of_book(ticker)
         self.emit(ticker)
 
     def _on_kline(self, conn: WsConnection, msg: dict, raw: Any) -> None:

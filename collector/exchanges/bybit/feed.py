@@ -115,7 +115,7 @@ class BybitFeed(Feed):
         for record in records:
             if isinstance(record, Ticker):
                 if record.bid is None:          # spot tickers carry no bid/ask: the book's top
-                    self._top_of_book(record)
+                    self.fill_top_of_book(record)
                 self.emit(record)
             elif isinstance(record, Funding):
                 self.last_ws_funding_at[record.symbol] = time.monotonic()
@@ -126,12 +126,6 @@ class BybitFeed(Feed):
                 self.ticker_merge.fields.get((market, records[0].symbol), {})):
             self.stats.error_once(self.name, f"perp {msg['topic']}: no singleOpenInterest; "
                                              f"open interest (both sides) not stored")
-
-    def _top_of_book(self, ticker: Ticker) -> None:
-        book = self.books.get((ticker.market, ticker.symbol))
-        if book is not None and book.synced:
-            ticker.bid, ticker.bid_size = book.best_bid() or (None, None)
-            ticker.ask, ticker.ask_size = book.best_ask() or (None, None)
 
     # ---- order book --------------------------------------------------------------------------
     def on_book(self, market: str, msg: dict[str, Any]) -> None:

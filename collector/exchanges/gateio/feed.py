@@ -32,7 +32,6 @@ class GateioFeed(Feed):
         self._last_oi: dict[str, float] = {}     # symbol -> newest stats bucket (epoch s)
         self._oi_since: dict[str, float] = {}    # symbol -> newest bucket before a disconnect
         self.requests: PendingRequests[Subscription] = PendingRequests()  # errors name the id
-        # One budget (the base's, per IP) for both; futures sizes as decimals (the header).
         self.perp_rest = self.rest(cfg.perp_rest_url, headers=dict([ep.SIZE_DECIMAL_HEADER]))
         self.rests = {SPOT: self.rest(cfg.spot_rest_url), PERP: self.perp_rest}
         self.book_sync = SnapshotBooks(self, self._fetch_snapshot, check_crossed=True)
@@ -99,8 +98,7 @@ class GateioFeed(Feed):
         for sub in subs:
             if sub.market == PERP and sub.symbol not in self.multipliers:
                 continue
-            request_id = self.requests.new_id()
-            self.requests.add(request_id, meta.label, [sub])
+            self.requests.add(request_id := self.requests.new_id(), meta.label, [sub])
             requests.append(p.subscribe_request(sub.channel.name, ep.payload(
                 sub.channel.name, sub.symbol), request_id, int(time.time())))
         return requests
