@@ -39,14 +39,7 @@ from pymongo import AsyncMongoClient  # noqa: E402
 from collector.writer import Writer  # noqa: E402
 from common.indexes import apply_indexes  # noqa: E402
 from common.schema import (  # noqa: E402
-    BookSnapshot,
-    Candle,
-    Funding,
-    Liquidity,
-    OpenInterest,
-    Ticker,
-    Trade,
-    now_utc,
+    BookSnapshot, Candle, Funding, Liquidity, OpenInterest, Ticker, Trade, now_utc,
 )
 from common.settings import Settings  # noqa: E402
 from tests.support.helpers import free_port, wait_port  # noqa: E402

@@ -46,15 +46,7 @@ from collector.writer import Writer  # noqa: E402
 from common import schema  # noqa: E402
 from common.indexes import apply_indexes, server_profile  # noqa: E402
 from common.schema import (  # noqa: E402
-    BookSnapshot,
-    Candle,
-    Funding,
-    Liquidity,
-    OpenInterest,
-    Ticker,
-    Trade,
-    ms_to_dt,
-    now_utc,
+    BookSnapshot, Candle, Funding, Liquidity, OpenInterest, Ticker, Trade, ms_to_dt, now_utc,
     time_key,
 )
 from common.settings import Settings  # noqa: E402
