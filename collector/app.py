@@ -201,7 +201,8 @@ class Collector:
         await self.writer.close()
         self._save_run_state()
         await self._write_status(final=True)
-        log.info("stopped; %d documents stored in total", self.writer.stored)
+        log.info("stopped; %d documents stored in total (%s)", self.writer.stored,
+                 ", ".join(f"{coll}={n}" for coll, n in sorted(self.writer.stored_by.items())))
         await self.client.close()
 
     def status_doc(self, running: bool = True) -> CollectorStatus:

@@ -52,6 +52,8 @@ class Writer:
         self._next_probe = 0.0
         # Counters for logs, status and metrics.
         self.stored = 0
+        # ``stored`` per collection; a candle counts once per write (later writes replace it).
+        self.stored_by: Counter[str] = Counter()
         self.duplicates = 0
         self.dropped = 0
         self.dropped_by: Counter[str] = Counter()    # ``dropped`` per collection
@@ -272,6 +274,10 @@ class Writer:
                 doc[schema.TIME_KEY] = schema.time_key(doc[key])
         await self._write(collection, docs)
 
+    def _count_stored(self, collection: str, count: int) -> None:
+        self.stored += count
+        self.stored_by[collection] += count
+
     async def _write(self, collection: str, docs: list[dict[str, Any]]) -> None:
         coll = self.db[collection]
         if collection == schema.GAPS:
@@ -291,16 +297,16 @@ class Writer:
                                "ts": k[4]}, {f: v for f, v in doc.items() if f != "_id"},
                               upsert=True) for k, doc in by_key.items()]
             await coll.bulk_write(ops, ordered=False)
-            self.stored += len(docs)
+            self._count_stored(collection, len(docs))
             return
         try:
             result = await coll.insert_many(docs, ordered=False)
-            self.stored += len(result.inserted_ids)
+            self._count_stored(collection, len(result.inserted_ids))
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             non_dup = [e for e in errors if e.get("code") != DUPLICATE_KEY]
             self.duplicates += len(errors) - len(non_dup)
-            self.stored += exc.details.get("nInserted", 0)
+            self._count_stored(collection, exc.details.get("nInserted", 0))
             if non_dup:
                 self.write_errors += len(non_dup)
                 log.error("%s: %d documents rejected: %s", collection, len(non_dup),
