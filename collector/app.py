@@ -76,6 +76,7 @@ class Collector:
         self.writer.flush_listeners.append(self.gaps.on_flush)
         self.feeds: list[Feed] = []
         self._tasks: list[asyncio.Task] = []
+        self._writer_task: asyncio.Task | None = None
         self.stopped = asyncio.Event()
 
     async def run(self, duration_s: float = 0.0) -> None:
@@ -107,7 +108,8 @@ class Collector:
                                                    start=previous))
                 self.feeds.append(feed)
                 self._tasks.append(loop.create_task(self._run_feed(feed)))
-            self._tasks.append(loop.create_task(self.writer.run()))
+            self._writer_task = loop.create_task(self.writer.run())
+            self._tasks.append(self._writer_task)
             self._tasks.append(loop.create_task(self._status_loop()))
             self._tasks.append(loop.create_task(self._state_loop()))
             self._tasks.append(loop.create_task(self._log_loop()))
@@ -195,6 +197,10 @@ class Collector:
         log.info("stopping: flushing %d pending documents", self.writer.pending)
         for feed in self.feeds:
             await feed.stop()
+        self.writer.stop_running()
+        if self._writer_task is not None:
+            # Bounded: a write hanging on a stalled database is cancelled with the rest.
+            await asyncio.wait({self._writer_task}, timeout=2.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

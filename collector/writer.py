@@ -127,6 +127,12 @@ class Writer:
                 if await self.probe():
                     await self.flush()
 
+    def stop_running(self) -> None:
+        """End ``run`` after the flush in progress: cancelling a flush mid-write would leave
+        documents the server stored uncounted (they would then come back as duplicates)."""
+        self._stopping = True
+        self._wake.set()
+
     async def close(self, timeout_s: float = 20.0) -> None:
         """Final flush (SIGTERM path): keep trying until written or the deadline passes."""
         self._stopping = True
