@@ -93,7 +93,7 @@ class BookSide:
         """Like ``apply`` for levels still in wire form (``[["price", "qty", ...], ...]``):
         converts while applying, without building intermediate tuples."""
         if self.frags is not None and self.text is None:
-            self.apply_text_fragments(levels)
+            self.apply_text_scaled(levels)
             return
         if self.text is not None or self.frags is not None:
             for level in levels:
@@ -127,12 +127,13 @@ class BookSide:
                     insort(keys, key)
                 book[key] = size
 
-    def apply_text_fragments(self, levels: Sequence[Sequence[str]], factor: float = 1.0) -> None:
-        """Wire-form levels (``[["price", "size", ...], ...]``) on a side that keeps checksum
-        fragments: sizes are ``float(size) * factor`` (contracts -> base units) and each level's
-        ``"price:size"`` text is kept as sent. ``set`` inlined, prices through the key cache."""
+    def apply_text_scaled(self, levels: Sequence[Sequence[str]], factor: float = 1.0) -> None:
+        """Wire-form levels (``[["price", "size", ...], ...]``, any length) with sizes scaled to
+        ``float(size) * factor`` (contracts -> base units); on a side that keeps checksum
+        fragments each level's ``"price:size"`` text is kept as sent. ``set`` inlined, prices
+        through the key cache."""
         frags = self.frags
-        assert frags is not None and self.text is None
+        assert self.text is None
         book = self.levels
         keys = self.keys
         sign = -1.0 if self.is_bid else 1.0
@@ -141,22 +142,28 @@ class BookSide:
             cache.clear()
         for level in levels:
             price_text = level[0]
-            size_text = level[1]
             try:                                    # see apply_text
                 key = cache[price_text]
             except KeyError:
                 key = cache[price_text] = sign * float(price_text)
-            size = float(size_text) * factor
+            size = float(level[1]) * factor
             if size == 0.0:
                 if key in book:
                     del book[key]
                     del keys[bisect_left(keys, key)]
-                    del frags[key]
+                    if frags is not None:
+                        del frags[key]
             else:
                 if key not in book:
                     insort(keys, key)
                 book[key] = size
-                frags[key] = price_text + ":" + size_text
+                if frags is not None:
+                    frags[key] = price_text + ":" + level[1]
+
+    def keep_fragments(self, keep: bool) -> None:
+        """Start or stop keeping checksum fragments; the side is emptied (a snapshot follows)."""
+        self.clear()
+        self.frags = {} if keep else None
 
     def top_fragments(self, n: int) -> Sequence[str]:
         """The best ``n`` levels' ``"price:size"`` wire text, best first."""
@@ -214,6 +221,11 @@ class OrderBook:
         self.depth = depth
         # Set on every change; the snapshot sampler clears it after storing a snapshot.
         self.changed = False
+
+    def keep_fragments(self, keep: bool) -> None:
+        """Checksum fragments on or off on both sides; the book is emptied (a snapshot follows)."""
+        self.bids.keep_fragments(keep)
+        self.asks.keep_fragments(keep)
 
     def reset(self) -> None:
         self.bids.clear()

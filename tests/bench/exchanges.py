@@ -9,8 +9,9 @@ fakes in ``tests/fakes`` send); values move like a live market (``TickerState``,
 - **okx** (v5, ``/ws/v5/public``): ``trades-all`` (one fill per push, the channel the feed
   subscribes on /business; the replay server streams every kind on the one data connection),
   ``tickers``, ``books`` (400 levels): one
-  ``snapshot`` then ``update`` messages with ``prevSeqId``/``seqId`` and the CRC32 ``checksum`` of
-  the top 25 levels (signed, raw strings), 4-field levels ``[px, sz, "0", orders]``.
+  ``snapshot`` then ``update`` messages with ``prevSeqId``/``seqId``, ``checksum`` 0 (the field is
+  deprecated and always 0 since 2026-06-23: docs/exchanges/okx.md), 4-field levels
+  ``[px, sz, "0", orders]``.
 - **kraken** (spot WebSocket v2): numbers are JSON numbers with the engine's precision (trailing
   zeros kept, so these messages are written as text, not with orjson); ``trade``, ``ticker``,
   ``book`` with a ``snapshot`` then ``update`` messages carrying the CRC32 checksum of the top 10
@@ -178,23 +179,13 @@ class OkxFrames(Frames):
                       "sodUtc8": v["open"], "volCcy24h": v["quote"], "vol24h": v["volume"],
                       "ts": str(ts)}]})
 
-    def _checksum(self, book) -> int:
-        bids, asks = book.top(25)
-        parts: list[str] = []
-        for i in range(max(len(bids), len(asks))):
-            if i < len(bids):
-                parts += bids[i]
-            if i < len(asks):
-                parts += asks[i]
-        return _crc_signed(":".join(parts))
-
     def _book_msg(self, book, action, ts, bids, asks, prev):
         rng = self.rng
         return orjson.dumps({
             "arg": {"channel": "books", "instId": book.symbol}, "action": action,
             "data": [{"asks": [[p, q, "0", str(rng.randint(1, 20))] for p, q in asks],
                       "bids": [[p, q, "0", str(rng.randint(1, 20))] for p, q in bids],
-                      "ts": str(ts), "checksum": self._checksum(book), "prevSeqId": prev,
+                      "ts": str(ts), "checksum": 0, "prevSeqId": prev,
                       "seqId": book.update_id}]})
 
     def snapshot_frame(self, book, ts):

@@ -139,8 +139,20 @@ async def test_all_collections_units_and_business_url(env):
     assert candle["interval"] == "1m" and candle["open"] == 8533.02
 
 
-async def test_sequence_rules_gap_and_checksum_resync(env):
-    fake, feed, db = env
+@pytest_asyncio.fixture
+async def checksummed_env(mongo_db):
+    """The server before 2026-06-23: book messages carry the CRC32 of the top 25 levels."""
+    fake = FakeOkx()
+    fake.checksums = True
+    feed, writer, session, tasks = await start(mongo_db, fake)
+    try:
+        yield fake, feed, mongo_db
+    finally:
+        await stop(feed, writer, session, tasks, fake)
+
+
+async def test_sequence_rules_gap_and_checksum_resync(checksummed_env):
+    fake, feed, db = checksummed_env
     await wait_for(lambda: _async(_synced(feed, "BTC-USDT") and _synced(feed, "BTC-USDC")),
                    what="books synced")
     usdt, usdc = feed.books[("spot", "BTC-USDT")], feed.books[("spot", "BTC-USDC")]

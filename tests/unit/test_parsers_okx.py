@@ -314,10 +314,10 @@ def test_checksum_from_kept_fragments_matches_text():
     same value as the text one, sides of unequal length included."""
     from collector.orderbook import OrderBook
     book = OrderBook(400, keep_fragments=True)
-    book.bids.apply_text_fragments([["3366.1", "7", "0", "1"], ["3366", "6", "0", "1"],
+    book.bids.apply_text_scaled([["3366.1", "7", "0", "1"], ["3366", "6", "0", "1"],
                                     ["3365.5", "0.10", "0", "1"], ["3360", "1", "0", "1"]])
-    book.asks.apply_text_fragments([["3366.8", "9", "0", "1"], ["3368", "8", "0", "1"]])
-    book.bids.apply_text_fragments([["3360", "0", "0", "0"]])          # deleted
+    book.asks.apply_text_scaled([["3366.8", "9", "0", "1"], ["3368", "8", "0", "1"]])
+    book.bids.apply_text_scaled([["3360", "0", "0", "0"]])          # deleted
     bids = [("3366.1", "7"), ("3366", "6"), ("3365.5", "0.10")]
     asks = [("3366.8", "9"), ("3368", "8")]
     assert book.bids.top(5) == [[3366.1, 7.0], [3366.0, 6.0], [3365.5, 0.1]]
@@ -481,3 +481,25 @@ async def test_ws_error_shapes_are_handled():
     assert {k.split(":")[0] for k in f.stats.errors} >= {"error 60018", "error 64001",
                                                          "error 60012"}
     assert f.stats.malformed == 0
+
+
+async def test_level_text_kept_only_for_books_whose_snapshot_carries_a_checksum():
+    """Since 2026-06-23 the checksum is always 0: such a book keeps no level text (a non-zero
+    checksum on its updates cannot be checked and is not a mismatch). A snapshot with a
+    checksum turns the text on for that book, the next one without turns it off."""
+    f = feed()
+    apply(f, books("snapshot", -1, 10, [("100", "1", "0", "1")], [("101", "1", "0", "1")]))
+    book = f.books[("spot", "BTC-USDT")]
+    assert book.bids.frags is None and book.asks.frags is None
+    apply(f, books("update", 10, 11, [("100.5", "2", "0", "1")], checksum=12345))
+    assert book.synced and book.update_id == 11 and f.stats.gaps == 0
+    assert book.best_bid() == (100.5, 2.0)
+    bids, asks = {"100": "1.50"}, {"101": "1"}
+    checksummed = books("snapshot", -1, 20, [("100", "1.50", "0", "1")], [("101", "1", "0", "1")],
+                        checksum=reference_checksum(bids, asks))
+    apply(f, checksummed)
+    assert book.bids.frags == {-100.0: "100:1.50"} and book.asks.frags == {101.0: "101:1"}
+    apply(f, books("update", 20, 21, [("100", "0", "0", "0")], checksum=12345))
+    assert not book.synced and f.stats.gaps == 1
+    apply(f, books("snapshot", -1, 30, [("99", "1", "0", "1")], [("101", "1", "0", "1")]))
+    assert book.synced and book.bids.frags is None and book.bids.top(5) == [[99.0, 1.0]]

@@ -31,7 +31,7 @@ class OkxBooks:
         market = parsers.market_of(inst)
         if (factor := feed.ct(inst)) is None:
             return                      # held back until the contract value is known
-        book = feed.book(market, inst, keep_fragments=True)
+        book = feed.book(market, inst)
         action = msg.get("action")
         try:
             if action == "update" and book.synced:
@@ -59,6 +59,9 @@ class OkxBooks:
     def _buffer(self, market: str, inst: str, msg: dict[str, Any], factor: float) -> None:
         """No WS snapshot: buffer the updates, a REST snapshot fetch starts."""
         self.ws_synced.discard((market, inst))
+        book = self.feed.book(market, inst)
+        if book.bids.frags is not None:
+            book.keep_fragments(False)       # a REST snapshot carries no checksum
         for item in parsers.data_of(msg):
             diff = parsers.books_diff(item, factor)
             self.rest.on_diff(market, inst, diff.first_id, diff.last_id, diff.prev_id, diff,
