@@ -15,7 +15,8 @@ from api.keys import HUB, METRICS, QUERIES, SETTINGS, SPEC
 from api.metrics import gap_metrics
 from api.openapi import render_docs
 from api.params import (
-    EXCHANGES, MARKETS, TYPES, BadRequest, NotFound, check_symbol, choice, filters, int_param, only,
+    DEFAULT_LIMIT, EXCHANGES, MARKETS, TYPES, BadRequest, NotFound, check_symbol, choice, filters,
+    int_param, only,
 )
 from api.queries import Queries
 from api.status import book_state, exchange_status
@@ -36,9 +37,10 @@ def _no_params(request: web.Request) -> None:
         raise BadRequest(f"unknown parameter(s): {', '.join(sorted(request.query))}")
 
 
-def history_handler(collection: str, *, interval: bool = False):
+def history_handler(collection: str, *, interval: bool = False,
+                    default_limit: int = DEFAULT_LIMIT):
     async def handler(request: web.Request) -> web.Response:
-        f = filters(request, interval=interval)
+        f = filters(request, interval=interval, default_limit=default_limit)
         rows, next_cursor = await _queries(request).history(collection, f)
         return json_response({"data": rows, "count": len(rows), "next": next_cursor})
     handler.__name__ = f"history_{collection}"

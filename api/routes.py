@@ -9,7 +9,8 @@ from aiohttp import web
 
 from api import handlers
 from api.params import (
-    HISTORY_PARAMS, P_EXCHANGE, P_INTERVAL, P_MARKET, PATH_EXCHANGE, PATH_SYMBOL, query_param,
+    BOOK_DEFAULT_LIMIT, BOOK_HISTORY_PARAMS, HISTORY_PARAMS, P_EXCHANGE, P_INTERVAL, P_MARKET,
+    PATH_EXCHANGE, PATH_SYMBOL, query_param,
 )
 from common import schema
 
@@ -63,8 +64,10 @@ ROUTES = [
           "Open-interest history", HISTORY_PARAMS),
     Route("GET", "/volume-liquidity", handlers.history_handler(schema.VOLUME_LIQUIDITY),
           "Volume and depth history", HISTORY_PARAMS),
-    Route("GET", "/orderbook-snapshots", handlers.history_handler(schema.ORDER_BOOK),
-          "Order-book snapshot history", HISTORY_PARAMS),
+    Route("GET", "/orderbook-snapshots",
+          handlers.history_handler(schema.ORDER_BOOK, default_limit=BOOK_DEFAULT_LIMIT),
+          "Order-book snapshot history (default page 20: a snapshot is ~8 trades' size)",
+          BOOK_HISTORY_PARAMS),
     Route("GET", "/analysis/data-check", handlers.data_check,
           "Per-collection counts, newest record age, growth per hour", tag="analysis"),
     Route("GET", "/analysis/bitcoin", handlers.bitcoin,

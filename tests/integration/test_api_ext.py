@@ -170,6 +170,34 @@ async def test_cursor_pages_walk_every_row_once_with_ties(client):
     assert pages == 5
 
 
+async def test_book_snapshots_default_to_a_page_of_20_trades_to_100(client, seeded):
+    """A book snapshot is ~8 trades' size: its default page is 20 (the OpenAPI says so), an
+    explicit limit still goes to 1000; the other history endpoints keep 100."""
+    writer = Writer(seeded)
+    base = now_utc() - timedelta(minutes=5)
+    for i in range(25):
+        writer.submit(BookSnapshot("binance", "ETHUSDT", "ETH/USDT", "spot",
+                                   base + timedelta(seconds=i), base, bids=[[10.0 - i / 100, 1.0]],
+                                   asks=[[10.0 + i / 100, 1.0]], depth=1, update_id=i))
+    assert await writer.flush()
+    params = {"exchange": "binance", "symbol": "ETHUSDT"}
+    first = await (await client.get("/orderbook-snapshots", params=params)).json()
+    assert [r["update_id"] for r in first["data"]] == list(range(24, 4, -1))
+    rest = await (await client.get("/orderbook-snapshots",
+                                   params={**params, "cursor": first["next"]})).json()
+    assert [r["update_id"] for r in rest["data"]] == [4, 3, 2, 1, 0] and rest["next"] is None
+    everything = await (await client.get("/orderbook-snapshots",
+                                         params={**params, "limit": "1000"})).json()
+    assert everything["count"] == 25
+    trades = await (await client.get("/trades", params={"exchange": "binance"})).json()
+    assert trades["count"] == 31                     # all of them, under the default of 100
+    spec = await (await client.get("/openapi.json")).json()
+    limit_default = {path: next(p["schema"]["default"] for p in spec["paths"][path]["get"]["parameters"]
+                                if p["name"] == "limit")
+                     for path in ("/orderbook-snapshots", "/trades")}
+    assert limit_default == {"/orderbook-snapshots": 20, "/trades": 100}
+
+
 async def test_any_time_range_is_a_page_and_an_inverted_one_is_empty(client):
     """The contract (OpenAPI pattern) has no cross-parameter rule: a 40-day range answers like
     any other (newest first, ``limit`` rows), since > until is an empty range, not an error."""
