@@ -225,7 +225,8 @@ class Queries:
             next_cursor = encode_cursor(last_t, last["_id"])
         for row in rows:
             row.pop("_id", None)
-            row.pop(T, None)
+            for storage_key in schema.STORAGE_KEYS:
+                row.pop(storage_key, None)
         return rows, next_cursor
 
     async def latest_of_type(self, kind: str, exchange: str | None = None,

@@ -2,17 +2,19 @@
 matching subscribers, in the order it was received.
 
 One shared poller per app reads, every ``poll_s``, each data collection that has a subscriber.
-Its position in a collection is ``mark``, the (received_at, _id) of the newest record handled.
-A tick reads the keys (a projection: _id, received_at, exchange, market, symbol) of the records
-after the mark in (received_at, _id) order (the ``received_at_id`` index; at most ``batch`` per
-collection per tick, the rest follow on the next tick), then fetches the full records that some
-subscriber wants, and offers them in that order.
+Its position in a collection is ``mark``, the (rt, _id) of the newest record handled (``rt``:
+``received_at`` as integer epoch ms, ``common.schema.RECEIVED_KEY``; an integer range is served
+from the index on every server, a date range is a scan on nx-27017). A tick reads the keys (a
+projection: _id, rt, exchange, market, symbol) of the records after the mark in (rt, _id) order
+(the ``rt_id`` index; at most ``batch`` per collection per tick, the rest follow on the next
+tick), then fetches the full records that some subscriber wants, and offers them in that order.
 
 ``received_at`` is not the order of storage: every collector partition flushes its own batches,
 so a record received earlier can be stored after the mark has passed it. Every ``sweep_s`` a
 tick therefore also reads the keys inside ``lookback_s`` before the mark and sends the ones not
 handled yet (the (_id, received_at) pairs handled inside that window are kept, so nothing is
-sent twice; a candle rewritten with a new ``received_at`` is sent again). A record stored more
+sent twice; a candle rewritten with a new ``received_at`` is sent again). Documents written
+before ``rt`` existed are not streamed (the history endpoints have them). A record stored more
 than about ``lookback_s - sweep_s`` after it was received (a spool replay after a MongoDB outage)
 is not streamed; the history endpoints have it.
 
@@ -42,7 +44,6 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -59,7 +60,8 @@ log = logging.getLogger("api.ws")
 
 CLOSE_TOO_SLOW = 4008
 CLOSE_SHUTDOWN = 1001
-KEY_FIELDS = {"_id": 1, "received_at": 1, "exchange": 1, "market": 1, "symbol": 1}
+RT = schema.RECEIVED_KEY
+KEY_FIELDS = {"_id": 1, RT: 1, "exchange": 1, "market": 1, "symbol": 1}
 
 
 def _dumps(obj: Any) -> str:
@@ -126,22 +128,20 @@ class Client:
 @dataclass
 class Tail:
     """The poller's position in one collection."""
-    mark: tuple[datetime, Any] | None = None     # (received_at, _id) of the newest handled
-    # (_id, received_at) -> received_at of records handled inside the lookback window
-    seen: dict[tuple[Any, datetime], datetime] = field(default_factory=dict)
+    mark: tuple[int, Any] | None = None     # (rt, _id) of the newest handled
+    # (_id, rt) -> rt of records handled inside the lookback window
+    seen: dict[tuple[Any, int], int] = field(default_factory=dict)
     swept_at: float = 0.0
 
     def handled(self, key: dict[str, Any]) -> None:
-        received = key["received_at"]
+        received = key[RT]
         self.seen[(key["_id"], received)] = received
         if self.mark is None or (received, key["_id"]) > self.mark:
             self.mark = (received, key["_id"])
 
-    def prune(self, lookback: timedelta) -> None:
+    def prune(self, lookback_ms: int) -> None:
         if self.mark is not None:
-            # One second more than the window: nx-27017's $gte returns that much extra, and
-            # the read's limit counts on those being known.
-            low = self.mark[0] - lookback - timedelta(seconds=1)
+            low = self.mark[0] - lookback_ms
             self.seen = {k: at for k, at in self.seen.items() if at >= low}
 
 
@@ -153,7 +153,7 @@ class Hub:
         self.poll_s = poll_s
         self.max_queue = max_queue
         self.slow_after_s = slow_after_s
-        self.lookback = timedelta(seconds=lookback_s)
+        self.lookback_ms = int(lookback_s * 1000)
         self.sweep_s = sweep_s
         self.batch = batch
         # Kernel send buffer per WebSocket (fixed, so a stuck peer holds bounded kernel memory
@@ -182,7 +182,7 @@ class Hub:
             for kind in kinds - set(self._tails):
                 tail = Tail()
                 try:
-                    newest = await self.db[kind].find({}, {"_id": 1, "received_at": 1}).sort(
+                    newest = await self.db[kind].find({RT: {"$gte": 0}}, {"_id": 1, RT: 1}).sort(
                         [(f, DESCENDING) for f, _ in STREAM_SORT]).limit(1).to_list(1)
                     if newest:
                         tail.handled(newest[0])
@@ -201,21 +201,16 @@ class Hub:
         sweep: from ``lookback`` before it), minus the ones already handled, then the wanted
         records, in order. Returns the number of records handled."""
         coll = self.db[kind]
-        query: dict[str, Any] = {}
-        low = None
+        low = 0                              # every document that has ``rt``
         if tail.mark is not None:
-            low = tail.mark[0] - self.lookback if sweep else tail.mark[0]
-            query = {"received_at": {"$gte": low}}
+            low = tail.mark[0] - self.lookback_ms if sweep else tail.mark[0]
             if sweep:
                 tail.swept_at = time.monotonic()
-        # Records at the mark's own received_at come back again: the limit leaves room for
-        # every handled one so that ``batch`` new records still fit. nx-27017's $gte ignores
-        # the sub-second part and returns more; those are dropped here (they may be older
-        # than what ``seen`` still remembers).
-        found = await coll.find(query, KEY_FIELDS).sort(STREAM_SORT) \
+        # Records at the mark's own rt come back again: the limit leaves room for every
+        # handled one so that ``batch`` new records still fit.
+        found = await coll.find({RT: {"$gte": low}}, KEY_FIELDS).sort(STREAM_SORT) \
             .limit(len(tail.seen) + self.batch).to_list(None)
-        keys = [k for k in found if (low is None or k["received_at"] >= low)
-                and (k["_id"], k["received_at"]) not in tail.seen][:self.batch]
+        keys = [k for k in found if (k["_id"], k[RT]) not in tail.seen][:self.batch]
         wanted = [k["_id"] for k in keys
                   if emit and any(c.wants(k, kind) for c in self.clients)]
         docs: dict[Any, dict[str, Any]] = {}
@@ -227,16 +222,17 @@ class Hub:
             doc = docs.pop(k["_id"], None)
             if doc is None:          # not wanted, or expired between the two reads
                 continue
-            if doc.get("received_at") != k["received_at"]:
+            if doc.get(RT) != k[RT]:
                 tail.handled(doc)    # rewritten (candle) between the two reads: sent now
             doc.pop("_id", None)
-            doc.pop(schema.TIME_KEY, None)      # storage key, not part of the record
+            for storage_key in schema.STORAGE_KEYS:     # not part of the record
+                doc.pop(storage_key, None)
             doc["type"] = kind
             key = record_key(doc, kind)
             for client in list(self.clients):
                 if client.wants(doc, kind):
                     client.offer(key, doc)
-        tail.prune(self.lookback)
+        tail.prune(self.lookback_ms)
         return len(keys)
 
     async def _poll_once(self) -> None:

@@ -99,7 +99,8 @@ class Writer:
     def latest_doc(key: str, record: Record) -> dict[str, Any]:
         """The ``latest`` document of a record: its fields plus ``type`` and its own ``_id``."""
         doc = record.to_doc()
-        del doc[schema.TIME_KEY]            # a history key: ``latest`` is read by key only
+        for key_name in schema.STORAGE_KEYS:    # history keys: ``latest`` is read by key only
+            del doc[key_name]
         doc["type"] = record.collection
         # Whole-document replacement carrying its own _id: a $set of dates on an existing
         # document, or an upsert that takes _id from the filter, is mis-stored by nx-27017.
@@ -273,11 +274,14 @@ class Writer:
         self.db_available = False
 
     async def _write_replayed(self, collection: str, docs: list[dict[str, Any]]) -> None:
-        """A spooled batch: one spooled by an earlier release lacks the time key ``t``."""
+        """A spooled batch: one spooled by an earlier release lacks the time keys ``t``/``rt``."""
         key = "start" if collection == schema.GAPS else "ts"
         for doc in docs:
             if schema.TIME_KEY not in doc and doc.get(key) is not None:
                 doc[schema.TIME_KEY] = schema.time_key(doc[key])
+            if collection != schema.GAPS and schema.RECEIVED_KEY not in doc \
+                    and doc.get("received_at") is not None:
+                doc[schema.RECEIVED_KEY] = schema.time_key(doc["received_at"])
         await self._write(collection, docs)
 
     def _count_stored(self, collection: str, count: int) -> None:

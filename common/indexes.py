@@ -6,7 +6,8 @@ at start and by the Ansible playbook (``python -m common.indexes``).
   cursor), so a page reads ``limit`` index entries instead of sorting every match; ``{t:-1,
   _id:-1}`` does the same for queries without a symbol and serves the retention deleter's range;
   a single-field TTL index on ``ts`` bounds the collection's size (TTL is ignored on compound
-  indexes); ``{received_at, _id}`` serves the ``/ws`` poller (records stored since its last read);
+  indexes); ``{rt, _id}`` (``rt`` = ``received_at`` in ms) serves the ``/ws`` poller (records
+  stored since its last read);
 - trades: unique ``(exchange, market, symbol, trade_id)`` so re-inserts after a reconnect or a
   backfill are rejected as duplicates instead of stored twice;
 - ohlcv: unique ``(exchange, market, symbol, interval, ts)``, written by upsert;
@@ -49,8 +50,9 @@ log = logging.getLogger(__name__)
 HISTORY_SORT = [(schema.TIME_KEY, DESCENDING), ("_id", DESCENDING)]
 READ_KEYS = [("exchange", ASCENDING), ("symbol", ASCENDING), *HISTORY_SORT]
 GAPS_SORT = HISTORY_SORT         # a gap's t is its start
-# The /ws poller reads each collection in (received_at, _id) order from its last position.
-STREAM_SORT = [("received_at", ASCENDING), ("_id", ASCENDING)]
+# The /ws poller reads each collection in (rt, _id) order from its last position (rt:
+# received_at as integer epoch ms; a BSON date range costs a scan on nx-27017).
+STREAM_SORT = [(schema.RECEIVED_KEY, ASCENDING), ("_id", ASCENDING)]
 _EX_SYM = [("exchange", ASCENDING), ("symbol", ASCENDING)]
 
 
@@ -64,7 +66,9 @@ def _retired(coll: str, time_field: str) -> list[tuple[str, str, list[tuple[str,
 
 # (collection, name, keys) of indexes that a spec replaced: dropped once the new one exists.
 RETIRED = [*(r for c in schema.DATA_COLLECTIONS for r in _retired(c, "ts")),
-           *_retired(schema.GAPS, "start")]
+           *_retired(schema.GAPS, "start"),
+           *((c, "received_at_id", [("received_at", ASCENDING), ("_id", ASCENDING)])
+             for c in schema.DATA_COLLECTIONS)]
 # IndexNotFound: dropping a retired index that is already gone.
 INDEX_NOT_FOUND = 27
 
@@ -90,7 +94,7 @@ def index_specs(retention: RetentionSettings) -> list[IndexSpec]:
         specs.append(IndexSpec(coll, [("ts", ASCENDING)], "ttl_ts",
                                {"expireAfterSeconds": int(getattr(retention, coll))}))
         specs.append(IndexSpec(coll, HISTORY_SORT, "t_id"))
-        specs.append(IndexSpec(coll, STREAM_SORT, "received_at_id"))
+        specs.append(IndexSpec(coll, STREAM_SORT, "rt_id"))
         if record_type.unique_fields:
             specs.append(IndexSpec(coll, _unique_keys(record_type), "unique_key", {"unique": True}))
     specs.append(IndexSpec(schema.LATEST, [("exchange", ASCENDING), ("symbol", ASCENDING)],

@@ -341,7 +341,7 @@ async def run_ceiling(args) -> dict[str, Any]:
              "ts": base + timedelta(milliseconds=i), "received_at": base + timedelta(milliseconds=i),
              "trade_id": str(1_000_000 + i), "price": 65000.0 + (i % 100) * 0.01,
              "size": 0.001 * (i % 50 + 1), "side": "buy" if i % 2 else "sell",
-             "t": time_key(base) + i}     # the same fields as the Writer's documents
+             "t": time_key(base) + i, "rt": time_key(base) + i}   # the Writer's fields
             for i in range(args.count)]
     coll = db["trades"]
     started = time.perf_counter()
