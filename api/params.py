@@ -111,20 +111,24 @@ class Filters:
     until: datetime | None
     interval: str | None = None
     # (t, _id) of the last row of the previous page (t: epoch ms, common.schema.TIME_KEY): the
-    # next page is strictly older.
+    # next page is strictly older; _id None: every row of that millisecond was served.
     cursor: tuple[int, Any] | None = None
 
 
 # The cursor is ``<epoch_ms>.<kind><id>`` (kind o: ObjectId hex, i: integer, s: ASCII string):
-# the last row's time key ``t`` and ``_id``; readable, and a grammar the OpenAPI ``pattern``
-# states exactly, so every well-formed cursor is a valid position (possibly past the end: an
-# empty page) and nothing else is accepted. String ids are the gap ledger's ASCII keys
-# (``exchange:market:symbol:stream:ms``); records use ObjectIds.
-CURSOR_PATTERN = r"^[0-9]{1,13}\.(o[0-9a-f]{24}|i-?[0-9]{1,18}|s[ -~]{1,200})$"
+# the last row's time key ``t`` and ``_id``; or ``<epoch_ms>`` alone when the next row is older
+# than that millisecond (the next page is then ``t < epoch_ms``: one read instead of two).
+# Readable, and a grammar the OpenAPI ``pattern`` states exactly, so every well-formed cursor is
+# a valid position (possibly past the end: an empty page) and nothing else is accepted. String
+# ids are the gap ledger's ASCII keys (``exchange:market:symbol:stream:ms``); records use
+# ObjectIds.
+CURSOR_PATTERN = r"^[0-9]{1,13}(\.(o[0-9a-f]{24}|i-?[0-9]{1,18}|s[ -~]{1,200}))?$"
 _CURSOR_RE = re.compile(CURSOR_PATTERN)
 
 
 def encode_cursor(t_ms: int, _id: Any) -> str:
+    if _id is None:
+        return str(int(t_ms))
     if isinstance(_id, ObjectId):
         return f"{int(t_ms)}.o{_id}"
     if isinstance(_id, int) and not isinstance(_id, bool):
@@ -136,6 +140,8 @@ def decode_cursor(text: str) -> tuple[int, Any]:
     if not _CURSOR_RE.fullmatch(text):
         raise BadRequest("cursor: invalid; pass the 'next' value of the previous page unchanged")
     ms, _, ident = text.partition(".")
+    if not ident:
+        return int(ms), None
     kind, value = ident[0], ident[1:]
     if kind == "o":
         return int(ms), ObjectId(value)

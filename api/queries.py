@@ -175,7 +175,8 @@ class Queries:
 
         Keyset paging after a cursor ``(last_t, last_id)``: first the rows of ``last_t`` itself
         (equality on ``t``, sorted by ``_id``; the caller keeps those with ``_id < last_id``,
-        one millisecond's rows), then ``t < last_t``."""
+        one millisecond's rows), then ``t < last_t``. A cursor without ``last_id`` (that
+        millisecond is done) needs only the second read."""
         rng: dict[str, Any] = {}
         if f.since:
             rng["$gte"] = schema.time_key(f.since)
@@ -183,8 +184,8 @@ class Queries:
             rng["$lte"] = schema.time_key(f.until)
         reads: list[tuple[dict[str, Any], list]] = []
         if f.cursor:
-            last_t = f.cursor[0]
-            if rng.get("$gte", last_t) <= last_t <= rng.get("$lte", last_t):
+            last_t, last_id = f.cursor
+            if last_id is not None and rng.get("$gte", last_t) <= last_t <= rng.get("$lte", last_t):
                 reads.append(({**scope, T: last_t}, [("_id", DESCENDING)]))
             if rng.get("$lte", last_t) >= last_t:
                 rng.pop("$lte", None)
@@ -197,11 +198,13 @@ class Queries:
 
     async def history(self, collection: str, f: Filters, *,
                       wildcard: bool = False) -> tuple[list[dict[str, Any]], str | None]:
-        """One page, newest first; a full page also returns the cursor of its last row."""
+        """One page, newest first, and the cursor of its last row when more rows follow (one
+        row more than the page is read to know that, and whether the next page starts in
+        another millisecond)."""
         coll = self.db[collection]
         rows: list[dict[str, Any]] = []
         for query, sort in self.page_queries(await self.scope_query(f, wildcard=wildcard), f):
-            need = f.limit - len(rows)
+            need = f.limit + 1 - len(rows)
             if need <= 0:
                 break
             if sort is HISTORY_SORT:
@@ -215,19 +218,23 @@ class Queries:
             except TypeError:        # a cursor of another collection (other _id type)
                 raise BadRequest("cursor: invalid; pass the 'next' value of the previous page "
                                  "unchanged") from None
+        rows, following = rows[:f.limit], rows[f.limit:]
         next_cursor = None
-        if len(rows) == f.limit and rows:
-            last = rows[-1]
-            # A row written before t existed (not migrated yet): its t from the date it keys.
-            last_t = last.get(T)
-            if last_t is None:
-                last_t = schema.time_key(last["start" if collection == schema.GAPS else "ts"])
-            next_cursor = encode_cursor(last_t, last["_id"])
+        if following:
+            last_t = self._time_key(collection, rows[-1])
+            same_ms = self._time_key(collection, following[0]) == last_t
+            next_cursor = encode_cursor(last_t, rows[-1]["_id"] if same_ms else None)
         for row in rows:
             row.pop("_id", None)
             for storage_key in schema.STORAGE_KEYS:
                 row.pop(storage_key, None)
         return rows, next_cursor
+
+    @staticmethod
+    def _time_key(collection: str, row: dict[str, Any]) -> int:
+        # A row written before t existed (not migrated yet): its t from the date it keys.
+        t = row.get(T)
+        return schema.time_key(row["start" if collection == schema.GAPS else "ts"]) if t is None else t
 
     async def latest_of_type(self, kind: str, exchange: str | None = None,
                              symbols: list[str] | None = None) -> list[dict[str, Any]]:

@@ -152,22 +152,26 @@ async def test_every_endpoint_on_stored_data(client, route):
 
 
 async def test_cursor_pages_walk_every_row_once_with_ties(client):
-    seen, cursor, pages = [], None, 0
+    seen, cursor, cursors = [], None, []
     while True:
         params = {"exchange": "binance", "symbol": "BTCUSDT", "market": "spot", "limit": "7"}
         if cursor:
             params["cursor"] = cursor
         body = await (await client.get("/trades", params=params)).json()
         seen += [(r["ts"], r["trade_id"]) for r in body["data"]]
-        pages += 1
         cursor = body["next"]
         if not cursor:
             break
-        assert pages < 20
+        cursors.append(cursor)
+        assert len(cursors) < 20
     ids = [t for _, t in seen]
     assert len(ids) == len(set(ids)) == 31                 # 30 + the one "x" trade
-    assert [ts for ts, _ in seen] == sorted((ts for ts, _ in seen), reverse=True)
-    assert pages == 5
+    assert ids == ["x"] + [str(i) for i in range(29, -1, -1)]
+    # Three trades per millisecond: a page ending inside one (trades 17, 10) carries the last
+    # _id; one ending on a millisecond's last trade (24, 3) only the millisecond (one read).
+    # The last page has no cursor: nothing older exists.
+    assert [c.count(".o") for c in cursors] == [0, 1, 1, 0]
+    assert all(c.partition(".")[0].isdigit() for c in cursors)
 
 
 async def test_book_snapshots_default_to_a_page_of_20_trades_to_100(client, seeded):
