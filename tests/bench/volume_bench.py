@@ -40,6 +40,7 @@ import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 from pymongo import AsyncMongoClient  # noqa: E402
 
+from api.params import BOOK_DEFAULT_LIMIT, DEFAULT_LIMIT  # noqa: E402
 from collector.gaps import Gap  # noqa: E402
 from collector.retention import PassStats, RetentionDeleter  # noqa: E402
 from collector.writer import Writer  # noqa: E402
@@ -173,7 +174,9 @@ def endpoints() -> list[str]:
         one = "exchange=binance&symbol=BTCUSDT" if path not in ("/funding-rates",
                                                                 "/open-interest") \
             else "exchange=okx&symbol=BTC-USDT-SWAP"
-        out += [f"{path}?limit=100{extra}", f"{path}?{one}&limit=100{extra}"]
+        # Each endpoint's default page: 100 rows, 20 book snapshots (api.params).
+        limit = BOOK_DEFAULT_LIMIT if path == "/orderbook-snapshots" else DEFAULT_LIMIT
+        out += [f"{path}?limit={limit}{extra}", f"{path}?{one}&limit={limit}{extra}"]
     out += ["/gaps?limit=100", "/gaps?exchange=binance&symbol=BTCUSDT&limit=100",
             "/health", "/analysis/data-check"]
     return out
