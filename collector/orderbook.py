@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from operator import itemgetter
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 
 class BookSide:
@@ -31,8 +31,9 @@ class BookSide:
         self.levels: dict[float, float] = {}
         self.keys: list[float] = []
         self._key_cache: dict[str, float] = {}
-        # price -> (price text, size text), only for checksum protocols that need the raw strings.
-        self.text: dict[float, tuple[str, str]] | None = {} if keep_text else None
+        # key -> (price text, size text) or one checksum-form string (None: still to be made,
+        # see kraken.parsers.book_crc), only for checksum protocols that need the raw strings.
+        self.text: dict[float, Any] | None = {} if keep_text else None
         # key -> "price:size" as sent: the pieces of a checksum string (OKX), joined without
         # any float formatting; kept only when asked for.
         self.frags: dict[float, str] | None = {} if keep_fragments else None
@@ -57,7 +58,7 @@ class BookSide:
                 keys = self.keys
                 del keys[bisect_left(keys, key)]
             if self.text is not None:
-                self.text.pop(price, None)
+                self.text.pop(key, None)
             if self.frags is not None:
                 self.frags.pop(key, None)
         else:
@@ -65,7 +66,7 @@ class BookSide:
                 insort(self.keys, key)
             levels[key] = size
             if self.text is not None:
-                self.text[price] = (price_text, size_text)
+                self.text[key] = (price_text, size_text)
             if self.frags is not None:
                 self.frags[key] = price_text + ":" + size_text
 
@@ -202,7 +203,7 @@ class BookSide:
         for key in dropped:
             del levels[key]
             if text is not None:
-                text.pop(-key if self.is_bid else key, None)
+                text.pop(key, None)
             if frags is not None:
                 del frags[key]
 
@@ -296,12 +297,12 @@ def apply_text_levels(side: BookSide, levels: Iterable[tuple[float, float, str |
             if key in book:
                 del book[key]
                 del keys[bisect_left(keys, key)]
-            text.pop(price, None)
+            text.pop(key, None)
         else:
             if key not in book:
                 insort(keys, key)
             book[key] = size
-            text[price] = level_text  # type: ignore[assignment]
+            text[key] = level_text
 
 
 def parse_levels(levels: Iterable[Iterable[str]]) -> list[tuple[float, float]]:

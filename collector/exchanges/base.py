@@ -164,6 +164,10 @@ class Feed(Backfill):
         stats.records[record.collection] += 1
         stats.last_record_at[record.collection][f"{record.market}:{record.symbol}"] = time.time()
 
+    def before_book_read(self) -> None:
+        """Called before the samplers read the books: a feed that defers a book check (Kraken's
+        checksums) makes it here, so nothing is stored from an unchecked book."""
+
     def fill_top_of_book(self, ticker: Ticker) -> None:
         """Best bid/ask (and sizes) for a ticker that carries none (Binance USD-M, Bybit spot),
         from the live book when it is in sync."""

@@ -18,6 +18,7 @@ async def sample_books(feed: Feed) -> None:
     levels = settings.book_snapshot_levels
     while True:
         await asyncio.sleep(settings.book_snapshot_interval_s)
+        feed.before_book_read()
         now = now_utc()
         for (market, symbol), book in feed.books.items():
             if not book.synced or not book.changed:
@@ -32,6 +33,7 @@ async def sample_liquidity(feed: Feed) -> None:
     settings = feed.ctx.settings
     while True:
         await asyncio.sleep(settings.liquidity_interval_s)
+        feed.before_book_read()
         now = now_utc()
         for (market, symbol), book in feed.books.items():
             if not book.synced:

@@ -98,7 +98,7 @@ async def test_all_collections_and_checksum_resync_of_one_symbol(mongo_db, fake)
         assert feed.stats.malformed == 0
         assert feed.stats.gaps == 0 and feed.stats.resyncs == 0
 
-        fake.corrupt_next.add("BTC/USD")
+        fake.lose_next.add("BTC/USD")
         injected = time.monotonic()
 
         async def resubscribed():
@@ -610,7 +610,7 @@ async def test_unified_transport_serves_every_perp_type_and_trade_candles(mongo_
         assert trade["market"] == "perp" and trade["side"] in ("buy", "sell")
         assert feed.checksum_failures == 0 and feed.stats.malformed == 0
         # a checksum failure resubscribes that book over the unified socket
-        fake.corrupt_next.add("PF_XBTUSD")
+        fake.lose_next.add("PF_XBTUSD")
         await wait_for(lambda: _value(feed.checksum_failures == 1), timeout_s=5, what="mismatch")
         await wait_for(lambda: _book_synced(feed, "perp", "PF_XBTUSD"), timeout_s=5,
                        what="resynced")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import zlib
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken import parsers as p
-from collector.orderbook import OrderBook, apply_text_levels
+from collector.orderbook import OrderBook
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "kraken"
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -56,32 +57,35 @@ def test_checksum_matic_snapshot_and_update_need_instrument_precision():
 
 
 def _fast_book(msg_text: str, price_prec: int, qty_prec: int, book=None):
-    """The feed's hot path: orjson floats -> levels_fast -> one text per level."""
+    """The feed's hot path: orjson floats applied as they are, texts made by ``book_crc``."""
     msg = orjson.loads(msg_text)
     book = book or OrderBook(100, keep_text=True)
     item = msg["data"][0]
-    if msg["type"] == "snapshot":
-        book.load_snapshot((), ())
-    cache: dict = {}
-    apply_text_levels(book.asks, p.levels_fast(item["asks"], price_prec, qty_prec, cache))
-    apply_text_levels(book.bids, p.levels_fast(item["bids"], price_prec, qty_prec, cache))
-    book.truncate(10)
+    p.apply_book(book, msg["type"], item, 10)
     return book, item["checksum"]
 
 
 def test_fast_path_reproduces_the_documented_checksums():
     (guide,) = (FIX / "v2_book_checksum_guide.jsonl").read_text().split()
     book, expected = _fast_book(guide, 1, 8)
-    assert p.book_crc(book) == expected == 3310070434
+    assert p.book_crc(book, (1, 8), {}) == expected == 3310070434
+    assert book.best_bid() == (45283.5, 0.1) and book.best_ask() == (45285.2, 0.001)
     snapshot = (FIX / "v2_book_snapshot_matic.jsonl").read_text().strip()
     update = (FIX / "v2_book_update_matic.jsonl").read_text().strip()
     book, expected = _fast_book(snapshot, 4, 8)
-    assert p.book_crc(book) == expected == 2439117997
+    texts: dict = {}
+    assert p.book_crc(book, (4, 8), texts) == expected == 2439117997
+    assert texts[0.5666] == "5666"                     # price texts cached per precision
     book, expected = _fast_book(update, 4, 8, book)
-    assert p.book_crc(book) == expected == 2114181697
+    assert p.book_crc(book, (4, 8), texts) == expected == 2114181697
+    # truncated to the subscribed depth: levels that fell out are gone
+    assert len(book.bids) == len(book.asks) == 10
+    assert book.bids.top(10)[-1] == [0.5657, 1098.3947558]
+    # a text, once made, is kept: the next check formats nothing
+    assert all(type(t) is str for t in book.asks.text.values() if t is not None)
 
 
-def test_fast_levels_equal_the_exact_path_or_refuse():
+def test_fast_level_texts_equal_the_exact_path_or_refuse():
     import random
     rng = random.Random(7)
     fast_count = 0
@@ -93,33 +97,48 @@ def test_fast_levels_equal_the_exact_path_or_refuse():
             whole = 0 if rng.random() < 0.3 else rng.randint(0, 10 ** rng.randint(0, 16 - prec))
             frac = "".join(rng.choice("0123456789") for _ in range(digits))
             return f"{whole}.{frac or '0'}"
-        text = "[" + ",".join(f'{{"price":{num(pp)},"qty":{num(qp)}}}' for _ in range(2)) + "]"
-        exact = [(a, b, c if b != 0 else "") for a, b, c in p.levels_exact(p.decode(text), pp, qp)]
+        text = f'{{"price":{num(pp)},"qty":{num(qp)}}}'
+        [(_, qty, exact)] = p.levels_exact([p.decode(text)], pp, qp)
+        level = orjson.loads(text)
+        if qty == 0:
+            continue
         try:
-            fast = p.levels_fast(orjson.loads(text), pp, qp, {})
+            fast = p.level_text(level["price"], level["qty"], (pp, qp), {})
         except p.Inexact:
             continue
         fast_count += 1
         assert fast == exact, text
     assert fast_count > 8000
-    # Near a rounding tie, >= 10^15 units of the precision, below one unit, text, bool, negative:
-    # refused (the exact path decides).
-    for level in ({"price": 1.23, "qty": 0.123456785}, {"price": 1.5, "qty": 12345678.12345678},
-                  {"price": 1.5, "qty": 1e-9}, {"price": "1.5", "qty": 1.0},
-                  {"price": True, "qty": 1.0}, {"price": 1.5, "qty": -1.0}):
+    # Near a rounding tie, >= 10^15 units of the precision, below one unit: refused (the book
+    # is then rebuilt from exact decimals); no precision known: refused.
+    for price, qty in ((1.23, 0.123456785), (1.5, 12345678.12345678), (1.5, 1e-9)):
         with pytest.raises(p.Inexact):
-            p.levels_fast([level], 2, 8, {})
+            p.level_text(price, qty, (2, 8), {})
+    with pytest.raises(p.Inexact):
+        p.level_text(1.5, 1.0, None, {})
     # More places than the precision but far from a tie, and ints: the exact path's text.
-    assert p.levels_fast([{"price": 2, "qty": 0.123456789}], 2, 8, {}) == [
-        (2.0, 0.123456789, "200" + "12345679")]
+    assert p.level_text(2, 0.123456789, (2, 8), {}) == "200" + "12345679"
 
 
-def test_book_parse_falls_back_to_exact_decimals_for_unprovable_numbers():
-    raw = ('{"channel":"book","type":"update","data":[{"symbol":"X/USD","bids":[{"price":1.5,'
-           '"qty":0.1234567891}],"asks":[],"checksum":1}]}')
-    kind, items = p.parse_book(raw, orjson.loads(raw), {"X/USD": (2, 8)}, {})
-    # Exact path: the Decimal quantized to 8 places (ROUND_HALF_EVEN), float from the Decimal.
-    assert kind == "update" and items == [("X/USD", 1, [(1.5, 0.1234567891, "15012345679")], [])]
+def test_a_level_that_is_not_two_numbers_is_malformed():
+    for level in ({"price": "1.5", "qty": 1.0}, {"price": True, "qty": 1.0},
+                  {"price": 1.5, "qty": -1.0}, {"price": 0, "qty": 1.0}, {"qty": 1.0}):
+        book = OrderBook(10, keep_text=True)
+        with pytest.raises((ValueError, KeyError)):
+            p.apply_book(book, "snapshot", {"bids": [level], "asks": []}, 10)
+
+
+def test_exact_path_quantizes_decimals_the_floats_cannot_prove():
+    raw = ('{"channel":"book","type":"snapshot","data":[{"symbol":"X/USD","bids":[{"price":1.5,'
+           '"qty":0.123456785}],"asks":[],"checksum":1}]}')
+    level = orjson.loads(raw)["data"][0]["bids"][0]
+    with pytest.raises(p.Inexact):                     # 12345678.5: a tie the float cannot settle
+        p.level_text(level["price"], level["qty"], (2, 8), {})
+    book = OrderBook(10, keep_text=True)
+    p.apply_book_exact(book, "snapshot", p.decode(raw)["data"][0], (2, 8), 10)
+    # The Decimal quantized to 8 places (ROUND_HALF_EVEN: to the even 12345678).
+    assert book.bids.text == {-1.5: "15012345678"} and book.best_bid() == (1.5, 0.123456785)
+    assert p.book_crc(book) == zlib.crc32(b"15012345678") & 0xFFFFFFFF
 
 
 def fields(record) -> dict:
@@ -202,31 +221,14 @@ def test_instrument_precisions():
     assert p.parse_instrument_pairs(msg) == {"BTC/USD": (1, 8), "MATIC/USD": (4, 8)}
 
 
-def test_book_parse_and_apply_reproduce_the_documented_checksums():
-    """The hot path as the feed runs it: parse_book (fast path) then apply_book."""
-    raw = (FIX / "v2_book_checksum_guide.jsonl").read_text().strip()
-    kind, [(symbol, expected, bids, asks)] = p.parse_book(raw, orjson.loads(raw),
-                                                         {"BTC/USD": (1, 8)}, {})
-    assert (kind, symbol, expected) == ("snapshot", "BTC/USD", 3310070434)
-    book = OrderBook(10, keep_text=True)
-    assert p.apply_book(book, kind, bids, asks, 10) == expected
-    assert book.best_bid() == (45283.5, 0.1) and book.best_ask() == (45285.2, 0.001)
-    book = OrderBook(10, keep_text=True)
-    precision = {"MATIC/USD": (4, 8)}
-    for name in ("v2_book_snapshot_matic.jsonl", "v2_book_update_matic.jsonl"):
-        raw = (FIX / name).read_text().strip()
-        kind, [(_, expected, bids, asks)] = p.parse_book(raw, orjson.loads(raw), precision, {})
-        assert p.apply_book(book, kind, bids, asks, 10) == expected
-    # truncated to the subscribed depth: levels that fell out are gone
-    assert len(book.bids) == len(book.asks) == 10
-    assert book.bids.top(10)[-1] == [0.5657, 1098.3947558]
-
-
 def test_book_update_deletes_a_level():
     book = OrderBook(10, keep_text=True)
-    p.apply_book(book, "snapshot", [(1.0, 2.0, "120")], [(1.1, 3.0, "1130")], 10)
-    p.apply_book(book, "update", [(1.0, 0.0, "")], [(1.2, 1.0, "1210")], 10)
+    p.apply_book(book, "snapshot", {"bids": [{"price": 1.0, "qty": 2.0}],
+                                    "asks": [{"price": 1.1, "qty": 3.0}]}, 10)
+    p.apply_book(book, "update", {"bids": [{"price": 1.0, "qty": 0}],
+                                  "asks": [{"price": 1.2, "qty": 1.0}]}, 10)
     assert (book.best_bid(), book.best_ask(), len(book.asks)) == (None, (1.1, 3.0), 2)
+    assert p.book_crc(book, (1, 1), {}) == zlib.crc32(b"1130" b"1210") & 0xFFFFFFFF
 
 
 def test_symbol_aliases():
@@ -392,3 +394,64 @@ def test_spot_replies_are_judged_by_the_request_they_answer():
                              "product_ids": ["PF_XBTUSD"]}) == (None, None)
     (error,) = lines("futures_error_invalid_product.jsonl")
     assert futures.answered(error) == ("ticker", "PF_NOPEUSD")
+
+
+async def test_book_checksum_checked_within_the_interval_and_before_every_sample(monkeypatch):
+    """The CRC of the last update applied is checked once per VERIFY_AFTER_S (or at the next
+    snapshot sample, whichever is first), not for every update: a book that diverged is
+    resynced before anything is sampled from it."""
+    import asyncio
+
+    from collector.exchanges.kraken.feed import KrakenFeed
+    from collector.kit.samplers import sample_books
+    from common.schema import BookSnapshot
+    from common.settings import Settings
+    from tests.support.feed_helpers import offline_context
+    from tests.support.helpers import wait_for
+
+    monkeypatch.setattr(ep, "VERIFY_AFTER_S", 60.0)     # only the sampler checks here
+    settings = Settings(book_snapshot_interval_s=0.01)
+    feed = KrakenFeed(settings.kraken, offline_context(settings))
+    feed.precision["BTC/USD"] = (1, 8)
+    snapshot = (FIX / "v2_book_checksum_guide.jsonl").read_text().strip()
+    feed.handle(None, snapshot)
+    book = feed.books[("spot", "BTC/USD")]
+    assert book.synced and feed.spot_books.unverified == {}       # a snapshot is checked at once
+    bad = orjson.dumps({"channel": "book", "type": "update", "data": [{
+        "symbol": "BTC/USD", "bids": [{"price": 45283.5, "qty": 0.2}], "asks": [],
+        "checksum": 12345, "timestamp": "2023-10-06T17:35:55.440295Z"}]})
+    feed.handle(None, bad)
+    assert book.synced and feed.spot_books.unverified == {("spot", "BTC/USD"): 12345}
+    assert feed.checksum_failures == 0                 # not checked yet
+    sampler = asyncio.create_task(sample_books(feed))
+    try:
+        await wait_for(lambda: _value(feed.checksum_failures == 1), timeout_s=5, what="checked")
+    finally:
+        sampler.cancel()
+    assert not book.synced and feed.spot_books.unverified == {}
+    assert not [r for r in feed.writer.records if isinstance(r, BookSnapshot)]
+    gap = feed.gaps.find_open("kraken", "spot", "BTC/USD", "book")
+    assert gap.cause == "checksum" and "exchange 12345" in gap.detail
+
+
+async def _value(v):
+    return v
+
+
+async def test_book_checksum_checked_by_the_timer_when_nothing_reads_the_book():
+    from collector.exchanges.kraken.feed import KrakenFeed
+    from common.settings import Settings
+    from tests.support.feed_helpers import offline_context
+    from tests.support.helpers import wait_for
+
+    feed = KrakenFeed(Settings().kraken, offline_context())
+    feed.precision["BTC/USD"] = (1, 8)
+    feed.handle(None, (FIX / "v2_book_checksum_guide.jsonl").read_text().strip())
+    good = (FIX / "v2_book_checksum_guide.jsonl").read_text().strip().replace(
+        '"type":"snapshot"', '"type":"update"')        # same levels again: same checksum
+    feed.handle(None, good)
+    feed.handle(None, good.replace("3310070434", "3310070435"))
+    assert feed.spot_books.unverified == {("spot", "BTC/USD"): 3310070435}
+    await wait_for(lambda: _value(feed.checksum_failures == 1), timeout_s=5, what="timer check")
+    assert "local 3310070434 != exchange 3310070435" in \
+        feed.gaps.find_open("kraken", "spot", "BTC/USD", "book").detail

@@ -10,6 +10,7 @@ from collector.connection import WsConnection
 from collector.exchanges.base import FeedContext
 from collector.exchanges.kraken import endpoints as ep
 from collector.exchanges.kraken import parsers as p
+from collector.exchanges.kraken.books import SpotBooks
 from collector.exchanges.kraken.futures_v1 import FuturesV1
 from collector.exchanges.kraken.requests import FuturesRequests, SpotRequests
 from collector.exchanges.kraken.rest import KrakenRest
@@ -32,7 +33,7 @@ class KrakenFeed(FuturesV1, KrakenRest):
         self.book_depth = next((d for d in ep.SPOT_BOOK_DEPTHS if d >= cfg.book_depth),
                                ep.SPOT_BOOK_DEPTHS[-1])
         self.precision: dict[str, tuple[int, int]] = {}
-        self.price_texts: p.PriceTexts = {}
+        self.spot_books = SpotBooks(self)
         self.resync = ResubscribeBooks(self, self._resubscribe, cooldown_s=ep.RESYNC_COOLDOWN_S,
                                        retry_after_s=ep.RESYNC_RETRY_S)
         self.checksum_failures = 0
@@ -179,21 +180,10 @@ class KrakenFeed(FuturesV1, KrakenRest):
         return False
 
     def _on_book(self, conn: WsConnection, msg: dict, raw: str | bytes) -> None:
-        market = self._market(conn)
-        kind, items = p.parse_book(raw, msg, self.precision, self.price_texts)
-        for symbol, expected, bids, asks in items:
-            book = self.book(market, symbol, keep_text=True)
-            if kind != "snapshot" and not book.synced:
-                self.resync.unsynced_update(market, symbol)
-                continue
-            actual = p.apply_book(book, kind, bids, asks, self.book_depth)
-            if actual == expected:
-                if kind == "snapshot":
-                    self.resync.synced(market, symbol)
-                continue
-            # No sequence numbers on v2 books: the checksum is the only gap detector.
-            self.checksum_failures += 1
-            self.resync.lose(market, symbol, "checksum", f"local {actual} != exchange {expected}")
+        self.spot_books.on_message(self._market(conn), msg, raw)
+
+    def before_book_read(self) -> None:
+        self.spot_books.verify_all()
 
     def _on_ticker(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         received_at = received_now()

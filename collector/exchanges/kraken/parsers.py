@@ -1,24 +1,27 @@
 """Pure Kraken parsers: decoded message (+ local receive time) -> normalized records.
 
 Spot v2 sends numbers as JSON numbers "with the engine's precision". ``decode`` keeps them as
-``Decimal`` (exact digits, trailing zeros kept); the feed's hot path decodes with orjson (floats)
-and formats book levels from the floats with ``levels_fast``, which proves each text exact or
-raises ``Inexact`` (the feed then re-decodes that message with ``decode``). Every function raises
+``Decimal`` (exact digits, trailing zeros kept); the feed's hot path decodes with orjson (floats),
+applies book levels as floats and makes checksum texts only for levels that reach the top 10
+(``book_crc``), each proven exact or ``Inexact`` (that book is then rebuilt from ``decode``d
+exact decimals). Every function raises
 (KeyError/TypeError/ValueError/...) on malformed input; the feed counts and skips such messages.
 """
 from __future__ import annotations
 
 import json
 import time
+from bisect import bisect_left, insort
 import zlib
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, Iterable
 
 import orjson
 
-from collector.orderbook import OrderBook, apply_text_levels
+from collector.orderbook import BookSide, OrderBook, apply_text_levels
 from common.schema import (
     PERP, SPOT, UTC, Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, s_to_dt,
 )
@@ -236,51 +239,12 @@ def _exact_text(value: float | int, precision: int, scale: float) -> str:
     raise Inexact(repr(value))
 
 
-# price, qty, price text + qty text (checksum form; None for a deletion)
-FastLevel = tuple[float, float, str | None]
-_PRICE_TEXTS_MAX = 16384
-
-
-def levels_fast(levels: Iterable[dict], price_precision: int, qty_precision: int,
-                price_texts: dict[float, str]) -> list[FastLevel]:
-    """Book levels of an orjson-decoded message -> (price, qty, checksum text of the level).
-    ``price_texts`` caches price -> text for this pair's precision (prices recur on the tick
-    grid). Deletions (qty 0) carry no text. Raises ``Inexact`` for a number whose text cannot be
-    proven exact (see ``_exact_text``): the caller then uses the exact path."""
-    if price_precision > 22 or qty_precision > 22:   # 10^p no longer exact as a float
-        raise Inexact("precision")
-    out: list[tuple[float, float, str | None]] = []
-    append = out.append
-    pscale = 10.0 ** price_precision
-    qscale = 10.0 ** qty_precision
-    get = price_texts.get
-    for level in levels:
-        price = level["price"]
-        qty = level["qty"]
-        ptext = get(price)
-        if ptext is None or type(price) is not float:
-            ptext = _exact_text(price, price_precision, pscale)   # ints pass, bools raise
-            if len(price_texts) >= _PRICE_TEXTS_MAX:
-                price_texts.clear()
-            price_texts[price] = ptext
-            price = float(price)
-        # _exact_text inlined for the usual case (a positive float).
-        if type(qty) is float and 0.0 < qty * qscale < 1e15:
-            m = qty * qscale
-            r = int(m + 0.5)
-            if -0.1 <= m - r <= 0.1 and r:
-                append((price, qty, ptext + str(r)))
-                continue
-        if qty == 0 and (type(qty) is float or type(qty) is int):
-            append((price, 0.0, ""))
-            continue
-        append((price, float(qty), ptext + _exact_text(qty, qty_precision, qscale)))
-    return out
+CHECKSUM_LEVELS = 10
 
 
 def levels_exact(levels: Iterable[dict], price_precision: int | None,
-                 qty_precision: int | None) -> list[FastLevel]:
-    """``levels_fast``'s output from a ``decode``d (Decimal) message: the exact path."""
+                 qty_precision: int | None) -> list[tuple[float, float, str]]:
+    """A ``decode``d (Decimal) message's levels -> (price, qty, checksum text of the level)."""
     return [(price, qty, pt + qt)
             for price, qty, pt, qt in parse_levels(levels, price_precision, qty_precision)]
 
@@ -292,77 +256,120 @@ def book_checksum(asks: Iterable[tuple[str, str]], bids: Iterable[tuple[str, str
     return zlib.crc32(text.encode()) & 0xFFFFFFFF
 
 
-CHECKSUM_LEVELS = 10
-
-
-def book_crc(book: OrderBook) -> int:
-    """The v2 checksum of a kept-text book: CRC32 of the top 10 asks then the top 10 bids, from
-    each level's kept text (one string per level, or ``(price text, qty text)`` pairs)."""
-    n = CHECKSUM_LEVELS
-    asks_text, bids_text = book.asks.text, book.bids.text
-    assert asks_text is not None and bids_text is not None
-    texts: list[Any] = [asks_text[key] for key in book.asks.keys[:n]]
-    texts += [bids_text[-key] for key in book.bids.keys[:n]]
-    if texts and type(texts[0]) is tuple:
-        texts = ["".join(t) for t in texts]
-    return zlib.crc32("".join(texts).encode()) & 0xFFFFFFFF
-
-
 # symbol -> (its precision, price -> checksum text at that precision)
 PriceTexts = dict[str, tuple[tuple[int, int], dict[float, str]]]
-# symbol, the exchange's checksum, bids, asks
-BookItem = tuple[str, int, list[FastLevel], list[FastLevel]]
+_PRICE_TEXTS_MAX = 16384
 
 
-def _texts_of(caches: PriceTexts, symbol: str, precision: tuple[int, int]) -> dict[float, str]:
+def price_texts_of(caches: PriceTexts, symbol: str, precision: tuple[int, int]) -> dict[float, str]:
     entry = caches.get(symbol)
     if entry is None or entry[0] != precision:
         entry = caches[symbol] = (precision, {})
     return entry[1]
 
 
-def parse_book(raw: str | bytes, msg: dict, precision: dict[str, tuple[int, int]],
-               caches: PriceTexts) -> tuple[str, list[BookItem]]:
-    """A ``book`` message -> (snapshot | update, its items), every level parsed (and its
-    checksum text made) before any book changes. Fast path: the orjson floats formatted to the
-    instrument precision, each text proven exact; a message with a number that cannot be proven
-    (or a pair without a known precision) is decoded again with exact decimals and parsed from
-    those."""
-    try:
-        items = []
-        for item in msg["data"]:
-            symbol = item["symbol"]
-            prec = precision.get(symbol)
-            if prec is None:
-                raise Inexact("no instrument precision")
-            pp, qp = prec
-            cache = _texts_of(caches, symbol, prec)
-            items.append((symbol, _int(item["checksum"]), levels_fast(item["bids"], pp, qp, cache),
-                          levels_fast(item["asks"], pp, qp, cache)))
-        return msg["type"], items
-    except Inexact:
-        msg = decode(raw)
-    items = []
-    for item in msg["data"]:
-        symbol = item["symbol"]
-        exact_pp, exact_qp = precision.get(symbol) or (None, None)
-        items.append((symbol, _int(item["checksum"]), levels_exact(item["bids"], exact_pp, exact_qp),
-                      levels_exact(item["asks"], exact_pp, exact_qp)))
-    return msg["type"], items
+def level_text(price: float, qty: float, precision: tuple[int, int] | None,
+               price_texts: dict[float, str]) -> str:
+    """A level's checksum text from its orjson floats, proven exact (``_exact_text``) or
+    ``Inexact``; prices recur on the tick grid, so their texts are cached."""
+    if precision is None:
+        raise Inexact("no instrument precision")
+    pp, qp = precision
+    if pp > 22 or qp > 22:                      # 10^p no longer exact as a float
+        raise Inexact("precision")
+    ptext = price_texts.get(price)
+    if ptext is None:
+        ptext = _exact_text(price, pp, 10.0 ** pp)
+        if len(price_texts) >= _PRICE_TEXTS_MAX:
+            price_texts.clear()
+        price_texts[price] = ptext
+    return ptext + _exact_text(qty, qp, 10.0 ** qp)
 
 
-def apply_book(book: OrderBook, kind: str, bids: list[FastLevel], asks: list[FastLevel],
-               depth: int) -> int:
-    """The hot path: one item of a parsed ``book`` message onto a kept-text book (a snapshot
-    replaces it); then truncate to the subscribed depth (Kraken never deletes levels that fall
-    out of it) and return the local checksum to compare with the exchange's."""
+def book_crc(book: OrderBook, precision: tuple[int, int] | None = None,
+             price_texts: dict[float, str] | None = None) -> int:
+    """The v2 checksum of a kept-text book: CRC32 of the top 10 asks then the top 10 bids. A
+    level whose text is still to be made (``None``: applied by ``apply_levels``) gets it here,
+    once: only levels that reach the top 10 are ever formatted."""
+    parts: list[str] = []
+    for side in (book.asks, book.bids):
+        text = side.text
+        assert text is not None
+        top = side.keys[:CHECKSUM_LEVELS]
+        texts = itemgetter(*top)(text) if len(top) > 1 else [text[key] for key in top]
+        if None in texts or (texts and type(texts[0]) is tuple):
+            texts = [t if type(t) is str else _level_text_of(side, key, precision, price_texts)
+                     for key, t in zip(top, texts)]
+        parts += texts
+    return zlib.crc32("".join(parts).encode()) & 0xFFFFFFFF
+
+
+def _level_text_of(side: BookSide, key: float, precision: tuple[int, int] | None,
+                   price_texts: dict[float, str] | None) -> str:
+    text = side.text
+    assert text is not None
+    level = text[key]
+    if level is None:
+        level = text[key] = level_text(-key if side.is_bid else key, side.levels[key], precision,
+                                       {} if price_texts is None else price_texts)
+    elif type(level) is tuple:                  # (price text, qty text): BookSide.set
+        level = "".join(level)
+    return level
+
+
+_NUMBERS = (float, int)
+
+
+def apply_levels(side: BookSide, levels: Iterable[dict]) -> None:
+    """The hot path: an orjson-decoded item's levels straight onto a kept-text side (qty 0
+    deletes); a changed level's checksum text is left to ``book_crc``. A level that is not a
+    pair of numbers raises with the side possibly half changed: the caller resyncs."""
+    book, keys, text = side.levels, side.keys, side.text
+    assert text is not None
+    sign = -1.0 if side.is_bid else 1.0
+    for level in levels:
+        price = level["price"]
+        qty = level["qty"]
+        if type(price) not in _NUMBERS or type(qty) not in _NUMBERS or price <= 0 or qty < 0:
+            raise ValueError(f"bad book level {level!r}")
+        key = sign * price
+        if qty == 0:
+            if key in book:
+                del book[key]
+                del keys[bisect_left(keys, key)]
+            text.pop(key, None)
+        else:
+            if key not in book:
+                insort(keys, key)
+            book[key] = float(qty)
+            text[key] = None
+
+
+def apply_book(book: OrderBook, kind: str, item: dict, depth: int) -> None:
+    """One orjson-decoded ``book`` item onto a kept-text book (a snapshot replaces it), then
+    truncated to the subscribed depth (Kraken never deletes levels that fall out of it). The
+    checksum is the caller's to verify (``book_crc``), when it chooses."""
+    if kind == "snapshot":
+        book.load_snapshot((), ())
+    apply_levels(book.asks, item["asks"])
+    apply_levels(book.bids, item["bids"])
+    book.changed = True
+    book.truncate(depth)
+
+
+def apply_book_exact(book: OrderBook, kind: str, item: dict,
+                     precision: tuple[int, int] | None, depth: int) -> None:
+    """``apply_book`` for an item of a ``decode``d (Decimal) message: every level's text made
+    with exact decimals before the book changes (pairs without a known precision, or whose
+    numbers once could not be proven from floats)."""
+    pp, qp = precision or (None, None)
+    asks, bids = levels_exact(item["asks"], pp, qp), levels_exact(item["bids"], pp, qp)
     if kind == "snapshot":
         book.load_snapshot((), ())
     apply_text_levels(book.asks, asks)
     apply_text_levels(book.bids, bids)
     book.changed = True
     book.truncate(depth)
-    return book_crc(book)
 
 
 # ---- spot REST -----------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ can check that backfill recovers exactly what the stream missed. Candle time is 
 new minute every ``ticks_per_minute`` ticks) so closed candles appear quickly.
 
 The spot book checksum is computed here independently of the collector (fixed-point formatting of
-the server's own numbers). Test knobs: ``corrupt_next`` (symbols whose next book update carries a
-wrong checksum), ``forget_book_after_corrupt`` (the server then drops that book subscription, as
-when a resubscribe was lost), ``fut_gap_next`` (skip one futures book seq), ``fut_dup_next``
+the server's own numbers). Test knobs: ``lose_next`` (symbols whose next book update is lost in
+transit: the server's book changes, the client's does not, and every later checksum disagrees
+until a new snapshot), ``corrupt_next`` (the next update carries a wrong checksum),
+``forget_book_after_corrupt`` (the server then drops that book subscription, as when a
+resubscribe was lost), ``fut_gap_next`` (skip one futures book seq), ``fut_dup_next``
 (repeat one futures book message), ``silent`` (accept connections, answer pings only), ``quiet``
 (heartbeats only, no data), ``trades_paused`` (no trades; books keep moving), ``instruments_down``
 (futures instrument list answers 503), ``rest_errors_next`` (body errors or ``(status,
@@ -234,6 +236,7 @@ class FakeKraken:
         self._runner: web.AppRunner | None = None
         self.silent = False
         self.quiet = False
+        self.lose_next: set[str] = set()
         self.corrupt_next: set[str] = set()
         self.forget_book_after_corrupt: set[str] = set()
         self.fut_gap_next = False
@@ -701,9 +704,12 @@ class FakeKraken:
                     continue
                 now = datetime.now(timezone.utc)
                 for symbol, book in list(books.items()):
-                    corrupt = symbol in self.corrupt_next
+                    lost, corrupt = symbol in self.lose_next, symbol in self.corrupt_next
+                    self.lose_next.discard(symbol)
                     self.corrupt_next.discard(symbol)
-                    await ws.send(book.update(corrupt))
+                    message = book.update(corrupt)
+                    if not lost:
+                        await ws.send(message)
                     if corrupt and symbol in self.forget_book_after_corrupt:
                         self.forget_book_after_corrupt.discard(symbol)
                         books.pop(symbol, None)
