@@ -127,6 +127,28 @@ def test_ticker_delta_without_snapshot_raises_and_merge_waits_for_the_snapshot()
     assert merge.parse(delta, "perp", NOW) == []
 
 
+def test_ticker_snapshot_replaces_the_previous_state():
+    """A snapshot is the whole state: a field it lacks is not carried over from the merged state
+    (here the pre-2026-06 sample after one with singleOpenInterest: no stale open interest)."""
+    snapshot = load_jsonl("bybit/tickers_linear_snapshot.constructed.jsonl")[0]
+    fields, _ = parsers.parse_ticker(snapshot, "perp", NOW)
+    old = load_jsonl("bybit/tickers.jsonl")[2]
+    merged, (ticker, funding) = parsers.parse_ticker(old, "perp", NOW, fields)
+    _pinned(ticker, **_base("perp", 1673272861686), **LINEAR_TICKER)
+    _pinned(funding, **_base("perp", 1673272861686), **LINEAR_FUNDING)
+    assert "singleOpenInterest" not in merged and "fundingCap" not in merged
+
+
+def test_lacks_single_open_interest():
+    # the pre-2026-06 linear sample has the two-sided openInterest only
+    assert parsers.lacks_single_open_interest(load_jsonl("bybit/tickers.jsonl")[2]["data"]) is True
+    snapshot = load_jsonl("bybit/tickers_linear_snapshot.constructed.jsonl")[0]["data"]
+    assert parsers.lacks_single_open_interest(snapshot) is False
+    # spot tickers carry no open interest at all: nothing is missing
+    spot = load_jsonl("bybit/tickers_spot_snapshot.jsonl")[0]["data"]
+    assert parsers.lacks_single_open_interest(spot) is False
+
+
 def test_rest_linear_ticker():
     payload = load_jsonl("bybit/rest_tickers_linear.constructed.jsonl")[0]
     ticker, funding, oi = parsers.parse_rest_ticker(payload, "perp", NOW)
@@ -187,6 +209,56 @@ def test_rest_kline_newest_first_and_only_ended_candles_closed():
     assert parsers.parse_rest_klines(payload, "BTCUSD", "perp", "60", NOW)[-1].closed
 
 
+MONDAY_MS = 1760313600000        # 2025-10-13 00:00 UTC: every interval, weekly included, starts here
+
+
+def rest_kline(rows, server_ms, symbol="BTCUSDT", category="linear"):
+    """A ``GET /v5/market/kline`` answer (RKL shape: string rows, newest first)."""
+    return {"retCode": 0, "retMsg": "OK",
+            "result": {"symbol": symbol, "category": category, "list": rows},
+            "retExtInfo": {}, "time": server_ms}
+
+
+def test_rest_kline_one_minute_backfill_rows():
+    """The interval the feed backfills ("1"): values pinned, the running minute not closed."""
+    rows = [[str(MONDAY_MS + 60_000), "114895.3", "114897.0", "114890.1", "114890.1", "0.812",
+             "93291.6412"],
+            [str(MONDAY_MS), "114880.0", "114902.5", "114871.4", "114895.3", "12.345",
+             "1418372.11"]]
+    older, newer = parsers.parse_rest_klines(rest_kline(rows, MONDAY_MS + 60_000 + 59_999),
+                                             "BTCUSDT", "perp", "1", NOW)
+    _pinned(older, **_base("perp", MONDAY_MS), interval="1m", open=114880.0, high=114902.5,
+            low=114871.4, close=114895.3, volume=12.345, quote_volume=1418372.11, trades=None,
+            closed=True, source="exchange")
+    _pinned(newer, **_base("perp", MONDAY_MS + 60_000), interval="1m", open=114895.3,
+            high=114897.0, low=114890.1, close=114890.1, volume=0.812, quote_volume=93291.6412,
+            trades=None, closed=False, source="exchange")
+
+
+@pytest.mark.parametrize("interval,name,span_ms", [
+    ("1", "1m", 60_000), ("3", "3m", 180_000), ("5", "5m", 300_000), ("15", "15m", 900_000),
+    ("30", "30m", 1_800_000), ("60", "1h", 3_600_000), ("120", "2h", 7_200_000),
+    ("240", "4h", 14_400_000), ("360", "6h", 21_600_000), ("720", "12h", 43_200_000),
+    ("D", "1d", 86_400_000), ("W", "1w", 604_800_000),
+])
+def test_rest_kline_closes_exactly_when_its_interval_ends(interval, name, span_ms):
+    """REST rows have no confirm flag: closed is derived from the interval's span."""
+    rows = [[str(MONDAY_MS), "114880.0", "114902.5", "114871.4", "114895.3", "12.345",
+             "1418372.11"]]
+    for server_ms, closed in ((MONDAY_MS + span_ms - 1, False), (MONDAY_MS + span_ms, True)):
+        [candle] = parsers.parse_rest_klines(rest_kline(rows, server_ms), "BTCUSDT", "perp",
+                                             interval, NOW)
+        assert (candle.ts, candle.interval, candle.closed) == (ms_to_dt(MONDAY_MS), name, closed)
+
+
+def test_topic_parts_channel_and_symbol():
+    assert parsers.topic_parts({"topic": "orderbook.200.BTCUSDT"}) == ("orderbook", "BTCUSDT")
+    assert parsers.topic_parts({"topic": "kline.1.BTCUSDT"}) == ("kline", "BTCUSDT")
+    for topic in ("BTCUSDT", None):          # no channel prefix / not text: not a data topic
+        with pytest.raises(ValueError):
+            parsers.topic_parts({"topic": topic})
+
+
 # ---- order book ------------------------------------------------------------------------------
 def test_orderbook_delta_message():
     book = parsers.parse_orderbook(load_jsonl("bybit/orderbook.jsonl")[0])
@@ -226,6 +298,15 @@ def test_apply_delta_fast_path():
     assert (book.bids.top(10), book.asks.top(10)) == before and book.update_id == 177400507
     assert parsers.apply_delta(book, dict(delta, u=177400600, b=[], a=[]), 2) is True
     assert len(book.asks) == 2 and book.update_id == 177400600       # truncated to depth
+
+
+def test_apply_delta_needs_a_loaded_book():
+    """A delta before any snapshot is not applied (the feed resyncs instead)."""
+    book = OrderBook(200)
+    delta = load_jsonl("bybit/orderbook.jsonl")[0]["data"]
+    assert parsers.book_update_id(delta) == 177400507
+    assert parsers.apply_delta(book, delta, 200) is False
+    assert book.update_id is None and len(book.bids) == 0 and len(book.asks) == 0
 
 
 @pytest.mark.parametrize("mutate", [
@@ -331,8 +412,10 @@ def test_rest_not_supported_symbols_is_its_own_error():
     for parse in (lambda: parsers.parse_rest_trades(payload, "spot", NOW),
                   lambda: parsers.parse_rest_ticker(payload, "perp", NOW),
                   lambda: parsers.check_response(payload)):
-        with pytest.raises(parsers.NotSupportedSymbol):
+        with pytest.raises(parsers.NotSupportedSymbol) as info:
             parse()
+        # the text is the (market, symbol) unavailability reason the feed records
+        assert str(info.value) == "retCode 10001: Not supported symbols"
     with pytest.raises(ValueError) as info:
         parsers.check_response({"retCode": 10001, "retMsg": "params error"})
     assert not isinstance(info.value, parsers.NotSupportedSymbol)
