@@ -503,3 +503,82 @@ async def test_level_text_kept_only_for_books_whose_snapshot_carries_a_checksum(
     assert not book.synced and f.stats.gaps == 1
     apply(f, books("snapshot", -1, 30, [("99", "1", "0", "1")], [("101", "1", "0", "1")]))
     assert book.synced and book.bids.frags is None and book.bids.top(5) == [[99.0, 1.0]]
+
+
+# ---- pinned: paths the payloads above do not reach --------------------------------------------
+def test_pinned_candle_bars_week_and_month():
+    # Documented bars: hours, days and weeks are upper-case on the wire and stored lower-case;
+    # the month bar "1M" must stay upper-case, "1m" is one minute.
+    assert parsers.candle_interval("candle1W") == "1w"
+    assert parsers.candle_interval("candle12H") == "12h"
+    assert parsers.candle_interval("candle1M") == "1M"
+    assert parsers.candle_interval("candle1m") == "1m"
+
+
+def test_pinned_books5_and_bbo_tbt_are_full_snapshots_without_sequence_link():
+    """``books5``/``bbo-tbt`` pushes have no ``action``, ``prevSeqId`` nor ``checksum``: each one
+    is a whole snapshot, with no previous id and no checksum to verify."""
+    bbo, books5 = load_jsonl("okx/bbo-tbt_books5_doc.jsonl")
+    [b] = parsers.parse_books(books5, ct_val=0.1)               # BCH-USDT-SWAP: 0.1 BCH
+    assert (b.inst_id, b.snapshot, b.prev_seq_id, b.seq_id, b.checksum) == \
+        ("BCH-USDT-SWAP", True, -1, 363996337, 0)
+    assert b.ts == ms_to_dt(1670324386802)
+    assert b.bids[0] == (111.05, 5774.5, "111.05", "57745")
+    assert [lvl[0] for lvl in b.asks] == [111.06, 111.07, 111.08, 111.09, 111.1]
+    [b] = parsers.parse_books(bbo, ct_val=0.1)
+    assert (b.snapshot, b.prev_seq_id, b.checksum) == (True, -1, 0)
+    assert b.asks == [(111.06, pytest.approx(5515.4), "111.06", "55154")]
+
+
+def test_pinned_books_update_links_to_the_previous_seq_id():
+    [b] = parsers.parse_books(load_jsonl("okx/books_doc.jsonl")[1])
+    assert (b.snapshot, b.prev_seq_id, b.seq_id) == (False, 123456, 123457)
+
+
+def test_pinned_pre_deprecation_checksum_is_verified_on_a_snapshot():
+    """Before 2026-06-23 ``checksum`` was the CRC32 of the top 25 levels (now always 0): a
+    matching one passes, a wrong one is reported with both values."""
+    from collector.orderbook import OrderBook
+    msg = load_jsonl("okx/books_doc.jsonl")[0]
+    data = msg["data"][0]
+    expected = reference_checksum({lvl[0]: lvl[1] for lvl in data["bids"]},
+                                  {lvl[0]: lvl[1] for lvl in data["asks"]})
+    assert expected == -2102840145
+    data["checksum"] = expected
+    [b] = parsers.parse_books(msg)
+    assert b.checksum == -2102840145
+    assert parsers.load_books_snapshot(OrderBook(400, keep_fragments=True), data, 1.0, 400) is None
+    data["checksum"] = 12345
+    assert parsers.load_books_snapshot(OrderBook(400, keep_fragments=True), data, 1.0, 400) == \
+        ("checksum", "local -2102840145, exchange 12345")
+
+
+def test_pinned_book_changes_are_flagged_and_kept_to_depth():
+    """``changed`` tells the snapshot sampler a book moved; levels beyond the configured depth
+    are dropped after a snapshot and after each update."""
+    from collector.orderbook import OrderBook
+    book = OrderBook(400, keep_fragments=True)
+    snapshot = load_jsonl("okx/books_doc.jsonl")[0]["data"][0]
+    assert parsers.load_books_snapshot(book, snapshot, 1.0, 3) is None
+    assert book.changed
+    assert book.bids.top(400) == [[8476.97, 256.0], [8475.55, 101.0], [8475.54, 100.0]]
+    assert book.asks.top(400) == [[8476.98, 415.0], [8477.0, 7.0], [8477.34, 85.0]]
+    book.changed = False                                       # the sampler stored it
+    update = load_jsonl("okx/books_update.constructed.jsonl")[0]
+    assert parsers.apply_books_update(book, update, 1.0, 3) is None
+    assert book.changed
+    assert book.bids.top(400) == [[8476.97, 300.0], [8475.54, 100.0]]
+    assert book.asks.top(400) == [[8476.99, 12.0], [8477.0, 7.0], [8477.34, 85.0]]
+
+
+def test_pinned_checksum_string_with_sides_of_unequal_length():
+    """Past the shorter side the longer one's levels follow in order (documented rule), whichever
+    side is longer; checked against the independent Decimal implementation too."""
+    bids = [("3366.1", "7"), ("3366", "6"), ("3365.5", "0.10")]
+    asks = [("3366.8", "9")]
+    assert parsers.checksum_string(bids, asks) == "3366.1:7:3366.8:9:3366:6:3365.5:0.10"
+    assert parsers.checksum_string([("3366.1", "7")], [("3366.8", "9"), ("3368", "8")]) == \
+        "3366.1:7:3366.8:9:3368:8"
+    assert parsers.checksum(bids, asks) == reference_checksum(dict(bids), dict(asks))
+    assert parsers.checksum_fragments(["3366.1:7", "3366:6", "3365.5:0.10"], ["3366.8:9"]) == \
+        reference_checksum(dict(bids), dict(asks))
