@@ -196,6 +196,8 @@ def test_spot_trades_store_id_not_id_market():
     (msg,) = lines("spot_trades_without_id.jsonl")
     assert p.parse_spot_trade(msg, NOW).trade_id == "5736714"
     assert p.spot_trade_id({"sequence_id": "588018"}) == "588018"
+    # the public helper itself prefers ``id`` when the row has both
+    assert p.spot_trade_id(lines("spot_trades_id_market.jsonl")[1]["result"]) == "9100000042"
 
 
 def test_spot_candle_every_field_and_the_closed_flag():
