@@ -196,6 +196,8 @@ def test_spot_trades_store_id_not_id_market():
     (msg,) = lines("spot_trades_without_id.jsonl")
     assert p.parse_spot_trade(msg, NOW).trade_id == "5736714"
     assert p.spot_trade_id({"sequence_id": "588018"}) == "588018"
+    # the public helper itself prefers ``id`` when the row has both
+    assert p.spot_trade_id(lines("spot_trades_id_market.jsonl")[1]["result"]) == "9100000042"
 
 
 def test_spot_candle_every_field_and_the_closed_flag():
@@ -370,3 +372,110 @@ def test_error_and_upgrade_shapes():
                                                ["BTC_USDT", "100ms", "100"], 7, 1767225600))
     assert request == {"time": 1767225600, "id": 7, "channel": "futures.order_book_update",
                        "event": "subscribe", "payload": ["BTC_USDT", "100ms", "100"]}
+
+
+# ---- fallbacks and boundaries the fixtures above do not reach -------------------------------
+def test_spot_ticker_without_time_ms_takes_the_seconds_envelope():
+    """The older documented pushes carry only ``time`` (s)."""
+    assert fields(p.parse_spot_ticker(lines("spot_tickers.jsonl")[0], NOW)) == {
+        "exchange": "gateio", "symbol": "NEO_BTC", "pair": "NEO/BTC", "market": "spot",
+        "ts": dt(1619093533), "last": 0.0018716, "bid": 0.0018697, "bid_size": None,
+        "ask": 0.0018734, "ask_size": None, "open_24h": None, "high_24h": 0.0018754,
+        "low_24h": 0.0017148, "volume_24h": 1138.01640718, "quote_volume_24h": 2.048263365803126,
+        "change_pct_24h": 2.9256, "mark_price": None, "index_price": None}
+
+
+SPOT_TICKER_FIELDS = {"last": "last", "highest_bid": "bid", "lowest_ask": "ask",
+                      "high_24h": "high_24h", "low_24h": "low_24h", "base_volume": "volume_24h",
+                      "quote_volume": "quote_volume_24h", "change_percentage": "change_pct_24h"}
+
+
+@pytest.mark.parametrize("wire", sorted(SPOT_TICKER_FIELDS))
+@pytest.mark.parametrize("blank", ["", None])
+def test_spot_ticker_blank_field_is_none_not_an_error(wire: str, blank: str | None):
+    """Gate sends "" for a value it has not got (an inactive pair's ``highest_bid`` /
+    ``lowest_ask``); that field alone becomes None (absent: key left out), the rest stays."""
+    msg = lines("spot_tickers.jsonl")[-1]
+    full = fields(p.parse_spot_ticker(msg, NOW))
+    if blank is None:
+        del msg["result"][wire]
+    else:
+        msg["result"][wire] = blank
+    assert fields(p.parse_spot_ticker(msg, NOW)) == {**full, SPOT_TICKER_FIELDS[wire]: None}
+
+
+def test_book_updates_are_diffs_unless_marked_full():
+    """``full`` is present (true) only on full-book pushes (A44678): a diff must not replace
+    the book."""
+    (spot,) = lines("spot_order_book_update_diff.jsonl")
+    assert p.parse_spot_book_update(spot) == (
+        "BTC_USDT", 48776307, 48776309, [(19137.74, 0.25), (19088.37, 0.0)],
+        [(19137.75, 0.0), (19139.1, 1.2)], False)
+    (fut,) = lines("futures_order_book_update_decimal.jsonl")
+    symbol, first, last, bids, asks, full = p.parse_futures_book_update(fut, 0.01)
+    assert (symbol, first, last, full) == ("ETH_USDT", 100, 101, False)
+    assert bids == [(3000.1, pytest.approx(0.004))] and asks == [(3000.2, pytest.approx(51.168))]
+    fut["result"]["full"] = True
+    assert p.parse_futures_book_update(fut, 0.01)[5] is True
+
+
+def test_rest_candle_without_flag_closes_65_s_after_its_start():
+    """The newest row without a closed flag is the running candle until its minute is over by
+    the local clock plus a 5 s skew margin: closed at start + 65 s, not a second before."""
+    body = rest("rest_futures_candlesticks.json")
+    newest = body[-1]["t"]
+    for now, kept in ((newest + 64, [1539852480]), (newest + 65, [1539852480, newest])):
+        candles = p.parse_rest_futures_candles(body, "BTC_USDT", dt(now), {"BTC_USDT": 0.0001})
+        assert [c.ts for c in candles] == [dt(t) for t in kept]
+
+
+def test_rest_candles_older_rows_are_final_even_if_the_local_clock_lags():
+    """Every row but the newest is closed by the exchange (a newer minute exists), whatever the
+    local clock says: here it lags so that neither of the two older minutes looks over."""
+    body = rest("rest_futures_candlesticks.json")
+    body.append({"t": 1539852600, "v": 50, "c": "1.035", "h": "1.035", "l": "1.034",
+                 "o": "1.034", "sum": "51.7"})
+    candles = p.parse_rest_futures_candles(body, "BTC_USDT", dt(1539852602),
+                                           {"BTC_USDT": 0.0001})
+    assert [c.ts for c in candles] == [dt(1539852480), dt(1539852540)]
+
+
+def test_rest_spot_candles_without_the_closed_element():
+    """Rows of seven elements (no window-closed flag) fall back to the clock rule, like the
+    futures rows: all but the newest, and the newest once its minute (+ 5 s) is over."""
+    body = [row[:7] for row in rest("rest_spot_candlesticks.json")]
+    (first,) = p.parse_rest_spot_candles(body, "BTC_USDT", dt(1539852540 + 64))
+    assert (first.ts, first.open, first.close, first.volume, first.closed) == (
+        dt(1539852480), 0.0021737, 0.0021724, 44.2, True)
+    first, second = p.parse_rest_spot_candles(body, "BTC_USDT", dt(1539852540 + 65))
+    assert asdict(second) == {
+        **BTC_SPOT, "ts": dt(1539852540), "received_at": dt(1539852605), "interval": "1m", "open": 0.0021724, "high": 0.002185,
+        "low": 0.00217, "close": 0.00218, "volume": 0.147, "quote_volume": 321.2,
+        "trades": None, "closed": True, "source": "exchange"}
+
+
+def test_futures_fractional_buy_is_a_buy():
+    """With the decimal header a buy can be under one contract: any positive size is a buy."""
+    msg = lines("futures_trades_decimal.jsonl")[0]
+    msg["result"][1]["size"] = "0.4"
+    sell, buy = p.parse_futures_trades(msg, NOW, {"ETH_USDT": 0.01})
+    assert (sell.side, buy.side, buy.size, buy.trade_id) == ("sell", "buy", pytest.approx(0.004),
+                                                             "2")
+
+
+def test_futures_candles_closed_window_and_index_candles_left_out():
+    msg = lines("futures_candlesticks_decimal.jsonl")[0]
+    msg["result"][0]["w"] = True
+    # the index-price candle of the same contract: a price series without volume
+    msg["result"].append({**msg["result"][1], "n": "1m_index_BTC_USDT"})
+    (candle,) = p.parse_futures_candles(msg, NOW, {"BTC_USDT": 0.0001})
+    assert (candle.symbol, candle.ts, candle.close, candle.closed) == (
+        "BTC_USDT", dt(1767225600), 87010.1, True)
+
+
+def test_unknown_contract_error_names_the_contract():
+    """The futures form of the unknown-symbol error (F4): the contract is marked unavailable."""
+    msg = {"time": 1767225600, "time_ms": 1767225600231, "id": 3, "channel": "futures.trades",
+           "event": "subscribe", "error": {"code": 2, "message": "unknown contract FOO_USDT"},
+           "result": {"status": "fail"}}
+    assert p.parse_error(msg) == ("unknown contract FOO_USDT", "FOO_USDT")
