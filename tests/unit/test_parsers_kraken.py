@@ -455,3 +455,252 @@ async def test_book_checksum_checked_by_the_timer_when_nothing_reads_the_book():
     await wait_for(lambda: _value(feed.checksum_failures == 1), timeout_s=5, what="timer check")
     assert "local 3310070434 != exchange 3310070435" in \
         feed.gaps.find_open("kraken", "spot", "BTC/USD", "book").detail
+
+
+# A derivatives ``ticker`` on the unified socket: the v2 ticker fields plus the inferred funding,
+# mark, index and open-interest names (docs §6.1; the strict fake sends the same shape).
+UNIFIED_TICKER = {"symbol": "PF_XBTUSD", "bid": 30249.0, "bid_qty": 1.5, "ask": 30250.5,
+                  "ask_qty": 0.25, "last": 30250.0, "volume": 1520.3, "vwap": 30180.0,
+                  "low": 29900.0, "high": 30400.0, "change": 150.0, "change_pct": 0.5,
+                  "timestamp": "2023-07-06T17:49:29.512000Z", "mark_price": 30251.5,
+                  "index_price": 30248.0, "funding_rate": 1e-05, "funding_rate_prediction": 9e-06,
+                  "next_funding_time": "2023-07-06T18:00:00.000000Z", "open_interest": 2510.0142}
+
+
+def test_unified_ticker_every_field_of_ticker_funding_and_open_interest():
+    ticker, funding, oi = p.parse_unified_ticker(dict(UNIFIED_TICKER), NOW)
+    ts = utc(2023, 7, 6, 17, 49, 29, 512000)
+    assert fields(ticker) == {**perp("PF_XBTUSD", "BTC/USD", ts), "last": 30250.0,
+                              "bid": 30249.0, "bid_size": 1.5, "ask": 30250.5, "ask_size": 0.25,
+                              "open_24h": 30100.0,                  # last - change (quote)
+                              "high_24h": 30400.0, "low_24h": 29900.0, "volume_24h": 1520.3,
+                              "quote_volume_24h": 1520.3 * 30180.0, "change_pct_24h": 0.5,
+                              "mark_price": 30251.5, "index_price": 30248.0}
+    assert fields(funding) == {**perp("PF_XBTUSD", "BTC/USD", ts), "rate": 1e-05,
+                               "next_funding_time": utc(2023, 7, 6, 18),
+                               "predicted_rate": 9e-06, "mark_price": 30251.5,
+                               "index_price": 30248.0, "interval_hours": 1.0}
+    assert fields(oi) == {**perp("PF_XBTUSD", "BTC/USD", ts), "open_interest": 2510.0142,
+                          "open_interest_value": 2510.0142 * 30251.5}
+
+
+def test_unified_ticker_without_funding_or_open_interest_gives_the_ticker_only():
+    """Absent inferred fields give no funding / open-interest record (docs §6.1)."""
+    item = {k: v for k, v in UNIFIED_TICKER.items()
+            if k not in ("funding_rate", "funding_rate_prediction", "next_funding_time",
+                         "open_interest", "mark_price", "index_price")}
+    ticker, funding, oi = p.parse_unified_ticker(item, NOW)
+    assert (ticker.market, ticker.mark_price, ticker.index_price, funding, oi) == (
+        "perp", None, None, None, None)
+    # funding without a next time or a prediction; open interest without a mark: no value
+    ticker, funding, oi = p.parse_unified_ticker(
+        {**item, "funding_rate": -2e-06, "open_interest": 12.5}, NOW)
+    assert (funding.rate, funding.next_funding_time, funding.predicted_rate) == (-2e-06, None, None)
+    assert (oi.open_interest, oi.open_interest_value) == (12.5, None)
+
+
+def test_book_checksum_from_level_texts_reproduces_the_guide():
+    """``book_checksum`` over (price text, qty text) pairs: asks first, then bids."""
+    (msg,) = lines("v2_book_checksum_guide.jsonl")
+    item = msg["data"][0]
+    asks = [(pt, qt) for _, _, pt, qt in p.parse_levels(item["asks"], 1, 8)]
+    bids = [(pt, qt) for _, _, pt, qt in p.parse_levels(item["bids"], 1, 8)]
+    assert p.book_checksum(asks, bids) == 3310070434
+    assert p.book_checksum(bids, asks) != 3310070434          # the order is part of the checksum
+
+
+def test_book_snapshot_after_a_resubscribe_replaces_the_old_book():
+    """A resync's snapshot drops every level of the old book; updates only change their levels."""
+    book = OrderBook(10, keep_text=True)
+    # the book before the resync: its best bid is above every bid of the new snapshot
+    p.apply_book(book, "snapshot", {"bids": [{"price": 0.5667, "qty": 2.0}],
+                                    "asks": [{"price": 0.5669, "qty": 3.0}]}, 10)
+    book.changed = False
+    msg = orjson.loads((FIX / "v2_book_snapshot_matic.jsonl").read_text().strip())
+    p.apply_book(book, msg["type"], msg["data"][0], 10)
+    assert p.book_crc(book, (4, 8), {}) == msg["data"][0]["checksum"] == 2439117997
+    assert book.best_bid() == (0.5666, 4831.75496356) and book.changed is True
+    assert book.best_ask() == (0.5668, 4410.79769741) and book.asks.levels[0.5669] == 4655.40412487
+
+
+def test_book_without_instrument_precision_checksums_the_digits_as_sent():
+    """No precision for the pair (e.g. derivatives on the unified socket, docs §6.1): the exact
+    decimals as sent, unpadded, make the texts; a known pair keeps its own padding."""
+    raw = ('{"channel":"book","type":"snapshot","data":[{"symbol":"PF_XBTUSD","bids":[{"price":'
+           '30249.5,"qty":0.0125}],"asks":[],"checksum":1234},{"symbol":"MATIC/USD","bids":[],'
+           '"asks":[{"price":0.567,"qty":49844.89424998}],"checksum":2114181697}]}')
+    items = p.decode(raw)["data"]
+    unknown, matic = OrderBook(10, keep_text=True), OrderBook(10, keep_text=True)
+    p.apply_book_exact(unknown, "snapshot", items[0], None, 10)
+    p.apply_book_exact(matic, "snapshot", items[1], (4, 8), 10)
+    assert unknown.bids.text == {-30249.5: "302495125"}
+    assert matic.asks.text == {0.567: "5670" + "4984489424998"}      # 0.567 padded to 4 places
+    with pytest.raises(p.Inexact):                   # the float path needs the precision
+        p.level_text(30249.5, 0.0125, None, {})
+
+
+def test_book_price_texts_follow_an_instrument_precision_change():
+    """The per-pair price-text cache is dropped when the instrument precision changes."""
+    caches: dict = {}
+    texts = p.price_texts_of(caches, "MATIC/USD", (4, 8))
+    assert p.level_text(0.5657, 1098.3947558, (4, 8), texts) == "5657" + "109839475580"
+    assert p.price_texts_of(caches, "MATIC/USD", (4, 8)) is texts      # same precision: kept
+    texts = p.price_texts_of(caches, "MATIC/USD", (5, 8))
+    assert p.level_text(0.5657, 1098.3947558, (5, 8), texts) == "56570" + "109839475580"
+    assert caches["MATIC/USD"] == ((5, 8), {0.5657: "56570"})
+
+
+def test_futures_ticker_of_a_fixed_maturity_contract_has_no_funding():
+    """``tag`` month/quarter: no funding record; open interest and the ticker stay."""
+    (xbt,) = lines("futures_ticker_pi_xbtusd.jsonl")
+    msg = {k: float(v) if hasattr(v, "as_tuple") else v for k, v in xbt.items()
+           if "funding" not in k}
+    msg.update(product_id="FI_XBTUSD_230331", tag="quarter", maturityTime=1680274800000)
+    ticker, funding, oi = p.parse_futures_ticker(msg, NOW)
+    assert (ticker.symbol, ticker.pair, ticker.last, funding) == (
+        "FI_XBTUSD_230331", "BTC/USD", 21983.5, None)
+    assert (oi.open_interest, oi.open_interest_value) == (30072580.0,
+                                                          30072580.0 * 21979.68641534714)
+
+
+def test_futures_book_snapshot_keeps_fractional_sizes():
+    """PF_ contracts are 1 base unit: sizes below one contract are real levels."""
+    snap = {"feed": "book_snapshot", "product_id": "PF_XBTUSD", "timestamp": 1688665770000,
+            "seq": 1200, "tickSize": None,
+            "bids": [{"price": 30249.0, "qty": 0.5}, {"price": 30248.5, "qty": 1.2}],
+            "asks": [{"price": 30250.5, "qty": 0.0125}]}
+    assert p.parse_futures_book_snapshot(snap) == (
+        [(30249.0, 0.5), (30248.5, 1.2)], [(30250.5, 0.0125)], 1200)
+
+
+def test_futures_rest_ticker_matches_lower_case_symbols_and_omitted_prediction():
+    """REST spells some symbols in lower case; a row without ``fundingRatePrediction`` has no
+    predicted rate."""
+    funding, oi = p.parse_futures_rest_ticker(rest("rest_futures_tickers.json"), "PI_XBTUSD", NOW)
+    assert (funding.symbol, funding.rate, funding.predicted_rate, funding.mark_price) == (
+        "PI_XBTUSD", -1.2e-11 / 30248.0, None, 30250.0)
+    assert (oi.open_interest, oi.open_interest_value) == (10000000.0, 10000000.0 * 30250.0)
+
+
+def test_rest_body_rate_limit_variants():
+    """F6: every documented prefix pauses; a throttle instant already past still pauses 1 s."""
+    assert p.rest_rate_limit({"error": ["EAuth:Rate limit exceeded"]}) == 30.0
+    assert p.rest_rate_limit({"error": [f"EService:Throttled: {time.time() - 5}"]}) == 1.0
+    assert p.rest_rate_limit({"error": ["EQuery:Unknown asset pair",
+                                        "EAPI:Rate limit exceeded: 1700000000"]}) == 30.0
+
+
+def test_ticker_from_exact_decimals_stores_floats_in_every_field():
+    """A message the feed re-decoded with ``decode`` (Decimal numbers) gives the same floats as
+    the orjson path: a Decimal left in a record would not be a BSON double."""
+    (msg,) = lines("v2_ticker_update.jsonl")
+    t = p.parse_ticker(msg["data"][0], NOW)
+    values = fields(t)
+    assert values == {**spot("ALGO/USD", utc(2023, 9, 25, 9, 4, 31, 742648)),
+                      "last": 0.10035, "bid": 0.10025, "bid_size": 740.0, "ask": 0.10035,
+                      "ask_size": 740.0, "open_24h": 0.10035 - -0.00017, "high_24h": 0.10285,
+                      "low_24h": 0.09979, "volume_24h": 997038.98383185,
+                      "quote_volume_24h": 997038.98383185 * 0.10148, "change_pct_24h": -0.17,
+                      "mark_price": None, "index_price": None}
+    assert {k for k, v in values.items() if type(v) is float} == {
+        "last", "bid", "bid_size", "ask", "ask_size", "open_24h", "high_24h", "low_24h",
+        "volume_24h", "quote_volume_24h", "change_pct_24h"}
+
+
+def test_rfc3339_times_keep_their_sub_second_digits():
+    """Millisecond (futures REST) and nanosecond (v2) RFC 3339 forms, truncated to microseconds;
+    the feed's fast parser gives the same instant."""
+    for text, expected in (("2023-07-06T17:49:29.512Z", utc(2023, 7, 6, 17, 49, 29, 512000)),
+                           ("2023-10-04T16:26:30.524394914Z",
+                            utc(2023, 10, 4, 16, 26, 30, 524394))):
+        assert p.parse_time(text) == expected == p.parse_time_fast(text)
+        assert p.parse_time(text).utcoffset().total_seconds() == 0
+
+
+def test_fast_book_deletions_carry_no_text():
+    """``qty`` 0 deletes a level (docs §2.3), whatever the JSON number's form (0.00000000 is a
+    float, a pair with qty precision 0 sends an int): level and text both gone."""
+    book = OrderBook(10, keep_text=True)
+    p.apply_book(book, "snapshot", {"bids": [{"price": 0.5666, "qty": 1.5},
+                                             {"price": 0.5665, "qty": 2.0}], "asks": []}, 10)
+    assert p.book_crc(book, (4, 8), {}) == zlib.crc32(b"5666150000000" b"5665200000000")
+    p.apply_book(book, "update", {"bids": [{"price": 0.5666, "qty": 0.0},
+                                           {"price": 0.5665, "qty": 0}], "asks": []}, 10)
+    assert (len(book.bids), book.bids.text) == (0, {})
+
+
+def test_fast_levels_of_whole_numbers_when_the_precision_is_zero():
+    """With precision 0 the wire numbers have no fraction and orjson decodes them as ints: the
+    texts are the digits, the stored price and size are floats, also from a cached price text."""
+    cache: dict = {}
+    assert p.level_text(6150000, 3, (0, 0), cache) == "61500003"
+    assert p.level_text(6150000, 1, (0, 0), cache) == "61500001" and cache == {6150000: "6150000"}
+    book = OrderBook(10, keep_text=True)
+    p.apply_book(book, "snapshot", {"bids": [{"price": 6150000, "qty": 3}], "asks": []}, 10)
+    assert book.best_bid() == (6150000.0, 3.0)
+    assert [type(v) for v in book.best_bid()] == [float, float]
+    assert p.levels_exact(p.decode('[{"price":6150000,"qty":1}]'), 0, 0) == [
+        (6150000.0, 1.0, "61500001")]
+
+
+def test_fast_levels_refuse_a_tie_just_below_the_half():
+    """5.000033315 at 8 places: its float is 500003331.4999999 units, a tie the float cannot
+    decide; the exact decimal rounds half-even to ...32, so the fast path must refuse."""
+    with pytest.raises(p.Inexact):
+        p.level_text(1.5, 5.000033315, (2, 8), {})
+    assert p.levels_exact(p.decode('[{"price":1.5,"qty":5.000033315}]'), 2, 8) == [
+        (1.5, 5.000033315, "150" + "500003332")]
+
+
+def test_checksum_covers_the_top_ten_of_a_deeper_book():
+    """The feed may subscribe depth 25 (docs §2.3): levels 11+ are kept but not checksummed
+    (nor formatted)."""
+    msg = orjson.loads((FIX / "v2_book_checksum_guide.jsonl").read_text().strip())
+    item = msg["data"][0]
+    item["asks"] += [{"price": 45300.0 + i, "qty": 0.5} for i in range(3)]
+    item["bids"] += [{"price": 45270.0 - i, "qty": 0.5} for i in range(3)]
+    book = OrderBook(25, keep_text=True)
+    p.apply_book(book, msg["type"], item, 25)
+    assert p.book_crc(book, (1, 8), {}) == item["checksum"] == 3310070434
+    assert len(book.asks) == len(book.bids) == 13
+    assert book.asks.text[45300.0] is None and book.bids.text[-45270.0] is None
+
+
+def test_futures_buy_trade_and_bid_delta():
+    """``side`` buy (the taker bought) on a trade, and a bid level (``buy``) on the book feed."""
+    trade = {"feed": "trade", "product_id": "PF_XBTUSD",
+             "uid": "9b7a6c40-5f3e-4d21-9a0b-1c2d3e4f5a6b", "side": "buy", "type": "fill",
+             "seq": 41234, "time": 1688665770512, "qty": 0.0125, "price": 30250.5}
+    t = p.parse_futures_trade(trade, NOW)
+    assert (t.trade_id, t.side, t.price, t.size, t.ts) == (
+        "9b7a6c40-5f3e-4d21-9a0b-1c2d3e4f5a6b", "buy", 30250.5, 0.0125,
+        utc(2023, 7, 6, 17, 49, 30, 512000))
+    delta = {"feed": "book", "product_id": "PF_XBTUSD", "side": "buy", "seq": 326094135,
+             "price": 34980.5, "qty": 1500.0, "timestamp": 1612269953630}
+    assert p.parse_futures_book_delta(delta) == ("buy", 34980.5, 1500.0, 326094135)
+    with pytest.raises(ValueError):
+        p.parse_futures_book_delta({**delta, "qty": -1.0})
+
+
+def test_futures_rest_ticker_of_a_fixed_maturity_contract_has_no_funding():
+    """REST ``tag`` quarter: open interest only (a fixed-maturity contract has no funding)."""
+    body = {"result": "success", "serverTime": "2023-07-06T17:49:30.000Z", "tickers": [
+        {"symbol": "FI_XBTUSD_230929", "last": 30480.0, "tag": "quarter", "pair": "XBT:USD",
+         "markPrice": 30478.5, "indexPrice": 30248.0, "openInterest": 1520.0,
+         "suspended": False, "postOnly": False}]}
+    funding, oi = p.parse_futures_rest_ticker(body, "FI_XBTUSD_230929", NOW)
+    assert funding is None
+    assert fields(oi) == {**perp("FI_XBTUSD_230929", "BTC/USD", utc(2023, 7, 6, 17, 49, 30)),
+                          "open_interest": 1520.0, "open_interest_value": 1520.0 * 30478.5}
+
+
+def test_rest_ohlc_keeps_low_and_close_apart():
+    """Row ``[time, open, high, low, close, vwap, volume, count]``: each price in its own field."""
+    body = {"error": [], "result": {"XXBTZUSD": [
+        [1688671380, "30291.4", "30295.0", "30288.1", "30294.2", "30292.3", "1.51234567", 14],
+        [1688671440, "30294.2", "30296.0", "30293.5", "30295.1", "30294.8", "0.40000000", 3]],
+        "last": 1688671380}}
+    (c,) = p.parse_rest_ohlc(body, "BTC/USD", NOW)
+    assert (c.ts, c.open, c.high, c.low, c.close, c.volume, c.quote_volume, c.trades) == (
+        utc(2023, 7, 6, 19, 23), 30291.4, 30295.0, 30288.1, 30294.2, 1.51234567,
+        1.51234567 * 30292.3, 14)
