@@ -704,3 +704,51 @@ def test_rest_ohlc_keeps_low_and_close_apart():
     assert (c.ts, c.open, c.high, c.low, c.close, c.volume, c.quote_volume, c.trades) == (
         utc(2023, 7, 6, 19, 23), 30291.4, 30295.0, 30288.1, 30294.2, 1.51234567,
         1.51234567 * 30292.3, 14)
+
+
+def test_level_text_refuses_what_the_float_proof_does_not_cover():
+    """``_exact_text``'s contract: positive numbers below 10^15 units of the precision, and a
+    precision whose power of ten is an exact float (10^22 is the last); anything else is refused
+    (the pair is then rebuilt from exact decimals)."""
+    for price, qty, precision in ((0, 1.0, (2, 8)), (True, 1.0, (2, 8)),
+                                  (10 ** 13, 1.0, (2, 8)),          # 10^15 units, an int
+                                  (1e-10, 1.0, (23, 8)), (1.5, 1e-10, (2, 23))):
+        with pytest.raises(p.Inexact):
+            p.level_text(price, qty, precision, {})
+    assert p.level_text(10 ** 13 - 1, 1, (2, 0), {}) == "999999999999900" + "1"
+    assert p.level_text(1e-10, 1.0, (22, 0), {}) == "1000000000000" + "1"
+    assert p.level_text(1.5, 1e-10, (1, 22), {}) == "15" + "1000000000000"
+
+
+def test_exact_path_snapshot_replaces_and_update_changes_the_book():
+    """``apply_book_exact``: a snapshot drops the old levels, an update only touches its own;
+    both mark the book changed (the snapshot sampler stores only changed books)."""
+    book = OrderBook(10, keep_text=True)
+    old = p.decode('{"bids":[{"price":9.0,"qty":1.0}],"asks":[{"price":11.0,"qty":1.0}]}')
+    p.apply_book_exact(book, "snapshot", old, (1, 1), 10)
+    book.changed = False
+    new = p.decode('{"bids":[{"price":8.5,"qty":2.0}],"asks":[{"price":11.5,"qty":3.0}]}')
+    p.apply_book_exact(book, "snapshot", new, (1, 1), 10)
+    assert (book.bids.top(5), book.asks.top(5), book.changed) == ([[8.5, 2.0]], [[11.5, 3.0]], True)
+    book.changed = False
+    update = p.decode('{"bids":[{"price":8.0,"qty":1.5}],"asks":[]}')
+    p.apply_book_exact(book, "update", update, (1, 1), 10)
+    assert (book.bids.top(5), book.changed) == ([[8.5, 2.0], [8.0, 1.5]], True)
+    assert p.book_crc(book) == zlib.crc32(b"115" b"30" b"85" b"20" b"80" b"15") & 0xFFFFFFFF
+
+
+def test_rest_error_bodies_are_reported_with_the_exchange_error():
+    """Errors arrive in the body (docs §3 and §5): the raised message, which the feed reports
+    on /health, carries the exchange's own error text."""
+    unknown = orjson.loads((FIX / "rest_error_unknown_pair.json").read_text())
+    with pytest.raises(ValueError) as spot:
+        p.parse_rest_trades(unknown, "BTC/USD", NOW)
+    assert str(spot.value) == "Kraken REST error: ['EQuery:Unknown asset pair']"
+    futures_error = {"result": "error", "error": "apiLimitExceeded",
+                     "serverTime": "2023-01-01T00:00:00.000Z"}
+    with pytest.raises(ValueError) as history:
+        p.parse_futures_history(futures_error, "PF_XBTUSD", NOW)
+    assert str(history.value) == "Kraken Futures REST error: 'apiLimitExceeded'"
+    with pytest.raises(ValueError) as instruments:
+        p.parse_futures_instruments(futures_error)
+    assert str(instruments.value) == "instruments request failed: 'apiLimitExceeded'"
