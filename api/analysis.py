@@ -20,16 +20,23 @@ async def _count_since(coll, since: datetime) -> int:
     return int(reply["n"])
 
 
-async def data_check(db, now: datetime | None = None) -> dict[str, Any]:
-    """Per collection: document count, newest record and its age, records in the last hour
-    (growth per hour) and in the last 24 h (average per hour)."""
+async def collection_totals(db) -> dict[str, int]:
+    """Documents per data collection: collection metadata on a mongod, but a row count on
+    nx-27017 (O(n): ~0.03 us per document, 0.4 s at 10M), so the API shares one for a minute."""
+    return {coll: await db[coll].estimated_document_count() for coll in schema.DATA_COLLECTIONS}
+
+
+async def data_check(db, now: datetime | None = None,
+                     totals: dict[str, int] | None = None) -> dict[str, Any]:
+    """Per collection: document count (``totals``, else counted now), newest record and its age,
+    records in the last hour (growth per hour) and in the last 24 h (average per hour)."""
     now = now or datetime.now(timezone.utc)
+    totals = totals if totals is not None else await collection_totals(db)
     hour_ago, day_ago = now - timedelta(hours=1), now - timedelta(hours=24)
     rows = []
     for coll in schema.DATA_COLLECTIONS:
         c = db[coll]
-        # The total from collection metadata: count_documents({}) would scan every document.
-        count = await c.estimated_document_count()
+        count = totals[coll]
         newest = await c.find({}, {"_id": 0, "ts": 1, "received_at": 1}).sort(
             schema.TIME_KEY, DESCENDING).limit(1).to_list(1)
         last_hour = await _count_since(c, hour_ago) if count else 0

@@ -252,7 +252,8 @@ async def orderbook(request: web.Request) -> web.Response:
 
 async def data_check(request: web.Request) -> web.Response:
     _no_params(request)
-    return json_response(await analysis.data_check(_queries(request).db))
+    queries = _queries(request)
+    return json_response(await analysis.data_check(queries.db, totals=await queries.totals.get()))
 
 
 async def bitcoin(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ from typing import Any, Awaitable, Callable, cast
 
 from pymongo import DESCENDING
 
+from api.analysis import collection_totals
 from api.params import EXCHANGES, BadRequest, Filters, NotFound, encode_cursor
 from api.status import is_collector_status, merge_status
 from common import schema
@@ -29,6 +30,9 @@ def comparable(text: str) -> str:
 
 def one_or_in(values: list[str]) -> Any:
     return values[0] if len(values) == 1 else {"$in": values}
+
+
+TOTALS_CACHE_S = 60.0
 
 
 class SingleFlight:
@@ -88,6 +92,9 @@ class Queries:
         # Gap-ledger counts for /health: an aggregation, so shared by the requests of a few
         # seconds (monitors poll it; a count a few seconds old is as good).
         self.gap_counts = SingleFlight(lambda: gap_counts(self.db), ledger_cache_s)
+        # Collection totals for /analysis/data-check (a row count on nx-27017): a minute old
+        # at most, like the rest of that report's hourly figures are coarse.
+        self.totals = SingleFlight(lambda: collection_totals(self.db), TOTALS_CACHE_S)
         self._symbols: dict[str, list[str]] = {}
         self._symbols_at = 0.0
         self._ledger: dict[str, list[str]] = {}
