@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -81,14 +82,19 @@ async def stop(feed, writer, session, tasks, fake):
     await fake.stop()
 
 
-@pytest_asyncio.fixture
-async def env(mongo_db):
-    fake = FakeOkx()
+@contextlib.asynccontextmanager
+async def running(mongo_db, fake: FakeOkx):
     feed, writer, session, tasks = await start(mongo_db, fake)
     try:
         yield fake, feed, mongo_db
     finally:
         await stop(feed, writer, session, tasks, fake)
+
+
+@pytest_asyncio.fixture
+async def env(mongo_db):
+    async with running(mongo_db, FakeOkx()) as started:
+        yield started
 
 
 async def test_all_collections_units_and_business_url(env):
@@ -144,11 +150,8 @@ async def checksummed_env(mongo_db):
     """The server before 2026-06-23: book messages carry the CRC32 of the top 25 levels."""
     fake = FakeOkx()
     fake.checksums = True
-    feed, writer, session, tasks = await start(mongo_db, fake)
-    try:
-        yield fake, feed, mongo_db
-    finally:
-        await stop(feed, writer, session, tasks, fake)
+    async with running(mongo_db, fake) as started:
+        yield started
 
 
 async def test_sequence_rules_gap_and_checksum_resync(checksummed_env):
