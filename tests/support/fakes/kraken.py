@@ -124,10 +124,12 @@ class SpotBook:
                 % (self.symbol, ",".join(bids), ",".join(asks), self.checksum(),
                    rfc3339(datetime.now(timezone.utc))))
 
-    def update(self, corrupt: bool = False) -> str:
+    def update(self, corrupt: bool = False, lost: bool = False) -> str:
         """Mutate the server book like the exchange does and send what a depth-``depth``
         subscriber sees: changed levels inside its window and levels entering the window; levels
-        pushed out of the window are NOT deleted (the client truncates)."""
+        pushed out of the window are NOT deleted (the client truncates). ``lost``: the update
+        deletes a top level below the best, which no later update re-adds (a divergence that
+        lasts until a new snapshot)."""
         depth = self.depth
         before = self.window(depth)
         side_name = self.rng.choice(["bids", "asks"])
@@ -136,8 +138,8 @@ class SpotBook:
         changed: list[float] = []
         roll = self.rng.random()
         best_bid, best_ask = max(self.bids), min(self.asks)
-        if roll < 0.25 and len(side) > 12:
-            price = self.rng.choice(sorted(side, reverse=is_bid)[:8])
+        if (lost or roll < 0.25) and len(side) > 12:
+            price = self.rng.choice(sorted(side, reverse=is_bid)[1 if lost else 0:8])
             side.pop(price)
             changed.append(price)
             far = round(min(side) - self.tick if is_bid else max(side) + self.tick, self.pp)
@@ -707,7 +709,7 @@ class FakeKraken:
                     lost, corrupt = symbol in self.lose_next, symbol in self.corrupt_next
                     self.lose_next.discard(symbol)
                     self.corrupt_next.discard(symbol)
-                    message = book.update(corrupt)
+                    message = book.update(corrupt, lost)
                     if not lost:
                         await ws.send(message)
                     if corrupt and symbol in self.forget_book_after_corrupt:
