@@ -92,6 +92,7 @@ class SpotBook:
         self.depth = 10
         self.bids = {round(mid - tick * (i + 1), self.pp): self.qty() for i in range(LEVELS)}
         self.asks = {round(mid + tick * (i + 1), self.pp): self.qty() for i in range(LEVELS)}
+        self.lost_prices: set[float] = set()     # deleted by a lost update: never re-added
 
     def qty(self) -> float:
         return round(self.rng.uniform(0.001, 3.0), self.rng.choice([1, 3, self.qp])) or 0.5
@@ -138,15 +139,18 @@ class SpotBook:
         changed: list[float] = []
         roll = self.rng.random()
         best_bid, best_ask = max(self.bids), min(self.asks)
+        better = round(best_bid + self.tick if is_bid else best_ask - self.tick, self.pp)
         if (lost or roll < 0.25) and len(side) > 12:
             price = self.rng.choice(sorted(side, reverse=is_bid)[1 if lost else 0:8])
+            if lost:
+                self.lost_prices.add(price)
             side.pop(price)
             changed.append(price)
             far = round(min(side) - self.tick if is_bid else max(side) + self.tick, self.pp)
             side[far] = self.qty()
-        elif roll < 0.45 and best_ask - best_bid > 1.5 * self.tick:
+        elif roll < 0.45 and best_ask - best_bid > 1.5 * self.tick and better not in self.lost_prices:
             # a better price: pushes the last level of the window out
-            price = round(best_bid + self.tick if is_bid else best_ask - self.tick, self.pp)
+            price = better
             side[price] = self.qty()
             changed.append(price)
         else:
