@@ -269,7 +269,7 @@ class Collector:
                 for coll, count in list(stats.records.items()):
                     key = (feed.name, coll)
                     if count != last_counts.get(key):
-                        symbols = sorted({k.split(":", 1)[1] for k in stats.last_record_at[coll]})
+                        symbols = sorted({symbol for _, symbol in stats.last_record_at[coll]})
                         log.info("📊 %s %s: %s (+%d)", DISPLAY_NAMES.get(feed.name, feed.name),
                                  COLLECTION_LABELS.get(coll, coll), ", ".join(symbols),
                                  count - last_counts.get(key, 0))

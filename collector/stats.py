@@ -5,8 +5,8 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from common.schema import s_to_dt
 from common.status import BookState, ConnectionStatus, ExchangeStatus
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,9 @@ class ExchangeStats:
     backfills: int = 0              # gaps fully backfilled over REST
     backfilled_trades: int = 0      # trades re-fetched (overlaps included; the DB dedupes)
     records: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    # collection -> symbol -> epoch seconds of the newest record (freshness per stream)
-    last_record_at: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+    # collection -> (market, symbol) -> receive time of the newest record (freshness per stream)
+    last_record_at: dict[str, dict[tuple[str, str], datetime]] = field(
+        default_factory=lambda: defaultdict(dict))
     unavailable_symbols: dict[str, str] = field(default_factory=dict)   # symbol -> reason
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # message -> count
 
@@ -49,7 +50,8 @@ class ExchangeStats:
             "errors": dict(self.errors),
             "connections": connections,
             "books": books,
-            "last_record_at": {coll: {k: s_to_dt(v) for k, v in per.items()}
+            "last_record_at": {coll: {f"{market}:{symbol}": at
+                                      for (market, symbol), at in per.items()}
                                for coll, per in self.last_record_at.items()},
         }
 

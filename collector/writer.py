@@ -44,7 +44,9 @@ class Writer:
         self.flush_interval_s = flush_interval_s
         self.queue_max = queue_max
         self._pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self._latest: dict[str, Record] = {}     # latest_id -> newest record (coalesced)
+        # (type, exchange, market, symbol) -> newest record, coalesced; its ``latest_id`` (an
+        # f-string) is made once per flush, not once per record.
+        self._latest: dict[tuple[type, str, str, str], Record] = {}
         self._pending_count = 0
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
@@ -93,7 +95,12 @@ class Writer:
                 self._pending_count += 1
                 if len(batch) >= self.batch_size:
                     self._wake.set()
-        self._latest[latest_id(record)] = record
+        self._latest[type(record), record.exchange, record.market, record.symbol] = record
+
+    @classmethod
+    def _replace_latest(cls, record: Record) -> ReplaceOne:
+        key = latest_id(record)
+        return ReplaceOne({"_id": key}, cls.latest_doc(key, record), upsert=True)
 
     @staticmethod
     def latest_doc(key: str, record: Record) -> dict[str, Any]:
@@ -231,10 +238,9 @@ class Writer:
             if self._latest:
                 latest, self._latest = self._latest, {}
                 try:
-                    latest_doc = self.latest_doc
                     await self.db[schema.LATEST].bulk_write(
-                        [ReplaceOne({"_id": key}, latest_doc(key, record), upsert=True)
-                         for key, record in latest.items()], ordered=False)
+                        [self._replace_latest(record) for record in latest.values()],
+                        ordered=False)
                 except PyMongoError as exc:
                     # Newer values may have arrived meanwhile; only restore keys not replaced.
                     for key, record in latest.items():

@@ -73,13 +73,25 @@ def time_key(dt: datetime) -> int:
     return (dt - EPOCH) // ONE_MS
 
 
+_ts_ms = -1
+_ts_dt = EPOCH
+
+
 def ms_to_dt(ms: int | float | str) -> datetime:
     """Epoch milliseconds (number or numeric string) -> aware UTC datetime. Out-of-range values
-    raise ValueError (not OverflowError/OSError), like every other malformed field."""
+    raise ValueError (not OverflowError/OSError), like every other malformed field.
+
+    The last conversion is kept: the records of one burst (one match's fills, a ticker and its
+    funding) share one datetime, and ``to_doc`` reads its time key back instead of computing it.
+    """
+    global _ts_ms, _ts_dt
     try:
-        return _fromtimestamp(int(ms) / 1000.0, UTC)
+        n = int(ms)
+        if n != _ts_ms:
+            _ts_dt, _ts_ms = _fromtimestamp(n / 1000.0, UTC), n
     except (OverflowError, OSError) as exc:
         raise ValueError(f"timestamp out of range: {ms!r}") from exc
+    return _ts_dt
 
 
 def s_to_dt(seconds: int | float | str) -> datetime:
@@ -318,14 +330,19 @@ def _compile_to_doc(cls: type[Record]):
     """A per-class ``record -> dict`` function with the field names unrolled (one dict display,
     no getattr loop): about 2x cheaper than the generic comprehension on the hot path. The
     document also gets the integer time keys (``time_key`` of ``ts`` and ``received_at``
-    inlined)."""
+    inlined). ``received_at`` is almost always the datetime ``received_now`` shares for the
+    current millisecond and ``ts`` often the one ``ms_to_dt`` made last, whose keys they already
+    know: an identity test instead of the datetime arithmetic (~150 ns each)."""
     fields = FIELDS[cls]
     body = ", ".join(f"{name!r}: r.{name}" for name in fields)
-    body += f", {TIME_KEY!r}: (r.ts - _EPOCH) // _ONE_MS"
-    body += f", {RECEIVED_KEY!r}: (r.received_at - _EPOCH) // _ONE_MS"
-    namespace: dict[str, Any] = {"_EPOCH": EPOCH, "_ONE_MS": ONE_MS}
-    exec(f"def to_doc_{cls.__name__}(r):\n    return {{{body}}}\n", namespace)  # noqa: S102
-    return namespace[f"to_doc_{cls.__name__}"]
+    # time_key(ts), exact: days and seconds are whole milliseconds (~40 ns under ``// ONE_MS``)
+    body += (f", {TIME_KEY!r}: _ts_ms if r.ts is _ts_dt else"
+             " (d := r.ts - EPOCH).days * 86400000 + d.seconds * 1000 + d.microseconds // 1000")
+    body += (f", {RECEIVED_KEY!r}: _received_ms if r.received_at is _received_dt"
+             f" else (r.received_at - EPOCH) // ONE_MS")
+    # Compiled in this module's namespace: the function reads received_now's current globals.
+    exec(f"def to_doc_{cls.__name__}(r):\n    return {{{body}}}\n", globals())  # noqa: S102
+    return globals()[f"to_doc_{cls.__name__}"]
 
 
 _TO_DOC = {cls: _compile_to_doc(cls) for cls in RECORD_TYPES}

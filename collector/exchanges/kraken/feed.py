@@ -144,7 +144,7 @@ class KrakenFeed(FuturesV1, KrakenRest):
         await super().stop()
 
     # ---- messages ----------------------------------------------------------------------------
-    decode = staticmethod(p.decode_fast)
+    decode_other = staticmethod(p.decode)   # what orjson refuses: the exact decoder judges
 
     def channel_of(self, msg: dict) -> str | None:
         channel = msg.get("channel")
@@ -197,7 +197,8 @@ class KrakenFeed(FuturesV1, KrakenRest):
     def _on_trade(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         # v2 trade ids are sequential per pair, but a per-trade id check (check_trade_ids)
         # costs a quarter of this path's throughput; disconnects are covered by their gaps.
-        for trade in p.parse_trades(msg, received_now(), self._market(conn)):
+        market = conn.meta.spec.market if self.unified else SPOT    # self._market, inlined
+        for trade in p.parse_trades(msg, received_now(), market):
             self.emit(trade)
 
     def _on_ohlc(self, conn: WsConnection, msg: dict, raw: Any) -> None:

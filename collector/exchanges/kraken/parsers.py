@@ -19,8 +19,6 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import Any, Iterable
 
-import orjson
-
 from collector.orderbook import BookSide, OrderBook, apply_text_levels
 from common.schema import (
     PERP, SPOT, UTC, Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, s_to_dt,
@@ -34,18 +32,6 @@ _pair = lru_cache(maxsize=4096)(pair_from_symbol)
 def decode(raw: str | bytes) -> Any:
     """JSON with floats as Decimal (exact engine precision, trailing zeros kept)."""
     return json.loads(raw, parse_float=Decimal)
-
-
-_loads, _JSONDecodeError = orjson.loads, orjson.JSONDecodeError
-
-
-def decode_fast(raw: str | bytes) -> Any:
-    """The feed's decoder: orjson (floats; book levels prove their checksum texts), and
-    ``decode`` for whatever orjson refuses (the exact decoder judges it)."""
-    try:
-        return _loads(raw)
-    except _JSONDecodeError:
-        return decode(raw)
 
 
 def v2_symbol(configured: str) -> str:
