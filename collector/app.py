@@ -213,7 +213,8 @@ class Collector:
 
     def status_doc(self, running: bool = True) -> CollectorStatus:
         exchanges = {feed.name: self.stats.exchange(feed.name).as_doc(
-            feed.connection_status(), feed.book_states()) for feed in self.feeds}
+            feed.connection_status(), feed.book_states(), self.writer.fresh(feed.name))
+            for feed in self.feeds}
         writer = self.writer
         return {
             "_id": self.status_id, "partition": self.settings.partition or None,
@@ -265,11 +266,11 @@ class Collector:
                          stored - last_stored, stored, self.writer.pending)
                 last_stored = stored
             for feed in self.feeds:
-                stats = self.stats.exchange(feed.name)
+                stats, fresh = self.stats.exchange(feed.name), self.writer.fresh(feed.name)
                 for coll, count in list(stats.records.items()):
                     key = (feed.name, coll)
                     if count != last_counts.get(key):
-                        symbols = sorted({symbol for _, symbol in stats.last_record_at[coll]})
+                        symbols = sorted({symbol for _, symbol in fresh[coll]})
                         log.info("📊 %s %s: %s (+%d)", DISPLAY_NAMES.get(feed.name, feed.name),
                                  COLLECTION_LABELS.get(coll, coll), ", ".join(symbols),
                                  count - last_counts.get(key, 0))

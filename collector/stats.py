@@ -22,9 +22,6 @@ class ExchangeStats:
     backfills: int = 0              # gaps fully backfilled over REST
     backfilled_trades: int = 0      # trades re-fetched (overlaps included; the DB dedupes)
     records: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    # collection -> (market, symbol) -> receive time of the newest record (freshness per stream)
-    last_record_at: dict[str, dict[tuple[str, str], datetime]] = field(
-        default_factory=lambda: defaultdict(dict))
     unavailable_symbols: dict[str, str] = field(default_factory=dict)   # symbol -> reason
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # message -> count
 
@@ -35,8 +32,9 @@ class ExchangeStats:
             log.error("%s: %s", exchange, key)
         self.errors[key] += 1
 
-    def as_doc(self, connections: dict[str, ConnectionStatus],
-               books: dict[str, BookState]) -> ExchangeStatus:
+    def as_doc(self, connections: dict[str, ConnectionStatus], books: dict[str, BookState],
+               fresh: dict[str, dict[tuple[str, str], datetime]]) -> ExchangeStatus:
+        """``fresh``: the writer's newest record per stream (``Writer.fresh``)."""
         return {
             "messages": self.messages,
             "malformed": self.malformed,
@@ -52,7 +50,7 @@ class ExchangeStats:
             "books": books,
             "last_record_at": {coll: {f"{market}:{symbol}": at
                                       for (market, symbol), at in per.items()}
-                               for coll, per in self.last_record_at.items()},
+                               for coll, per in fresh.items()},
         }
 
 

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
+from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
@@ -46,7 +47,9 @@ class Writer:
         self._pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
         # (type, exchange, market, symbol) -> newest record, coalesced; its ``latest_id`` (an
         # f-string) is made once per flush, not once per record.
-        self._latest: dict[tuple[type, str, str, str], Record] = {}
+        self._latest: dict[tuple[type[Record], str, str, str], Record] = {}
+        # The same, kept across flushes: every stream's newest record (freshness, ``fresh``).
+        self._newest: dict[tuple[type[Record], str, str, str], Record] = {}
         self._pending_count = 0
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
@@ -96,6 +99,16 @@ class Writer:
                 if len(batch) >= self.batch_size:
                     self._wake.set()
         self._latest[type(record), record.exchange, record.market, record.symbol] = record
+
+    def fresh(self, exchange: str) -> dict[str, dict[tuple[str, str], datetime]]:
+        """Receive time of the newest record of each of ``exchange``'s streams, written or not:
+        collection -> (market, symbol) -> time."""
+        out: dict[str, dict[tuple[str, str], datetime]] = defaultdict(dict)
+        for records in (self._newest, self._latest):
+            for (kind, name, market, symbol), record in records.items():
+                if name == exchange:
+                    out[kind.collection][market, symbol] = record.received_at
+        return out
 
     @classmethod
     def _replace_latest(cls, record: Record) -> ReplaceOne:
@@ -237,6 +250,7 @@ class Writer:
                     todo -= len(chunk)
             if self._latest:
                 latest, self._latest = self._latest, {}
+                self._newest.update(latest)
                 try:
                     await self.db[schema.LATEST].bulk_write(
                         [self._replace_latest(record) for record in latest.values()],

@@ -155,15 +155,14 @@ class Feed(Backfill):
 
     # ---- records -----------------------------------------------------------------------------
     def emit(self, record: Record, *, history: bool = True) -> None:
-        """Hand a normalized record to the writer and note it for freshness/logging."""
+        """Hand a normalized record to the writer (which also keeps each stream's newest record:
+        the freshness of the status document) and count it."""
         if isinstance(record, Ticker):
             self.tickers[(record.market, record.symbol)] = record
         elif self.trade_candles is not None and isinstance(record, Trade):
             self.trade_candles.add(record)
         self.writer.submit(record, history=history)
-        stats, collection = self.stats, record.collection
-        stats.records[collection] += 1
-        stats.last_record_at[collection][record.market, record.symbol] = record.received_at
+        self.stats.records[record.collection] += 1
 
     def before_book_read(self) -> None:
         """Called before the samplers read the books: a feed that defers a book check (Kraken's

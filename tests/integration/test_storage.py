@@ -18,7 +18,8 @@ from common.settings import RetentionSettings
 
 def trade(trade_id: str, price: float = 100.0, **kw) -> Trade:
     now = now_utc()
-    return Trade("binance", "BTCUSDT", "BTC/USDT", "spot", kw.get("ts", now), now,
+    return Trade("binance", "BTCUSDT", "BTC/USDT", "spot", kw.get("ts", now),
+                 kw.get("received_at", now),
                  trade_id=trade_id, price=price, size=0.5, side="buy")
 
 
@@ -98,6 +99,25 @@ async def test_writer_batches_dedupes_and_updates_latest(mongo_db):
     latest = await mongo_db[schema.LATEST].find({"type": schema.TRADES}).to_list(None)
     assert len(latest) == 1 and latest[0]["price"] == 1.5
     assert hasattr(latest[0]["received_at"], "tzinfo")
+
+
+async def test_writer_keeps_every_streams_newest_record_for_freshness(mongo_db):
+    """The status document's freshness (``Writer.fresh``): each stream's newest receive time,
+    before its flush and after it, per exchange."""
+    writer = Writer(mongo_db)
+    at = now_utc().replace(microsecond=0)
+    writer.submit(trade("1", price=1.0, received_at=at))
+    writer.submit(trade("2", price=2.0, received_at=at + timedelta(seconds=1)))
+    writer.submit(Ticker("okx", "BTC-USDT", "BTC/USDT", "spot", at, at, last=5.0),
+                  history=False)
+    assert writer.fresh("binance") == {schema.TRADES: {("spot", "BTCUSDT"): at + timedelta(seconds=1)}}
+    assert await writer.flush()
+    writer.submit(Ticker("okx", "BTC-USDT-SWAP", "BTC/USDT", "perp", at, at + timedelta(seconds=3),
+                         last=6.0))
+    assert writer.fresh("binance") == {schema.TRADES: {("spot", "BTCUSDT"): at + timedelta(seconds=1)}}
+    assert writer.fresh("okx") == {schema.MARKET_DATA: {("spot", "BTC-USDT"): at,
+                                                        ("perp", "BTC-USDT-SWAP"): at + timedelta(seconds=3)}}
+    assert writer.fresh("kraken") == {}
 
 
 async def test_candles_are_upserted_on_open_time(mongo_db):

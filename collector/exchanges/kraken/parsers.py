@@ -65,15 +65,12 @@ _UTC = timezone.utc
 def parse_time_fast(text: str) -> datetime:
     """``parse_time`` for the usual ``...Z`` form: Python's own parser (3.11+: any number of
     fractional digits, truncated to microseconds, 'Z' = UTC) gives the same datetime; any other
-    form goes through ``parse_time``."""
-    if text[-1:] == "Z":
-        try:
-            dt = _fromisoformat(text)
-        except ValueError:
-            return parse_time(text)
-        if dt.tzinfo is _UTC:
-            return dt
-    return parse_time(text)
+    form (no zone, another offset, not text) goes through ``parse_time``."""
+    try:
+        dt = _fromisoformat(text)
+    except (ValueError, TypeError):
+        return parse_time(text)
+    return dt if dt.tzinfo is _UTC else parse_time(text)
 
 
 def _f(value: Any) -> float | None:
