@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Coroutine, Mapping, cast
+from typing import Any, Callable, ClassVar, Coroutine, Hashable, Mapping
 
 import aiohttp
 import orjson
@@ -29,7 +29,7 @@ from collector.kit.rotation import rotate_forever
 from collector.kit.samplers import sample_books, sample_liquidity, sample_trade_candles
 from collector.kit.spec import Channel, ConnMeta, Subscription, VenueSpec, batches, plan_connections
 from collector.kit.trade_candles import TradeCandles
-from collector.kit.tradeids import TradeIdContinuity
+from collector.kit.tradeids import Hole, TradeIdContinuity
 from collector.orderbook import OrderBook
 from collector.rest import RateBudget, RestClient
 from collector.stats import Stats
@@ -84,7 +84,7 @@ class Feed(Backfill):
         self.connections: list[WsConnection] = []
         self.connection_kinds: dict[str, set[str]] = {}   # gap stream -> data kinds carried
         self.routes: Mapping[Any, Handler] = {}
-        self.trade_ids = TradeIdContinuity()
+        self.trade_ids = TradeIdContinuity(on_switched_off=self._trade_ids_off)
         self.candles = CandleCloser()
         # Markets whose candles are built from trades (no exchange candles): set by the feed.
         self.trade_candles: TradeCandles | None = None
@@ -187,16 +187,13 @@ class Feed(Backfill):
         for record in self.candles.push(candle):
             self.emit(record)
 
-    def check_trade_ids(self, market: str, symbol: str, low: int, high: int,
-                        at_ms: int) -> None:
-        """Trade-id continuity: a hole is a ``trade`` gap, backfilled by the trades' owner."""
-        key = (market, symbol)
-        hole = self.trade_ids.check(key, low, high, at_ms)
-        while self.trade_ids.newly_off:
-            self.stats.error_once(self.name, f"{self.trade_ids.newly_off.pop()}: trade ids not "
-                                             f"consecutive (too many holes a minute); check off")
-        if hole is None:
-            return
+    def _trade_ids_off(self, key: Hashable) -> None:
+        self.stats.error_once(self.name, f"{key}: trade ids not consecutive (too many holes a "
+                                         f"minute); check off")
+
+    def trade_hole(self, market: str, symbol: str, hole: Hole) -> None:
+        """A hole in consecutive trade ids (``self.trade_ids.check``, called per trade by the
+        feeds whose ids are consecutive): a ``trade`` gap, backfilled by the trades' owner."""
         gap = self.gaps.record(self.name, symbol, market, "trade", "sequence_gap",
                                start=ms_to_dt(hole.start_ms), end=ms_to_dt(hole.end_ms),
                                detail=f"trade ids {hole.first_missing}..{hole.last_missing} "
@@ -250,7 +247,7 @@ class Feed(Backfill):
 
     @staticmethod
     def meta(conn: WsConnection) -> ConnMeta:
-        return cast(ConnMeta, conn.meta)
+        return conn.meta    # typed Any on the connection; no cast() call on the hot path
 
     async def _open(self, conn: WsConnection) -> None:
         meta = self.meta(conn)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Hashable, Iterable
+from typing import Callable, Hashable, Iterable
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,25 +25,27 @@ class Hole:
 
 
 class TradeIdContinuity:
-    def __init__(self, max_holes_per_minute: int = 30) -> None:
+    def __init__(self, max_holes_per_minute: int = 30,
+                 on_switched_off: Callable[[Hashable], None] | None = None) -> None:
         self.max_holes_per_minute = max_holes_per_minute
+        self.on_switched_off = on_switched_off          # told once per key switched off
         self._last: dict[Hashable, tuple[int, int]] = {}
         self._holes: dict[Hashable, deque[float]] = {}
         self.switched_off: set[Hashable] = set()
-        self.newly_off: list[Hashable] = []      # switched off since the caller last looked
 
     def check(self, key: Hashable, low: int, high: int, at_ms: int) -> Hole | None:
         """A trade (or an aggregate covering ids ``low..high``) of ``key`` at ``at_ms``; the hole
-        before it, if any."""
-        if key in self.switched_off:
-            return None
+        before it, if any. (Per trade on the busiest streams: the usual case, the next id, is
+        one dict read and one write.)"""
         last = self._last.get(key)
-        if last is not None and high <= last[0]:
+        if last is None:
+            if key not in self.switched_off:        # first trade (after a reconnect): no hole
+                self._last[key] = (high, at_ms)
+            return None
+        if high <= last[0]:
             return None
         self._last[key] = (high, at_ms)
-        if last is None or low <= last[0] + 1:
-            return None
-        if self._too_many(key):
+        if low <= last[0] + 1 or self._too_many(key):
             return None
         return Hole(last[0] + 1, low - 1, last[1], at_ms)
 
@@ -60,5 +62,7 @@ class TradeIdContinuity:
         if len(holes) <= self.max_holes_per_minute:
             return False
         self.switched_off.add(key)
-        self.newly_off.append(key)
+        del self._last[key]
+        if self.on_switched_off is not None:
+            self.on_switched_off(key)
         return True

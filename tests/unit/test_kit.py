@@ -85,7 +85,8 @@ def test_candle_closer():
 
 
 def test_trade_id_continuity():
-    ids = TradeIdContinuity(max_holes_per_minute=2)
+    off: list = []
+    ids = TradeIdContinuity(max_holes_per_minute=2, on_switched_off=off.append)
     assert ids.check("a", 10, 10, 1000) is None
     assert ids.check("a", 11, 11, 1001) is None
     assert ids.check("a", 11, 11, 1001) is None                # repeat
@@ -95,8 +96,13 @@ def test_trade_id_continuity():
     ids.forget(["a"])
     assert ids.check("a", 30, 30, 2000) is None                # after a reconnect: no hole
     assert ids.check("a", 40, 40, 2001) == Hole(31, 39, 2000, 2001)
-    assert ids.check("a", 50, 50, 2002) is None and ids.newly_off == ["a"]   # 3rd hole: off
-    assert ids.check("a", 60, 60, 2003) is None
+    assert ids.check("b", 1, 1, 2001) is None
+    assert ids.check("a", 50, 50, 2002) is None and off == ["a"]   # 3rd hole: off, told once
+    assert ids.check("a", 60, 60, 2003) is None and off == ["a"]
+    ids.forget(["a"])                                          # a reconnect: still off
+    assert ids.check("a", 70, 70, 2004) is None
+    assert ids.check("a", 90, 90, 2005) is None and off == ["a"]
+    assert ids.check("b", 3, 3, 2006) == Hole(2, 2, 2001, 2006)   # other keys still checked
 
 
 def test_availability_is_per_market():

@@ -119,21 +119,23 @@ class BinanceFeed(Feed):
         data = msg.get("data", msg)
         if data.get("X") == "INSURANCE_FUND":   # off-book liquidation fills
             return
-        market = self.meta(conn).market
+        market = conn.meta.market
         if "t" in data:        # spot trade ids are consecutive per symbol
             trade_id = int(data["t"])
-            self.check_trade_ids(market, data["s"], trade_id, trade_id, int(data["T"]))
+            if (hole := self.trade_ids.check((market, data["s"]), trade_id, trade_id,
+                                             int(data["T"]))) is not None:
+                self.trade_hole(market, data["s"], hole)
         self.emit(parsers.parse_trade(data, market, received_now()))
 
     def _on_ticker(self, conn: WsConnection, msg: dict, raw: Any) -> None:
-        ticker = parsers.parse_ticker(msg.get("data", msg), self.meta(conn).market,
+        ticker = parsers.parse_ticker(msg.get("data", msg), conn.meta.market,
                                       received_now())
         if ticker.bid is None:          # USD-M tickers carry no best bid/ask
             self.fill_top_of_book(ticker)
         self.emit(ticker)
 
     def _on_kline(self, conn: WsConnection, msg: dict, raw: Any) -> None:
-        self.emit(parsers.parse_kline(msg.get("data", msg), self.meta(conn).market,
+        self.emit(parsers.parse_kline(msg.get("data", msg), conn.meta.market,
                                       received_now()))
 
     def _on_mark_price(self, conn: WsConnection, msg: dict, raw: Any) -> None:
@@ -151,7 +153,7 @@ class BinanceFeed(Feed):
     def _on_depth(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         data = msg.get("data", msg)
         first, last, prev = parsers.depth_ids(data)
-        self.book_sync.on_diff(self.meta(conn).market, data["s"], first, last, prev, data,
+        self.book_sync.on_diff(conn.meta.market, data["s"], first, last, prev, data,
                                parsers.apply_depth, parsers.parse_depth)
 
     async def _fetch_snapshot(self, market: str, symbol: str):

@@ -195,7 +195,7 @@ class KrakenFeed(FuturesV1, KrakenRest):
             self._derived(*p.parse_unified_ticker(item, received_at))
 
     def _on_trade(self, conn: WsConnection, msg: dict, raw: Any) -> None:
-        # v2 trade ids are sequential per pair, but a per-trade id check (check_trade_ids)
+        # v2 trade ids are sequential per pair, but a per-trade id check (trade_ids.check)
         # costs a quarter of this path's throughput; disconnects are covered by their gaps.
         market = conn.meta.spec.market if self.unified else SPOT    # self._market, inlined
         for trade in p.parse_trades(msg, received_now(), market):

@@ -55,7 +55,8 @@ class OkxFeed(Feed):
         self.budget = SubscribeBudget()
         self.derivatives = DerivativesFallback(self)
         self.watch = self.derivatives.watch
-        self.trade_ids = TradeIdContinuity(ep.TRADE_HOLES_PER_MINUTE_MAX)
+        self.trade_ids = TradeIdContinuity(ep.TRADE_HOLES_PER_MINUTE_MAX,
+                                           self._trade_ids_off)
         self.notices = 0
         self.routes = {ep.TICKERS.name: self._on_tickers, ep.TRADES.name: self._on_trades,
                        ep.BOOKS.name: self._on_books, ep.CANDLE.name: self._on_candles,
@@ -141,10 +142,12 @@ class OkxFeed(Feed):
     def _on_trades(self, conn: WsConnection, msg: dict, raw: Any) -> None:
         if (factor := self.ct(msg["arg"]["instId"])) is None:
             return                      # held back until the contract value is known
-        check, emit = self.check_trade_ids, self.emit
+        check, emit = self.trade_ids.check, self.emit
         for trade, item in zip(parsers.parse_trades(msg, received_now(), factor), msg["data"]):
             low, high = parsers.trade_id_range(item)
-            check(trade.market, trade.symbol, low, high, int(item["ts"]))
+            if (hole := check((trade.market, trade.symbol), low, high,
+                              int(item["ts"]))) is not None:
+                self.trade_hole(trade.market, trade.symbol, hole)
             emit(trade)
 
     def _on_candles(self, conn: WsConnection, msg: dict, raw: Any) -> None:
