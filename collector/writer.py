@@ -81,7 +81,7 @@ class Writer:
         self._pending[collection].append(doc)
         self._pending_count += 1
 
-    def submit(self, record: Record, *, history: bool = True) -> None:
+    def submit(self, record: Record, history: bool = True) -> None:
         """Queue a record for its collection (``history``) and for ``latest``.
 
         ``latest`` is coalesced: only the newest record per key is kept and its document is
@@ -99,6 +99,12 @@ class Writer:
                 if len(batch) >= self.batch_size:
                     self._wake.set()
         self._latest[type(record), record.exchange, record.market, record.symbol] = record
+
+    def newest(self, kind: type[Record], exchange: str, market: str, symbol: str
+               ) -> Record | None:
+        """The newest record of one stream (e.g. the ticker the liquidity sampler reads)."""
+        key = (kind, exchange, market, symbol)
+        return self._latest.get(key) or self._newest.get(key)
 
     def fresh(self, exchange: str) -> dict[str, dict[tuple[str, str], datetime]]:
         """Receive time of the newest record of each of ``exchange``'s streams, written or not:

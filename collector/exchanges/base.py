@@ -80,7 +80,6 @@ class Feed(Backfill):
         self.rest_budget = RateBudget(limits.rest_weight_per_window, limits.rest_window_s)
         self.availability = Availability(self.name, self.stats.unavailable_symbols)
         self.books: dict[tuple[str, str], OrderBook] = {}
-        self.tickers: dict[tuple[str, str], Ticker] = {}
         self.connections: list[WsConnection] = []
         self.connection_kinds: dict[str, set[str]] = {}   # gap stream -> data kinds carried
         self.routes: Mapping[Any, Handler] = {}
@@ -157,11 +156,9 @@ class Feed(Backfill):
     def emit(self, record: Record, *, history: bool = True) -> None:
         """Hand a normalized record to the writer (which also keeps each stream's newest record:
         the freshness of the status document) and count it."""
-        if isinstance(record, Ticker):
-            self.tickers[(record.market, record.symbol)] = record
-        elif self.trade_candles is not None and isinstance(record, Trade):
+        if self.trade_candles is not None and isinstance(record, Trade):
             self.trade_candles.add(record)
-        self.writer.submit(record, history=history)
+        self.writer.submit(record, history)
         self.stats.records[record.collection] += 1
 
     def before_book_read(self) -> None:

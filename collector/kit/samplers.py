@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from collector.liquidity import compute_liquidity
-from common.schema import BookSnapshot, now_utc
+from common.schema import BookSnapshot, Ticker, now_utc
 
 if TYPE_CHECKING:
     from collector.exchanges.base import Feed
@@ -38,7 +38,8 @@ async def sample_liquidity(feed: Feed) -> None:
         for (market, symbol), book in feed.books.items():
             if not book.synced:
                 continue
-            record = compute_liquidity(book, feed.tickers.get((market, symbol)),
+            ticker = feed.writer.newest(Ticker, feed.name, market, symbol)
+            record = compute_liquidity(book, ticker if isinstance(ticker, Ticker) else None,
                                        exchange=feed.name, symbol=symbol,
                                        pair=feed.pair(symbol), market=market, ts=now,
                                        received_at=now)

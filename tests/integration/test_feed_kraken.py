@@ -18,6 +18,7 @@ from collector.gaps import Gap
 from collector.kit.spec import IDLE_S as STREAM_IDLE_S
 from collector.rest import RateLimited, RestError
 from common import schema
+from common.schema import Ticker
 from common.indexes import apply_indexes
 from common.settings import KrakenSettings, Settings
 from tests.support.fakes.kraken import FUT_FUNDING_ABS, FUT_OPEN_INTEREST, INSTRUMENTS, FakeKraken
@@ -514,7 +515,7 @@ async def test_ticker_follows_top_of_book_between_trades(mongo_db, fake):
     settings = settings_for(fake, spot_symbols=["BTC/USD"], perp_symbols=[])
     async with running_feed(KrakenFeed, mongo_db, settings, "kraken", fast_reconnects) as feed:
         def at_top_of_book():
-            ticker = feed.tickers.get(("spot", "BTC/USD"))
+            ticker = feed.writer.newest(Ticker, "kraken", "spot", "BTC/USD")
             return _value(len(set(fake.tickers_sent)) >= 3 and ticker is not None and
                           ("BTC/USD", ticker.bid, ticker.ask) == fake.tickers_sent[-1])
         await wait_for(at_top_of_book, timeout_s=5, what="tickers following the top of book")

@@ -13,7 +13,7 @@ class ListWriter:
         self.records = []
         self.docs: list[tuple[str, dict]] = []     # ready documents (gap ledger entries)
 
-    def submit(self, record, *, history: bool = True) -> None:
+    def submit(self, record, history: bool = True) -> None:
         self.records.append(record)
 
     def submit_doc(self, collection: str, doc: dict) -> None:
