@@ -29,25 +29,26 @@ class TradeIdContinuity:
                  on_switched_off: Callable[[Hashable], None] | None = None) -> None:
         self.max_holes_per_minute = max_holes_per_minute
         self.on_switched_off = on_switched_off          # told once per key switched off
-        self._last: dict[Hashable, tuple[int, int]] = {}
+        self._last: dict[Hashable, list[int]] = {}     # key -> [highest id, its time ms]
         self._holes: dict[Hashable, deque[float]] = {}
         self.switched_off: set[Hashable] = set()
 
     def check(self, key: Hashable, low: int, high: int, at_ms: int) -> Hole | None:
         """A trade (or an aggregate covering ids ``low..high``) of ``key`` at ``at_ms``; the hole
         before it, if any. (Per trade on the busiest streams: the usual case, the next id, is
-        one dict read and one write.)"""
+        one dict read and the key's state updated in place.)"""
         last = self._last.get(key)
         if last is None:
             if key not in self.switched_off:        # first trade (after a reconnect): no hole
-                self._last[key] = (high, at_ms)
+                self._last[key] = [high, at_ms]
             return None
-        if high <= last[0]:
+        last_id, last_ms = last
+        if high <= last_id:
             return None
-        self._last[key] = (high, at_ms)
-        if low <= last[0] + 1 or self._too_many(key):
+        last[0], last[1] = high, at_ms
+        if low <= last_id + 1 or self._too_many(key):
             return None
-        return Hole(last[0] + 1, low - 1, last[1], at_ms)
+        return Hole(last_id + 1, low - 1, last_ms, at_ms)
 
     def forget(self, keys: Iterable[Hashable]) -> None:
         for key in keys:

@@ -121,10 +121,10 @@ class BinanceFeed(Feed):
             return
         market = conn.meta.market
         if "t" in data:        # spot trade ids are consecutive per symbol
-            trade_id = int(data["t"])
-            if (hole := self.trade_ids.check((market, data["s"]), trade_id, trade_id,
+            trade_id, symbol = int(data["t"]), data["s"]
+            if (hole := self.trade_ids.check((market, symbol), trade_id, trade_id,
                                              int(data["T"]))) is not None:
-                self.trade_hole(market, data["s"], hole)
+                self.trade_hole(market, symbol, hole)
         self.emit(parsers.parse_trade(data, market, received_now()))
 
     def _on_ticker(self, conn: WsConnection, msg: dict, raw: Any) -> None:
