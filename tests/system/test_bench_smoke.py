@@ -103,3 +103,19 @@ def test_latency_summary_without_samples_is_nan_not_an_error():
         assert out["measured_docs"] == 0 and math.isnan(out["p50_ms"]) and math.isnan(out["max_ms"])
     out = latency_summary([(100.0 + i / 100, 0.002) for i in range(500)])
     assert out["measured_docs"] > 0 and out["p50_ms"] == out["p99_ms"] == 2.0
+
+
+@pytest.mark.timeout(180)
+def test_handler_benchmark_compares_two_checkouts():
+    """``handler_bench --tree``: every exchange's feed handles all its frames in both checkouts
+    (here the same one twice) and each line gets both figures and their ratio."""
+    proc = subprocess.run([sys.executable, "-m", "tests.bench.handler_bench", "--tree", str(ROOT),
+                           "--reps", "1", "--kinds", "trade"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+    assert [row[:2] for row in rows] == [[ex, "trade"] for ex in
+                                         ("binance", "bybit", "okx", "kraken", "gateio")]
+    for row in rows:        # name kind <us> us/msg <us> us/msg <ratio>
+        assert row[3] == row[5] == "us/msg", row
+        assert float(row[2]) > 0 and float(row[4]) > 0 and float(row[6]) > 0, row
