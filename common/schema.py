@@ -149,6 +149,14 @@ def opt_float(value: Any) -> float | None:
     return float(value)
 
 
+def strict_int(value: Any) -> int:
+    """``int()`` whose overflow (``int(inf)``) is a ValueError like any other malformed number."""
+    try:
+        return int(value)
+    except OverflowError as exc:
+        raise ValueError(f"not an integer: {value!r}") from exc
+
+
 @dataclass(slots=True)
 class Record:
     """Fields every record shares. Subclasses set ``collection``."""

@@ -14,18 +14,14 @@ from collector.exchanges.bybit import endpoints
 from collector.orderbook import OrderBook
 from common.schema import (
     Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, opt_float, price_hit, price_miss,
+    strict_int,
 )
 from common.symbols import pair_from_symbol
 
 EXCHANGE = "bybit"
 
 
-def _int(value: Any) -> int:
-    """``int()``, with ``int(inf)`` a ValueError like any other malformed number."""
-    try:
-        return int(value)
-    except OverflowError as exc:
-        raise ValueError(f"not an integer: {value!r}") from exc
+_int = strict_int
 
 
 class NotSupportedSymbol(ValueError):

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from collector.orderbook import BookSide, OrderBook, apply_text_levels
 from common.schema import (
-    PERP, SPOT, UTC, Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, s_to_dt,
+    PERP, SPOT, UTC, Candle, Funding, OpenInterest, Ticker, Trade, ms_to_dt, s_to_dt, strict_int,
 )
 from common.symbols import pair_from_symbol
 
@@ -77,12 +77,7 @@ def _f(value: Any) -> float | None:
     return None if value is None or value == "" else float(value)
 
 
-def _int(value: Any) -> int:
-    """int() whose overflow (an infinite float) is a malformed value like any other."""
-    try:
-        return int(value)
-    except OverflowError as exc:
-        raise ValueError(f"not an integer: {value!r}") from exc
+_int = strict_int
 
 
 # ---- spot v2 -------------------------------------------------------------------------------------
