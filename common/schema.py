@@ -73,7 +73,8 @@ def time_key(dt: datetime) -> int:
     return (dt - EPOCH) // ONE_MS
 
 
-_ts_ms = -1
+# (datetime, its time key) of the last conversion: always a true pair, as to_doc trusts it.
+_ts_ms = 0
 _ts_dt = EPOCH
 
 
@@ -105,7 +106,7 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-_received_ms = -1
+_received_ms = 0
 _received_dt = datetime.fromtimestamp(0, UTC)
 
 

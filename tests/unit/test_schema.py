@@ -2,7 +2,10 @@
 it reads back instead of computing (``ms_to_dt``, ``received_now``)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +55,19 @@ def test_to_doc_reads_the_key_of_the_last_conversion_and_computes_the_others():
         ms_to_dt(float("inf"))
     assert _trade(newer, received).to_doc()["t"] == 1_796_194_800_124
     assert ms_to_dt(1_796_194_800_124) is newer
+
+
+def test_the_kept_conversion_is_a_true_pair_from_the_start():
+    # Before any conversion the kept pair is the epoch and 0, so a record at the epoch is right.
+    for module_state in (("_ts_dt", "_ts_ms"), ("_received_dt", "_received_ms")):
+        dt, ms = (getattr(schema, name) for name in module_state)
+        assert time_key(dt) == ms
+    # ... also in a fresh process, before any conversion was made.
+    code = ("from common import schema as s; from common.schema import Trade, EPOCH; "
+            "print(Trade('x', 'A', 'A', 'spot', EPOCH, EPOCH).to_doc()['t'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
 
 
 def test_every_record_type_gets_both_keys():
